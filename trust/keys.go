@@ -1,0 +1,313 @@
+package trust
+
+import (
+	"crypto/ed25519"
+	"crypto/subtle"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// PublicKeySize is the size of an Ed25519 public key on the wire.
+const PublicKeySize = ed25519.PublicKeySize
+
+// Domain prefixes for everything meshagent signs. A signature made for one
+// purpose can never be taken for another, nor for a libp2p signature
+// ("libp2p-tls-handshake:", "libp2p-pubsub:").
+const (
+	DomainCredential = "meshagent/v1/credential\x00"
+	DomainLink       = "meshagent/v1/link\x00"
+	DomainRevocation = "meshagent/v1/revocation\x00"
+)
+
+// ed25519PeerIDPrefix is what precedes the raw key in the bytes of an
+// Ed25519 peer ID: identity multihash (0x00), length 36 (0x24), then the
+// protobuf PublicKey{Type: Ed25519 (0x08 0x01), Data: 32 bytes (0x12 0x20)}.
+const ed25519PeerIDPrefix = "\x00\x24\x08\x01\x12\x20"
+
+// PublicKey is an Ed25519 public key: an agent's identity or an anchor. Its
+// text form is the libp2p peer ID ("12D3KooW..."), which carries the key.
+type PublicKey [PublicKeySize]byte
+
+// PublicKeyFromBytes copies a 32-byte raw key.
+func PublicKeyFromBytes(b []byte) (PublicKey, error) {
+	var k PublicKey
+	if len(b) != PublicKeySize {
+		return k, fail(CodeMalformed, -1, "public key is %d bytes, want %d", len(b), PublicKeySize)
+	}
+	copy(k[:], b)
+	return k, nil
+}
+
+// PublicKeyFromPeerID extracts the key from an Ed25519 peer ID.
+func PublicKeyFromPeerID(id peer.ID) (PublicKey, error) {
+	var k PublicKey
+	s := string(id)
+	if len(s) != len(ed25519PeerIDPrefix)+PublicKeySize || s[:len(ed25519PeerIDPrefix)] != ed25519PeerIDPrefix {
+		return k, fail(CodeMalformed, -1, "peer ID %q is not an Ed25519 peer ID", id.String())
+	}
+	copy(k[:], s[len(ed25519PeerIDPrefix):])
+	return k, nil
+}
+
+// ParsePublicKey parses the text form of a key: an Ed25519 peer ID.
+func ParsePublicKey(s string) (PublicKey, error) {
+	id, err := peer.Decode(s)
+	if err != nil {
+		return PublicKey{}, fail(CodeMalformed, -1, "not a peer ID: %q", s)
+	}
+	return PublicKeyFromPeerID(id)
+}
+
+// PeerID returns the libp2p peer ID of the key.
+func (k PublicKey) PeerID() peer.ID { return peer.ID(ed25519PeerIDPrefix + string(k[:])) }
+
+// String returns the peer ID text form.
+func (k PublicKey) String() string { return k.PeerID().String() }
+
+// Equal compares two keys in constant time.
+func (k PublicKey) Equal(o PublicKey) bool { return subtle.ConstantTimeCompare(k[:], o[:]) == 1 }
+
+// IsZero reports whether k is the zero key (unset).
+func (k PublicKey) IsZero() bool { return k == PublicKey{} }
+
+// Verify checks sig over domain||msg.
+func (k PublicKey) Verify(domain string, msg, sig []byte) bool {
+	if len(sig) != ed25519.SignatureSize {
+		return false
+	}
+	buf := make([]byte, 0, len(domain)+len(msg))
+	buf = append(buf, domain...)
+	buf = append(buf, msg...)
+	return ed25519.Verify(k[:], buf, sig)
+}
+
+// keyPair is the private half shared by the key roles below.
+type keyPair struct {
+	priv ed25519.PrivateKey
+	pub  PublicKey
+}
+
+func generate(r io.Reader) (keyPair, error) {
+	pub, priv, err := ed25519.GenerateKey(r)
+	if err != nil {
+		return keyPair{}, fmt.Errorf("trust: generate key: %w", err)
+	}
+	var kp keyPair
+	kp.priv = priv
+	copy(kp.pub[:], pub)
+	return kp, nil
+}
+
+func (kp keyPair) sign(domain string, msg []byte) []byte {
+	buf := make([]byte, 0, len(domain)+len(msg))
+	buf = append(buf, domain...)
+	buf = append(buf, msg...)
+	return ed25519.Sign(kp.priv, buf)
+}
+
+// Identity is an agent's private identity key. Its public key is the agent's
+// ID; the same key is the libp2p host key, so the TLS handshake proves it.
+type Identity struct{ kp keyPair }
+
+// GenerateIdentity makes a new identity key from r (crypto/rand.Reader).
+func GenerateIdentity(r io.Reader) (*Identity, error) {
+	kp, err := generate(r)
+	if err != nil {
+		return nil, err
+	}
+	return &Identity{kp}, nil
+}
+
+// IdentityFromLibp2p wraps a libp2p Ed25519 private key.
+func IdentityFromLibp2p(k crypto.PrivKey) (*Identity, error) {
+	kp, err := fromLibp2p(k)
+	if err != nil {
+		return nil, err
+	}
+	return &Identity{kp}, nil
+}
+
+// Public returns the public key.
+func (i *Identity) Public() PublicKey { return i.kp.pub }
+
+// PeerID returns the agent's peer ID.
+func (i *Identity) PeerID() peer.ID { return i.kp.pub.PeerID() }
+
+// Sign signs domain||msg.
+func (i *Identity) Sign(domain string, msg []byte) []byte { return i.kp.sign(domain, msg) }
+
+// Libp2pKey returns the key as a libp2p private key, for libp2p.Identity.
+func (i *Identity) Libp2pKey() crypto.PrivKey {
+	k, err := crypto.UnmarshalEd25519PrivateKey(i.kp.priv)
+	if err != nil { // cannot happen: the key is a valid 64-byte Ed25519 key
+		panic(err)
+	}
+	return k
+}
+
+// AnchorKey is a trust anchor's private key. It signs credentials, the first
+// link of tokens and revocations. Keep it offline or on issuer agents only.
+type AnchorKey struct{ kp keyPair }
+
+// GenerateAnchorKey makes a new anchor key from r (crypto/rand.Reader).
+func GenerateAnchorKey(r io.Reader) (*AnchorKey, error) {
+	kp, err := generate(r)
+	if err != nil {
+		return nil, err
+	}
+	return &AnchorKey{kp}, nil
+}
+
+// Public returns the anchor's public key, the ID that meshes configure.
+func (a *AnchorKey) Public() PublicKey { return a.kp.pub }
+
+func fromLibp2p(k crypto.PrivKey) (keyPair, error) {
+	if k.Type() != crypto.Ed25519 {
+		return keyPair{}, fmt.Errorf("trust: key type %s is not Ed25519", k.Type())
+	}
+	raw, err := k.Raw()
+	if err != nil || len(raw) != ed25519.PrivateKeySize {
+		return keyPair{}, fmt.Errorf("trust: bad Ed25519 private key")
+	}
+	var kp keyPair
+	kp.priv = ed25519.PrivateKey(raw)
+	copy(kp.pub[:], raw[32:])
+	return kp, nil
+}
+
+// PEM block types of key files. The type says the role, so that an anchor
+// key is never loaded as an agent identity or the other way round.
+const (
+	pemIdentity = "MESHAGENT IDENTITY KEY"
+	pemAnchor   = "MESHAGENT ANCHOR KEY"
+)
+
+// Save writes the identity key to path with mode 0600. It refuses to
+// overwrite an existing file.
+func (i *Identity) Save(path string) error { return saveKey(path, pemIdentity, i.kp) }
+
+// Save writes the anchor key to path with mode 0600. It refuses to overwrite
+// an existing file.
+func (a *AnchorKey) Save(path string) error { return saveKey(path, pemAnchor, a.kp) }
+
+// LoadIdentity reads an identity key file written by Save. A file that group
+// or others can access is refused, as ssh does.
+func LoadIdentity(path string) (*Identity, error) {
+	kp, err := loadKey(path, pemIdentity)
+	if err != nil {
+		return nil, err
+	}
+	return &Identity{kp}, nil
+}
+
+// LoadAnchorKey reads an anchor key file written by Save, refusing one that
+// group or others can access.
+func LoadAnchorKey(path string) (*AnchorKey, error) {
+	kp, err := loadKey(path, pemAnchor)
+	if err != nil {
+		return nil, err
+	}
+	return &AnchorKey{kp}, nil
+}
+
+func saveKey(path, typ string, kp keyPair) error {
+	k, err := crypto.UnmarshalEd25519PrivateKey(kp.priv)
+	if err != nil {
+		return fmt.Errorf("trust: %w", err)
+	}
+	der, err := crypto.MarshalPrivateKey(k)
+	if err != nil {
+		return fmt.Errorf("trust: %w", err)
+	}
+	data := pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
+	return WriteFileExclusive(path, data, 0o600)
+}
+
+// WriteFileExclusive writes data to a new file at path with the given mode;
+// it fails if the file exists, so that nothing is ever overwritten by
+// accident. The file is written to a temporary name and renamed into place,
+// so a crash leaves either nothing or the whole file.
+func WriteFileExclusive(path string, data []byte, mode os.FileMode) error {
+	if _, err := os.Lstat(path); err == nil {
+		return fmt.Errorf("trust: %s already exists; refusing to overwrite it", path)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("trust: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return fmt.Errorf("trust: %w", err)
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("trust: write %s: %w", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("trust: write %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("trust: write %s: %w", path, err)
+	}
+	if err := os.Link(tmp.Name(), path); err != nil { // fails if path appeared meanwhile
+		return fmt.Errorf("trust: %s: %w", path, err)
+	}
+	return nil
+}
+
+func loadKey(path, typ string) (keyPair, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return keyPair{}, fmt.Errorf("trust: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return keyPair{}, fmt.Errorf("trust: %w", err)
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return keyPair{}, fmt.Errorf("%w: %s has mode %04o; run: chmod 600 %s", ErrKeyPermissions, path, st.Mode().Perm(), path)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, 64<<10))
+	if err != nil {
+		return keyPair{}, fmt.Errorf("trust: read %s: %w", path, err)
+	}
+	block, _ := pem.Decode(data)
+	if block == nil {
+		return keyPair{}, fmt.Errorf("trust: %s is not a PEM key file", path)
+	}
+	if block.Type != typ {
+		return keyPair{}, fmt.Errorf("trust: %s holds a %q, want a %q", path, block.Type, typ)
+	}
+	k, err := crypto.UnmarshalPrivateKey(block.Bytes)
+	if err != nil {
+		return keyPair{}, fmt.Errorf("trust: %s: %w", path, err)
+	}
+	return fromLibp2p(k)
+}
+
+// DecodePEM returns the bytes of the first PEM block of type typ in data; if
+// data holds no PEM block at all, data itself is returned (raw form).
+func DecodePEM(data []byte, typ string) ([]byte, error) {
+	block, _ := pem.Decode(data)
+	if block == nil {
+		return data, nil
+	}
+	if block.Type != typ {
+		return nil, fmt.Errorf("trust: PEM block is %q, want %q", block.Type, typ)
+	}
+	return block.Bytes, nil
+}
+
+// EncodePEM wraps b in a PEM block of type typ.
+func EncodePEM(b []byte, typ string) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b})
+}

@@ -1,0 +1,251 @@
+package trust
+
+import (
+	"crypto/rand"
+	"sync"
+	"time"
+
+	"github.com/meshagent/meshagent/trust/trustpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// Revocation limits.
+const (
+	MaxRevocationSize = 512
+	revocationVersion = 1
+	PEMRevocation     = "MESHAGENT REVOCATION"
+)
+
+// Revocation is an anchor-signed record that revokes either one token link
+// (or credential) by ID, or everything held or issued by one agent with a
+// not-before earlier than Before (key compromise). It is kept until
+// KeepUntil, after which everything it could revoke has expired anyway.
+type Revocation struct {
+	Issuer    PublicKey
+	LinkID    LinkID    // zero unless revoking one link or credential serial
+	Agent     PublicKey // zero unless revoking an agent
+	Before    time.Time
+	IssuedAt  time.Time
+	KeepUntil time.Time
+	ID        [16]byte
+
+	body, sig []byte
+}
+
+// RevokeLink signs a revocation of one link (or credential serial). keep
+// must be at least the longest lifetime that the mesh accepts
+// (Policy.MaxTokenLifetime); DefaultMaxTokenLife is a safe choice.
+func RevokeLink(a *AnchorKey, id LinkID, now time.Time, keep time.Duration) (*Revocation, error) {
+	if id == (LinkID{}) {
+		return nil, fail(CodeMalformed, -1, "no link ID")
+	}
+	return signRevocation(a, &Revocation{LinkID: id, IssuedAt: now, KeepUntil: now.Add(keep)})
+}
+
+// RevokeAgent signs a revocation of every credential and link held or
+// issued by agent with a not-before earlier than before.
+func RevokeAgent(a *AnchorKey, agent PublicKey, before, now time.Time, keep time.Duration) (*Revocation, error) {
+	if agent.IsZero() {
+		return nil, fail(CodeMalformed, -1, "no agent")
+	}
+	return signRevocation(a, &Revocation{Agent: agent, Before: before, IssuedAt: now, KeepUntil: before.Add(keep)})
+}
+
+func signRevocation(a *AnchorKey, r *Revocation) (*Revocation, error) {
+	r.Issuer = a.Public()
+	if _, err := rand.Read(r.ID[:]); err != nil {
+		return nil, err
+	}
+	b := &trustpb.RevocationBody{Version: revocationVersion, Issuer: r.Issuer[:], IssuedAt: r.IssuedAt.Unix(),
+		KeepUntil: r.KeepUntil.Unix(), Id: r.ID[:]}
+	if r.LinkID != (LinkID{}) {
+		b.LinkId = r.LinkID[:]
+	} else {
+		b.Agent = r.Agent[:]
+		b.Before = r.Before.Unix()
+	}
+	body, err := proto.MarshalOptions{Deterministic: true}.Marshal(b)
+	if err != nil {
+		return nil, err
+	}
+	r.body = body
+	r.sig = a.kp.sign(DomainRevocation, body)
+	return r, nil
+}
+
+// ParseRevocation decodes an encoded revocation (no signature check).
+func ParseRevocation(data []byte) (*Revocation, error) {
+	if len(data) > MaxRevocationSize {
+		return nil, fail(CodeTooLarge, -1, "revocation is %d bytes, at most %d", len(data), MaxRevocationSize)
+	}
+	var s trustpb.Signed
+	if err := proto.Unmarshal(data, &s); err != nil {
+		return nil, fail(CodeMalformed, -1, "revocation: %v", err)
+	}
+	var b trustpb.RevocationBody
+	if err := proto.Unmarshal(s.Body, &b); err != nil {
+		return nil, fail(CodeMalformed, -1, "revocation body: %v", err)
+	}
+	if b.Version != revocationVersion {
+		return nil, fail(CodeMalformed, -1, "revocation version %d not supported", b.Version)
+	}
+	iss, err := PublicKeyFromBytes(b.Issuer)
+	if err != nil {
+		return nil, err
+	}
+	r := &Revocation{Issuer: iss, IssuedAt: time.Unix(b.IssuedAt, 0), KeepUntil: time.Unix(b.KeepUntil, 0), body: s.Body, sig: s.Signature}
+	copy(r.ID[:], b.Id)
+	switch {
+	case len(b.LinkId) == 16 && len(b.Agent) == 0:
+		copy(r.LinkID[:], b.LinkId)
+	case len(b.LinkId) == 0 && len(b.Agent) == PublicKeySize:
+		copy(r.Agent[:], b.Agent)
+		r.Before = time.Unix(b.Before, 0)
+	default:
+		return nil, fail(CodeMalformed, -1, "revocation must name exactly one link ID or one agent")
+	}
+	return r, nil
+}
+
+// Bytes returns the encoded revocation.
+func (r *Revocation) Bytes() []byte {
+	b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(&trustpb.Signed{Body: r.body, Signature: r.sig})
+	return b
+}
+
+// AddRevocation verifies r (signed by a configured anchor) and applies it.
+// A revocation whose KeepUntil has passed is accepted and dropped: what it
+// revokes has expired. When the set is full even after forgetting expired
+// records, r is refused with CodeFull.
+func (v *Verifier) AddRevocation(r *Revocation, now time.Time) error {
+	if !v.IsAnchor(r.Issuer) {
+		return fail(CodeUntrustedRoot, -1, "revocation issuer %s is not a trusted anchor", r.Issuer)
+	}
+	if !r.Issuer.Verify(DomainRevocation, r.body, r.sig) {
+		return fail(CodeBadSignature, -1, "revocation signature does not verify")
+	}
+	return v.revs.add(r, now)
+}
+
+// Revocations returns how many revocation records are held.
+func (v *Verifier) Revocations() int { return v.revs.len() }
+
+// PruneRevocations forgets records whose KeepUntil has passed.
+func (v *Verifier) PruneRevocations(now time.Time) { v.revs.prune(now) }
+
+type agentRevocation struct {
+	before, keep time.Time
+}
+
+// revocationSet holds what is revoked, bounded to max entries.
+type revocationSet struct {
+	mu     sync.RWMutex
+	max    int
+	links  map[LinkID]time.Time // link ID -> keep until
+	agents map[PublicKey]agentRevocation
+}
+
+func newRevocationSet(max int) *revocationSet {
+	return &revocationSet{max: max, links: map[LinkID]time.Time{}, agents: map[PublicKey]agentRevocation{}}
+}
+
+func (s *revocationSet) len() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.links) + len(s.agents)
+}
+
+func (s *revocationSet) add(r *Revocation, now time.Time) error {
+	if !now.Before(r.KeepUntil) {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r.LinkID != (LinkID{}) {
+		if k, ok := s.links[r.LinkID]; ok {
+			if r.KeepUntil.After(k) {
+				s.links[r.LinkID] = r.KeepUntil
+			}
+			return nil
+		}
+	} else if a, ok := s.agents[r.Agent]; ok {
+		if r.Before.After(a.before) {
+			a.before = r.Before
+		}
+		if r.KeepUntil.After(a.keep) {
+			a.keep = r.KeepUntil
+		}
+		s.agents[r.Agent] = a
+		return nil
+	}
+	if len(s.links)+len(s.agents) >= s.max {
+		s.pruneLocked(now)
+		if len(s.links)+len(s.agents) >= s.max {
+			return fail(CodeFull, -1, "revocation set holds %d records, its limit", s.max)
+		}
+	}
+	if r.LinkID != (LinkID{}) {
+		s.links[r.LinkID] = r.KeepUntil
+	} else {
+		s.agents[r.Agent] = agentRevocation{before: r.Before, keep: r.KeepUntil}
+	}
+	return nil
+}
+
+func (s *revocationSet) prune(now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pruneLocked(now)
+}
+
+func (s *revocationSet) pruneLocked(now time.Time) {
+	for id, k := range s.links {
+		if !now.Before(k) {
+			delete(s.links, id)
+		}
+	}
+	for a, r := range s.agents {
+		if !now.Before(r.keep) {
+			delete(s.agents, a)
+		}
+	}
+}
+
+// agentRevokedLocked reports whether something of agent's with the given
+// not-before is revoked.
+func (s *revocationSet) agentRevokedLocked(agent PublicKey, notBefore time.Time) bool {
+	r, ok := s.agents[agent]
+	return ok && notBefore.Before(r.before)
+}
+
+func (s *revocationSet) chainRevoked(t *Token, now time.Time) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if len(s.links) == 0 && len(s.agents) == 0 {
+		return nil
+	}
+	for i, l := range t.Links {
+		if _, ok := s.links[l.ID]; ok {
+			return fail(CodeRevoked, i, "link %s is revoked", l.ID)
+		}
+		if s.agentRevokedLocked(l.Holder, l.NotBefore) {
+			return fail(CodeRevoked, i, "holder %s is revoked", l.Holder)
+		}
+		if i > 0 && s.agentRevokedLocked(t.Links[i-1].Holder, l.NotBefore) {
+			return fail(CodeRevoked, i, "issuer %s is revoked", t.Links[i-1].Holder)
+		}
+	}
+	return nil
+}
+
+func (s *revocationSet) credentialRevoked(c *Credential, now time.Time) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if _, ok := s.links[LinkID(c.Serial)]; ok {
+		return fail(CodeRevoked, -1, "credential %s is revoked", c.SerialString())
+	}
+	if s.agentRevokedLocked(c.Subject, c.NotBefore) {
+		return fail(CodeRevoked, -1, "agent %s is revoked", c.Subject)
+	}
+	return nil
+}
