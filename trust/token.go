@@ -152,14 +152,7 @@ func newLink(to PublicKey, g Grant, now time.Time, i int) (*Link, error) {
 	if _, err := rand.Read(l.ID[:]); err != nil {
 		return nil, err
 	}
-	body, err := proto.MarshalOptions{Deterministic: true}.Marshal(&trustpb.LinkBody{
-		Holder: to[:], Scopes: l.Scopes, Delegatable: mask,
-		NotBefore: l.NotBefore.Unix(), Expires: l.Expires.Unix(), Id: l.ID[:],
-	})
-	if err != nil {
-		return nil, err
-	}
-	l.body = body
+	l.body = encodeLinkBody(l, mask)
 	return l, nil
 }
 
@@ -366,4 +359,12 @@ func (t *Token) Info() TokenInfo {
 		ti.Links = append(ti.Links, LinkInfo{l.ID.String(), l.Holder.String(), l.Scopes, d, l.NotBefore.UTC(), l.Expires.UTC()})
 	}
 	return ti
+}
+
+func encodeLinkBody(l *Link, mask uint64) []byte {
+	body, _ := proto.MarshalOptions{Deterministic: true}.Marshal(&trustpb.LinkBody{
+		Holder: l.Holder[:], Scopes: l.Scopes, Delegatable: mask,
+		NotBefore: l.NotBefore.Unix(), Expires: l.Expires.Unix(), Id: l.ID[:],
+	})
+	return body
 }

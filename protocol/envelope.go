@@ -1,0 +1,201 @@
+package protocol
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"time"
+
+	"github.com/meshagent/meshagent/protocol/protocolpb"
+	"github.com/meshagent/meshagent/trust"
+	"google.golang.org/protobuf/proto"
+)
+
+// Protocol constants.
+const (
+	// Version is the envelope format version (see the package doc).
+	Version = 1
+	// ProtocolRPC is the libp2p protocol ID of request/reply calls.
+	ProtocolRPC = "/meshagent/rpc/1.0.0"
+	// ProtocolAdmission is the libp2p protocol ID of the credential exchange.
+	ProtocolAdmission = "/meshagent/admission/1.0.0"
+	// DomainEnvelope prefixes every envelope signature.
+	DomainEnvelope = "meshagent/v1/envelope\x00"
+	// DefaultMaxEnvelopeSize bounds an encoded envelope, body included.
+	DefaultMaxEnvelopeSize = 256 << 10
+	// NonceSize is the size of the nonces this package makes; decoders
+	// accept 16 to 32 bytes.
+	NonceSize    = 16
+	maxNonceSize = 32
+	// DefaultWindow is the replay window: envelopes whose timestamp is more
+	// than this away from the receiver's clock are stale.
+	DefaultWindow = 5 * time.Minute
+)
+
+// Kind says what an envelope is.
+type Kind int32
+
+// Kinds. The values are the wire enum's.
+const (
+	KindRequest = Kind(protocolpb.Kind_KIND_REQUEST) // an RPC request, needs a token
+	KindReply   = Kind(protocolpb.Kind_KIND_REPLY)   // a successful reply
+	KindError   = Kind(protocolpb.Kind_KIND_ERROR)   // a rejected or failed call
+	KindMessage = Kind(protocolpb.Kind_KIND_MESSAGE) // a pubsub message, needs a token
+)
+
+func (k Kind) String() string {
+	switch k {
+	case KindRequest:
+		return "request"
+	case KindReply:
+		return "reply"
+	case KindError:
+		return "error"
+	case KindMessage:
+		return "message"
+	}
+	return "unknown"
+}
+
+// needsToken reports whether the kind must carry a capability chain.
+func (k Kind) needsToken() bool { return k == KindRequest || k == KindMessage }
+
+// CorrelationID ties a request, its reply and onward calls together.
+type CorrelationID [16]byte
+
+// NewCorrelationID returns a random ID.
+func NewCorrelationID() CorrelationID {
+	var c CorrelationID
+	_, _ = rand.Read(c[:])
+	return c
+}
+
+// String returns the ID in hex.
+func (c CorrelationID) String() string { return hex.EncodeToString(c[:]) }
+
+// ParseCorrelationID parses the hex form.
+func ParseCorrelationID(s string) (CorrelationID, error) {
+	var c CorrelationID
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != len(c) {
+		return c, Reject(trust.CodeMalformed, "correlation ID %q is not 32 hex digits", s)
+	}
+	copy(c[:], b)
+	return c, nil
+}
+
+// Envelope is a signed message between agents. Build one, then Seal it;
+// receivers get one from Decider.Decide (or Open, which checks nothing).
+type Envelope struct {
+	Kind           Kind
+	Sender         trust.PublicKey
+	RecipientPeer  trust.PublicKey // set for RPC
+	RecipientTopic string          // set for pubsub
+	Action         string
+	Payload        []byte
+	ContentType    string
+	Timestamp      time.Time
+	Nonce          []byte
+	CorrelationID  CorrelationID
+	Token          *trust.Token
+	ErrorCode      trust.Code // KindError only
+	ErrorDetail    string     // KindError only
+
+	body, sig []byte // exactly as signed / received
+}
+
+// Seal fills in the sender, timestamp (now), a fresh nonce and, when zero,
+// a correlation ID, then signs e with id and returns the wire bytes.
+func Seal(id *trust.Identity, e *Envelope, now time.Time) ([]byte, error) {
+	e.Sender = id.Public()
+	e.Timestamp = now
+	e.Nonce = make([]byte, NonceSize)
+	if _, err := rand.Read(e.Nonce); err != nil {
+		return nil, err
+	}
+	if e.CorrelationID == (CorrelationID{}) {
+		e.CorrelationID = NewCorrelationID()
+	}
+	b := &protocolpb.EnvelopeBody{
+		Version: Version, Kind: protocolpb.Kind(e.Kind), Sender: e.Sender[:], Action: e.Action,
+		Payload: e.Payload, ContentType: e.ContentType, Timestamp: now.UnixNano(), Nonce: e.Nonce,
+		CorrelationId: e.CorrelationID[:], ErrorCode: string(e.ErrorCode), ErrorDetail: e.ErrorDetail,
+		RecipientTopic: e.RecipientTopic,
+	}
+	if !e.RecipientPeer.IsZero() {
+		b.RecipientPeer = e.RecipientPeer[:]
+	}
+	if e.Token != nil {
+		b.Token = e.Token.Proto()
+	}
+	body, err := proto.MarshalOptions{Deterministic: true}.Marshal(b)
+	if err != nil {
+		return nil, err
+	}
+	e.body = body
+	e.sig = id.Sign(DomainEnvelope, body)
+	return proto.MarshalOptions{Deterministic: true}.Marshal(&protocolpb.Envelope{Body: body, Signature: e.sig})
+}
+
+// Open decodes wire bytes of at most maxSize into an Envelope. It checks
+// the structure only: no signature, time, chain or replay check. Use
+// Decider.Decide before acting on anything.
+func Open(raw []byte, maxSize, maxTokenSize int) (*Envelope, error) {
+	if len(raw) > maxSize {
+		return nil, Reject(trust.CodeTooLarge, "envelope is %d bytes, at most %d", len(raw), maxSize)
+	}
+	var w protocolpb.Envelope
+	if err := proto.Unmarshal(raw, &w); err != nil {
+		return nil, Reject(trust.CodeMalformed, "envelope: %v", err)
+	}
+	var b protocolpb.EnvelopeBody
+	if err := proto.Unmarshal(w.Body, &b); err != nil {
+		return nil, Reject(trust.CodeMalformed, "envelope body: %v", err)
+	}
+	if b.Version != Version {
+		return nil, Reject(CodeVersion, "envelope version %d, this node speaks %d", b.Version, Version)
+	}
+	e := &Envelope{Kind: Kind(b.Kind), Action: b.Action, Payload: b.Payload, ContentType: b.ContentType,
+		Timestamp: time.Unix(0, b.Timestamp), Nonce: b.Nonce, RecipientTopic: b.RecipientTopic,
+		ErrorCode: trust.Code(b.ErrorCode), ErrorDetail: b.ErrorDetail, body: w.Body, sig: w.Signature}
+	switch e.Kind {
+	case KindRequest, KindReply, KindError, KindMessage:
+	default:
+		return nil, Reject(trust.CodeMalformed, "unknown envelope kind %d", b.Kind)
+	}
+	var err error
+	if e.Sender, err = trust.PublicKeyFromBytes(b.Sender); err != nil {
+		return nil, Reject(trust.CodeMalformed, "sender: %v", err)
+	}
+	if (len(b.RecipientPeer) == 0) == (b.RecipientTopic == "") {
+		return nil, Reject(trust.CodeMalformed, "envelope must name exactly one recipient, a peer or a topic")
+	}
+	if len(b.RecipientPeer) > 0 {
+		if e.RecipientPeer, err = trust.PublicKeyFromBytes(b.RecipientPeer); err != nil {
+			return nil, Reject(trust.CodeMalformed, "recipient: %v", err)
+		}
+	}
+	if len(b.Nonce) < NonceSize || len(b.Nonce) > maxNonceSize {
+		return nil, Reject(trust.CodeMalformed, "nonce is %d bytes, want %d to %d", len(b.Nonce), NonceSize, maxNonceSize)
+	}
+	if len(b.CorrelationId) != len(CorrelationID{}) {
+		return nil, Reject(trust.CodeMalformed, "correlation ID is %d bytes, want 16", len(b.CorrelationId))
+	}
+	copy(e.CorrelationID[:], b.CorrelationId)
+	if b.Token != nil {
+		if n := proto.Size(b.Token); n > maxTokenSize {
+			return nil, Reject(trust.CodeTooLarge, "token is %d bytes, at most %d", n, maxTokenSize)
+		}
+		if e.Token, err = trust.TokenFromProto(b.Token); err != nil {
+			return nil, err
+		}
+	}
+	return e, nil
+}
+
+// Size returns the encoded size of a sealed or opened envelope.
+func (e *Envelope) Size() int { return len(e.body) + len(e.sig) + 6 }
+
+// VerifySignature checks the sender's signature over the exact body bytes.
+func (e *Envelope) VerifySignature() bool {
+	return e.Sender.Verify(DomainEnvelope, e.body, e.sig)
+}

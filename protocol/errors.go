@@ -1,0 +1,43 @@
+package protocol
+
+import (
+	"fmt"
+
+	"github.com/meshagent/meshagent/trust"
+)
+
+// Reason codes added by this layer; they share one namespace with the trust
+// codes (trust.Code). ONLY APPEND: these strings are part of the protocol.
+const (
+	CodeStale          trust.Code = "stale"           // timestamp outside the window
+	CodeReplay         trust.Code = "replay"          // (sender, nonce) seen within the window
+	CodeReplayFull     trust.Code = "replay_full"     // replay cache full: refused rather than forget a nonce
+	CodeWrongRecipient trust.Code = "wrong_recipient" // addressed to another peer or topic
+	CodeWrongKind      trust.Code = "wrong_kind"      // e.g. a reply where a request was expected
+	CodeImpersonation  trust.Code = "impersonation"   // envelope sender differs from the authenticated peer
+	CodeNoToken        trust.Code = "no_token"        // a request or message without a capability chain
+	CodeVersion        trust.Code = "unsupported_version"
+	CodeUnlisted       trust.Code = "unlisted" // sender has no valid credential in the registry
+	CodeDead           trust.Code = "dead"     // sender stopped heartbeating
+	CodeNoHandler      trust.Code = "no_handler"
+	CodeHandlerError   trust.Code = "handler_error"
+	CodeUnavailable    trust.Code = "unavailable"
+)
+
+// Sentinels for errors.Is.
+var (
+	ErrStale          = &trust.Error{Code: CodeStale, Link: -1}
+	ErrReplay         = &trust.Error{Code: CodeReplay, Link: -1}
+	ErrReplayFull     = &trust.Error{Code: CodeReplayFull, Link: -1}
+	ErrWrongRecipient = &trust.Error{Code: CodeWrongRecipient, Link: -1}
+	ErrWrongKind      = &trust.Error{Code: CodeWrongKind, Link: -1}
+	ErrImpersonation  = &trust.Error{Code: CodeImpersonation, Link: -1}
+	ErrNoToken        = &trust.Error{Code: CodeNoToken, Link: -1}
+	ErrUnlisted       = &trust.Error{Code: CodeUnlisted, Link: -1}
+	ErrDead           = &trust.Error{Code: CodeDead, Link: -1}
+)
+
+// Reject makes a rejection error with a code and detail.
+func Reject(code trust.Code, format string, args ...any) *trust.Error {
+	return &trust.Error{Code: code, Link: -1, Detail: fmt.Sprintf(format, args...)}
+}
