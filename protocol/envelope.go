@@ -151,6 +151,9 @@ func Open(raw []byte, maxSize, maxTokenSize int) (*Envelope, error) {
 	if err := proto.Unmarshal(w.Body, &b); err != nil {
 		return nil, Reject(trust.CodeMalformed, "envelope body: %v", err)
 	}
+	if b.Version == 0 {
+		return nil, Reject(trust.CodeMalformed, "envelope has no version")
+	}
 	if b.Version != Version {
 		return nil, Reject(CodeVersion, "envelope version %d, this node speaks %d", b.Version, Version)
 	}

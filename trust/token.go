@@ -13,8 +13,8 @@ import (
 
 // Token limits and defaults.
 const (
-	DefaultMaxDepth     = 8       // links per chain
-	DefaultMaxTokenSize = 4096    // encoded bytes
+	DefaultMaxDepth     = 8    // links per chain
+	DefaultMaxTokenSize = 4096 // encoded bytes
 	tokenVersion        = 1
 	PEMToken            = "MESHAGENT TOKEN"
 	rootDomain          = "meshagent/v1/root\x00"

@@ -155,7 +155,7 @@ func TestCredential(t *testing.T) {
 		t.Fatal("credential round trip changed it")
 	}
 	wantCode(t, v.VerifyCredential(parsed, t0.Add(time.Hour)), "")
-	wantCode(t, v.VerifyCredential(parsed, t0.Add(-10*time.Second)), "")  // inside the skew
+	wantCode(t, v.VerifyCredential(parsed, t0.Add(-10*time.Second)), "") // inside the skew
 	wantCode(t, v.VerifyCredential(parsed, t0.Add(-time.Minute)), CodeNotYetValid)
 	wantCode(t, v.VerifyCredential(parsed, t0.Add(24*time.Hour+10*time.Second)), "") // inside the skew
 	wantCode(t, v.VerifyCredential(parsed, t0.Add(25*time.Hour)), CodeExpired)
