@@ -368,3 +368,27 @@ func encodeLinkBody(l *Link, mask uint64) []byte {
 	})
 	return body
 }
+
+// ForgeDelegation appends a link signed by signer WITHOUT any of Delegate's
+// checks: scopes may widen, expiry may grow, signer need not be the holder.
+// It is what an attacker with an identity key can always build by hand, and
+// exists for attack simulations and tests: every verifier rejects what it
+// makes unless the link happens to obey the rules.
+func (t *Token) ForgeDelegation(signer *Identity, to PublicKey, g Grant, now time.Time) *Token {
+	nb := g.NotBefore
+	if nb.IsZero() {
+		nb = now
+	}
+	l := &Link{Holder: to, Scopes: g.Scopes, NotBefore: nb.Truncate(time.Second), Expires: g.Expires.Truncate(time.Second)}
+	var mask uint64
+	for _, d := range g.Delegatable {
+		if j := indexOf(g.Scopes, d); j >= 0 {
+			mask |= 1 << uint(j)
+		}
+	}
+	l.Delegatable = maskScopes(l.Scopes, mask)
+	_, _ = rand.Read(l.ID[:])
+	l.body = encodeLinkBody(l, mask)
+	l.sig = signer.kp.sign(DomainLink, linkMessage(t.chainHash(), l.body))
+	return &Token{Anchor: t.Anchor, Links: append(append([]*Link(nil), t.Links...), l)}
+}

@@ -1,0 +1,52 @@
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/meshagent/meshagent/trust"
+	"github.com/spf13/cobra"
+)
+
+const defaultConfig = `# meshagent agent configuration. Flags of 'meshagent run' override these
+# settings; list flags (--listen, --bootstrap, --anchor, --token) replace the
+# list from this file.
+
+# The agent's name, as in its credential.
+name: %s
+
+# Addresses to listen on (TCP and QUIC, TLS 1.3 only).
+listen:
+  - /ip4/127.0.0.1/tcp/0
+  - /ip4/127.0.0.1/udp/0/quic-v1
+
+# Peers to connect to at start: full multiaddrs ending in /p2p/PEERID.
+bootstrap: []
+
+# Trusted anchor IDs (from 'meshagent ca init'). Anything that does not chain
+# to one of them is rejected.
+anchors: []
+
+# This agent's credential (from 'meshagent ca issue'), relative to this
+# directory or absolute.
+credential: credential.pem
+
+# Capability tokens this agent holds (from 'meshagent token issue' or
+# 'meshagent token delegate'); the right one is attached to each call.
+tokens: []
+
+# Audit log: one JSON line per call or message, accepted or rejected.
+audit_log: audit.log
+
+# Local API: HTTP + JSON on this Unix socket (mode 0600), relative to this
+# directory or absolute.
+api_socket: api.sock
+`
+
+func writeDefaultConfig(path, name string) error {
+	return trust.WriteFileExclusive(path, fmt.Appendf(nil, defaultConfig, name), 0o600)
+}
+
+func addDaemonCommands(root *cobra.Command) {}
+
+var _ = os.Stat

@@ -1,0 +1,89 @@
+package node
+
+import (
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/meshagent/meshagent/protocol"
+	"github.com/meshagent/meshagent/trust"
+)
+
+// Config configures a Node. Start from DefaultConfig or LocalConfig.
+type Config struct {
+	// Identity is the agent's private key; it is also the libp2p host key,
+	// so the TLS handshake proves it. Required.
+	Identity *trust.Identity
+	// Credential is the agent's certificate, presented at admission.
+	// Required.
+	Credential *trust.Credential
+	// Policy says which anchors to trust and the limits to enforce.
+	// Policy.Anchors is required.
+	Policy trust.Policy
+	// Tokens are the capability tokens this agent holds. Call and Publish
+	// attach the first one whose leaf grants the action to this agent.
+	Tokens []*trust.Token
+	// ListenAddrs are multiaddrs to listen on (TCP and /quic-v1 only).
+	ListenAddrs []string
+	// AdmissionTimeout is how long a new connection has to complete the
+	// credential exchange before it is closed. Default 5 s.
+	AdmissionTimeout time.Duration
+	// CallTimeout bounds one RPC (stream open, request, reply) when the
+	// caller's context has no earlier deadline. Default 10 s.
+	CallTimeout time.Duration
+	// HandlerTimeout bounds one handler run on the server side. Default 10 s.
+	HandlerTimeout time.Duration
+	// MaxEnvelopeSize bounds every frame read from a stream or pubsub
+	// message. Default 256 KiB.
+	MaxEnvelopeSize int
+	// ReplayWindow is the accepted clock difference and replay window.
+	// Default 5 minutes.
+	ReplayWindow time.Duration
+	// Audit receives one JSON line per inbound and outbound call or
+	// message. nil discards the audit log.
+	Audit io.Writer
+	// Clock returns the current time; nil means time.Now. Tests set it to
+	// skew one node's clock.
+	Clock func() time.Time
+}
+
+// DefaultConfig returns the production defaults: listen on all interfaces
+// on port 4001 over TCP and QUIC.
+func DefaultConfig() Config {
+	return Config{
+		ListenAddrs:      []string{"/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"},
+		AdmissionTimeout: 5 * time.Second,                 // credential exchange per connection
+		CallTimeout:      10 * time.Second,                // one RPC, end to end
+		HandlerTimeout:   10 * time.Second,                // one handler run
+		MaxEnvelopeSize:  protocol.DefaultMaxEnvelopeSize, // 256 KiB per frame
+		ReplayWindow:     protocol.DefaultWindow,          // ±5 minutes
+		Policy:           trust.DefaultPolicy(),           // add anchors
+	}
+}
+
+// LocalConfig returns defaults for tests and simulations: loopback only, on
+// random ports, with short timeouts.
+func LocalConfig() Config {
+	c := DefaultConfig()
+	c.ListenAddrs = []string{"/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"}
+	c.AdmissionTimeout = 2 * time.Second
+	c.CallTimeout = 5 * time.Second
+	c.HandlerTimeout = 5 * time.Second
+	return c
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.Identity == nil:
+		return fmt.Errorf("node: config: Identity is required")
+	case c.Credential == nil:
+		return fmt.Errorf("node: config: Credential is required")
+	case len(c.Policy.Anchors) == 0:
+		return fmt.Errorf("node: config: Policy.Anchors is required")
+	case !c.Credential.Subject.Equal(c.Identity.Public()):
+		return fmt.Errorf("node: config: the credential is for %s, not for this identity %s", c.Credential.Subject, c.Identity.Public())
+	case c.AdmissionTimeout <= 0 || c.CallTimeout <= 0 || c.HandlerTimeout <= 0 || c.MaxEnvelopeSize <= 0 || c.ReplayWindow <= 0:
+		return fmt.Errorf("node: config: timeouts, window and sizes must be positive (start from DefaultConfig)")
+	}
+	return nil
+}

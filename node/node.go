@@ -1,0 +1,231 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	golog "github.com/ipfs/go-log/v2"
+	"github.com/libp2p/go-libp2p"
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/gologshim"
+	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
+	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/meshagent/meshagent/protocol"
+	"github.com/meshagent/meshagent/trust"
+)
+
+var log = golog.Logger("meshagent/node")
+
+// Lifecycle errors.
+var (
+	ErrAlreadyStarted = errors.New("node: already started")
+	ErrNotStarted     = errors.New("node: not started")
+	ErrClosed         = errors.New("node: closed")
+)
+
+var routeLogs sync.Once
+
+// Node is one agent on the mesh. Its methods are safe for concurrent use.
+type Node struct {
+	cfg      Config
+	self     trust.PublicKey
+	verifier *trust.Verifier
+	decider  *protocol.Decider
+	members  *members
+	audit    *auditor
+
+	mu       sync.Mutex
+	started  bool
+	closed   bool
+	host     host.Host
+	ps       *pubsub.PubSub
+	topics   map[string]*pubsub.Topic
+	handlers map[string]Handler
+	cancel   context.CancelFunc
+	ctx      context.Context
+}
+
+// New validates cfg and builds a Node. Nothing listens until Start.
+func New(cfg Config) (*Node, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	v, err := trust.NewVerifier(cfg.Policy)
+	if err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	if err := v.VerifyCredential(cfg.Credential, cfg.Clock()); err != nil {
+		return nil, fmt.Errorf("node: own credential: %w", err)
+	}
+	routeLogs.Do(func() { gologshim.SetDefaultHandler(golog.SlogHandler()) })
+	n := &Node{cfg: cfg, self: cfg.Identity.Public(), verifier: v, audit: newAuditor(cfg.Audit),
+		topics: map[string]*pubsub.Topic{}, handlers: map[string]Handler{}}
+	n.members = newMembers(n)
+	n.decider = &protocol.Decider{Verifier: v, Replay: protocol.NewReplayGuard(cfg.ReplayWindow, 0, 0),
+		Membership: n.members, MaxSize: cfg.MaxEnvelopeSize}
+	return n, nil
+}
+
+// Start builds the libp2p host, starts listening, and joins pubsub. ctx
+// bounds start-up only.
+func (n *Node) Start(ctx context.Context) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return ErrClosed
+	}
+	if n.started {
+		return ErrAlreadyStarted
+	}
+	limits := rcmgr.DefaultLimits
+	libp2p.SetDefaultServiceLimits(&limits)
+	limits.AddProtocolLimit(protocol.ProtocolRPC, rcmgr.BaseLimit{StreamsInbound: 256, StreamsOutbound: 256, Streams: 512, Memory: 64 << 20}, rcmgr.BaseLimitIncrease{})
+	// Many agents may sit behind one IP (containers, one host): raise the
+	// per-subnet connection cap from 8.
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()),
+		rcmgr.WithLimitPerSubnet([]rcmgr.ConnLimitPerSubnet{{PrefixLength: 32, ConnCount: 256}}, []rcmgr.ConnLimitPerSubnet{{PrefixLength: 56, ConnCount: 256}}))
+	if err != nil {
+		return fmt.Errorf("node: resource manager: %w", err)
+	}
+	h, err := libp2p.New(
+		libp2p.Identity(n.cfg.Identity.Libp2pKey()),
+		libp2p.Security(libp2ptls.ID, libp2ptls.New), // TLS 1.3 only: no Noise, no plaintext
+		libp2p.Transport(tcp.NewTCPTransport),
+		libp2p.Transport(quic.NewTransport), // QUIC is TLS 1.3 with the same key binding
+		libp2p.ListenAddrStrings(n.cfg.ListenAddrs...),
+		libp2p.ConnectionGater(n.members),
+		libp2p.ResourceManager(rm),
+		libp2p.DisableRelay(),
+		libp2p.DisableMetrics(),
+	)
+	if err != nil {
+		return fmt.Errorf("node: libp2p host: %w", err)
+	}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	ps, err := pubsub.NewGossipSub(n.ctx, h,
+		pubsub.WithMessageSignaturePolicy(pubsub.StrictSign),
+		pubsub.WithFloodPublish(true),
+		pubsub.WithPeerExchange(false),
+		pubsub.WithMaxMessageSize(n.cfg.MaxEnvelopeSize+4096),
+		pubsub.WithPeerScore(peerScoreParams(), peerScoreThresholds()),
+		pubsub.WithLogger(slog.New(golog.SlogHandler()).With("logger", "pubsub")),
+	)
+	if err != nil {
+		n.cancel()
+		h.Close()
+		return fmt.Errorf("node: pubsub: %w", err)
+	}
+	n.host, n.ps = h, ps
+	h.SetStreamHandler(protocol.ProtocolAdmission, n.members.handleAdmission)
+	h.SetStreamHandler(protocol.ProtocolRPC, n.handleRPC)
+	h.Network().Notify(n.members.notifiee())
+	n.started = true
+	log.Infow("node started", "peer", h.ID(), "addrs", h.Addrs())
+	_ = ctx
+	return nil
+}
+
+// Close stops the node. It is safe to call more than once.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return nil
+	}
+	n.closed = true
+	h, cancel := n.host, n.cancel
+	n.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	if h != nil {
+		return h.Close()
+	}
+	return nil
+}
+
+// ID returns the agent's peer ID.
+func (n *Node) ID() peer.ID { return n.self.PeerID() }
+
+// Name returns the agent's name, from its credential.
+func (n *Node) Name() string { return n.cfg.Credential.Name }
+
+// Host returns the libp2p host (nil before Start).
+func (n *Node) Host() host.Host {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.host
+}
+
+// Addrs returns the node's listen addresses, each ending in /p2p/PEERID.
+func (n *Node) Addrs() []ma.Multiaddr {
+	h := n.Host()
+	if h == nil {
+		return nil
+	}
+	addrs, _ := peer.AddrInfoToP2pAddrs(&peer.AddrInfo{ID: h.ID(), Addrs: h.Addrs()})
+	return addrs
+}
+
+// Verifier returns the node's verifier, for revocations.
+func (n *Node) Verifier() *trust.Verifier { return n.verifier }
+
+// SetAuditHook registers f to see every audit record as it is written.
+func (n *Node) SetAuditHook(f func(AuditRecord)) {
+	n.audit.mu.Lock()
+	defer n.audit.mu.Unlock()
+	n.audit.hook = f
+}
+
+func (n *Node) now() time.Time { return n.cfg.Clock() }
+
+// Connect dials the peer and completes admission: it returns only once
+// both sides have exchanged and verified credentials, or an error.
+func (n *Node) Connect(ctx context.Context, ai peer.AddrInfo) error {
+	h := n.Host()
+	if h == nil {
+		return ErrNotStarted
+	}
+	if err := h.Connect(ctx, ai); err != nil {
+		return fmt.Errorf("node: connect %s: %w", ai.ID, err)
+	}
+	return n.members.admit(ctx, ai.ID)
+}
+
+// ConnectAddr is Connect with a multiaddr string ending in /p2p/PEERID.
+func (n *Node) ConnectAddr(ctx context.Context, addr string) error {
+	ai, err := peer.AddrInfoFromString(addr)
+	if err != nil {
+		return fmt.Errorf("node: %q: %w", addr, err)
+	}
+	return n.Connect(ctx, *ai)
+}
+
+// PeerInfo describes an admitted peer.
+type PeerInfo struct {
+	PeerID  peer.ID   `json:"peer_id"`
+	Name    string    `json:"name"`
+	State   string    `json:"state"`
+	Expires time.Time `json:"credential_expires"`
+}
+
+// Peers lists the admitted peers.
+func (n *Node) Peers() []PeerInfo { return n.members.list() }
+
+func connectedness(h host.Host, p peer.ID) bool {
+	return h.Network().Connectedness(p) == network.Connected
+}

@@ -1,0 +1,150 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/meshagent/meshagent/protocol"
+	"github.com/meshagent/meshagent/trust"
+)
+
+// Message is a verified pubsub message.
+type Message struct {
+	Topic         string
+	From          peer.ID
+	Action        string
+	Body          []byte
+	CorrelationID protocol.CorrelationID
+}
+
+// Subscription delivers verified messages of one topic.
+type Subscription struct {
+	sub  *pubsub.Subscription
+	self peer.ID
+}
+
+// Next blocks until the next message from another agent, or ctx ends.
+func (s *Subscription) Next(ctx context.Context) (*Message, error) {
+	for {
+		m, err := s.sub.Next(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if m.GetFrom() == s.self {
+			continue
+		}
+		e, ok := m.ValidatorData.(*protocol.Envelope)
+		if !ok {
+			continue
+		}
+		return &Message{Topic: e.RecipientTopic, From: e.Sender.PeerID(), Action: e.Action, Body: e.Payload, CorrelationID: e.CorrelationID}, nil
+	}
+}
+
+// Cancel stops the subscription.
+func (s *Subscription) Cancel() { s.sub.Cancel() }
+
+// join returns the topic, joining it and registering its validator once.
+func (n *Node) join(name string) (*pubsub.Topic, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.ps == nil {
+		return nil, ErrNotStarted
+	}
+	if t, ok := n.topics[name]; ok {
+		return t, nil
+	}
+	if err := n.ps.RegisterTopicValidator(name, n.validator(name), pubsub.WithValidatorInline(true)); err != nil {
+		return nil, fmt.Errorf("node: validator for %q: %w", name, err)
+	}
+	t, err := n.ps.Join(name)
+	if err != nil {
+		return nil, fmt.Errorf("node: join %q: %w", name, err)
+	}
+	_ = t.SetScoreParams(topicScoreParams())
+	n.topics[name] = t
+	return t, nil
+}
+
+// validator runs the decision function on every message of the topic, and
+// requires the pubsub author (whose signature pubsub has checked) to be the
+// envelope's sender. A rejection lowers the forwarding peer's score.
+func (n *Node) validator(topic string) pubsub.ValidatorEx {
+	return func(_ context.Context, _ peer.ID, m *pubsub.Message) pubsub.ValidationResult {
+		start := time.Now()
+		author, err := trust.PublicKeyFromPeerID(m.GetFrom())
+		var e *protocol.Envelope
+		if err == nil {
+			e, err = n.decider.Decide(m.Data, protocol.Expect{Kinds: []protocol.Kind{protocol.KindMessage}, Topic: topic, From: author}, n.now())
+		}
+		if author.Equal(n.self) && err == nil {
+			m.ValidatorData = e
+			return pubsub.ValidationAccept
+		}
+		rec := AuditRecord{Time: n.now(), Direction: "in", Kind: "message", Sender: m.GetFrom().String(), Recipient: topic}
+		if e != nil {
+			rec.CorrelationID, rec.Action = e.CorrelationID.String(), e.Action
+		}
+		rec.LatencyMS = float64(time.Since(start).Microseconds()) / 1000
+		if err != nil {
+			rec.Decision, rec.Reason, rec.Detail = "reject", string(codeOrDefault(err, trust.CodeMalformed)), err.Error()
+			n.audit.write(rec)
+			return pubsub.ValidationReject
+		}
+		rec.Decision = "accept"
+		n.audit.write(rec)
+		m.ValidatorData = e
+		return pubsub.ValidationAccept
+	}
+}
+
+// Subscribe joins topic and returns its verified messages.
+func (n *Node) Subscribe(topic string) (*Subscription, error) {
+	t, err := n.join(topic)
+	if err != nil {
+		return nil, err
+	}
+	s, err := t.Subscribe(pubsub.WithBufferSize(1024))
+	if err != nil {
+		return nil, err
+	}
+	return &Subscription{sub: s, self: n.ID()}, nil
+}
+
+// Publish signs an envelope for topic with the token that grants action
+// and publishes it.
+func (n *Node) Publish(ctx context.Context, topic, action string, body []byte) error {
+	raw, err := n.SealMessage(topic, action, body, nil)
+	if err != nil {
+		return err
+	}
+	return n.PublishRaw(ctx, topic, raw)
+}
+
+// SealMessage builds and signs a pubsub envelope without publishing it.
+func (n *Node) SealMessage(topic, action string, body []byte, tok *trust.Token) ([]byte, error) {
+	if tok == nil {
+		tok = n.tokenFor(action)
+	}
+	return protocol.Seal(n.cfg.Identity, &protocol.Envelope{Kind: protocol.KindMessage, RecipientTopic: topic, Action: action, Payload: body, Token: tok}, n.now())
+}
+
+// PublishRaw publishes pre-sealed bytes (attack scenarios use it).
+func (n *Node) PublishRaw(ctx context.Context, topic string, raw []byte) error {
+	t, err := n.join(topic)
+	if err != nil {
+		return err
+	}
+	rec := AuditRecord{Time: n.now(), Direction: "out", Kind: "message", Sender: n.ID().String(), Recipient: topic, Decision: "accept"}
+	if err := t.Publish(ctx, raw); err != nil {
+		rec.Decision, rec.Reason, rec.Detail = "reject", string(codeOrDefault(err, trust.CodeMalformed)), err.Error()
+		n.audit.write(rec)
+		return err
+	}
+	n.audit.write(rec)
+	return nil
+}

@@ -1,0 +1,264 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-msgio"
+
+	"github.com/meshagent/meshagent/protocol"
+	"github.com/meshagent/meshagent/trust"
+)
+
+// Request is an accepted inbound call, handed to a Handler only after the
+// decision function accepted it.
+type Request struct {
+	From          peer.ID
+	Action        string
+	Body          []byte
+	ContentType   string
+	CorrelationID protocol.CorrelationID
+}
+
+// Handler serves one action. The returned bytes are the reply body; an
+// error becomes an error reply with code handler_error and the error text.
+type Handler func(ctx context.Context, req *Request) ([]byte, error)
+
+// Handle registers h for action (a scope such as read:logs), replacing any
+// earlier handler.
+func (n *Node) Handle(action string, h Handler) error {
+	if err := trust.ValidateScope(action); err != nil {
+		return err
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.handlers[action] = h
+	return nil
+}
+
+// Reply is the verified reply to a call.
+type Reply struct {
+	From          peer.ID
+	Body          []byte
+	ContentType   string
+	CorrelationID protocol.CorrelationID
+}
+
+// CallOptions adjust one call.
+type CallOptions struct {
+	Token         *trust.Token           // nil: the first held token granting the action
+	CorrelationID protocol.CorrelationID // zero: a new one; set it for onward calls
+	ContentType   string
+}
+
+// tokenFor returns the first held token whose leaf grants action to this
+// agent and is valid now.
+func (n *Node) tokenFor(action string) *trust.Token {
+	for _, t := range n.cfg.Tokens {
+		if n.verifier.Authorize(t, n.self, action, n.now()) == nil {
+			return t
+		}
+	}
+	return nil
+}
+
+// Call sends a signed request for action to peer to and waits for the
+// signed reply. A rejection by the remote node (or of its reply by this
+// one) is a *trust.Error whose Code says why: errors.Is(err,
+// protocol.ErrReplay) and friends work.
+func (n *Node) Call(ctx context.Context, to peer.ID, action string, body []byte, opts *CallOptions) (*Reply, error) {
+	if opts == nil {
+		opts = &CallOptions{}
+	}
+	h := n.Host()
+	if h == nil {
+		return nil, ErrNotStarted
+	}
+	toKey, err := trust.PublicKeyFromPeerID(to)
+	if err != nil {
+		return nil, err
+	}
+	tok := opts.Token
+	if tok == nil {
+		tok = n.tokenFor(action)
+	}
+	env := &protocol.Envelope{Kind: protocol.KindRequest, RecipientPeer: toKey, Action: action, Payload: body,
+		ContentType: opts.ContentType, CorrelationID: opts.CorrelationID, Token: tok}
+	raw, err := protocol.Seal(n.cfg.Identity, env, n.now())
+	if err != nil {
+		return nil, err
+	}
+	return n.roundTrip(ctx, to, toKey, env, raw)
+}
+
+// SendRaw sends pre-sealed request bytes and waits for the reply: the
+// attack scenarios (replay, tampering) use it. Normal code calls Call.
+func (n *Node) SendRaw(ctx context.Context, to peer.ID, raw []byte) (*Reply, error) {
+	toKey, err := trust.PublicKeyFromPeerID(to)
+	if err != nil {
+		return nil, err
+	}
+	env, err := protocol.Open(raw, 1<<30, 1<<30)
+	if err != nil {
+		env = &protocol.Envelope{}
+	}
+	return n.roundTrip(ctx, to, toKey, env, raw)
+}
+
+// SealRequest builds and signs a request without sending it.
+func (n *Node) SealRequest(to peer.ID, action string, body []byte, tok *trust.Token) ([]byte, error) {
+	toKey, err := trust.PublicKeyFromPeerID(to)
+	if err != nil {
+		return nil, err
+	}
+	if tok == nil {
+		tok = n.tokenFor(action)
+	}
+	return protocol.Seal(n.cfg.Identity, &protocol.Envelope{Kind: protocol.KindRequest, RecipientPeer: toKey, Action: action, Payload: body, Token: tok}, n.now())
+}
+
+func (n *Node) roundTrip(ctx context.Context, to peer.ID, toKey trust.PublicKey, env *protocol.Envelope, raw []byte) (*Reply, error) {
+	start := time.Now()
+	rec := AuditRecord{Time: n.now(), CorrelationID: env.CorrelationID.String(), Direction: "out", Kind: "request",
+		Sender: n.ID().String(), Recipient: to.String(), Action: env.Action}
+	reply, err := n.exchange(ctx, to, toKey, env, raw)
+	rec.LatencyMS = float64(time.Since(start).Microseconds()) / 1000
+	if err != nil {
+		rec.Decision, rec.Reason, rec.Detail = "reject", string(codeOrDefault(err, protocol.CodeUnavailable)), errDetail(err)
+	} else {
+		rec.Decision = "accept"
+	}
+	n.audit.write(rec)
+	return reply, err
+}
+
+func (n *Node) exchange(ctx context.Context, to peer.ID, toKey trust.PublicKey, env *protocol.Envelope, raw []byte) (*Reply, error) {
+	h := n.Host()
+	if deadline, ok := ctx.Deadline(); !ok || time.Until(deadline) > n.cfg.CallTimeout {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, n.cfg.CallTimeout)
+		defer cancel()
+	}
+	if !n.members.isAdmitted(to) {
+		if err := n.members.admit(ctx, to); err != nil {
+			return nil, protocol.Reject(protocol.CodeUnavailable, "%v", err)
+		}
+	}
+	s, err := h.NewStream(ctx, to, protocol.ProtocolRPC)
+	if err != nil {
+		return nil, protocol.Reject(protocol.CodeUnavailable, "open stream to %s: %v", to, err)
+	}
+	deadline, _ := ctx.Deadline()
+	_ = s.SetDeadline(deadline)
+	if err := msgio.NewVarintWriter(s).WriteMsg(raw); err != nil {
+		s.Reset()
+		return nil, protocol.Reject(protocol.CodeUnavailable, "send to %s: %v", to, err)
+	}
+	_ = s.CloseWrite()
+	resp, err := msgio.NewVarintReaderSize(s, n.cfg.MaxEnvelopeSize).ReadMsg()
+	if err != nil {
+		s.Reset()
+		return nil, protocol.Reject(protocol.CodeUnavailable, "no reply from %s: %v", to, err)
+	}
+	s.Close()
+	re, err := n.decider.Decide(resp, protocol.Expect{Kinds: []protocol.Kind{protocol.KindReply, protocol.KindError},
+		Peer: n.self, From: toKey}, n.now())
+	if err != nil {
+		return nil, fmt.Errorf("node: reply from %s rejected: %w", to, err)
+	}
+	if re.CorrelationID != env.CorrelationID {
+		return nil, protocol.Reject(trust.CodeMalformed, "reply correlation ID %s does not match %s", re.CorrelationID, env.CorrelationID)
+	}
+	if re.Kind == protocol.KindError {
+		return nil, &trust.Error{Code: re.ErrorCode, Link: -1, Detail: "rejected by " + to.String() + ": " + re.ErrorDetail}
+	}
+	return &Reply{From: to, Body: re.Payload, ContentType: re.ContentType, CorrelationID: re.CorrelationID}, nil
+}
+
+// handleRPC serves one inbound request stream: read one frame within the
+// size limit, decide, run the handler only on acceptance, reply signed.
+func (n *Node) handleRPC(s network.Stream) {
+	start := time.Now()
+	remote := s.Conn().RemotePeer()
+	_ = s.SetDeadline(start.Add(n.cfg.HandlerTimeout + time.Second))
+	raw, err := msgio.NewVarintReaderSize(s, n.cfg.MaxEnvelopeSize).ReadMsg()
+	if err != nil {
+		s.Reset()
+		code := trust.CodeMalformed
+		if errors.Is(err, msgio.ErrMsgTooLarge) {
+			code = trust.CodeTooLarge
+		}
+		n.audit.write(AuditRecord{Time: n.now(), Direction: "in", Kind: "request", Sender: remote.String(),
+			Recipient: n.ID().String(), Decision: "reject", Reason: string(code), Detail: err.Error()})
+		return
+	}
+	remoteKey, kerr := trust.PublicKeyFromPeerID(remote)
+	var env *protocol.Envelope
+	if kerr != nil {
+		err = kerr
+	} else {
+		env, err = n.decider.Decide(raw, protocol.Expect{Kinds: []protocol.Kind{protocol.KindRequest}, Peer: n.self, From: remoteKey}, n.now())
+	}
+	rec := AuditRecord{Time: n.now(), Direction: "in", Kind: "request", Sender: remote.String(), Recipient: n.ID().String()}
+	if env != nil {
+		rec.CorrelationID, rec.Action = env.CorrelationID.String(), env.Action
+	}
+	var reply *protocol.Envelope
+	if err != nil {
+		reply = n.errorReply(env, remoteKey, trust.CodeOf(err), err.Error())
+		rec.Decision, rec.Reason, rec.Detail = "reject", string(codeOrDefault(err, trust.CodeMalformed)), err.Error()
+	} else {
+		n.mu.Lock()
+		h := n.handlers[env.Action]
+		n.mu.Unlock()
+		if h == nil {
+			reply = n.errorReply(env, remoteKey, protocol.CodeNoHandler, "no handler for "+env.Action)
+			rec.Decision, rec.Reason = "reject", string(protocol.CodeNoHandler)
+		} else {
+			ctx, cancel := context.WithTimeout(n.ctx, n.cfg.HandlerTimeout)
+			body, herr := h(ctx, &Request{From: remote, Action: env.Action, Body: env.Payload, ContentType: env.ContentType, CorrelationID: env.CorrelationID})
+			cancel()
+			if herr != nil {
+				reply = n.errorReply(env, remoteKey, protocol.CodeHandlerError, herr.Error())
+				rec.Decision, rec.Reason, rec.Detail = "accept", string(protocol.CodeHandlerError), herr.Error()
+			} else {
+				reply = &protocol.Envelope{Kind: protocol.KindReply, RecipientPeer: remoteKey, Action: env.Action,
+					Payload: body, CorrelationID: env.CorrelationID}
+				rec.Decision = "accept"
+			}
+		}
+	}
+	rec.LatencyMS = float64(time.Since(start).Microseconds()) / 1000
+	n.audit.write(rec)
+	if reply == nil {
+		s.Reset()
+		return
+	}
+	out, err := protocol.Seal(n.cfg.Identity, reply, n.now())
+	if err != nil {
+		s.Reset()
+		return
+	}
+	if err := msgio.NewVarintWriter(s).WriteMsg(out); err != nil {
+		s.Reset()
+		return
+	}
+	s.Close()
+}
+
+// errorReply builds a signed error reply. For a request that did not even
+// decode there is no correlation ID to answer: the stream is reset instead.
+func (n *Node) errorReply(req *protocol.Envelope, to trust.PublicKey, code trust.Code, detail string) *protocol.Envelope {
+	if req == nil || to.IsZero() {
+		return nil
+	}
+	if code == "" {
+		code = trust.CodeMalformed
+	}
+	return &protocol.Envelope{Kind: protocol.KindError, RecipientPeer: to, Action: req.Action,
+		CorrelationID: req.CorrelationID, ErrorCode: code, ErrorDetail: detail}
+}

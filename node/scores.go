@@ -1,0 +1,43 @@
+package node
+
+import (
+	"time"
+
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// peerScoreParams lowers the score of a peer that forwards messages our
+// validator rejects (invalid-message deliveries), so that gossipsub prunes
+// and eventually graylists it.
+func peerScoreParams() *pubsub.PeerScoreParams {
+	return &pubsub.PeerScoreParams{
+		AppSpecificScore:            func(peer.ID) float64 { return 0 },
+		DecayInterval:               time.Second,
+		DecayToZero:                 0.01,
+		RetainScore:                 10 * time.Minute,
+		IPColocationFactorThreshold: 1000, // many agents may share one IP
+		Topics:                      map[string]*pubsub.TopicScoreParams{},
+	}
+}
+
+func topicScoreParams() *pubsub.TopicScoreParams {
+	return &pubsub.TopicScoreParams{
+		TopicWeight:                    1,
+		TimeInMeshQuantum:              time.Second,
+		InvalidMessageDeliveriesWeight: -100,
+		InvalidMessageDeliveriesDecay:  0.5,
+		FirstMessageDeliveriesDecay:    0.5,
+		MeshMessageDeliveriesDecay:     0.5,
+		MeshFailurePenaltyDecay:        0.5,
+	}
+}
+
+func peerScoreThresholds() *pubsub.PeerScoreThresholds {
+	return &pubsub.PeerScoreThresholds{
+		GossipThreshold:             -10,
+		PublishThreshold:            -50,
+		GraylistThreshold:           -80,
+		OpportunisticGraftThreshold: 1,
+	}
+}
