@@ -58,7 +58,10 @@ type CallOptions struct {
 // tokenFor returns the first held token whose leaf grants action to this
 // agent and is valid now.
 func (n *Node) tokenFor(action string) *trust.Token {
-	for _, t := range n.cfg.Tokens {
+	n.mu.Lock()
+	tokens := n.cfg.Tokens
+	n.mu.Unlock()
+	for _, t := range tokens {
 		if n.verifier.Authorize(t, n.self, action, n.now()) == nil {
 			return t
 		}
@@ -261,4 +264,11 @@ func (n *Node) errorReply(req *protocol.Envelope, to trust.PublicKey, code trust
 	}
 	return &protocol.Envelope{Kind: protocol.KindError, RecipientPeer: to, Action: req.Action,
 		CorrelationID: req.CorrelationID, ErrorCode: code, ErrorDetail: detail}
+}
+
+// AddToken adds a capability token this agent holds.
+func (n *Node) AddToken(t *trust.Token) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.cfg.Tokens = append(append([]*trust.Token(nil), n.cfg.Tokens...), t)
 }
