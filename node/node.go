@@ -12,7 +12,6 @@ import (
 	"github.com/libp2p/go-libp2p"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/host"
-	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/gologshim"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
@@ -225,7 +224,3 @@ type PeerInfo struct {
 
 // Peers lists the admitted peers.
 func (n *Node) Peers() []PeerInfo { return n.members.list() }
-
-func connectedness(h host.Host, p peer.ID) bool {
-	return h.Network().Connectedness(p) == network.Connected
-}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 
 	"github.com/meshagent/meshagent/trust"
 	"github.com/spf13/cobra"
@@ -47,6 +46,4 @@ func writeDefaultConfig(path, name string) error {
 	return trust.WriteFileExclusive(path, fmt.Appendf(nil, defaultConfig, name), 0o600)
 }
 
-func addDaemonCommands(root *cobra.Command) {}
-
-var _ = os.Stat
+func addDaemonCommands(root *cobra.Command) { root.AddCommand(newDemoCmd()) }

@@ -1,0 +1,28 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The demo is the README's first command: every row must come out as it
+// must, and it must say so.
+func TestDemo(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var out bytes.Buffer
+	if err := runDemo(ctx, &out); err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	for _, want := range []string{"rejected: bad_signature", "rejected: replay", "rejected: escalation", "rejected: not_holder", "rejected: untrusted_root", "rejected: no connection", "every row came out as it must"} {
+		if !strings.Contains(out.String(), want) {
+			t.Fatalf("demo output lacks %q:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "HANDLER RAN") {
+		t.Fatal("a handler ran for a rejected call")
+	}
+}
