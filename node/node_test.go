@@ -24,7 +24,7 @@ import (
 
 // testMesh starts orchestrator, worker (serving read:logs, counting runs)
 // and mallory (enrolled, no rights), over the given transport.
-func testMesh(t *testing.T, transport string) (*simulations.Mesh, *atomic.Int32) {
+func testMesh(t testing.TB, transport string) (*simulations.Mesh, *atomic.Int32) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
