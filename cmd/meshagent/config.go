@@ -46,4 +46,7 @@ func writeDefaultConfig(path, name string) error {
 	return trust.WriteFileExclusive(path, fmt.Appendf(nil, defaultConfig, name), 0o600)
 }
 
-func addDaemonCommands(root *cobra.Command) { root.AddCommand(newDemoCmd()) }
+func addDaemonCommands(root *cobra.Command) {
+	root.AddCommand(newDemoCmd(), newRunCmd())
+	root.AddCommand(newClientCommands()...)
+}

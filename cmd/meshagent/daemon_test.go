@@ -1,0 +1,124 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshagent/meshagent/node"
+	"github.com/meshagent/meshagent/simulations"
+)
+
+// writeConfig replaces the default config with one for a test mesh.
+func writeConfig(t *testing.T, home, name, anchor string, tokens ...string) *fileConfig {
+	fc := &fileConfig{Name: name, Listen: []string{"/ip4/127.0.0.1/tcp/0"}, Anchors: []string{anchor},
+		Credential: credentialFile, Tokens: tokens, AuditLog: "audit.log", APISocket: "api.sock"}
+	return fc
+}
+
+func startDaemon(t *testing.T, home string, fc *fileConfig) *node.Node {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan *node.Node, 1)
+	done := make(chan error, 1)
+	go func() { done <- runDaemon(ctx, home, fc, func(n *node.Node) { ready <- n }) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("daemon %s: %v", home, err)
+		}
+	})
+	select {
+	case n := <-ready:
+		return n
+	case err := <-done:
+		t.Fatalf("daemon did not start: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("daemon did not start in time")
+	}
+	return nil
+}
+
+func TestDaemonAndLocalAPI(t *testing.T) {
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "ca")
+	anchor := mustOK(t, "ca", "init", "--dir", ca)
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	aID := mustOK(t, "init", "--home", a, "--name", "alice")
+	bID := mustOK(t, "init", "--home", b, "--name", "bob")
+	mustOK(t, "ca", "issue", "--dir", ca, "--agent", aID, "--name", "alice", "--out", filepath.Join(a, credentialFile))
+	mustOK(t, "ca", "issue", "--dir", ca, "--agent", bID, "--name", "bob", "--out", filepath.Join(b, credentialFile))
+	mustOK(t, "token", "issue", "--ca", ca, "--to", aID, "--scopes", "ping:agent", "--out", filepath.Join(a, "ping.token"))
+
+	// The default config written by init parses and names the agent.
+	fc, err := loadFileConfig(a)
+	if err != nil || fc.Name != "alice" || fc.APISocket != "api.sock" {
+		t.Fatalf("default config: %+v %v", fc, err)
+	}
+
+	bn := startDaemon(t, b, writeConfig(t, b, "bob", anchor))
+	fa := writeConfig(t, a, "alice", anchor, "ping.token")
+	fa.Bootstrap = []string{bn.Addrs()[0].String()}
+	startDaemon(t, a, fa)
+
+	st, _ := os.Stat(filepath.Join(a, "api.sock"))
+	if st.Mode().Perm() != 0o600 {
+		t.Fatalf("api socket mode %o", st.Mode().Perm())
+	}
+	var status struct {
+		PeerID      string   `json:"peer_id"`
+		ListenAddrs []string `json:"listen_addrs"`
+	}
+	if err := json.Unmarshal([]byte(mustOK(t, "status", "--home", a)), &status); err != nil {
+		t.Fatal(err)
+	}
+	if status.PeerID != aID || len(status.ListenAddrs) == 0 || !strings.HasSuffix(status.ListenAddrs[0], "/p2p/"+aID) {
+		t.Fatalf("status: %+v", status)
+	}
+	if err := simulations.WaitFor(5*time.Second, func() error {
+		if !strings.Contains(mustOK(t, "peers", "--home", a), bID) {
+			return os.ErrNotExist
+		}
+		return nil
+	}); err != nil {
+		t.Fatal("bob never listed as a peer of alice")
+	}
+	var rep struct {
+		Body          map[string]string `json:"body"`
+		CorrelationID string            `json:"correlation_id"`
+	}
+	if err := json.Unmarshal([]byte(mustOK(t, "send", "--home", a, "--to", bID, "--action", "ping:agent")), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Body["pong"] != "bob" || len(rep.CorrelationID) != 32 {
+		t.Fatalf("send: %+v", rep)
+	}
+	// Bob holds no token: his call is rejected by alice, with the reason.
+	r := cli(t, "send", "--home", b, "--to", aID, "--action", "ping:agent")
+	if r.code != 1 || !strings.Contains(r.stderr, "no_token") {
+		t.Fatalf("unauthorized send: %+v", r)
+	}
+	// The audit log has both calls and no bodies.
+	audit, _ := os.ReadFile(filepath.Join(a, "audit.log"))
+	if !strings.Contains(string(audit), rep.CorrelationID) || !strings.Contains(string(audit), `"reason":"no_token"`) || strings.Contains(string(audit), "pong") {
+		t.Fatalf("audit log:\n%s", audit)
+	}
+}
+
+func TestDaemonRefusesBadConfig(t *testing.T) {
+	dir := t.TempDir()
+	home := filepath.Join(dir, "a")
+	mustOK(t, "init", "--home", home, "--name", "alice")
+	r := cli(t, "run", "--home", home)
+	if r.code != 1 || !strings.Contains(r.stderr, "anchors") {
+		t.Fatalf("no anchors: %+v", r)
+	}
+	r = cli(t, "run", "--home", home, "--anchor", "bogus")
+	if r.code != 1 || !strings.Contains(r.stderr, "anchors") {
+		t.Fatalf("bad anchor: %+v", r)
+	}
+}
