@@ -212,7 +212,7 @@ func (n *Node) handleRPC(s network.Stream) {
 	}
 	var reply *protocol.Envelope
 	if err != nil {
-		reply = n.errorReply(env, remoteKey, trust.CodeOf(err), err.Error())
+		reply = n.errorReply(env, remoteKey, trust.CodeOf(err), rejectionDetail(err))
 		rec.Decision, rec.Reason, rec.Detail = "reject", string(codeOrDefault(err, trust.CodeMalformed)), err.Error()
 	} else {
 		n.mu.Lock()
@@ -271,4 +271,32 @@ func (n *Node) AddToken(t *trust.Token) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.cfg.Tokens = append(append([]*trust.Token(nil), n.cfg.Tokens...), t)
+}
+
+// RemoveHandler unregisters the handler of action; calls for it are then
+// answered no_handler.
+func (n *Node) RemoveHandler(action string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	delete(n.handlers, action)
+}
+
+// Tokens returns the capability tokens this agent holds.
+func (n *Node) Tokens() []*trust.Token {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return append([]*trust.Token(nil), n.cfg.Tokens...)
+}
+
+// rejectionDetail is the detail of a rejection without its code prefix (the
+// code travels in its own field).
+func rejectionDetail(err error) string {
+	var te *trust.Error
+	if errors.As(err, &te) {
+		if te.Link >= 0 {
+			return fmt.Sprintf("link %d: %s", te.Link, te.Detail)
+		}
+		return te.Detail
+	}
+	return err.Error()
 }

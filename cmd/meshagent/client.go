@@ -82,5 +82,13 @@ func newClientCommands() []*cobra.Command {
 	send.Flags().StringVar(&body, "body", "", "JSON body")
 	send.Flags().DurationVar(&timeout, "timeout", 10*time.Second, "how long to wait for the reply")
 	required(send, "home", "to", "action")
-	return []*cobra.Command{status, peers, send}
+	tokens := &cobra.Command{
+		Use: "tokens --home DIR", Short: "List the capability tokens the daemon holds, as JSON", Args: exactArgs(0),
+		RunE: action(func(cmd *cobra.Command, _ []string) error {
+			return apiCall(home, "GET", "/v1/tokens", nil, cmd.OutOrStdout())
+		}),
+	}
+	tokens.Flags().StringVar(&home, "home", "", "agent home directory")
+	required(tokens, "home")
+	return []*cobra.Command{status, peers, send, tokens}
 }

@@ -49,4 +49,5 @@ func writeDefaultConfig(path, name string) error {
 func addDaemonCommands(root *cobra.Command) {
 	root.AddCommand(newDemoCmd(), newRunCmd())
 	root.AddCommand(newClientCommands()...)
+	root.AddCommand(newStreamCommands()...)
 }

@@ -245,6 +245,7 @@ func apiHandler(n *node.Node) http.Handler {
 		}
 		writeJSON(w, 200, map[string]any{"from": rep.From.String(), "correlation_id": rep.CorrelationID.String(), "body": body})
 	})
+	addStreamingRoutes(mux, n)
 	return mux
 }
 

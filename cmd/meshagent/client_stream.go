@@ -1,0 +1,131 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os/exec"
+	"strings"
+
+	"github.com/spf13/cobra"
+)
+
+// events opens a server-sent-event stream on the local API and calls f
+// with each event's data until f returns false, the stream ends or ctx ends.
+func events(ctx context.Context, home, path string, f func(data []byte) (bool, error)) error {
+	c, err := apiClient(home)
+	if err != nil {
+		return err
+	}
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://meshagent"+path, nil)
+	resp, err := c.Do(req)
+	if err != nil {
+		return fmt.Errorf("local API (is 'meshagent run' running?): %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		var e apiError
+		_ = json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&e)
+		return fmt.Errorf("%s", e.Error)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "data: ") {
+			continue
+		}
+		more, err := f([]byte(strings.TrimPrefix(line, "data: ")))
+		if err != nil || !more {
+			return err
+		}
+	}
+	return sc.Err()
+}
+
+func newStreamCommands() []*cobra.Command {
+	var home, topic, act, body string
+	var count int
+	publish := &cobra.Command{
+		Use: "publish --home DIR --topic T --action SCOPE [--body JSON]", Short: "Publish a signed message to a topic", Args: exactArgs(0),
+		RunE: action(func(cmd *cobra.Command, _ []string) error {
+			if body == "" {
+				body = "{}"
+			}
+			if !json.Valid([]byte(body)) {
+				return usagef("--body is not valid JSON")
+			}
+			return apiCall(home, "POST", "/v1/publish", map[string]any{"topic": topic, "action": act, "body": json.RawMessage(body)}, cmd.OutOrStdout())
+		}),
+	}
+	publish.Flags().StringVar(&home, "home", "", "agent home directory")
+	publish.Flags().StringVar(&topic, "topic", "", "topic")
+	publish.Flags().StringVar(&act, "action", "", "action (scope) the message exercises")
+	publish.Flags().StringVar(&body, "body", "", "JSON body")
+	required(publish, "home", "topic", "action")
+
+	subscribe := &cobra.Command{
+		Use: "subscribe --home DIR --topic T [--count N]", Short: "Print verified messages of a topic as JSON lines", Args: exactArgs(0),
+		RunE: action(func(cmd *cobra.Command, _ []string) error {
+			seen := 0
+			return events(cmd.Context(), home, "/v1/subscribe?topic="+url.QueryEscape(topic), func(d []byte) (bool, error) {
+				fmt.Fprintln(cmd.OutOrStdout(), string(d))
+				seen++
+				return count == 0 || seen < count, nil
+			})
+		}),
+	}
+	subscribe.Flags().StringVar(&home, "home", "", "agent home directory")
+	subscribe.Flags().StringVar(&topic, "topic", "", "topic")
+	subscribe.Flags().IntVar(&count, "count", 0, "exit after N messages (0: run until interrupted)")
+	required(subscribe, "home", "topic")
+
+	handle := &cobra.Command{
+		Use:   "handle --home DIR --action SCOPE [--count N] -- CMD [ARGS]",
+		Short: "Serve an action: run CMD once per verified request, body on stdin, reply from stdout",
+		RunE: action(func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usagef("handle: give the command to run after --")
+			}
+			served := 0
+			return events(cmd.Context(), home, "/v1/handle?action="+url.QueryEscape(act), func(d []byte) (bool, error) {
+				var ev struct {
+					ID   string          `json:"id"`
+					Body json.RawMessage `json:"body"`
+				}
+				if err := json.Unmarshal(d, &ev); err != nil {
+					return false, err
+				}
+				c := exec.CommandContext(cmd.Context(), args[0], args[1:]...)
+				c.Stdin = bytes.NewReader(ev.Body)
+				var stderr bytes.Buffer
+				c.Stderr = &stderr
+				out, err := c.Output()
+				reply := map[string]any{"id": ev.ID}
+				switch {
+				case err != nil:
+					reply["error"] = strings.TrimSpace(fmt.Sprintf("%v: %s", err, stderr.String()))
+				case json.Valid(out):
+					reply["body"] = json.RawMessage(out)
+				default:
+					reply["body"] = string(out)
+				}
+				if err := apiCall(home, "POST", "/v1/reply", reply, io.Discard); err != nil {
+					return false, err
+				}
+				served++
+				return count == 0 || served < count, nil
+			})
+		}),
+	}
+	handle.Flags().StringVar(&home, "home", "", "agent home directory")
+	handle.Flags().StringVar(&act, "action", "", "action (scope) to serve")
+	handle.Flags().IntVar(&count, "count", 0, "exit after N requests (0: run until interrupted)")
+	required(handle, "home", "action")
+	return []*cobra.Command{publish, subscribe, handle}
+}
