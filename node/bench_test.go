@@ -3,6 +3,8 @@ package node_test
 import (
 	"context"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -78,5 +80,68 @@ func BenchmarkRPC(b *testing.B) {
 	b.ReportMetric(pcps, "plain_calls/s")
 	b.ReportMetric(scps, "mesh_calls/s")
 	b.ReportMetric(percentile(sl, 0.5)/percentile(pl, 0.5), "p50_ratio")
+	b.ReportMetric(scps/pcps, "throughput_ratio")
+}
+
+// BenchmarkRPCParallel is BenchmarkRPC with 8 concurrent callers: calls per
+// second when both ends are CPU-bound, meshagent against plain streams.
+func BenchmarkRPCParallel(b *testing.B) {
+	m, _ := testMesh(b, "tcp")
+	ctx := context.Background()
+	orch, worker := m.Agents["orchestrator"], m.Agents["worker"]
+	body := make([]byte, 100)
+	worker.Node.Host().SetStreamHandler("/bench/plain/1.0.0", func(s network.Stream) {
+		r, err := msgio.NewVarintReaderSize(s, 1<<20).ReadMsg()
+		if err != nil {
+			s.Reset()
+			return
+		}
+		_ = msgio.NewVarintWriter(s).WriteMsg(append([]byte("logs for "), r...))
+		s.Close()
+	})
+	plain := func() error {
+		s, err := orch.Node.Host().NewStream(ctx, worker.ID(), "/bench/plain/1.0.0")
+		if err != nil {
+			return err
+		}
+		_ = msgio.NewVarintWriter(s).WriteMsg(body)
+		s.CloseWrite()
+		_, err = msgio.NewVarintReaderSize(s, 1<<20).ReadMsg()
+		s.Close()
+		return err
+	}
+	secure := func() error {
+		_, err := orch.Node.Call(ctx, worker.ID(), "read:logs", body, nil)
+		return err
+	}
+	const workers = 8
+	run := func(f func() error) float64 {
+		var wg sync.WaitGroup
+		var failed atomic.Int32
+		per := b.N/workers + 1
+		start := time.Now()
+		for w := 0; w < workers; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < per; i++ {
+					if f() != nil {
+						failed.Add(1)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		if failed.Load() > 0 {
+			b.Fatalf("%d calls failed", failed.Load())
+		}
+		return float64(per*workers) / time.Since(start).Seconds()
+	}
+	b.ResetTimer()
+	pcps := run(plain)
+	scps := run(secure)
+	b.StopTimer()
+	b.ReportMetric(pcps, "plain_calls/s")
+	b.ReportMetric(scps, "mesh_calls/s")
 	b.ReportMetric(scps/pcps, "throughput_ratio")
 }
