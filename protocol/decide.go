@@ -20,11 +20,14 @@ type Expect struct {
 	From trust.PublicKey
 }
 
-// Membership answers "is this sender listed and alive?". It returns nil or
-// a *trust.Error (CodeUnlisted, CodeDead, ...). It must be fast and safe for
-// concurrent use: it runs on every envelope before the signature check.
+// Membership answers "is this sender listed and alive?" (Admit) and "may
+// this agent appear as a holder in a chain?" (AdmitHolder: a dead agent may
+// not). Both return nil or a *trust.Error (CodeUnlisted, CodeDead, ...).
+// They must be fast and safe for concurrent use: Admit runs on every
+// envelope before the signature check.
 type Membership interface {
-	Admit(sender trust.PublicKey) error
+	Admit(sender trust.PublicKey, now time.Time) error
+	AdmitHolder(holder trust.PublicKey, now time.Time) error
 }
 
 // Decider is the one decision function: may this envelope be acted on?
@@ -40,7 +43,7 @@ type Decider struct {
 // version, kind, recipient, timestamp window, sender (expected peer, then
 // membership), nonce not yet seen, signature, capability chain (rooted,
 // signed, narrowing, valid now, unrevoked), holder is sender, action within
-// the leaf's scopes. Only when all pass is the nonce recorded, so forged
+// the leaf's scopes, no holder in the chain dead. Only when all pass is the nonce recorded, so forged
 // envelopes cannot fill the replay cache. The envelope is returned even on
 // rejection when it decoded, so that the caller can audit what was refused.
 func (d *Decider) Decide(raw []byte, x Expect, now time.Time) (*Envelope, error) {
@@ -72,7 +75,7 @@ func (d *Decider) check(e *Envelope, x Expect, now time.Time) error {
 		return Reject(CodeImpersonation, "envelope claims sender %s but came from %s", e.Sender, x.From)
 	}
 	if d.Membership != nil {
-		if err := d.Membership.Admit(e.Sender); err != nil {
+		if err := d.Membership.Admit(e.Sender, now); err != nil {
 			return err
 		}
 	}
@@ -88,6 +91,16 @@ func (d *Decider) check(e *Envelope, x Expect, now time.Time) error {
 		}
 		if err := d.Verifier.Authorize(e.Token, e.Sender, e.Action, now); err != nil {
 			return err
+		}
+		if d.Membership != nil {
+			for i, l := range e.Token.Links {
+				if err := d.Membership.AdmitHolder(l.Holder, now); err != nil {
+					if te, ok := err.(*trust.Error); ok {
+						te.Link = i
+					}
+					return err
+				}
+			}
 		}
 	}
 	return d.Replay.Record(e.Sender, e.Nonce, e.Timestamp, now)

@@ -205,7 +205,10 @@ func TestReplayGuardBounds(t *testing.T) {
 
 type denyAll struct{}
 
-func (denyAll) Admit(trust.PublicKey) error { return Reject(CodeUnlisted, "not in the registry") }
+func (denyAll) Admit(trust.PublicKey, time.Time) error { return Reject(CodeUnlisted, "not in the registry") }
+func (denyAll) AdmitHolder(trust.PublicKey, time.Time) error {
+	return Reject(CodeDead, "dead")
+}
 
 func TestMembershipRunsBeforeSignature(t *testing.T) {
 	w := newWorld(t)

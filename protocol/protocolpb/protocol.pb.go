@@ -293,6 +293,7 @@ type Hello struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
 	Credential    *trustpb.Signed        `protobuf:"bytes,2,opt,name=credential,proto3" json:"credential,omitempty"`
+	Announcement  *Announcement          `protobuf:"bytes,3,opt,name=announcement,proto3" json:"announcement,omitempty"` // the sender's current registry record
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -341,6 +342,530 @@ func (x *Hello) GetCredential() *trustpb.Signed {
 	return nil
 }
 
+func (x *Hello) GetAnnouncement() *Announcement {
+	if x != nil {
+		return x.Announcement
+	}
+	return nil
+}
+
+// AnnouncementBody is an agent's registry record: its credential, its
+// addresses and its heartbeat interval, signed by the agent itself (domain
+// "meshagent/v1/announce\0"). Any node can verify it, so records can be
+// relayed in the join-time exchange.
+type AnnouncementBody struct {
+	state               protoimpl.MessageState `protogen:"open.v1"`
+	Version             uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	Agent               []byte                 `protobuf:"bytes,2,opt,name=agent,proto3" json:"agent,omitempty"` // 32-byte Ed25519 key
+	Credential          *trustpb.Signed        `protobuf:"bytes,3,opt,name=credential,proto3" json:"credential,omitempty"`
+	Addrs               [][]byte               `protobuf:"bytes,4,rep,name=addrs,proto3" json:"addrs,omitempty"` // binary multiaddrs
+	Seq                 uint64                 `protobuf:"varint,5,opt,name=seq,proto3" json:"seq,omitempty"`    // per-agent, strictly increasing
+	HeartbeatIntervalMs int64                  `protobuf:"varint,6,opt,name=heartbeat_interval_ms,json=heartbeatIntervalMs,proto3" json:"heartbeat_interval_ms,omitempty"`
+	Timestamp           int64                  `protobuf:"varint,7,opt,name=timestamp,proto3" json:"timestamp,omitempty"` // Unix nanoseconds
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *AnnouncementBody) Reset() {
+	*x = AnnouncementBody{}
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AnnouncementBody) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AnnouncementBody) ProtoMessage() {}
+
+func (x *AnnouncementBody) ProtoReflect() protoreflect.Message {
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AnnouncementBody.ProtoReflect.Descriptor instead.
+func (*AnnouncementBody) Descriptor() ([]byte, []int) {
+	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *AnnouncementBody) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *AnnouncementBody) GetAgent() []byte {
+	if x != nil {
+		return x.Agent
+	}
+	return nil
+}
+
+func (x *AnnouncementBody) GetCredential() *trustpb.Signed {
+	if x != nil {
+		return x.Credential
+	}
+	return nil
+}
+
+func (x *AnnouncementBody) GetAddrs() [][]byte {
+	if x != nil {
+		return x.Addrs
+	}
+	return nil
+}
+
+func (x *AnnouncementBody) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *AnnouncementBody) GetHeartbeatIntervalMs() int64 {
+	if x != nil {
+		return x.HeartbeatIntervalMs
+	}
+	return 0
+}
+
+func (x *AnnouncementBody) GetTimestamp() int64 {
+	if x != nil {
+		return x.Timestamp
+	}
+	return 0
+}
+
+// Announcement is a signed AnnouncementBody.
+type Announcement struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Body          []byte                 `protobuf:"bytes,1,opt,name=body,proto3" json:"body,omitempty"`
+	Signature     []byte                 `protobuf:"bytes,2,opt,name=signature,proto3" json:"signature,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Announcement) Reset() {
+	*x = Announcement{}
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Announcement) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Announcement) ProtoMessage() {}
+
+func (x *Announcement) ProtoReflect() protoreflect.Message {
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Announcement.ProtoReflect.Descriptor instead.
+func (*Announcement) Descriptor() ([]byte, []int) {
+	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Announcement) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+func (x *Announcement) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+// RegistryMessage is what travels on the registry topic. Heartbeats and
+// leaves are small: they are authenticated by the pubsub author signature
+// (StrictSign, by the agent's own key) and ordered by seq.
+type RegistryMessage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*RegistryMessage_Announce
+	//	*RegistryMessage_Heartbeat
+	//	*RegistryMessage_Leave
+	Msg           isRegistryMessage_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegistryMessage) Reset() {
+	*x = RegistryMessage{}
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegistryMessage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegistryMessage) ProtoMessage() {}
+
+func (x *RegistryMessage) ProtoReflect() protoreflect.Message {
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegistryMessage.ProtoReflect.Descriptor instead.
+func (*RegistryMessage) Descriptor() ([]byte, []int) {
+	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *RegistryMessage) GetMsg() isRegistryMessage_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *RegistryMessage) GetAnnounce() *Announcement {
+	if x != nil {
+		if x, ok := x.Msg.(*RegistryMessage_Announce); ok {
+			return x.Announce
+		}
+	}
+	return nil
+}
+
+func (x *RegistryMessage) GetHeartbeat() *Heartbeat {
+	if x != nil {
+		if x, ok := x.Msg.(*RegistryMessage_Heartbeat); ok {
+			return x.Heartbeat
+		}
+	}
+	return nil
+}
+
+func (x *RegistryMessage) GetLeave() *Leave {
+	if x != nil {
+		if x, ok := x.Msg.(*RegistryMessage_Leave); ok {
+			return x.Leave
+		}
+	}
+	return nil
+}
+
+type isRegistryMessage_Msg interface {
+	isRegistryMessage_Msg()
+}
+
+type RegistryMessage_Announce struct {
+	Announce *Announcement `protobuf:"bytes,1,opt,name=announce,proto3,oneof"`
+}
+
+type RegistryMessage_Heartbeat struct {
+	Heartbeat *Heartbeat `protobuf:"bytes,2,opt,name=heartbeat,proto3,oneof"`
+}
+
+type RegistryMessage_Leave struct {
+	Leave *Leave `protobuf:"bytes,3,opt,name=leave,proto3,oneof"`
+}
+
+func (*RegistryMessage_Announce) isRegistryMessage_Msg() {}
+
+func (*RegistryMessage_Heartbeat) isRegistryMessage_Msg() {}
+
+func (*RegistryMessage_Leave) isRegistryMessage_Msg() {}
+
+// Heartbeat says "still alive" with the agent's next sequence number.
+type Heartbeat struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Timestamp     int64                  `protobuf:"varint,2,opt,name=timestamp,proto3" json:"timestamp,omitempty"` // Unix nanoseconds
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Heartbeat) Reset() {
+	*x = Heartbeat{}
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Heartbeat) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Heartbeat) ProtoMessage() {}
+
+func (x *Heartbeat) ProtoReflect() protoreflect.Message {
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
+func (*Heartbeat) Descriptor() ([]byte, []int) {
+	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Heartbeat) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *Heartbeat) GetTimestamp() int64 {
+	if x != nil {
+		return x.Timestamp
+	}
+	return 0
+}
+
+// Leave says the agent is stopping on purpose.
+type Leave struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Timestamp     int64                  `protobuf:"varint,2,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Leave) Reset() {
+	*x = Leave{}
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Leave) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Leave) ProtoMessage() {}
+
+func (x *Leave) ProtoReflect() protoreflect.Message {
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Leave.ProtoReflect.Descriptor instead.
+func (*Leave) Descriptor() ([]byte, []int) {
+	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *Leave) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *Leave) GetTimestamp() int64 {
+	if x != nil {
+		return x.Timestamp
+	}
+	return 0
+}
+
+// SyncResponse answers the join-time exchange: every record the responder
+// holds for agents it does not consider dead, and the revocations it holds.
+type SyncResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Announcements []*Announcement        `protobuf:"bytes,1,rep,name=announcements,proto3" json:"announcements,omitempty"`
+	Revocations   [][]byte               `protobuf:"bytes,2,rep,name=revocations,proto3" json:"revocations,omitempty"` // encoded trust revocations
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SyncResponse) Reset() {
+	*x = SyncResponse{}
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SyncResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SyncResponse) ProtoMessage() {}
+
+func (x *SyncResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SyncResponse.ProtoReflect.Descriptor instead.
+func (*SyncResponse) Descriptor() ([]byte, []int) {
+	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *SyncResponse) GetAnnouncements() []*Announcement {
+	if x != nil {
+		return x.Announcements
+	}
+	return nil
+}
+
+func (x *SyncResponse) GetRevocations() [][]byte {
+	if x != nil {
+		return x.Revocations
+	}
+	return nil
+}
+
+// RenewRequest asks an issuer for a fresh credential; the requester is the
+// TLS-authenticated peer and must present its current, valid credential.
+type RenewRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Credential    *trustpb.Signed        `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewRequest) Reset() {
+	*x = RenewRequest{}
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewRequest) ProtoMessage() {}
+
+func (x *RenewRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
+func (*RenewRequest) Descriptor() ([]byte, []int) {
+	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *RenewRequest) GetCredential() *trustpb.Signed {
+	if x != nil {
+		return x.Credential
+	}
+	return nil
+}
+
+// RenewResponse carries the new credential, or an error code.
+type RenewResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Credential    *trustpb.Signed        `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
+	ErrorCode     string                 `protobuf:"bytes,2,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
+	ErrorDetail   string                 `protobuf:"bytes,3,opt,name=error_detail,json=errorDetail,proto3" json:"error_detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewResponse) Reset() {
+	*x = RenewResponse{}
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewResponse) ProtoMessage() {}
+
+func (x *RenewResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
+func (*RenewResponse) Descriptor() ([]byte, []int) {
+	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RenewResponse) GetCredential() *trustpb.Signed {
+	if x != nil {
+		return x.Credential
+	}
+	return nil
+}
+
+func (x *RenewResponse) GetErrorCode() string {
+	if x != nil {
+		return x.ErrorCode
+	}
+	return ""
+}
+
+func (x *RenewResponse) GetErrorDetail() string {
+	if x != nil {
+		return x.ErrorDetail
+	}
+	return ""
+}
+
 var File_protocol_protocolpb_protocol_proto protoreflect.FileDescriptor
 
 const file_protocol_protocolpb_protocol_proto_rawDesc = "" +
@@ -365,12 +890,51 @@ const file_protocol_protocolpb_protocol_proto_rawDesc = "" +
 	"\x05token\x18\f \x01(\v2\x19.meshagent.trust.v1.TokenR\x05token\x12\x1d\n" +
 	"\n" +
 	"error_code\x18\r \x01(\tR\terrorCode\x12!\n" +
-	"\ferror_detail\x18\x0e \x01(\tR\verrorDetail\"]\n" +
+	"\ferror_detail\x18\x0e \x01(\tR\verrorDetail\"\xa6\x01\n" +
 	"\x05Hello\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12:\n" +
 	"\n" +
 	"credential\x18\x02 \x01(\v2\x1a.meshagent.trust.v1.SignedR\n" +
-	"credential*`\n" +
+	"credential\x12G\n" +
+	"\fannouncement\x18\x03 \x01(\v2#.meshagent.protocol.v1.AnnouncementR\fannouncement\"\xf8\x01\n" +
+	"\x10AnnouncementBody\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\rR\aversion\x12\x14\n" +
+	"\x05agent\x18\x02 \x01(\fR\x05agent\x12:\n" +
+	"\n" +
+	"credential\x18\x03 \x01(\v2\x1a.meshagent.trust.v1.SignedR\n" +
+	"credential\x12\x14\n" +
+	"\x05addrs\x18\x04 \x03(\fR\x05addrs\x12\x10\n" +
+	"\x03seq\x18\x05 \x01(\x04R\x03seq\x122\n" +
+	"\x15heartbeat_interval_ms\x18\x06 \x01(\x03R\x13heartbeatIntervalMs\x12\x1c\n" +
+	"\ttimestamp\x18\a \x01(\x03R\ttimestamp\"@\n" +
+	"\fAnnouncement\x12\x12\n" +
+	"\x04body\x18\x01 \x01(\fR\x04body\x12\x1c\n" +
+	"\tsignature\x18\x02 \x01(\fR\tsignature\"\xd3\x01\n" +
+	"\x0fRegistryMessage\x12A\n" +
+	"\bannounce\x18\x01 \x01(\v2#.meshagent.protocol.v1.AnnouncementH\x00R\bannounce\x12@\n" +
+	"\theartbeat\x18\x02 \x01(\v2 .meshagent.protocol.v1.HeartbeatH\x00R\theartbeat\x124\n" +
+	"\x05leave\x18\x03 \x01(\v2\x1c.meshagent.protocol.v1.LeaveH\x00R\x05leaveB\x05\n" +
+	"\x03msg\";\n" +
+	"\tHeartbeat\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1c\n" +
+	"\ttimestamp\x18\x02 \x01(\x03R\ttimestamp\"7\n" +
+	"\x05Leave\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1c\n" +
+	"\ttimestamp\x18\x02 \x01(\x03R\ttimestamp\"{\n" +
+	"\fSyncResponse\x12I\n" +
+	"\rannouncements\x18\x01 \x03(\v2#.meshagent.protocol.v1.AnnouncementR\rannouncements\x12 \n" +
+	"\vrevocations\x18\x02 \x03(\fR\vrevocations\"J\n" +
+	"\fRenewRequest\x12:\n" +
+	"\n" +
+	"credential\x18\x01 \x01(\v2\x1a.meshagent.trust.v1.SignedR\n" +
+	"credential\"\x8d\x01\n" +
+	"\rRenewResponse\x12:\n" +
+	"\n" +
+	"credential\x18\x01 \x01(\v2\x1a.meshagent.trust.v1.SignedR\n" +
+	"credential\x12\x1d\n" +
+	"\n" +
+	"error_code\x18\x02 \x01(\tR\terrorCode\x12!\n" +
+	"\ferror_detail\x18\x03 \x01(\tR\verrorDetail*`\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fKIND_REQUEST\x10\x01\x12\x0e\n" +
@@ -393,24 +957,40 @@ func file_protocol_protocolpb_protocol_proto_rawDescGZIP() []byte {
 }
 
 var file_protocol_protocolpb_protocol_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_protocol_protocolpb_protocol_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_protocol_protocolpb_protocol_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_protocol_protocolpb_protocol_proto_goTypes = []any{
-	(Kind)(0),              // 0: meshagent.protocol.v1.Kind
-	(*Envelope)(nil),       // 1: meshagent.protocol.v1.Envelope
-	(*EnvelopeBody)(nil),   // 2: meshagent.protocol.v1.EnvelopeBody
-	(*Hello)(nil),          // 3: meshagent.protocol.v1.Hello
-	(*trustpb.Token)(nil),  // 4: meshagent.trust.v1.Token
-	(*trustpb.Signed)(nil), // 5: meshagent.trust.v1.Signed
+	(Kind)(0),                // 0: meshagent.protocol.v1.Kind
+	(*Envelope)(nil),         // 1: meshagent.protocol.v1.Envelope
+	(*EnvelopeBody)(nil),     // 2: meshagent.protocol.v1.EnvelopeBody
+	(*Hello)(nil),            // 3: meshagent.protocol.v1.Hello
+	(*AnnouncementBody)(nil), // 4: meshagent.protocol.v1.AnnouncementBody
+	(*Announcement)(nil),     // 5: meshagent.protocol.v1.Announcement
+	(*RegistryMessage)(nil),  // 6: meshagent.protocol.v1.RegistryMessage
+	(*Heartbeat)(nil),        // 7: meshagent.protocol.v1.Heartbeat
+	(*Leave)(nil),            // 8: meshagent.protocol.v1.Leave
+	(*SyncResponse)(nil),     // 9: meshagent.protocol.v1.SyncResponse
+	(*RenewRequest)(nil),     // 10: meshagent.protocol.v1.RenewRequest
+	(*RenewResponse)(nil),    // 11: meshagent.protocol.v1.RenewResponse
+	(*trustpb.Token)(nil),    // 12: meshagent.trust.v1.Token
+	(*trustpb.Signed)(nil),   // 13: meshagent.trust.v1.Signed
 }
 var file_protocol_protocolpb_protocol_proto_depIdxs = []int32{
-	0, // 0: meshagent.protocol.v1.EnvelopeBody.kind:type_name -> meshagent.protocol.v1.Kind
-	4, // 1: meshagent.protocol.v1.EnvelopeBody.token:type_name -> meshagent.trust.v1.Token
-	5, // 2: meshagent.protocol.v1.Hello.credential:type_name -> meshagent.trust.v1.Signed
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	0,  // 0: meshagent.protocol.v1.EnvelopeBody.kind:type_name -> meshagent.protocol.v1.Kind
+	12, // 1: meshagent.protocol.v1.EnvelopeBody.token:type_name -> meshagent.trust.v1.Token
+	13, // 2: meshagent.protocol.v1.Hello.credential:type_name -> meshagent.trust.v1.Signed
+	5,  // 3: meshagent.protocol.v1.Hello.announcement:type_name -> meshagent.protocol.v1.Announcement
+	13, // 4: meshagent.protocol.v1.AnnouncementBody.credential:type_name -> meshagent.trust.v1.Signed
+	5,  // 5: meshagent.protocol.v1.RegistryMessage.announce:type_name -> meshagent.protocol.v1.Announcement
+	7,  // 6: meshagent.protocol.v1.RegistryMessage.heartbeat:type_name -> meshagent.protocol.v1.Heartbeat
+	8,  // 7: meshagent.protocol.v1.RegistryMessage.leave:type_name -> meshagent.protocol.v1.Leave
+	5,  // 8: meshagent.protocol.v1.SyncResponse.announcements:type_name -> meshagent.protocol.v1.Announcement
+	13, // 9: meshagent.protocol.v1.RenewRequest.credential:type_name -> meshagent.trust.v1.Signed
+	13, // 10: meshagent.protocol.v1.RenewResponse.credential:type_name -> meshagent.trust.v1.Signed
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_protocol_protocolpb_protocol_proto_init() }
@@ -418,13 +998,18 @@ func file_protocol_protocolpb_protocol_proto_init() {
 	if File_protocol_protocolpb_protocol_proto != nil {
 		return
 	}
+	file_protocol_protocolpb_protocol_proto_msgTypes[5].OneofWrappers = []any{
+		(*RegistryMessage_Announce)(nil),
+		(*RegistryMessage_Heartbeat)(nil),
+		(*RegistryMessage_Leave)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_protocol_protocolpb_protocol_proto_rawDesc), len(file_protocol_protocolpb_protocol_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   3,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

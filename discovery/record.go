@@ -1,0 +1,106 @@
+package discovery
+
+import (
+	"time"
+
+	ma "github.com/multiformats/go-multiaddr"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/meshagent/meshagent/protocol"
+	"github.com/meshagent/meshagent/protocol/protocolpb"
+	"github.com/meshagent/meshagent/trust"
+)
+
+// DomainAnnounce prefixes the signature of a registry record.
+const DomainAnnounce = "meshagent/v1/announce\x00"
+
+// Record limits.
+const (
+	MaxRecordSize = 4096
+	MaxAddrs      = 16
+)
+
+// Record is a verified registry record: what an agent says of itself,
+// signed with its own key.
+type Record struct {
+	Agent      trust.PublicKey
+	Credential *trust.Credential
+	Addrs      []ma.Multiaddr
+	Seq        uint64
+	Interval   time.Duration
+	Timestamp  time.Time
+
+	raw *protocolpb.Announcement
+}
+
+// NewRecord signs a record for id.
+func NewRecord(id *trust.Identity, cred *trust.Credential, addrs []ma.Multiaddr, seq uint64, interval time.Duration, now time.Time) (*Record, error) {
+	if len(addrs) > MaxAddrs {
+		addrs = addrs[:MaxAddrs]
+	}
+	b := &protocolpb.AnnouncementBody{Version: protocol.Version, Agent: publicBytes(id.Public()), Credential: cred.Proto(),
+		Seq: seq, HeartbeatIntervalMs: interval.Milliseconds(), Timestamp: now.UnixNano()}
+	for _, a := range addrs {
+		b.Addrs = append(b.Addrs, a.Bytes())
+	}
+	body, err := proto.MarshalOptions{Deterministic: true}.Marshal(b)
+	if err != nil {
+		return nil, err
+	}
+	a := &protocolpb.Announcement{Body: body, Signature: id.Sign(DomainAnnounce, body)}
+	return ParseRecord(a)
+}
+
+func publicBytes(k trust.PublicKey) []byte { return append([]byte(nil), k[:]...) }
+
+// ParseRecord checks the structure and self-signature of a wire record and
+// that its credential names the same agent. It does not check the
+// credential against the anchors: Registry.Announce does.
+func ParseRecord(a *protocolpb.Announcement) (*Record, error) {
+	if a == nil {
+		return nil, protocol.Reject(trust.CodeMalformed, "no record")
+	}
+	if n := proto.Size(a); n > MaxRecordSize {
+		return nil, protocol.Reject(trust.CodeTooLarge, "record is %d bytes, at most %d", n, MaxRecordSize)
+	}
+	var b protocolpb.AnnouncementBody
+	if err := proto.Unmarshal(a.Body, &b); err != nil {
+		return nil, protocol.Reject(trust.CodeMalformed, "record: %v", err)
+	}
+	if b.Version != protocol.Version {
+		return nil, protocol.Reject(protocol.CodeVersion, "record version %d", b.Version)
+	}
+	agent, err := trust.PublicKeyFromBytes(b.Agent)
+	if err != nil {
+		return nil, err
+	}
+	if !agent.Verify(DomainAnnounce, a.Body, a.Signature) {
+		return nil, protocol.Reject(trust.CodeBadSignature, "record of %s: signature does not verify", agent)
+	}
+	cred, err := trust.CredentialFromProto(b.Credential)
+	if err != nil {
+		return nil, err
+	}
+	if !cred.Subject.Equal(agent) {
+		return nil, protocol.Reject(protocol.CodeImpersonation, "record of %s carries a credential for %s", agent, cred.Subject)
+	}
+	if b.HeartbeatIntervalMs <= 0 {
+		return nil, protocol.Reject(trust.CodeMalformed, "record of %s: heartbeat interval %d ms", agent, b.HeartbeatIntervalMs)
+	}
+	if len(b.Addrs) > MaxAddrs {
+		return nil, protocol.Reject(trust.CodeMalformed, "record of %s: %d addresses, at most %d", agent, len(b.Addrs), MaxAddrs)
+	}
+	r := &Record{Agent: agent, Credential: cred, Seq: b.Seq, Interval: time.Duration(b.HeartbeatIntervalMs) * time.Millisecond,
+		Timestamp: time.Unix(0, b.Timestamp), raw: a}
+	for _, ab := range b.Addrs {
+		m, err := ma.NewMultiaddrBytes(ab)
+		if err != nil {
+			return nil, protocol.Reject(trust.CodeMalformed, "record of %s: address: %v", agent, err)
+		}
+		r.Addrs = append(r.Addrs, m)
+	}
+	return r, nil
+}
+
+// Proto returns the wire form.
+func (r *Record) Proto() *protocolpb.Announcement { return r.raw }

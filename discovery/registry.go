@@ -1,0 +1,346 @@
+package discovery
+
+import (
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/meshagent/meshagent/protocol"
+	"github.com/meshagent/meshagent/protocol/protocolpb"
+	"github.com/meshagent/meshagent/trust"
+)
+
+// State is an agent's liveness as this node sees it.
+type State int
+
+// States.
+const (
+	Alive State = iota + 1
+	Suspect
+	Dead
+)
+
+func (s State) String() string {
+	switch s {
+	case Alive:
+		return "alive"
+	case Suspect:
+		return "suspect"
+	case Dead:
+		return "dead"
+	}
+	return "unknown"
+}
+
+// Config configures a Registry.
+type Config struct {
+	// Verifier checks credentials (anchors, expiry, revocation). Required.
+	Verifier *trust.Verifier
+	// Self is this node's own key: always admitted.
+	Self trust.PublicKey
+	// SuspectMissed is how many heartbeat intervals may pass without a
+	// heartbeat before an agent is suspect. Default 2.
+	SuspectMissed int
+	// DeadAfter is how long without a heartbeat before an agent is dead.
+	// Default 90 s (three 30 s heartbeats).
+	DeadAfter time.Duration
+	// MaxEntries bounds the registry; new agents are refused beyond it.
+	// Default 100 000 (a few KiB each).
+	MaxEntries int
+	// Allowlist, when not empty, narrows the registry to these agents.
+	Allowlist []trust.PublicKey
+}
+
+// Event is a change of an agent's state as this node sees it.
+type Event struct {
+	Agent  trust.PublicKey
+	Name   string
+	From   State // 0 when the agent was not listed
+	To     State // 0 when the agent was removed
+	Reason string
+	At     time.Time
+}
+
+// Entry is what the registry holds of one agent.
+type Entry struct {
+	PeerID        peer.ID   `json:"peer_id"`
+	Name          string    `json:"name"`
+	State         string    `json:"state"`
+	LastHeartbeat time.Time `json:"last_heartbeat"`
+	Expires       time.Time `json:"credential_expires"`
+	Seq           uint64    `json:"seq"`
+	rec           *Record
+	state         State
+	lastHeard     time.Time
+}
+
+// Registry is this node's list of agents and their liveness. Safe for
+// concurrent use. It implements protocol.Membership.
+type Registry struct {
+	cfg   Config
+	allow map[trust.PublicKey]bool
+
+	mu      sync.RWMutex
+	entries map[trust.PublicKey]*Entry
+}
+
+// NewRegistry returns an empty registry.
+func NewRegistry(cfg Config) *Registry {
+	if cfg.SuspectMissed <= 0 {
+		cfg.SuspectMissed = 2
+	}
+	if cfg.DeadAfter <= 0 {
+		cfg.DeadAfter = 90 * time.Second
+	}
+	if cfg.MaxEntries <= 0 {
+		cfg.MaxEntries = 100000
+	}
+	r := &Registry{cfg: cfg, entries: map[trust.PublicKey]*Entry{}}
+	if len(cfg.Allowlist) > 0 {
+		r.allow = map[trust.PublicKey]bool{}
+		for _, k := range cfg.Allowlist {
+			r.allow[k] = true
+		}
+	}
+	return r
+}
+
+// Source says how a record or heartbeat reached this node.
+type Source int
+
+// Sources.
+const (
+	// Direct: from the agent itself (the pubsub author, or the
+	// TLS-authenticated peer of the admission exchange). It counts as a
+	// heartbeat.
+	Direct Source = iota + 1
+	// Relayed: from a third node (the join-time exchange). It tells who
+	// exists, never who is alive: a dead agent stays dead.
+	Relayed
+)
+
+// Announce applies a verified record. A record with a sequence number not
+// above the one held is a replay, except an identical re-send, which is a
+// no-op.
+func (r *Registry) Announce(rec *Record, src Source, now time.Time) ([]Event, error) {
+	if rec.Agent.Equal(r.cfg.Self) {
+		return nil, nil
+	}
+	if r.allow != nil && !r.allow[rec.Agent] {
+		return nil, protocol.Reject(protocol.CodeUnlisted, "%s is not on this node's allowlist", rec.Agent)
+	}
+	if err := r.cfg.Verifier.VerifyCredential(rec.Credential, now); err != nil {
+		return nil, err
+	}
+	fresh := now.Sub(rec.Timestamp) <= r.cfg.DeadAfter && rec.Timestamp.Sub(now) <= r.cfg.DeadAfter
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.entries[rec.Agent]
+	if !ok {
+		if len(r.entries) >= r.cfg.MaxEntries {
+			return nil, protocol.Reject(trust.CodeFull, "registry holds %d agents, its limit", r.cfg.MaxEntries)
+		}
+		if !fresh && src == Direct {
+			return nil, protocol.Reject(protocol.CodeStale, "record of %s is from %s", rec.Agent, rec.Timestamp.UTC().Format(time.RFC3339))
+		}
+		e = &Entry{PeerID: rec.Agent.PeerID(), rec: rec, state: Alive, lastHeard: now}
+		r.entries[rec.Agent] = e
+		return []Event{{Agent: rec.Agent, Name: rec.Credential.Name, To: Alive, Reason: "joined", At: now}}, nil
+	}
+	if rec.Seq < e.rec.Seq || (rec.Seq == e.rec.Seq && src == Direct && !sameRecord(rec, e.rec)) {
+		return nil, protocol.Reject(protocol.CodeReplay, "record of %s has seq %d, already at %d", rec.Agent, rec.Seq, e.rec.Seq)
+	}
+	if rec.Seq > e.rec.Seq {
+		e.rec = rec
+	}
+	if src == Direct && fresh {
+		return r.heardLocked(e, now, "announce"), nil
+	}
+	return nil, nil
+}
+
+func sameRecord(a, b *Record) bool {
+	return string(a.raw.Body) == string(b.raw.Body)
+}
+
+// heardLocked records a direct sign of life.
+func (r *Registry) heardLocked(e *Entry, now time.Time, why string) []Event {
+	e.lastHeard = now
+	if e.state == Alive {
+		return nil
+	}
+	from := e.state
+	e.state = Alive
+	return []Event{{Agent: e.rec.Agent, Name: e.rec.Credential.Name, From: from, To: Alive, Reason: why, At: now}}
+}
+
+// Heartbeat applies a heartbeat authenticated as coming from agent (the
+// pubsub author). seq must be above every sequence number seen from the
+// agent, its timestamp within DeadAfter of now, and the agent's credential
+// still valid.
+func (r *Registry) Heartbeat(agent trust.PublicKey, seq uint64, ts, now time.Time) ([]Event, error) {
+	if agent.Equal(r.cfg.Self) {
+		return nil, nil
+	}
+	if d := now.Sub(ts); d > r.cfg.DeadAfter || -d > r.cfg.DeadAfter {
+		return nil, protocol.Reject(protocol.CodeStale, "heartbeat of %s from %s", agent, ts.UTC().Format(time.RFC3339))
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.entries[agent]
+	if !ok {
+		return nil, protocol.Reject(protocol.CodeUnlisted, "heartbeat of unknown agent %s", agent)
+	}
+	if seq <= e.rec.Seq || seq <= e.Seq {
+		return nil, protocol.Reject(protocol.CodeReplay, "heartbeat of %s has seq %d, already at %d", agent, seq, max(e.rec.Seq, e.Seq))
+	}
+	if err := r.cfg.Verifier.VerifyCredential(e.rec.Credential, now); err != nil {
+		return nil, err
+	}
+	e.Seq = seq
+	return r.heardLocked(e, now, "heartbeat"), nil
+}
+
+// Leave marks agent dead at once: it said it is stopping.
+func (r *Registry) Leave(agent trust.PublicKey, seq uint64, now time.Time) ([]Event, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.entries[agent]
+	if !ok {
+		return nil, nil
+	}
+	if seq <= e.rec.Seq || seq <= e.Seq {
+		return nil, protocol.Reject(protocol.CodeReplay, "leave of %s has seq %d, already at %d", agent, seq, max(e.rec.Seq, e.Seq))
+	}
+	e.Seq = seq
+	if e.state == Dead {
+		return nil, nil
+	}
+	from := e.state
+	e.state = Dead
+	return []Event{{Agent: agent, Name: e.rec.Credential.Name, From: from, To: Dead, Reason: "leave", At: now}}, nil
+}
+
+// Tick applies the passage of time: alive agents that missed SuspectMissed
+// heartbeats become suspect, and agents not heard for DeadAfter become
+// dead. Agents whose credential has expired or been revoked are removed.
+func (r *Registry) Tick(now time.Time) []Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var evs []Event
+	for k, e := range r.entries {
+		name := e.rec.Credential.Name
+		if err := r.cfg.Verifier.VerifyCredential(e.rec.Credential, now); err != nil {
+			delete(r.entries, k)
+			evs = append(evs, Event{Agent: k, Name: name, From: e.state, Reason: string(trust.CodeOf(err)), At: now})
+			continue
+		}
+		silent := now.Sub(e.lastHeard)
+		switch {
+		case e.state != Dead && silent > r.cfg.DeadAfter:
+			evs = append(evs, Event{Agent: k, Name: name, From: e.state, To: Dead, Reason: "timeout", At: now})
+			e.state = Dead
+		case e.state == Alive && silent > time.Duration(r.cfg.SuspectMissed)*e.rec.Interval:
+			evs = append(evs, Event{Agent: k, Name: name, From: Alive, To: Suspect, Reason: "missed heartbeats", At: now})
+			e.state = Suspect
+		}
+	}
+	return evs
+}
+
+// Admit implements protocol.Membership: the sender must be listed, not
+// dead, and hold a credential valid now.
+func (r *Registry) Admit(sender trust.PublicKey, now time.Time) error {
+	if sender.Equal(r.cfg.Self) {
+		return nil
+	}
+	r.mu.RLock()
+	e, ok := r.entries[sender]
+	var st State
+	var exp time.Time
+	if ok {
+		st, exp = e.state, e.rec.Credential.Expires
+	}
+	r.mu.RUnlock()
+	switch {
+	case !ok:
+		return protocol.Reject(protocol.CodeUnlisted, "%s is not in the registry", sender)
+	case st == Dead:
+		return protocol.Reject(protocol.CodeDead, "%s is dead until it heartbeats again", sender)
+	case !now.Before(exp.Add(r.cfg.Verifier.Policy().ClockSkew)):
+		return protocol.Reject(protocol.CodeUnlisted, "credential of %s expired at %s", sender, exp.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+// AdmitHolder implements protocol.Membership: a chain may not name a dead
+// agent as a holder. Agents the registry does not know are not refused
+// here (a delegator may be offline); the chain itself was verified.
+func (r *Registry) AdmitHolder(holder trust.PublicKey, now time.Time) error {
+	r.mu.RLock()
+	e, ok := r.entries[holder]
+	dead := ok && e.state == Dead
+	r.mu.RUnlock()
+	if dead {
+		return protocol.Reject(protocol.CodeDead, "chain holder %s is dead", holder)
+	}
+	return nil
+}
+
+// State returns the agent's state, 0 if unlisted.
+func (r *Registry) State(agent trust.PublicKey) State {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if e, ok := r.entries[agent]; ok {
+		return e.state
+	}
+	return 0
+}
+
+// Record returns the agent's current record, nil if unlisted.
+func (r *Registry) Record(agent trust.PublicKey) *Record {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if e, ok := r.entries[agent]; ok {
+		return e.rec
+	}
+	return nil
+}
+
+// Entries lists every agent, sorted by name.
+func (r *Registry) Entries() []Entry {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := make([]Entry, 0, len(r.entries))
+	for _, e := range r.entries {
+		c := *e
+		c.Name, c.State, c.LastHeartbeat, c.Expires = e.rec.Credential.Name, e.state.String(), e.lastHeard.UTC(), e.rec.Credential.Expires.UTC()
+		c.Seq = max(e.Seq, e.rec.Seq)
+		out = append(out, c)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name || out[i].Name == out[j].Name && out[i].PeerID < out[j].PeerID })
+	return out
+}
+
+// Len returns how many agents are listed.
+func (r *Registry) Len() int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.entries)
+}
+
+// Snapshot returns the records of every agent not dead, for the join-time
+// exchange.
+func (r *Registry) Snapshot() []*protocolpb.Announcement {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := make([]*protocolpb.Announcement, 0, len(r.entries))
+	for _, e := range r.entries {
+		if e.state != Dead {
+			out = append(out, e.rec.raw)
+		}
+	}
+	return out
+}
