@@ -152,9 +152,10 @@ func (r *Registry) Announce(rec *Record, src Source, now time.Time) ([]Event, er
 	if rec.Seq < e.rec.Seq || (rec.Seq == e.rec.Seq && src == Direct && !sameRecord(rec, e.rec)) {
 		return nil, protocol.Reject(protocol.CodeReplay, "record of %s has seq %d, already at %d", rec.Agent, rec.Seq, e.rec.Seq)
 	}
-	if rec.Seq > e.rec.Seq {
-		e.rec = rec
+	if rec.Seq == e.rec.Seq {
+		return nil, nil // the same record again: no news, and no sign of life
 	}
+	e.rec = rec
 	if src == Direct && fresh {
 		return r.heardLocked(e, now, "announce"), nil
 	}

@@ -3,7 +3,6 @@ package node
 import (
 	"context"
 	"fmt"
-	"sort"
 	"sync"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/meshagent/meshagent/discovery"
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/protocol/protocolpb"
 	"github.com/meshagent/meshagent/trust"
@@ -25,52 +25,36 @@ const refuseFor = time.Minute
 
 const maxHelloSize = trust.MaxCredentialSize + 64
 
-type member struct {
-	cred *trust.Credential
-}
-
-// members is the node's list of admitted agents. It is the connection
-// gater, the admission protocol, and the Membership that the decision
-// function asks on every envelope.
+// members is the node's gatekeeper: the connection gater, the admission
+// protocol, and the protocol.Membership that the decision function asks on
+// every envelope. The list of agents itself is the discovery registry.
 type members struct {
-	n        *Node
-	mu       sync.RWMutex
-	admitted map[trust.PublicKey]*member
-	refused  map[peer.ID]time.Time
+	n       *Node
+	mu      sync.RWMutex
+	refused map[peer.ID]time.Time
 }
 
 func newMembers(n *Node) *members {
-	return &members{n: n, admitted: map[trust.PublicKey]*member{}, refused: map[peer.ID]time.Time{}}
+	return &members{n: n, refused: map[peer.ID]time.Time{}}
 }
 
-// Admit implements protocol.Membership: the sender must be this node or an
-// admitted agent whose credential is still valid and unrevoked.
-func (m *members) Admit(sender trust.PublicKey) error {
-	if sender.Equal(m.n.self) {
-		return nil
-	}
-	m.mu.RLock()
-	mem, ok := m.admitted[sender]
-	m.mu.RUnlock()
-	if !ok {
-		return protocol.Reject(protocol.CodeUnlisted, "%s has not presented a valid credential", sender)
-	}
-	now := m.n.now()
-	if !now.Before(mem.cred.Expires.Add(m.n.cfg.Policy.ClockSkew)) {
-		return protocol.Reject(protocol.CodeUnlisted, "credential of %s expired at %s", sender, mem.cred.Expires.UTC().Format(time.RFC3339))
-	}
-	return nil
+// Admit implements protocol.Membership by asking the registry.
+func (m *members) Admit(sender trust.PublicKey, now time.Time) error {
+	return m.n.registry.Admit(sender, now)
 }
 
+// AdmitHolder implements protocol.Membership by asking the registry.
+func (m *members) AdmitHolder(holder trust.PublicKey, now time.Time) error {
+	return m.n.registry.AdmitHolder(holder, now)
+}
+
+// isAdmitted reports whether p is listed in the registry.
 func (m *members) isAdmitted(p peer.ID) bool {
 	k, err := trust.PublicKeyFromPeerID(p)
 	if err != nil {
 		return false
 	}
-	m.mu.RLock()
-	defer m.mu.RUnlock()
-	_, ok := m.admitted[k]
-	return ok
+	return m.n.registry.State(k) != 0
 }
 
 func (m *members) isRefused(p peer.ID) bool {
@@ -80,13 +64,10 @@ func (m *members) isRefused(p peer.ID) bool {
 	return ok && m.n.now().Before(until)
 }
 
-// refuse drops p, closes its connections and makes the gater refuse it.
+// refuse closes p's connections and makes the gater refuse it for a while.
 func (m *members) refuse(p peer.ID, reason error) {
 	m.mu.Lock()
 	m.refused[p] = m.n.now().Add(refuseFor)
-	if k, err := trust.PublicKeyFromPeerID(p); err == nil {
-		delete(m.admitted, k)
-	}
 	m.mu.Unlock()
 	m.n.audit.write(AuditRecord{Time: m.n.now(), Direction: "in", Kind: "admission", Sender: p.String(),
 		Recipient: m.n.ID().String(), Decision: "reject", Reason: string(codeOrDefault(reason, protocol.CodeUnlisted)), Detail: errDetail(reason)})
@@ -95,55 +76,47 @@ func (m *members) refuse(p peer.ID, reason error) {
 	}
 }
 
-func (m *members) list() []PeerInfo {
-	m.mu.RLock()
-	defer m.mu.RUnlock()
-	out := make([]PeerInfo, 0, len(m.admitted))
-	for k, mem := range m.admitted {
-		out = append(out, PeerInfo{PeerID: k.PeerID(), Name: mem.cred.Name, State: "alive", Expires: mem.cred.Expires.UTC()})
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out
-}
-
-// check verifies a peer's hello: a credential for exactly that peer,
-// signed by a trusted anchor, valid now and unrevoked.
-func (m *members) check(p peer.ID, raw []byte) (*trust.Credential, error) {
+// check verifies a peer's hello: a registry record of exactly that peer,
+// self-signed, with a credential from a trusted anchor, valid now and
+// unrevoked. It enters the record in the registry.
+func (m *members) check(p peer.ID, raw []byte) error {
 	var h protocolpb.Hello
 	if err := proto.Unmarshal(raw, &h); err != nil {
-		return nil, protocol.Reject(trust.CodeMalformed, "hello: %v", err)
+		return protocol.Reject(trust.CodeMalformed, "hello: %v", err)
 	}
 	if h.Version != protocol.Version {
-		return nil, protocol.Reject(protocol.CodeVersion, "hello version %d", h.Version)
+		return protocol.Reject(protocol.CodeVersion, "hello version %d", h.Version)
 	}
-	c, err := trust.CredentialFromProto(h.Credential)
+	rec, err := discovery.ParseRecord(h.Announcement)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	k, err := trust.PublicKeyFromPeerID(p)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if !c.Subject.Equal(k) {
-		return nil, protocol.Reject(protocol.CodeImpersonation, "credential is for %s, presented by %s", c.Subject, p)
+	if !rec.Agent.Equal(k) {
+		return protocol.Reject(protocol.CodeImpersonation, "record is for %s, presented by %s", rec.Agent, p)
 	}
-	if err := m.n.verifier.VerifyCredential(c, m.n.now()); err != nil {
-		return nil, err
+	evs, err := m.n.registry.Announce(rec, discovery.Direct, m.n.now())
+	if err != nil && trust.CodeOf(err) != protocol.CodeReplay {
+		return err
 	}
-	return c, nil
-}
-
-func (m *members) add(c *trust.Credential) {
 	m.mu.Lock()
-	m.admitted[c.Subject] = &member{cred: c}
-	delete(m.refused, c.Subject.PeerID())
+	delete(m.refused, p)
 	m.mu.Unlock()
-	m.n.audit.write(AuditRecord{Time: m.n.now(), Direction: "in", Kind: "admission", Sender: c.Subject.String(),
+	m.n.emit(evs)
+	m.n.audit.write(AuditRecord{Time: m.n.now(), Direction: "in", Kind: "admission", Sender: p.String(),
 		Recipient: m.n.ID().String(), Decision: "accept"})
+	return nil
 }
 
 func (m *members) hello() ([]byte, error) {
-	return proto.Marshal(&protocolpb.Hello{Version: protocol.Version, Credential: m.n.cfg.Credential.Proto()})
+	rec, err := m.n.currentRecord()
+	if err != nil {
+		return nil, err
+	}
+	return proto.Marshal(&protocolpb.Hello{Version: protocol.Version, Credential: rec.Credential.Proto(), Announcement: rec.Proto()})
 }
 
 // admit runs the exchange as the initiator: send our hello, read theirs.
@@ -174,13 +147,12 @@ func (m *members) admit(ctx context.Context, p peer.ID) error {
 		s.Reset()
 		return fmt.Errorf("node: admission to %s refused: %w", p, err)
 	}
-	c, err := m.check(p, raw)
-	if err != nil {
+	if err := m.check(p, raw); err != nil {
 		s.Reset()
 		m.refuse(p, err)
 		return fmt.Errorf("node: admission of %s: %w", p, err)
 	}
-	m.add(c)
+	go m.n.syncFrom(p)
 	return nil
 }
 
@@ -195,8 +167,7 @@ func (m *members) handleAdmission(s network.Stream) {
 		m.refuse(p, protocol.Reject(trust.CodeMalformed, "no hello: %v", err))
 		return
 	}
-	c, err := m.check(p, raw)
-	if err != nil {
+	if err := m.check(p, raw); err != nil {
 		s.Reset()
 		m.refuse(p, err)
 		return
@@ -209,7 +180,6 @@ func (m *members) handleAdmission(s network.Stream) {
 		s.Reset()
 		return
 	}
-	m.add(c)
 	s.Close()
 }
 

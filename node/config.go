@@ -5,6 +5,8 @@ import (
 	"io"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
+
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/trust"
 )
@@ -45,19 +47,56 @@ type Config struct {
 	// Clock returns the current time; nil means time.Now. Tests set it to
 	// skew one node's clock.
 	Clock func() time.Time
+
+	// HeartbeatInterval is how often this agent heartbeats on the registry
+	// topic. Default 30 s; milliseconds in tests.
+	HeartbeatInterval time.Duration
+	// SuspectMissed is how many heartbeat intervals of silence make an
+	// agent suspect. Default 2.
+	SuspectMissed int
+	// DeadAfter is how long without a heartbeat before an agent is dead:
+	// its connections are closed and it is refused until it heartbeats
+	// again. Default 90 s (three heartbeats).
+	DeadAfter time.Duration
+	// Allowlist, when not empty, narrows the registry to these agents.
+	Allowlist []trust.PublicKey
+	// Bootstrap peers (multiaddrs ending in /p2p/PEERID) are connected at
+	// start and reconnected with backoff whenever the connection drops.
+	Bootstrap []string
+	// Issuer, when set, makes this node an issuer: it renews the
+	// credentials of agents that present a valid one. Any number of nodes
+	// may be issuers.
+	Issuer *trust.AnchorKey
+	// RenewAfter is the fraction of its lifetime after which the node
+	// renews its credential from any reachable issuer. Default 2/3.
+	RenewAfter float64
+	// OnCredential, when set, is called with every renewed credential (the
+	// daemon writes it to disk). It must not block.
+	OnCredential func(*trust.Credential)
+	// OnRevocation, when set, is called with every newly applied
+	// revocation, encoded (the daemon persists them). It must not block.
+	OnRevocation func([]byte)
+	// RegistryFilter, when set, drops the registry messages for which it
+	// returns false, as a lossy network would (simulations inject loss
+	// with it). from is the forwarding peer.
+	RegistryFilter func(from peer.ID) bool
 }
 
 // DefaultConfig returns the production defaults: listen on all interfaces
 // on port 4001 over TCP and QUIC.
 func DefaultConfig() Config {
 	return Config{
-		ListenAddrs:      []string{"/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"},
-		AdmissionTimeout: 5 * time.Second,                 // credential exchange per connection
-		CallTimeout:      10 * time.Second,                // one RPC, end to end
-		HandlerTimeout:   10 * time.Second,                // one handler run
-		MaxEnvelopeSize:  protocol.DefaultMaxEnvelopeSize, // 256 KiB per frame
-		ReplayWindow:     protocol.DefaultWindow,          // ±5 minutes
-		Policy:           trust.DefaultPolicy(),           // add anchors
+		ListenAddrs:       []string{"/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"},
+		AdmissionTimeout:  5 * time.Second,                 // credential exchange per connection
+		CallTimeout:       10 * time.Second,                // one RPC, end to end
+		HandlerTimeout:    10 * time.Second,                // one handler run
+		MaxEnvelopeSize:   protocol.DefaultMaxEnvelopeSize, // 256 KiB per frame
+		ReplayWindow:      protocol.DefaultWindow,          // ±5 minutes
+		Policy:            trust.DefaultPolicy(),           // add anchors
+		HeartbeatInterval: 30 * time.Second,                // one heartbeat per agent
+		SuspectMissed:     2,                               // suspect after two missed heartbeats
+		DeadAfter:         90 * time.Second,                // dead after three
+		RenewAfter:        2.0 / 3,                         // renew the daily credential after 16 h
 	}
 }
 
@@ -69,6 +108,8 @@ func LocalConfig() Config {
 	c.AdmissionTimeout = 2 * time.Second
 	c.CallTimeout = 5 * time.Second
 	c.HandlerTimeout = 5 * time.Second
+	c.HeartbeatInterval = 200 * time.Millisecond
+	c.DeadAfter = 600 * time.Millisecond
 	return c
 }
 
@@ -84,6 +125,10 @@ func (c *Config) validate() error {
 		return fmt.Errorf("node: config: the credential is for %s, not for this identity %s", c.Credential.Subject, c.Identity.Public())
 	case c.AdmissionTimeout <= 0 || c.CallTimeout <= 0 || c.HandlerTimeout <= 0 || c.MaxEnvelopeSize <= 0 || c.ReplayWindow <= 0:
 		return fmt.Errorf("node: config: timeouts, window and sizes must be positive (start from DefaultConfig)")
+	case c.HeartbeatInterval <= 0 || c.DeadAfter <= c.HeartbeatInterval:
+		return fmt.Errorf("node: config: HeartbeatInterval must be positive and DeadAfter longer than it")
+	case c.RenewAfter <= 0 || c.RenewAfter >= 1:
+		return fmt.Errorf("node: config: RenewAfter must be a fraction between 0 and 1")
 	}
 	return nil
 }

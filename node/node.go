@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	golog "github.com/ipfs/go-log/v2"
 	"github.com/libp2p/go-libp2p"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/gologshim"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
@@ -20,6 +22,7 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
 
+	"github.com/meshagent/meshagent/discovery"
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/trust"
 )
@@ -42,7 +45,14 @@ type Node struct {
 	verifier *trust.Verifier
 	decider  *protocol.Decider
 	members  *members
+	registry *discovery.Registry
+	live     liveness
 	audit    *auditor
+
+	credMu      sync.RWMutex
+	cred        *trust.Credential
+	frozenUntil atomic.Int64
+	renewing    atomic.Bool
 
 	mu       sync.Mutex
 	started  bool
@@ -73,7 +83,12 @@ func New(cfg Config) (*Node, error) {
 	routeLogs.Do(func() { gologshim.SetDefaultHandler(golog.SlogHandler()) })
 	n := &Node{cfg: cfg, self: cfg.Identity.Public(), verifier: v, audit: newAuditor(cfg.Audit),
 		topics: map[string]*pubsub.Topic{}, handlers: map[string]Handler{}}
+	n.cred = cfg.Credential
 	n.members = newMembers(n)
+	n.registry = discovery.NewRegistry(discovery.Config{Verifier: v, Self: n.self, SuspectMissed: cfg.SuspectMissed,
+		DeadAfter: cfg.DeadAfter, Allowlist: cfg.Allowlist})
+	n.live.seq.Store(uint64(time.Now().UnixNano()))
+	n.live.revs = map[[16]byte][]byte{}
 	n.decider = &protocol.Decider{Verifier: v, Replay: protocol.NewReplayGuard(cfg.ReplayWindow, 0, 0),
 		Membership: n.members, MaxSize: cfg.MaxEnvelopeSize}
 	return n, nil
@@ -131,7 +146,25 @@ func (n *Node) Start(ctx context.Context) error {
 	n.host, n.ps = h, ps
 	h.SetStreamHandler(protocol.ProtocolAdmission, n.members.handleAdmission)
 	h.SetStreamHandler(protocol.ProtocolRPC, n.handleRPC)
+	if n.cfg.Issuer != nil {
+		h.SetStreamHandler(ProtocolRenew, n.handleRenew)
+	}
 	h.Network().Notify(n.members.notifiee())
+	if err := n.startRegistry(); err != nil {
+		n.cancel()
+		h.Close()
+		return fmt.Errorf("node: registry: %w", err)
+	}
+	for _, b := range n.cfg.Bootstrap {
+		ai, err := peer.AddrInfoFromString(b)
+		if err != nil {
+			n.cancel()
+			h.Close()
+			return fmt.Errorf("node: bootstrap %q: %w", b, err)
+		}
+		h.ConnManager().Protect(ai.ID, "bootstrap")
+		go n.keepConnected(*ai)
+	}
 	n.started = true
 	log.Infow("node started", "peer", h.ID(), "addrs", h.Addrs())
 	_ = ctx
@@ -146,8 +179,14 @@ func (n *Node) Close() error {
 		return nil
 	}
 	n.closed = true
-	h, cancel := n.host, n.cancel
+	h, cancel, started := n.host, n.cancel, n.started
 	n.mu.Unlock()
+	if started {
+		// A graceful stop: tell the mesh, and give the message a moment to
+		// leave before the connections close.
+		n.sendLeave()
+		time.Sleep(min(100*time.Millisecond, n.cfg.HeartbeatInterval))
+	}
 	if cancel != nil {
 		cancel()
 	}
@@ -161,7 +200,54 @@ func (n *Node) Close() error {
 func (n *Node) ID() peer.ID { return n.self.PeerID() }
 
 // Name returns the agent's name, from its credential.
-func (n *Node) Name() string { return n.cfg.Credential.Name }
+func (n *Node) Name() string { return n.credential().Name }
+
+// credential returns the agent's current credential (it changes on renewal).
+func (n *Node) credential() *trust.Credential {
+	n.credMu.RLock()
+	defer n.credMu.RUnlock()
+	return n.cred
+}
+
+// Credential returns the agent's current credential.
+func (n *Node) Credential() *trust.Credential { return n.credential() }
+
+func (n *Node) listenAddrs() []ma.Multiaddr {
+	if h := n.Host(); h != nil {
+		return h.Addrs()
+	}
+	return nil
+}
+
+// keepConnected reconnects to a bootstrap peer whenever the connection is
+// lost, with exponential backoff (from a tenth of the heartbeat interval
+// up to 30 s).
+func (n *Node) keepConnected(ai peer.AddrInfo) {
+	base := max(n.cfg.HeartbeatInterval/10, 10*time.Millisecond)
+	wait := base
+	for {
+		h := n.Host()
+		if h == nil || n.ctx.Err() != nil {
+			return
+		}
+		if h.Network().Connectedness(ai.ID) != network.Connected {
+			ctx, cancel := context.WithTimeout(n.ctx, n.cfg.AdmissionTimeout)
+			err := n.Connect(ctx, ai)
+			cancel()
+			if err != nil {
+				log.Debugw("bootstrap peer unreachable", "peer", ai.ID, "err", err, "retry_in", wait)
+				wait = min(2*wait, 30*time.Second)
+			} else {
+				wait = base
+			}
+		}
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
 
 // Host returns the libp2p host (nil before Start).
 func (n *Node) Host() host.Host {
@@ -214,13 +300,6 @@ func (n *Node) ConnectAddr(ctx context.Context, addr string) error {
 	return n.Connect(ctx, *ai)
 }
 
-// PeerInfo describes an admitted peer.
-type PeerInfo struct {
-	PeerID  peer.ID   `json:"peer_id"`
-	Name    string    `json:"name"`
-	State   string    `json:"state"`
-	Expires time.Time `json:"credential_expires"`
-}
-
-// Peers lists the admitted peers.
-func (n *Node) Peers() []PeerInfo { return n.members.list() }
+// Peers lists the agents in the registry with their state as this node
+// sees it.
+func (n *Node) Peers() []discovery.Entry { return n.registry.Entries() }

@@ -174,8 +174,9 @@ func runDemo(ctx context.Context, w io.Writer) error {
 		return "accepted"
 	})
 	guard("stale request: clock 6 minutes ahead", "rejected: stale", func() string {
+		var skew atomic.Int64
 		late, err := m.Add(ctx, "late-agent", true, simulations.Options{Configure: func(_ string, c *node.Config) {
-			c.Clock = func() time.Time { return time.Now().Add(6 * time.Minute) }
+			c.Clock = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
 		}})
 		if err != nil {
 			return "error: " + err.Error()
@@ -184,6 +185,7 @@ func runDemo(ctx context.Context, w io.Writer) error {
 			return "error: " + err.Error()
 		}
 		_, _ = m.Grant("late-agent", []string{"read:logs"}, nil, time.Hour)
+		skew.Store(int64(6 * time.Minute)) // its clock jumps after it joined
 		_, err = late.Node.Call(ctx, to, "read:logs", nil, nil)
 		return outcome(err)
 	})

@@ -1,0 +1,395 @@
+package node
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-msgio"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/meshagent/meshagent/discovery"
+	"github.com/meshagent/meshagent/protocol"
+	"github.com/meshagent/meshagent/protocol/protocolpb"
+	"github.com/meshagent/meshagent/trust"
+)
+
+// Registry protocol constants.
+const (
+	// RegistryTopic carries records, heartbeats and leaves.
+	RegistryTopic = "meshagent/v1/registry"
+	// RevocationTopic carries anchor-signed revocations.
+	RevocationTopic = "meshagent/v1/revocations"
+	// ProtocolSync is the join-time exchange of records and revocations.
+	ProtocolSync = "/meshagent/sync/1.0.0"
+	// maxSyncSize bounds one sync response.
+	maxSyncSize = 32 << 20
+)
+
+// liveness is the node's half of the registry: its own sequence numbers,
+// its current record, and the subscribers to registry events.
+type liveness struct {
+	seq       atomic.Uint64
+	mu        sync.Mutex
+	record    *discovery.Record
+	listeners []func(discovery.Event)
+	revMu     sync.Mutex
+	revs      map[[16]byte][]byte // raw revocations, for the join-time exchange
+}
+
+func (n *Node) nextSeq() uint64 { return n.live.seq.Add(1) }
+
+// currentRecord returns this node's signed record, making a new one when
+// the credential or the addresses changed.
+func (n *Node) currentRecord() (*discovery.Record, error) {
+	n.live.mu.Lock()
+	defer n.live.mu.Unlock()
+	cred := n.credential()
+	h := n.Host()
+	if r := n.live.record; r != nil && r.Credential == cred && (h == nil || len(r.Addrs) == len(h.Addrs())) {
+		return r, nil
+	}
+	var addrs = n.listenAddrs()
+	r, err := discovery.NewRecord(n.cfg.Identity, cred, addrs, n.nextSeq(), n.cfg.HeartbeatInterval, n.now())
+	if err != nil {
+		return nil, err
+	}
+	n.live.record = r
+	return r, nil
+}
+
+// OnEvent registers f to be called with every registry event (an agent
+// joined, became suspect, dead, alive again, or was removed). f must not
+// block.
+func (n *Node) OnEvent(f func(discovery.Event)) {
+	n.live.mu.Lock()
+	defer n.live.mu.Unlock()
+	n.live.listeners = append(n.live.listeners, f)
+}
+
+// emit audits events, closes the connections of agents that died or were
+// removed, and tells the listeners.
+func (n *Node) emit(evs []discovery.Event) {
+	if len(evs) == 0 {
+		return
+	}
+	n.live.mu.Lock()
+	ls := slices.Clone(n.live.listeners)
+	n.live.mu.Unlock()
+	for _, e := range evs {
+		to := "removed"
+		if e.To != 0 {
+			to = e.To.String()
+		}
+		n.audit.write(AuditRecord{Time: e.At, Direction: "in", Kind: "liveness", Sender: e.Agent.String(),
+			Recipient: n.ID().String(), Decision: to, Reason: e.Reason})
+		if e.To == Dead || e.To == 0 {
+			if h := n.Host(); h != nil {
+				_ = h.Network().ClosePeer(e.Agent.PeerID())
+			}
+		}
+		for _, f := range ls {
+			f(e)
+		}
+	}
+}
+
+// Dead is discovery.Dead, for callers that only import node.
+const Dead = discovery.Dead
+
+// startRegistry joins the registry and revocation topics, announces this
+// node, and starts the heartbeat and liveness loops.
+func (n *Node) startRegistry() error {
+	if err := n.ps.RegisterTopicValidator(RegistryTopic, n.registryValidator, pubsub.WithValidatorInline(true)); err != nil {
+		return err
+	}
+	if err := n.ps.RegisterTopicValidator(RevocationTopic, n.revocationValidator, pubsub.WithValidatorInline(true)); err != nil {
+		return err
+	}
+	for _, name := range []string{RegistryTopic, RevocationTopic} {
+		t, err := n.ps.Join(name)
+		if err != nil {
+			return err
+		}
+		sub, err := t.Subscribe()
+		if err != nil {
+			return err
+		}
+		n.topics[name] = t
+		go func() { // drain: the validators did the work
+			for {
+				if _, err := sub.Next(n.ctx); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	n.host.SetStreamHandler(ProtocolSync, n.handleSync)
+	go n.heartbeatLoop()
+	go n.tickLoop()
+	return nil
+}
+
+func (n *Node) publishRegistry(m *protocolpb.RegistryMessage) error {
+	b, err := proto.Marshal(m)
+	if err != nil {
+		return err
+	}
+	n.mu.Lock()
+	t := n.topics[RegistryTopic]
+	n.mu.Unlock()
+	if t == nil {
+		return ErrNotStarted
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.HeartbeatInterval)
+	defer cancel()
+	return t.Publish(ctx, b)
+}
+
+// announce publishes this node's current record.
+func (n *Node) announce() error {
+	rec, err := n.currentRecord()
+	if err != nil {
+		return err
+	}
+	return n.publishRegistry(&protocolpb.RegistryMessage{Msg: &protocolpb.RegistryMessage_Announce{Announce: rec.Proto()}})
+}
+
+func (n *Node) heartbeatLoop() {
+	_ = n.announce()
+	t := time.NewTicker(n.cfg.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-t.C:
+		}
+		if n.frozen() {
+			continue
+		}
+		_ = n.publishRegistry(&protocolpb.RegistryMessage{Msg: &protocolpb.RegistryMessage_Heartbeat{
+			Heartbeat: &protocolpb.Heartbeat{Seq: n.nextSeq(), Timestamp: n.now().UnixNano()}}})
+		n.maybeRenew()
+	}
+}
+
+func (n *Node) tickLoop() {
+	every := n.cfg.HeartbeatInterval / 4
+	if every < 5*time.Millisecond {
+		every = 5 * time.Millisecond
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-t.C:
+		}
+		if n.frozen() {
+			continue
+		}
+		n.emit(n.registry.Tick(n.now()))
+	}
+}
+
+// registryValidator applies records, heartbeats and leaves. The pubsub
+// author (signature checked by pubsub under StrictSign) is the agent: a
+// heartbeat or leave needs no signature of its own, and a record must be
+// the author's. Replays and stale messages are ignored without penalty;
+// forgeries are rejected, which lowers the forwarder's score.
+func (n *Node) registryValidator(_ context.Context, from peer.ID, m *pubsub.Message) pubsub.ValidationResult {
+	if n.cfg.RegistryFilter != nil && !n.cfg.RegistryFilter(from) {
+		return pubsub.ValidationIgnore
+	}
+	if n.frozen() {
+		return pubsub.ValidationIgnore
+	}
+	author, err := trust.PublicKeyFromPeerID(m.GetFrom())
+	if err != nil {
+		return pubsub.ValidationReject
+	}
+	if author.Equal(n.self) {
+		return pubsub.ValidationAccept
+	}
+	var rm protocolpb.RegistryMessage
+	if err := proto.Unmarshal(m.Data, &rm); err != nil {
+		return pubsub.ValidationReject
+	}
+	now := n.now()
+	var evs []discovery.Event
+	switch x := rm.Msg.(type) {
+	case *protocolpb.RegistryMessage_Announce:
+		rec, perr := discovery.ParseRecord(x.Announce)
+		if perr == nil && !rec.Agent.Equal(author) {
+			perr = protocol.Reject(protocol.CodeImpersonation, "record of %s published by %s", rec.Agent, author)
+		}
+		if perr == nil {
+			evs, perr = n.registry.Announce(rec, discovery.Direct, now)
+		}
+		err = perr
+	case *protocolpb.RegistryMessage_Heartbeat:
+		evs, err = n.registry.Heartbeat(author, x.Heartbeat.Seq, time.Unix(0, x.Heartbeat.Timestamp), now)
+		if trust.CodeOf(err) == protocol.CodeUnlisted {
+			go n.syncFrom(from) // learn the agent from whoever forwarded it
+		}
+	case *protocolpb.RegistryMessage_Leave:
+		evs, err = n.registry.Leave(author, x.Leave.Seq, now)
+	default:
+		return pubsub.ValidationReject
+	}
+	n.emit(evs)
+	switch trust.CodeOf(err) {
+	case "":
+		return pubsub.ValidationAccept
+	case protocol.CodeReplay, protocol.CodeStale, protocol.CodeUnlisted, trust.CodeExpired, trust.CodeFull:
+		return pubsub.ValidationIgnore
+	default:
+		return pubsub.ValidationReject
+	}
+}
+
+// revocationValidator verifies and applies a revocation, then forwards it.
+func (n *Node) revocationValidator(_ context.Context, _ peer.ID, m *pubsub.Message) pubsub.ValidationResult {
+	err := n.applyRevocation(m.Data)
+	switch trust.CodeOf(err) {
+	case "":
+		return pubsub.ValidationAccept
+	case trust.CodeFull:
+		return pubsub.ValidationIgnore
+	default:
+		return pubsub.ValidationReject
+	}
+}
+
+// applyRevocation verifies and applies one encoded revocation, remembers it
+// for the join-time exchange, and drops the agents it revokes.
+func (n *Node) applyRevocation(raw []byte) error {
+	r, err := trust.ParseRevocation(raw)
+	if err != nil {
+		return err
+	}
+	n.live.revMu.Lock()
+	_, seen := n.live.revs[r.ID]
+	n.live.revMu.Unlock()
+	if seen {
+		return nil
+	}
+	if err := n.verifier.AddRevocation(r, n.now()); err != nil {
+		return err
+	}
+	n.live.revMu.Lock()
+	n.live.revs[r.ID] = append([]byte(nil), raw...)
+	n.live.revMu.Unlock()
+	n.audit.write(AuditRecord{Time: n.now(), Direction: "in", Kind: "revocation", Sender: r.Issuer.String(), Recipient: n.ID().String(), Decision: "accept"})
+	if n.cfg.OnRevocation != nil {
+		n.cfg.OnRevocation(raw)
+	}
+	n.emit(n.registry.Tick(n.now()))
+	return nil
+}
+
+// Revoke applies an encoded revocation locally and publishes it to the
+// mesh, where every node verifies and applies it.
+func (n *Node) Revoke(ctx context.Context, raw []byte) error {
+	if err := n.applyRevocation(raw); err != nil {
+		return err
+	}
+	n.mu.Lock()
+	t := n.topics[RevocationTopic]
+	n.mu.Unlock()
+	if t == nil {
+		return ErrNotStarted
+	}
+	return t.Publish(ctx, raw)
+}
+
+func (n *Node) revocations() [][]byte {
+	n.live.revMu.Lock()
+	defer n.live.revMu.Unlock()
+	out := make([][]byte, 0, len(n.live.revs))
+	for _, r := range n.live.revs {
+		out = append(out, r)
+	}
+	return out
+}
+
+// handleSync answers the join-time exchange, to admitted peers only.
+func (n *Node) handleSync(s network.Stream) {
+	defer s.Close()
+	k, err := trust.PublicKeyFromPeerID(s.Conn().RemotePeer())
+	if err != nil || n.registry.Admit(k, n.now()) != nil {
+		s.Reset()
+		return
+	}
+	_ = s.SetDeadline(time.Now().Add(n.cfg.AdmissionTimeout))
+	snap := n.registry.Snapshot()
+	if rec, err := n.currentRecord(); err == nil {
+		snap = append(snap, rec.Proto())
+	}
+	b, err := proto.Marshal(&protocolpb.SyncResponse{Announcements: snap, Revocations: n.revocations()})
+	if err != nil || msgio.NewVarintWriter(s).WriteMsg(b) != nil {
+		s.Reset()
+	}
+}
+
+// syncFrom asks p for its records and revocations and applies them as
+// relayed: they teach who exists, never who is alive.
+func (n *Node) syncFrom(p peer.ID) {
+	h := n.Host()
+	if h == nil || n.ctx.Err() != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.AdmissionTimeout)
+	defer cancel()
+	s, err := h.NewStream(ctx, p, ProtocolSync)
+	if err != nil {
+		return
+	}
+	defer s.Close()
+	_ = s.SetDeadline(time.Now().Add(n.cfg.AdmissionTimeout))
+	raw, err := msgio.NewVarintReaderSize(s, maxSyncSize).ReadMsg()
+	if err != nil {
+		s.Reset()
+		return
+	}
+	var resp protocolpb.SyncResponse
+	if err := proto.Unmarshal(raw, &resp); err != nil {
+		return
+	}
+	for _, r := range resp.Revocations {
+		_ = n.applyRevocation(r)
+	}
+	now := n.now()
+	for _, a := range resp.Announcements {
+		rec, err := discovery.ParseRecord(a)
+		if err != nil {
+			continue
+		}
+		evs, _ := n.registry.Announce(rec, discovery.Relayed, now)
+		n.emit(evs)
+	}
+}
+
+// sendLeave tells the mesh this node is stopping.
+func (n *Node) sendLeave() {
+	_ = n.publishRegistry(&protocolpb.RegistryMessage{Msg: &protocolpb.RegistryMessage_Leave{
+		Leave: &protocolpb.Leave{Seq: n.nextSeq(), Timestamp: n.now().UnixNano()}}})
+}
+
+// Freeze stops this node's heartbeats and liveness processing for d, as a
+// long GC or VM pause would (simulations use it). Calls still work.
+func (n *Node) Freeze(d time.Duration) {
+	n.frozenUntil.Store(time.Now().Add(d).UnixNano())
+}
+
+func (n *Node) frozen() bool { return time.Now().UnixNano() < n.frozenUntil.Load() }
+
+// Registry returns the node's registry.
+func (n *Node) Registry() *discovery.Registry { return n.registry }
