@@ -321,7 +321,9 @@ func (r *Registry) Entries() []Entry {
 		c.Seq = max(e.Seq, e.rec.Seq)
 		out = append(out, c)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name || out[i].Name == out[j].Name && out[i].PeerID < out[j].PeerID })
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].Name < out[j].Name || out[i].Name == out[j].Name && out[i].PeerID < out[j].PeerID
+	})
 	return out
 }
 

@@ -205,7 +205,9 @@ func TestReplayGuardBounds(t *testing.T) {
 
 type denyAll struct{}
 
-func (denyAll) Admit(trust.PublicKey, time.Time) error { return Reject(CodeUnlisted, "not in the registry") }
+func (denyAll) Admit(trust.PublicKey, time.Time) error {
+	return Reject(CodeUnlisted, "not in the registry")
+}
 func (denyAll) AdmitHolder(trust.PublicKey, time.Time) error {
 	return Reject(CodeDead, "dead")
 }
