@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"encoding/binary"
 	"time"
 
 	ma "github.com/multiformats/go-multiaddr"
@@ -104,3 +105,36 @@ func ParseRecord(a *protocolpb.Announcement) (*Record, error) {
 
 // Proto returns the wire form.
 func (r *Record) Proto() *protocolpb.Announcement { return r.raw }
+
+// DomainLeave prefixes the signature of a leave.
+const DomainLeave = "meshagent/v1/leave\x00"
+
+func leaveMessage(agent trust.PublicKey, seq uint64, ts int64) []byte {
+	b := make([]byte, 0, trust.PublicKeySize+16)
+	b = append(b, agent[:]...)
+	b = binary.BigEndian.AppendUint64(b, seq)
+	return binary.BigEndian.AppendUint64(b, uint64(ts))
+}
+
+// SignLeave makes a leave of id with sequence number seq, which any node
+// can verify and relay.
+func SignLeave(id *trust.Identity, seq uint64, now time.Time) *protocolpb.Leave {
+	k := id.Public()
+	ts := now.UnixNano()
+	return &protocolpb.Leave{Seq: seq, Timestamp: ts, Agent: publicBytes(k), Signature: id.Sign(DomainLeave, leaveMessage(k, seq, ts))}
+}
+
+// VerifyLeave checks a leave's signature and returns who is leaving.
+func VerifyLeave(l *protocolpb.Leave) (trust.PublicKey, error) {
+	if l == nil {
+		return trust.PublicKey{}, protocol.Reject(trust.CodeMalformed, "no leave")
+	}
+	k, err := trust.PublicKeyFromBytes(l.Agent)
+	if err != nil {
+		return k, err
+	}
+	if !k.Verify(DomainLeave, leaveMessage(k, l.Seq, l.Timestamp), l.Signature) {
+		return k, protocol.Reject(trust.CodeBadSignature, "leave of %s: signature does not verify", k)
+	}
+	return k, nil
+}

@@ -58,6 +58,9 @@ func (m *members) isAdmitted(p peer.ID) bool {
 }
 
 func (m *members) isRefused(p peer.ID) bool {
+	if f := m.n.cfg.PeerFilter; f != nil && !f(p) {
+		return true
+	}
 	m.mu.RLock()
 	until, ok := m.refused[p]
 	m.mu.RUnlock()

@@ -76,10 +76,15 @@ type Config struct {
 	// OnRevocation, when set, is called with every newly applied
 	// revocation, encoded (the daemon persists them). It must not block.
 	OnRevocation func([]byte)
-	// RegistryFilter, when set, drops the registry messages for which it
-	// returns false, as a lossy network would (simulations inject loss
-	// with it). from is the forwarding peer.
-	RegistryFilter func(from peer.ID) bool
+	// DropMessage, when set, drops each pubsub message received from peer
+	// from for which it returns true, before pubsub sees it, as a lossy
+	// link would: gossip can still deliver the message by another path.
+	// Simulations inject loss with it.
+	DropMessage func(from peer.ID) bool
+	// PeerFilter, when set, is asked by the connection gater: a peer for
+	// which it returns false can neither dial nor be dialed. Simulations
+	// partition a mesh with it.
+	PeerFilter func(p peer.ID) bool
 }
 
 // DefaultConfig returns the production defaults: listen on all interfaces
@@ -101,15 +106,17 @@ func DefaultConfig() Config {
 }
 
 // LocalConfig returns defaults for tests and simulations: loopback only, on
-// random ports, with short timeouts.
+// random ports, with short timeouts and 250 ms heartbeats (dead after 3 s,
+// so that a busy test machine does not make false verdicts; liveness tests
+// set tighter values).
 func LocalConfig() Config {
 	c := DefaultConfig()
 	c.ListenAddrs = []string{"/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"}
 	c.AdmissionTimeout = 2 * time.Second
 	c.CallTimeout = 5 * time.Second
 	c.HandlerTimeout = 5 * time.Second
-	c.HeartbeatInterval = 200 * time.Millisecond
-	c.DeadAfter = 600 * time.Millisecond
+	c.HeartbeatInterval = 250 * time.Millisecond // fast enough to converge in a test
+	c.DeadAfter = 3 * time.Second                // lenient: liveness tests set their own
 	return c
 }
 

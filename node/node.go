@@ -137,6 +137,8 @@ func (n *Node) Start(ctx context.Context) error {
 		pubsub.WithMaxMessageSize(n.cfg.MaxEnvelopeSize+4096),
 		pubsub.WithPeerScore(peerScoreParams(), peerScoreThresholds()),
 		pubsub.WithLogger(slog.New(golog.SlogHandler()).With("logger", "pubsub")),
+		pubsub.WithGossipSubParams(gossipParams(n.cfg.HeartbeatInterval)),
+		pubsub.WithAppSpecificRpcInspector(n.inspectRPC),
 	)
 	if err != nil {
 		n.cancel()
@@ -171,8 +173,15 @@ func (n *Node) Start(ctx context.Context) error {
 	return nil
 }
 
-// Close stops the node. It is safe to call more than once.
-func (n *Node) Close() error {
+// Crash stops the node without a leave message, as a killed process
+// would: the mesh must notice by itself. Simulations use it.
+func (n *Node) Crash() error { return n.close(false) }
+
+// Close stops the node after telling the mesh it leaves. It is safe to
+// call more than once.
+func (n *Node) Close() error { return n.close(true) }
+
+func (n *Node) close(graceful bool) error {
 	n.mu.Lock()
 	if n.closed {
 		n.mu.Unlock()
@@ -181,11 +190,9 @@ func (n *Node) Close() error {
 	n.closed = true
 	h, cancel, started := n.host, n.cancel, n.started
 	n.mu.Unlock()
-	if started {
-		// A graceful stop: tell the mesh, and give the message a moment to
-		// leave before the connections close.
-		n.sendLeave()
-		time.Sleep(min(100*time.Millisecond, n.cfg.HeartbeatInterval))
+	if started && graceful {
+		n.sendLeave() // a graceful stop: tell the mesh
+
 	}
 	if cancel != nil {
 		cancel()
@@ -303,3 +310,31 @@ func (n *Node) ConnectAddr(ctx context.Context, addr string) error {
 // Peers lists the agents in the registry with their state as this node
 // sees it.
 func (n *Node) Peers() []discovery.Entry { return n.registry.Entries() }
+
+// gossipParams scales gossipsub's own heartbeat (the one that repairs lost
+// messages through IHAVE/IWANT) to a tenth of the agent heartbeat, at most
+// its default 1 s, so that tests with millisecond heartbeats repair losses
+// as production does.
+func gossipParams(agentHeartbeat time.Duration) pubsub.GossipSubParams {
+	p := pubsub.DefaultGossipSubParams()
+	if hb := agentHeartbeat / 10; hb < p.HeartbeatInterval {
+		p.HeartbeatInterval = max(hb, 5*time.Millisecond)
+		p.HeartbeatInitialDelay = min(p.HeartbeatInitialDelay, p.HeartbeatInterval)
+	}
+	return p
+}
+
+// inspectRPC applies Config.DropMessage to every received pubsub message.
+func (n *Node) inspectRPC(from peer.ID, rpc *pubsub.RPC) error {
+	if n.cfg.DropMessage == nil || len(rpc.Publish) == 0 {
+		return nil
+	}
+	kept := rpc.Publish[:0]
+	for _, m := range rpc.Publish {
+		if !n.cfg.DropMessage(from) {
+			kept = append(kept, m)
+		}
+	}
+	rpc.Publish = kept
+	return nil
+}

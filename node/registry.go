@@ -130,6 +130,7 @@ func (n *Node) startRegistry() error {
 		}()
 	}
 	n.host.SetStreamHandler(ProtocolSync, n.handleSync)
+	n.host.SetStreamHandler(ProtocolLeave, n.handleLeave)
 	go n.heartbeatLoop()
 	go n.tickLoop()
 	return nil
@@ -205,9 +206,6 @@ func (n *Node) tickLoop() {
 // the author's. Replays and stale messages are ignored without penalty;
 // forgeries are rejected, which lowers the forwarder's score.
 func (n *Node) registryValidator(_ context.Context, from peer.ID, m *pubsub.Message) pubsub.ValidationResult {
-	if n.cfg.RegistryFilter != nil && !n.cfg.RegistryFilter(from) {
-		return pubsub.ValidationIgnore
-	}
 	if n.frozen() {
 		return pubsub.ValidationIgnore
 	}
@@ -240,7 +238,11 @@ func (n *Node) registryValidator(_ context.Context, from peer.ID, m *pubsub.Mess
 			go n.syncFrom(from) // learn the agent from whoever forwarded it
 		}
 	case *protocolpb.RegistryMessage_Leave:
-		evs, err = n.registry.Leave(author, x.Leave.Seq, now)
+		// Signed by the leaving agent; any node may relay it.
+		var agent trust.PublicKey
+		if agent, err = discovery.VerifyLeave(x.Leave); err == nil {
+			evs, err = n.registry.Leave(agent, x.Leave.Seq, now)
+		}
 	default:
 		return pubsub.ValidationReject
 	}
@@ -377,10 +379,74 @@ func (n *Node) syncFrom(p peer.ID) {
 	}
 }
 
-// sendLeave tells the mesh this node is stopping.
+// ProtocolLeave delivers a leave straight to each connected peer, which
+// applies it and relays it on the registry topic.
+const ProtocolLeave = "/meshagent/leave/1.0.0"
+
+// sendLeave tells the mesh this node is stopping: on the registry topic,
+// and directly to every connected peer, waiting (at most a second) for
+// their acknowledgements so that the leave is out before the connections
+// close.
 func (n *Node) sendLeave() {
-	_ = n.publishRegistry(&protocolpb.RegistryMessage{Msg: &protocolpb.RegistryMessage_Leave{
-		Leave: &protocolpb.Leave{Seq: n.nextSeq(), Timestamp: n.now().UnixNano()}}})
+	msg := &protocolpb.RegistryMessage{Msg: &protocolpb.RegistryMessage_Leave{Leave: discovery.SignLeave(n.cfg.Identity, n.nextSeq(), n.now())}}
+	_ = n.publishRegistry(msg)
+	b, err := proto.Marshal(msg)
+	if err != nil {
+		return
+	}
+	h := n.Host()
+	ctx, cancel := context.WithTimeout(n.ctx, time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, p := range h.Network().Peers() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s, err := h.NewStream(ctx, p, ProtocolLeave)
+			if err != nil {
+				return
+			}
+			defer s.Close()
+			dl, _ := ctx.Deadline()
+			_ = s.SetDeadline(dl)
+			if msgio.NewVarintWriter(s).WriteMsg(b) != nil {
+				s.Reset()
+				return
+			}
+			var ack [1]byte
+			_, _ = s.Read(ack[:])
+		}()
+	}
+	wg.Wait()
+}
+
+// handleLeave applies a leave delivered directly, relays it, and acks.
+func (n *Node) handleLeave(s network.Stream) {
+	defer s.Close()
+	_ = s.SetDeadline(time.Now().Add(n.cfg.AdmissionTimeout))
+	raw, err := msgio.NewVarintReaderSize(s, 1024).ReadMsg()
+	if err != nil {
+		s.Reset()
+		return
+	}
+	var rm protocolpb.RegistryMessage
+	l := (*protocolpb.Leave)(nil)
+	if proto.Unmarshal(raw, &rm) == nil {
+		if x, ok := rm.Msg.(*protocolpb.RegistryMessage_Leave); ok {
+			l = x.Leave
+		}
+	}
+	agent, err := discovery.VerifyLeave(l)
+	if err != nil {
+		s.Reset()
+		return
+	}
+	evs, err := n.registry.Leave(agent, l.Seq, n.now())
+	n.emit(evs)
+	if err == nil && len(evs) > 0 {
+		go func() { _ = n.publishRegistry(&rm) }()
+	}
+	_, _ = s.Write([]byte{1})
 }
 
 // Freeze stops this node's heartbeats and liveness processing for d, as a

@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"sync"
 	"time"
 
@@ -26,6 +27,11 @@ type Options struct {
 	Audit io.Writer
 	// Configure, when set, may adjust each node's config before New.
 	Configure func(name string, c *node.Config)
+	// HeartbeatInterval and DeadAfter override LocalConfig's 250 ms and
+	// 3 s when set.
+	HeartbeatInterval, DeadAfter time.Duration
+	// CredentialTTL overrides the credentials' 24 h lifetime.
+	CredentialTTL time.Duration
 }
 
 // Agent is one member of a Mesh.
@@ -34,6 +40,8 @@ type Agent struct {
 	Identity   *trust.Identity
 	Credential *trust.Credential
 	Node       *node.Node
+
+	cfg node.Config
 }
 
 // ID returns the agent's peer ID.
@@ -46,6 +54,11 @@ type Mesh struct {
 	order  []string
 	mu     sync.Mutex
 	audit  []node.AuditRecord
+
+	netMu sync.RWMutex
+	group map[peer.ID]int // partition group per agent; nil: no partition
+	loss  float64         // probability of dropping a registry message
+	rng   *mrand.Rand
 }
 
 // NewMesh creates an anchor and one started node per name.
@@ -54,7 +67,7 @@ func NewMesh(ctx context.Context, names []string, opts Options) (*Mesh, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Mesh{Anchor: a, Agents: map[string]*Agent{}}
+	m := &Mesh{Anchor: a, Agents: map[string]*Agent{}, rng: mrand.New(mrand.NewPCG(1, 2))}
 	for _, name := range names {
 		if _, err := m.Add(ctx, name, true, opts); err != nil {
 			m.Close()
@@ -77,7 +90,11 @@ func (m *Mesh) Add(ctx context.Context, name string, enrolled bool, opts Options
 			return nil, err
 		}
 	}
-	cred, err := trust.IssueCredential(issuer, id.Public(), name, time.Now().Add(-time.Minute), trust.DefaultCredentialTTL)
+	ttl := trust.DefaultCredentialTTL
+	if opts.CredentialTTL > 0 {
+		ttl = opts.CredentialTTL
+	}
+	cred, err := trust.IssueCredential(issuer, id.Public(), name, time.Now().Add(-time.Second), ttl)
 	if err != nil {
 		return nil, err
 	}
@@ -90,9 +107,22 @@ func (m *Mesh) Add(ctx context.Context, name string, enrolled bool, opts Options
 	} else {
 		cfg.ListenAddrs = []string{"/ip4/127.0.0.1/tcp/0"}
 	}
+	if opts.HeartbeatInterval > 0 {
+		cfg.HeartbeatInterval = opts.HeartbeatInterval
+	}
+	if opts.DeadAfter > 0 {
+		cfg.DeadAfter = opts.DeadAfter
+	}
+	self := id.PeerID()
+	cfg.PeerFilter = func(p peer.ID) bool { return m.reachable(self, p) }
+	cfg.DropMessage = func(peer.ID) bool { return m.drop() }
 	if opts.Configure != nil {
 		opts.Configure(name, &cfg)
 	}
+	return m.start(ctx, name, id, cred, cfg)
+}
+
+func (m *Mesh) start(ctx context.Context, name string, id *trust.Identity, cred *trust.Credential, cfg node.Config) (*Agent, error) {
 	n, err := node.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
@@ -105,10 +135,12 @@ func (m *Mesh) Add(ctx context.Context, name string, enrolled bool, opts Options
 		m.audit = append(m.audit, r)
 		m.mu.Unlock()
 	})
-	ag := &Agent{Name: name, Identity: id, Credential: cred, Node: n}
+	ag := &Agent{Name: name, Identity: id, Credential: cred, Node: n, cfg: cfg}
 	m.mu.Lock()
+	if _, ok := m.Agents[name]; !ok {
+		m.order = append(m.order, name)
+	}
 	m.Agents[name] = ag
-	m.order = append(m.order, name)
 	m.mu.Unlock()
 	return ag, nil
 }
@@ -154,11 +186,171 @@ func (m *Mesh) Audit() []node.AuditRecord {
 	return append([]node.AuditRecord(nil), m.audit...)
 }
 
-// Close stops every node.
-func (m *Mesh) Close() {
-	for _, a := range m.Agents {
-		a.Node.Close()
+// Names returns the agents' names in the order they were added.
+func (m *Mesh) Names() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]string(nil), m.order...)
+}
+
+// ConnectRing connects each agent to the next, in order, and the last to
+// the first: the sparsest connected topology.
+func (m *Mesh) ConnectRing(ctx context.Context) error {
+	names := m.Names()
+	for i := range names {
+		if err := m.Connect(ctx, names[i], names[(i+1)%len(names)]); err != nil {
+			return err
+		}
 	}
+	return nil
+}
+
+// ConnectSparse connects a ring plus, for each agent, chords to extra
+// random others chosen from seed: average degree about 2+2*extra.
+func (m *Mesh) ConnectSparse(ctx context.Context, extra int, seed uint64) error {
+	if err := m.ConnectRing(ctx); err != nil {
+		return err
+	}
+	names := m.Names()
+	r := mrand.New(mrand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	for i := range names {
+		for k := 0; k < extra; k++ {
+			j := r.IntN(len(names))
+			if j == i {
+				continue
+			}
+			if err := m.Connect(ctx, names[i], names[j]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Crash stops the named agent without a leave message.
+func (m *Mesh) Crash(name string) { _ = m.Agents[name].Node.Crash() }
+
+// Restart starts the named (crashed or closed) agent again with the same
+// identity, credential and tokens, and connects it to peer.
+func (m *Mesh) Restart(ctx context.Context, name, peerName string) (*Agent, error) {
+	old := m.Agents[name]
+	_ = old.Node.Crash()
+	tokens := old.Node.Tokens()
+	cfg := old.cfg
+	cfg.Tokens = tokens
+	a, err := m.start(ctx, name, old.Identity, old.Credential, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if peerName != "" {
+		return a, m.Connect(ctx, name, peerName)
+	}
+	return a, nil
+}
+
+// Partition splits the mesh: agents in different groups can no longer
+// connect, and their connections are closed. Agents in no group form one
+// more group of their own.
+func (m *Mesh) Partition(groups ...[]string) {
+	m.netMu.Lock()
+	m.group = map[peer.ID]int{}
+	for i, g := range groups {
+		for _, name := range g {
+			m.group[m.Agents[name].ID()] = i + 1
+		}
+	}
+	m.netMu.Unlock()
+	for _, a := range m.Agents {
+		h := a.Node.Host()
+		if h == nil {
+			continue
+		}
+		for _, p := range h.Network().Peers() {
+			if !m.reachable(a.ID(), p) {
+				_ = h.Network().ClosePeer(p)
+			}
+		}
+	}
+}
+
+// Heal removes the partition. Agents reconnect through their bootstrap
+// peers, or call Connect.
+func (m *Mesh) Heal() {
+	m.netMu.Lock()
+	m.group = nil
+	m.netMu.Unlock()
+}
+
+func (m *Mesh) reachable(a, b peer.ID) bool {
+	m.netMu.RLock()
+	defer m.netMu.RUnlock()
+	if m.group == nil {
+		return true
+	}
+	return m.group[a] == m.group[b]
+}
+
+// SetLoss makes every node drop each pubsub message it receives from a
+// peer with probability p, as lossy links would (deterministic given the
+// mesh's seed and the order of arrival).
+func (m *Mesh) SetLoss(p float64) {
+	m.netMu.Lock()
+	m.loss = p
+	m.netMu.Unlock()
+}
+
+func (m *Mesh) drop() bool {
+	m.netMu.Lock()
+	defer m.netMu.Unlock()
+	return m.loss > 0 && m.rng.Float64() < m.loss
+}
+
+// Converged reports nil when every running agent sees every other running
+// agent in state want, or an error naming one that does not.
+func (m *Mesh) Converged(want string, except ...string) error {
+	skip := map[string]bool{}
+	for _, e := range except {
+		skip[e] = true
+	}
+	for _, on := range m.Names() {
+		if skip[on] {
+			continue
+		}
+		seen := map[string]string{}
+		for _, e := range m.Agents[on].Node.Peers() {
+			seen[e.PeerID.String()] = e.State
+		}
+		for _, of := range m.Names() {
+			if of == on || skip[of] {
+				continue
+			}
+			if st := seen[m.Agents[of].ID().String()]; st != want {
+				return fmt.Errorf("%s sees %s as %q, want %q", on, of, st, want)
+			}
+		}
+	}
+	return nil
+}
+
+// StateOf returns how observer sees subject ("" when unlisted).
+func (m *Mesh) StateOf(observer, subject string) string {
+	id := m.Agents[subject].ID()
+	for _, e := range m.Agents[observer].Node.Peers() {
+		if e.PeerID == id {
+			return e.State
+		}
+	}
+	return ""
+}
+
+// Close stops every node, all at once.
+func (m *Mesh) Close() {
+	var wg sync.WaitGroup
+	for _, a := range m.Agents {
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = a.Node.Close() }()
+	}
+	wg.Wait()
 }
 
 // WaitFor polls cond every 10 ms until it returns nil or timeout passes,

@@ -652,11 +652,15 @@ func (x *Heartbeat) GetTimestamp() int64 {
 	return 0
 }
 
-// Leave says the agent is stopping on purpose.
+// Leave says the agent is stopping on purpose. It is signed by the agent
+// (domain "meshagent/v1/leave\0" over agent || seq || timestamp, big
+// endian), so any node may relay it.
 type Leave struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
 	Timestamp     int64                  `protobuf:"varint,2,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
+	Agent         []byte                 `protobuf:"bytes,3,opt,name=agent,proto3" json:"agent,omitempty"` // 32-byte Ed25519 key
+	Signature     []byte                 `protobuf:"bytes,4,opt,name=signature,proto3" json:"signature,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -703,6 +707,20 @@ func (x *Leave) GetTimestamp() int64 {
 		return x.Timestamp
 	}
 	return 0
+}
+
+func (x *Leave) GetAgent() []byte {
+	if x != nil {
+		return x.Agent
+	}
+	return nil
+}
+
+func (x *Leave) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
 }
 
 // SyncResponse answers the join-time exchange: every record the responder
@@ -917,10 +935,12 @@ const file_protocol_protocolpb_protocol_proto_rawDesc = "" +
 	"\x03msg\";\n" +
 	"\tHeartbeat\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1c\n" +
-	"\ttimestamp\x18\x02 \x01(\x03R\ttimestamp\"7\n" +
+	"\ttimestamp\x18\x02 \x01(\x03R\ttimestamp\"k\n" +
 	"\x05Leave\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1c\n" +
-	"\ttimestamp\x18\x02 \x01(\x03R\ttimestamp\"{\n" +
+	"\ttimestamp\x18\x02 \x01(\x03R\ttimestamp\x12\x14\n" +
+	"\x05agent\x18\x03 \x01(\fR\x05agent\x12\x1c\n" +
+	"\tsignature\x18\x04 \x01(\fR\tsignature\"{\n" +
 	"\fSyncResponse\x12I\n" +
 	"\rannouncements\x18\x01 \x03(\v2#.meshagent.protocol.v1.AnnouncementR\rannouncements\x12 \n" +
 	"\vrevocations\x18\x02 \x03(\fR\vrevocations\"J\n" +

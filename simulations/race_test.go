@@ -1,0 +1,5 @@
+//go:build race
+
+package simulations_test
+
+const raceScale = 4
