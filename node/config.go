@@ -85,6 +85,12 @@ type Config struct {
 	// which it returns false can neither dial nor be dialed. Simulations
 	// partition a mesh with it.
 	PeerFilter func(p peer.ID) bool
+	// Revocations are encoded revocations to apply at start (the daemon
+	// persists them across restarts).
+	Revocations [][]byte
+	// MDNS finds and connects other agents on the LAN with multicast DNS,
+	// under meshagent's own service name. Admission still applies.
+	MDNS bool
 }
 
 // DefaultConfig returns the production defaults: listen on all interfaces

@@ -16,6 +16,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/gologshim"
+	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
 	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
@@ -89,6 +90,11 @@ func New(cfg Config) (*Node, error) {
 		DeadAfter: cfg.DeadAfter, Allowlist: cfg.Allowlist})
 	n.live.seq.Store(uint64(time.Now().UnixNano()))
 	n.live.revs = map[[16]byte][]byte{}
+	for _, raw := range cfg.Revocations {
+		if err := n.applyRevocation(raw); err != nil {
+			return nil, fmt.Errorf("node: revocation: %w", err)
+		}
+	}
 	n.decider = &protocol.Decider{Verifier: v, Replay: protocol.NewReplayGuard(cfg.ReplayWindow, 0, 0),
 		Membership: n.members, MaxSize: cfg.MaxEnvelopeSize}
 	return n, nil
@@ -166,6 +172,15 @@ func (n *Node) Start(ctx context.Context) error {
 		}
 		h.ConnManager().Protect(ai.ID, "bootstrap")
 		go n.keepConnected(*ai)
+	}
+	if n.cfg.MDNS {
+		svc := mdns.NewMdnsService(h, MDNSService, mdnsNotifee{n})
+		if err := svc.Start(); err != nil {
+			n.cancel()
+			h.Close()
+			return fmt.Errorf("node: mdns: %w", err)
+		}
+		go func() { <-n.ctx.Done(); svc.Close() }()
 	}
 	n.started = true
 	log.Infow("node started", "peer", h.ID(), "addrs", h.Addrs())
@@ -337,4 +352,23 @@ func (n *Node) inspectRPC(from peer.ID, rpc *pubsub.RPC) error {
 	}
 	rpc.Publish = kept
 	return nil
+}
+
+// MDNSService is meshagent's own mDNS service name, so that other libp2p
+// applications on the LAN are not contacted.
+const MDNSService = "meshagent"
+
+type mdnsNotifee struct{ n *Node }
+
+// HandlePeerFound connects to an agent found on the LAN; admission decides
+// whether it stays.
+func (m mdnsNotifee) HandlePeerFound(ai peer.AddrInfo) {
+	if ai.ID == m.n.ID() {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(m.n.ctx, m.n.cfg.AdmissionTimeout)
+		defer cancel()
+		_ = m.n.Connect(ctx, ai)
+	}()
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/meshagent/meshagent/trust"
 )
 
 // apiCall does one request to the local API and copies the JSON answer to
@@ -90,5 +92,33 @@ func newClientCommands() []*cobra.Command {
 	}
 	tokens.Flags().StringVar(&home, "home", "", "agent home directory")
 	required(tokens, "home")
-	return []*cobra.Command{status, peers, send, tokens}
+	revoke := &cobra.Command{
+		Use: "revoke --home DIR FILE", Short: "Apply a revocation (from 'meshagent ca revoke') and publish it to the mesh", Args: exactArgs(1),
+		RunE: action(func(cmd *cobra.Command, args []string) error {
+			data, err := readPEMFile(args[0], trust.PEMRevocation, trust.MaxRevocationSize)
+			if err != nil {
+				return err
+			}
+			c, err := apiClient(home)
+			if err != nil {
+				return err
+			}
+			resp, err := c.Post("http://meshagent/v1/revoke", "application/octet-stream", bytes.NewReader(data))
+			if err != nil {
+				return fmt.Errorf("local API (is 'meshagent run' running?): %w", err)
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+			if resp.StatusCode != 200 {
+				var e apiError
+				_ = json.Unmarshal(body, &e)
+				return fmt.Errorf("%s", e.Error)
+			}
+			_, err = cmd.OutOrStdout().Write(body)
+			return err
+		}),
+	}
+	revoke.Flags().StringVar(&home, "home", "", "agent home directory")
+	required(revoke, "home")
+	return []*cobra.Command{status, peers, send, tokens, revoke}
 }

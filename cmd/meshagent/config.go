@@ -40,6 +40,22 @@ audit_log: audit.log
 # Local API: HTTP + JSON on this Unix socket (mode 0600), relative to this
 # directory or absolute.
 api_socket: api.sock
+
+# Liveness: one signed heartbeat per interval; an agent silent for
+# dead_after is dead (its calls and messages are refused until it heartbeats
+# again). Flags: --heartbeat, --dead-after.
+heartbeat: 30s
+dead_after: 90s
+
+# An anchor key file makes this daemon an issuer: it renews the credentials
+# of agents that present a valid one. Any number of daemons may be issuers.
+# issuer_key: /path/to/ca/anchor.key
+
+# Only these peer IDs may join, even with a valid credential (empty: any).
+allowlist: []
+
+# Find other agents on the LAN with multicast DNS (service "meshagent").
+mdns: false
 `
 
 func writeDefaultConfig(path, name string) error {

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/spf13/cobra"
 	"gopkg.in/yaml.v3"
 
@@ -31,6 +34,17 @@ type fileConfig struct {
 	Tokens     []string `yaml:"tokens"`
 	AuditLog   string   `yaml:"audit_log"`
 	APISocket  string   `yaml:"api_socket"`
+	// Liveness: heartbeat interval and the silence after which an agent is
+	// dead (defaults 30s and 90s).
+	Heartbeat time.Duration `yaml:"heartbeat"`
+	DeadAfter time.Duration `yaml:"dead_after"`
+	// IssuerKey, when set, is an anchor key file: this daemon then renews
+	// other agents' credentials (and its own).
+	IssuerKey string `yaml:"issuer_key"`
+	// Allowlist narrows the registry to these peer IDs.
+	Allowlist []string `yaml:"allowlist"`
+	// MDNS finds other agents on the LAN (service name "meshagent").
+	MDNS bool `yaml:"mdns"`
 }
 
 func inHome(home, p string) string {
@@ -53,8 +67,9 @@ func loadFileConfig(home string) (*fileConfig, error) {
 }
 
 func newRunCmd() *cobra.Command {
-	var home, credential string
+	var home, credential, issuerKey string
 	var listen, bootstrap, anchors, tokens []string
+	var heartbeat, deadAfter time.Duration
 	cmd := &cobra.Command{
 		Use:   "run --home DIR",
 		Short: "Run the agent daemon until SIGINT or SIGTERM, with its local API on a Unix socket",
@@ -80,6 +95,15 @@ func newRunCmd() *cobra.Command {
 			if f.Changed("credential") {
 				fc.Credential = credential
 			}
+			if f.Changed("heartbeat") {
+				fc.Heartbeat = heartbeat
+			}
+			if f.Changed("dead-after") {
+				fc.DeadAfter = deadAfter
+			}
+			if f.Changed("issuer-key") {
+				fc.IssuerKey = issuerKey
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return runDaemon(ctx, home, fc, nil)
@@ -92,6 +116,9 @@ func newRunCmd() *cobra.Command {
 	f.StringSliceVar(&anchors, "anchor", nil, "trusted anchor ID (repeatable)")
 	f.StringVar(&credential, "credential", "", "credential file")
 	f.StringSliceVar(&tokens, "token", nil, "token file (repeatable)")
+	f.DurationVar(&heartbeat, "heartbeat", 0, "heartbeat interval (default 30s)")
+	f.DurationVar(&deadAfter, "dead-after", 0, "silence after which an agent is dead (default 90s)")
+	f.StringVar(&issuerKey, "issuer-key", "", "anchor key file: make this daemon an issuer")
 	required(cmd, "home")
 	return cmd
 }
@@ -133,6 +160,49 @@ func runDaemon(ctx context.Context, home string, fc *fileConfig, ready func(*nod
 		}
 		cfg.Tokens = append(cfg.Tokens, t)
 	}
+	if fc.Heartbeat != 0 {
+		cfg.HeartbeatInterval = fc.Heartbeat
+	}
+	if fc.DeadAfter != 0 {
+		cfg.DeadAfter = fc.DeadAfter
+	}
+	if cfg.HeartbeatInterval <= 0 || cfg.DeadAfter <= cfg.HeartbeatInterval {
+		return fmt.Errorf("config: dead_after (%s) must be longer than heartbeat (%s)", cfg.DeadAfter, cfg.HeartbeatInterval)
+	}
+	for _, a := range fc.Allowlist {
+		k, err := trust.ParsePublicKey(a)
+		if err != nil {
+			return fmt.Errorf("config: allowlist: %v", err)
+		}
+		cfg.Allowlist = append(cfg.Allowlist, k)
+	}
+	for _, b := range fc.Bootstrap {
+		if _, err := peer.AddrInfoFromString(b); err != nil {
+			return fmt.Errorf("config: bootstrap: %q: %v", b, err)
+		}
+	}
+	cfg.Bootstrap = fc.Bootstrap
+	cfg.MDNS = fc.MDNS
+	if fc.IssuerKey != "" {
+		if cfg.Issuer, err = trust.LoadAnchorKey(inHome(home, fc.IssuerKey)); err != nil {
+			return fmt.Errorf("config: issuer_key: %v", err)
+		}
+	}
+	credPath := inHome(home, fc.Credential)
+	cfg.OnCredential = func(c *trust.Credential) {
+		if err := replaceFile(credPath, trust.EncodePEM(c.Bytes(), trust.PEMCredential)); err != nil {
+			fmt.Fprintf(os.Stderr, "meshagent: saving renewed credential: %v\n", err)
+		}
+	}
+	revDir := filepath.Join(home, "revocations")
+	if cfg.Revocations, err = loadRevocations(revDir); err != nil {
+		return fmt.Errorf("revocations: %v", err)
+	}
+	cfg.OnRevocation = func(raw []byte) {
+		if err := saveRevocation(revDir, raw); err != nil {
+			fmt.Fprintf(os.Stderr, "meshagent: saving revocation: %v\n", err)
+		}
+	}
 	if fc.AuditLog != "" {
 		af, err := os.OpenFile(inHome(home, fc.AuditLog), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 		if err != nil {
@@ -152,14 +222,6 @@ func runDaemon(ctx context.Context, home string, fc *fileConfig, ready func(*nod
 		return err
 	}
 	defer n.Close()
-	for _, b := range fc.Bootstrap {
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := n.ConnectAddr(cctx, b)
-		cancel()
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "meshagent: bootstrap %s: %v\n", b, err)
-		}
-	}
 	sock := inHome(home, fc.APISocket)
 	if sock == "" {
 		sock = filepath.Join(home, "api.sock")
@@ -204,7 +266,8 @@ func apiHandler(n *node.Node) http.Handler {
 		for _, a := range n.Addrs() {
 			addrs = append(addrs, a.String())
 		}
-		writeJSON(w, 200, map[string]any{"peer_id": n.ID().String(), "name": n.Name(), "listen_addrs": addrs})
+		writeJSON(w, 200, map[string]any{"peer_id": n.ID().String(), "name": n.Name(), "listen_addrs": addrs,
+			"credential": n.CredentialStatus(), "registry_size": n.Registry().Len()})
 	})
 	mux.HandleFunc("GET /v1/peers", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, 200, n.Peers())
@@ -245,6 +308,22 @@ func apiHandler(n *node.Node) http.Handler {
 		}
 		writeJSON(w, 200, map[string]any{"from": rep.From.String(), "correlation_id": rep.CorrelationID.String(), "body": body})
 	})
+	mux.HandleFunc("POST /v1/revoke", func(w http.ResponseWriter, r *http.Request) {
+		data, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
+		if err != nil {
+			writeJSON(w, 400, apiError{Error: err.Error()})
+			return
+		}
+		raw, err := trust.DecodePEM(data, trust.PEMRevocation)
+		if err == nil {
+			err = n.Revoke(r.Context(), raw)
+		}
+		if err != nil {
+			writeJSON(w, 400, apiError{Error: err.Error(), Code: string(trust.CodeOf(err))})
+			return
+		}
+		writeJSON(w, 200, map[string]string{"status": "applied and published"})
+	})
 	addStreamingRoutes(mux, n)
 	return mux
 }
@@ -262,4 +341,62 @@ func apiClient(home string) (*http.Client, error) {
 	return &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
 	}}}, nil
+}
+
+// replaceFile atomically replaces path with data, mode 0600.
+func replaceFile(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(0o600); err == nil {
+		_, err = tmp.Write(data)
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// loadRevocations reads every persisted revocation in dir.
+func loadRevocations(dir string) ([][]byte, error) {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out [][]byte
+	for _, e := range entries {
+		if e.IsDir() || filepath.Ext(e.Name()) != ".pem" {
+			continue
+		}
+		raw, err := readPEMFile(filepath.Join(dir, e.Name()), trust.PEMRevocation, trust.MaxRevocationSize)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, raw)
+	}
+	return out, nil
+}
+
+// saveRevocation persists one revocation, named by its hash.
+func saveRevocation(dir string, raw []byte) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	sum := sha256.Sum256(raw)
+	path := filepath.Join(dir, hex.EncodeToString(sum[:8])+".pem")
+	if _, err := os.Stat(path); err == nil {
+		return nil
+	}
+	return trust.WriteFileExclusive(path, trust.EncodePEM(raw, trust.PEMRevocation), 0o600)
 }
