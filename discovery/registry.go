@@ -197,7 +197,7 @@ func (r *Registry) Heartbeat(agent trust.PublicKey, seq uint64, ts, now time.Tim
 	if seq <= e.rec.Seq || seq <= e.Seq {
 		return nil, protocol.Reject(protocol.CodeReplay, "heartbeat of %s has seq %d, already at %d", agent, seq, max(e.rec.Seq, e.Seq))
 	}
-	if err := r.cfg.Verifier.VerifyCredential(e.rec.Credential, now); err != nil {
+	if err := r.cfg.Verifier.RecheckCredential(e.rec.Credential, now); err != nil {
 		return nil, err
 	}
 	e.Seq = seq
@@ -233,7 +233,7 @@ func (r *Registry) Tick(now time.Time) []Event {
 	var evs []Event
 	for k, e := range r.entries {
 		name := e.rec.Credential.Name
-		if err := r.cfg.Verifier.VerifyCredential(e.rec.Credential, now); err != nil {
+		if err := r.cfg.Verifier.RecheckCredential(e.rec.Credential, now); err != nil {
 			delete(r.entries, k)
 			evs = append(evs, Event{Agent: k, Name: name, From: e.state, Reason: string(trust.CodeOf(err)), At: now})
 			continue

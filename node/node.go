@@ -22,6 +22,7 @@ import (
 	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/meshagent/meshagent/discovery"
 	"github.com/meshagent/meshagent/protocol"
@@ -54,6 +55,7 @@ type Node struct {
 	cred        *trust.Credential
 	frozenUntil atomic.Int64
 	renewing    atomic.Bool
+	pubsubIn    atomic.Int64
 
 	mu       sync.Mutex
 	started  bool
@@ -121,7 +123,7 @@ func (n *Node) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("node: resource manager: %w", err)
 	}
-	h, err := libp2p.New(
+	opts := []libp2p.Option{
 		libp2p.Identity(n.cfg.Identity.Libp2pKey()),
 		libp2p.Security(libp2ptls.ID, libp2ptls.New), // TLS 1.3 only: no Noise, no plaintext
 		libp2p.Transport(tcp.NewTCPTransport),
@@ -131,7 +133,8 @@ func (n *Node) Start(ctx context.Context) error {
 		libp2p.ResourceManager(rm),
 		libp2p.DisableRelay(),
 		libp2p.DisableMetrics(),
-	)
+	}
+	h, err := libp2p.New(opts...)
 	if err != nil {
 		return fmt.Errorf("node: libp2p host: %w", err)
 	}
@@ -327,20 +330,26 @@ func (n *Node) ConnectAddr(ctx context.Context, addr string) error {
 func (n *Node) Peers() []discovery.Entry { return n.registry.Entries() }
 
 // gossipParams scales gossipsub's own heartbeat (the one that repairs lost
-// messages through IHAVE/IWANT) to a tenth of the agent heartbeat, at most
+// messages through IHAVE/IWANT) to a fifth of the agent heartbeat, at most
 // its default 1 s, so that tests with millisecond heartbeats repair losses
 // as production does.
 func gossipParams(agentHeartbeat time.Duration) pubsub.GossipSubParams {
 	p := pubsub.DefaultGossipSubParams()
-	if hb := agentHeartbeat / 10; hb < p.HeartbeatInterval {
-		p.HeartbeatInterval = max(hb, 5*time.Millisecond)
+	if hb := agentHeartbeat / 5; hb < p.HeartbeatInterval {
+		p.HeartbeatInterval = max(hb, 10*time.Millisecond)
 		p.HeartbeatInitialDelay = min(p.HeartbeatInitialDelay, p.HeartbeatInterval)
 	}
 	return p
 }
 
-// inspectRPC applies Config.DropMessage to every received pubsub message.
+// PubsubBytesIn returns how many bytes of pubsub RPCs (messages, gossip
+// and control, before framing) this node has received.
+func (n *Node) PubsubBytesIn() int64 { return n.pubsubIn.Load() }
+
+// inspectRPC counts received pubsub bytes and applies Config.DropMessage to
+// every received message.
 func (n *Node) inspectRPC(from peer.ID, rpc *pubsub.RPC) error {
+	n.pubsubIn.Add(int64(proto.Size(&rpc.RPC)))
 	if n.cfg.DropMessage == nil || len(rpc.Publish) == 0 {
 		return nil
 	}

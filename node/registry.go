@@ -38,8 +38,11 @@ type liveness struct {
 	mu        sync.Mutex
 	record    *discovery.Record
 	listeners []func(discovery.Event)
-	revMu     sync.Mutex
-	revs      map[[16]byte][]byte // raw revocations, for the join-time exchange
+	lastSync  map[peer.ID]time.Time
+	// announceSoon asks the heartbeat loop to send a full record next.
+	announceSoon atomic.Bool
+	revMu        sync.Mutex
+	revs         map[[16]byte][]byte // raw revocations, for the join-time exchange
 }
 
 func (n *Node) nextSeq() uint64 { return n.live.seq.Add(1) }
@@ -161,11 +164,17 @@ func (n *Node) announce() error {
 	return n.publishRegistry(&protocolpb.RegistryMessage{Msg: &protocolpb.RegistryMessage_Announce{Announce: rec.Proto()}})
 }
 
+// announceEvery is how many heartbeats pass between full records: the
+// record (with its credential) is re-signed and re-announced every tenth
+// beat, and at the next beat after a new peer was admitted, so that agents
+// that joined later learn it; the beats in between are small.
+const announceEvery = 10
+
 func (n *Node) heartbeatLoop() {
 	_ = n.announce()
 	t := time.NewTicker(n.cfg.HeartbeatInterval)
 	defer t.Stop()
-	for {
+	for beat := 1; ; beat++ {
 		select {
 		case <-n.ctx.Done():
 			return
@@ -174,8 +183,15 @@ func (n *Node) heartbeatLoop() {
 		if n.frozen() {
 			continue
 		}
-		_ = n.publishRegistry(&protocolpb.RegistryMessage{Msg: &protocolpb.RegistryMessage_Heartbeat{
-			Heartbeat: &protocolpb.Heartbeat{Seq: n.nextSeq(), Timestamp: n.now().UnixNano()}}})
+		if beat%announceEvery == 0 || n.live.announceSoon.CompareAndSwap(true, false) {
+			n.live.mu.Lock()
+			n.live.record = nil // sign a fresh record: new seq and timestamp
+			n.live.mu.Unlock()
+			_ = n.announce()
+		} else {
+			_ = n.publishRegistry(&protocolpb.RegistryMessage{Msg: &protocolpb.RegistryMessage_Heartbeat{
+				Heartbeat: &protocolpb.Heartbeat{Seq: n.nextSeq(), Timestamp: n.now().UnixNano()}}})
+		}
 		n.maybeRenew()
 	}
 }
@@ -235,7 +251,7 @@ func (n *Node) registryValidator(_ context.Context, from peer.ID, m *pubsub.Mess
 	case *protocolpb.RegistryMessage_Heartbeat:
 		evs, err = n.registry.Heartbeat(author, x.Heartbeat.Seq, time.Unix(0, x.Heartbeat.Timestamp), now)
 		if trust.CodeOf(err) == protocol.CodeUnlisted {
-			go n.syncFrom(from) // learn the agent from whoever forwarded it
+			n.syncSoon(from) // learn the agent from whoever forwarded it
 		}
 	case *protocolpb.RegistryMessage_Leave:
 		// Signed by the leaving agent; any node may relay it.
@@ -339,6 +355,23 @@ func (n *Node) handleSync(s network.Stream) {
 	if err != nil || msgio.NewVarintWriter(s).WriteMsg(b) != nil {
 		s.Reset()
 	}
+}
+
+// syncSoon runs syncFrom(p) unless one ran for p within a heartbeat.
+func (n *Node) syncSoon(p peer.ID) {
+	n.live.mu.Lock()
+	if n.live.lastSync == nil {
+		n.live.lastSync = map[peer.ID]time.Time{}
+	}
+	last := n.live.lastSync[p]
+	now := time.Now()
+	if now.Sub(last) < n.cfg.HeartbeatInterval {
+		n.live.mu.Unlock()
+		return
+	}
+	n.live.lastSync[p] = now
+	n.live.mu.Unlock()
+	go n.syncFrom(p)
 }
 
 // syncFrom asks p for its records and revocations and applies them as

@@ -111,6 +111,16 @@ func (v *Verifier) VerifyCredential(c *Credential, now time.Time) error {
 	return v.revs.credentialRevoked(c, now)
 }
 
+// RecheckCredential re-checks a credential that VerifyCredential accepted
+// before: its validity window at now and revocation, without the signature
+// check. Registries call it on every tick and heartbeat.
+func (v *Verifier) RecheckCredential(c *Credential, now time.Time) error {
+	if err := v.checkWindow(c.NotBefore, c.Expires, now, -1, "credential"); err != nil {
+		return err
+	}
+	return v.revs.credentialRevoked(c, now)
+}
+
 // VerifyChain checks that t is a valid chain at now: rooted in a configured
 // anchor, no deeper than the limit, every link well formed, signed by its
 // issuer, no wider than its parent, inside its validity window, within the
