@@ -417,9 +417,9 @@ func (n *Node) syncFrom(p peer.ID) {
 const ProtocolLeave = "/meshagent/leave/1.0.0"
 
 // sendLeave tells the mesh this node is stopping: on the registry topic,
-// and directly to every connected peer, waiting (at most a second) for
-// their acknowledgements so that the leave is out before the connections
-// close.
+// and directly to every connected peer, waiting (at most the admission
+// timeout) for their acknowledgements so that the leave is out before the
+// connections close.
 func (n *Node) sendLeave() {
 	msg := &protocolpb.RegistryMessage{Msg: &protocolpb.RegistryMessage_Leave{Leave: discovery.SignLeave(n.cfg.Identity, n.nextSeq(), n.now())}}
 	_ = n.publishRegistry(msg)
@@ -428,7 +428,7 @@ func (n *Node) sendLeave() {
 		return
 	}
 	h := n.Host()
-	ctx, cancel := context.WithTimeout(n.ctx, time.Second)
+	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.AdmissionTimeout)
 	defer cancel()
 	var wg sync.WaitGroup
 	for _, p := range h.Network().Peers() {

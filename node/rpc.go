@@ -8,6 +8,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-msgio"
 
 	"github.com/meshagent/meshagent/protocol"
@@ -145,6 +146,12 @@ func (n *Node) exchange(ctx context.Context, to peer.ID, toKey trust.PublicKey, 
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, n.cfg.CallTimeout)
 		defer cancel()
+	}
+	if h.Network().Connectedness(to) != network.Connected {
+		// Not a neighbour: dial the addresses from its registry record.
+		if rec := n.registry.Record(toKey); rec != nil {
+			h.Peerstore().AddAddrs(to, rec.Addrs, peerstore.TempAddrTTL)
+		}
 	}
 	if !n.members.isAdmitted(to) {
 		if err := n.members.admit(ctx, to); err != nil {
