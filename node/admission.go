@@ -11,6 +11,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-msgio"
 	ma "github.com/multiformats/go-multiaddr"
+	"golang.org/x/time/rate"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/meshagent/meshagent/discovery"
@@ -32,10 +33,46 @@ type members struct {
 	n       *Node
 	mu      sync.RWMutex
 	refused map[peer.ID]time.Time
+	// rejections limits how many rejected requests and messages one peer
+	// may cause: a peer that keeps sending what the decision function
+	// refuses is disconnected and refused for refuseFor, so that a flood
+	// costs the node one check per request only up to the burst.
+	rejections map[peer.ID]*rate.Limiter
 }
 
+// Flood limits: a peer may cause rejectBurst rejections at once and
+// rejectRate per second after that.
+const (
+	rejectBurst = 100
+	rejectRate  = 20
+)
+
 func newMembers(n *Node) *members {
-	return &members{n: n, refused: map[peer.ID]time.Time{}}
+	return &members{n: n, refused: map[peer.ID]time.Time{}, rejections: map[peer.ID]*rate.Limiter{}}
+}
+
+// penalize counts one rejection caused by p, and refuses p when it has
+// caused too many. It reports whether p was refused.
+func (m *members) penalize(p peer.ID) bool {
+	m.mu.Lock()
+	l, ok := m.rejections[p]
+	if !ok {
+		if len(m.rejections) > 10000 { // bounded: forget idle peers
+			for q, ql := range m.rejections {
+				if ql.Tokens() >= rejectBurst {
+					delete(m.rejections, q)
+				}
+			}
+		}
+		l = rate.NewLimiter(rejectRate, rejectBurst)
+		m.rejections[p] = l
+	}
+	m.mu.Unlock()
+	if l.Allow() {
+		return false
+	}
+	m.refuse(p, protocol.Reject(protocol.CodeFlood, "more than %d rejected requests at once or %d per second", rejectBurst, rejectRate))
+	return true
 }
 
 // Admit implements protocol.Membership by asking the registry.

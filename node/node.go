@@ -56,6 +56,7 @@ type Node struct {
 	frozenUntil atomic.Int64
 	renewing    atomic.Bool
 	pubsubIn    atomic.Int64
+	leaving     atomic.Bool
 
 	mu       sync.Mutex
 	started  bool
@@ -208,6 +209,7 @@ func (n *Node) close(graceful bool) error {
 	n.closed = true
 	h, cancel, started := n.host, n.cancel, n.started
 	n.mu.Unlock()
+	n.leaving.Store(true) // no heartbeat may follow the leave
 	if started && graceful {
 		n.sendLeave() // a graceful stop: tell the mesh
 
@@ -244,9 +246,18 @@ func (n *Node) listenAddrs() []ma.Multiaddr {
 	return nil
 }
 
-// keepConnected reconnects to a bootstrap peer whenever the connection is
-// lost, with exponential backoff (from a tenth of the heartbeat interval
-// up to 30 s).
+// KeepConnected connects to ai and reconnects whenever the connection is
+// lost (after a dead verdict on either side, a restart, a partition), with
+// exponential backoff from a tenth of the heartbeat interval up to 30 s. It
+// returns at once; the loop ends with the node. Bootstrap peers are kept
+// this way.
+func (n *Node) KeepConnected(ai peer.AddrInfo) {
+	if h := n.Host(); h != nil {
+		h.ConnManager().Protect(ai.ID, "keep")
+	}
+	go n.keepConnected(ai)
+}
+
 func (n *Node) keepConnected(ai peer.AddrInfo) {
 	base := max(n.cfg.HeartbeatInterval/10, 10*time.Millisecond)
 	wait := base
@@ -260,16 +271,20 @@ func (n *Node) keepConnected(ai peer.AddrInfo) {
 			err := n.Connect(ctx, ai)
 			cancel()
 			if err != nil {
-				log.Debugw("bootstrap peer unreachable", "peer", ai.ID, "err", err, "retry_in", wait)
+				log.Debugw("peer unreachable", "peer", ai.ID, "err", err, "retry_in", wait)
 				wait = min(2*wait, 30*time.Second)
 			} else {
 				wait = base
 			}
 		}
+		next := wait
+		if h.Network().Connectedness(ai.ID) == network.Connected {
+			next = n.cfg.HeartbeatInterval // connected: look again in a beat
+		}
 		select {
 		case <-n.ctx.Done():
 			return
-		case <-time.After(wait):
+		case <-time.After(next):
 		}
 	}
 }

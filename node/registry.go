@@ -180,7 +180,7 @@ func (n *Node) heartbeatLoop() {
 			return
 		case <-t.C:
 		}
-		if n.frozen() {
+		if n.frozen() || n.leaving.Load() {
 			continue
 		}
 		if beat%announceEvery == 0 || n.live.announceSoon.CompareAndSwap(true, false) {

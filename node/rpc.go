@@ -198,6 +198,7 @@ func (n *Node) handleRPC(s network.Stream) {
 	raw, err := msgio.NewVarintReaderSize(s, n.cfg.MaxEnvelopeSize).ReadMsg()
 	if err != nil {
 		s.Reset()
+		n.members.penalize(remote)
 		code := trust.CodeMalformed
 		if errors.Is(err, msgio.ErrMsgTooLarge) {
 			code = trust.CodeTooLarge
@@ -219,6 +220,7 @@ func (n *Node) handleRPC(s network.Stream) {
 	}
 	var reply *protocol.Envelope
 	if err != nil {
+		n.members.penalize(remote)
 		reply = n.errorReply(env, remoteKey, trust.CodeOf(err), rejectionDetail(err))
 		rec.Decision, rec.Reason, rec.Detail = "reject", string(codeOrDefault(err, trust.CodeMalformed)), err.Error()
 	} else {

@@ -22,6 +22,7 @@ const (
 	CodeNoHandler      trust.Code = "no_handler"
 	CodeHandlerError   trust.Code = "handler_error"
 	CodeUnavailable    trust.Code = "unavailable"
+	CodeFlood          trust.Code = "flood" // too many rejected requests from one peer
 )
 
 // Sentinels for errors.Is.

@@ -157,12 +157,15 @@ func (m *Mesh) ConnectAll(ctx context.Context) error {
 	return nil
 }
 
-// Connect connects agent a to agent b and completes admission.
+// Connect connects agent a to agent b and completes admission; from then
+// on a keeps the link up (KeepConnected), as with a bootstrap peer.
 func (m *Mesh) Connect(ctx context.Context, a, b string) error {
 	from, to := m.Agents[a], m.Agents[b]
-	if err := from.Node.Connect(ctx, peer.AddrInfo{ID: to.ID(), Addrs: to.Node.Host().Addrs()}); err != nil {
+	ai := peer.AddrInfo{ID: to.ID(), Addrs: to.Node.Host().Addrs()}
+	if err := from.Node.Connect(ctx, ai); err != nil {
 		return fmt.Errorf("connect %s -> %s: %w", a, b, err)
 	}
+	from.Node.KeepConnected(ai)
 	return nil
 }
 

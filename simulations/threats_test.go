@@ -33,11 +33,11 @@ type threatMesh struct {
 
 func newThreatMesh(t *testing.T) *threatMesh {
 	tm := &threatMesh{honest: names(20)}
-	m := newMesh(t, 20, simulations.Options{HeartbeatInterval: 250 * time.Millisecond, DeadAfter: 3 * time.Second})
+	m := newMesh(t, 20, simulations.Options{HeartbeatInterval: 250 * time.Millisecond * raceScale, DeadAfter: 3 * time.Second * raceScale})
 	tm.m = m
 	ctx := context.Background()
 	var err error
-	tm.mallory, err = m.Add(ctx, "mallory", true, simulations.Options{HeartbeatInterval: 250 * time.Millisecond, DeadAfter: 3 * time.Second,
+	tm.mallory, err = m.Add(ctx, "mallory", true, simulations.Options{HeartbeatInterval: 250 * time.Millisecond * raceScale, DeadAfter: 3 * time.Second * raceScale,
 		Configure: func(_ string, c *node.Config) {
 			c.Clock = func() time.Time { return time.Now().Add(time.Duration(tm.skew.Load())) }
 		}})
@@ -239,6 +239,10 @@ func TestThreatModelInAMeshOfTwenty(t *testing.T) {
 		if !tm.audited(target, trust.CodeMalformed) || !tm.audited(target, trust.CodeTooLarge) {
 			t.Fatal("garbage and oversized frames were not audited")
 		}
+		// Past the burst of rejections, the target cut mallory off.
+		if !tm.audited(target, protocol.CodeFlood) {
+			t.Fatal("the flood did not get mallory refused")
+		}
 		tm.honestCall(t)
 		// The target still serves honest callers directly.
 		ctxc, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -272,8 +276,15 @@ func TestThreatModelInAMeshOfTwenty(t *testing.T) {
 	})
 
 	t.Run("a dead agent speaks without a fresh heartbeat", func(t *testing.T) {
-		mal.Node.Freeze(6 * time.Second)
-		if err := simulations.WaitFor(10*time.Second, func() error {
+		// Another target: agent-05 refuses mallory since the flood.
+		target := "agent-09"
+		tid := tm.m.Agents[target].ID()
+		call := func(opts *node.CallOptions) error {
+			_, err := mal.Node.Call(ctx, tid, "read:logs", nil, opts)
+			return err
+		}
+		mal.Node.Freeze(6 * time.Second * raceScale)
+		if err := simulations.WaitFor(10*time.Second*raceScale, func() error {
 			if st := tm.m.StateOf(target, "mallory"); st != "dead" {
 				return fmt.Errorf("%s sees mallory as %s", target, st)
 			}

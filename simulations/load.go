@@ -1,0 +1,273 @@
+package simulations
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/libp2p/go-msgio"
+
+	"github.com/meshagent/meshagent/node"
+	"github.com/meshagent/meshagent/protocol"
+	"github.com/meshagent/meshagent/trust"
+)
+
+// LoadResult is what honest callers achieved over a period.
+type LoadResult struct {
+	Calls     int
+	Failures  int
+	Elapsed   time.Duration
+	Latencies []time.Duration
+}
+
+// PerSecond returns successful calls per second.
+func (r LoadResult) PerSecond() float64 {
+	return float64(r.Calls-r.Failures) / r.Elapsed.Seconds()
+}
+
+// HonestLoad has each caller call action on target back to back for d, and
+// collects every latency and failure.
+func (m *Mesh) HonestLoad(ctx context.Context, callers []string, target, action string, d time.Duration) LoadResult {
+	var mu sync.Mutex
+	var res LoadResult
+	var wg sync.WaitGroup
+	tid := m.Agents[target].ID()
+	start := time.Now()
+	for _, c := range callers {
+		n := m.Agents[c].Node
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Since(start) < d {
+				t0 := time.Now()
+				_, err := n.Call(ctx, tid, action, nil, nil)
+				lat := time.Since(t0)
+				mu.Lock()
+				res.Calls++
+				if err != nil {
+					res.Failures++
+				} else {
+					res.Latencies = append(res.Latencies, lat)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	res.Elapsed = time.Since(start)
+	return res
+}
+
+// AttackResult compares honest traffic with and without an attacker.
+type AttackResult struct {
+	N               int
+	Baseline, Under LoadResult
+	Attempts        int64 // attack requests the attacker sent
+	Rejected        int64 // of which the target audited as rejected
+	HandlerRuns     int64 // honest handler runs caused by the attacker: must be 0
+}
+
+// AttackScenario starts n honest agents and an enrolled attacker, measures
+// honest calls to one target for d, then again for d while the attacker
+// floods the same target with forged, replayed, stolen-token, escalated
+// and garbage requests from 4 goroutines.
+func AttackScenario(ctx context.Context, n int, d time.Duration) (AttackResult, error) {
+	res := AttackResult{N: n}
+	m, err := NewMesh(ctx, names(n), Options{HeartbeatInterval: 500 * time.Millisecond, DeadAfter: 5 * time.Second})
+	if err != nil {
+		return res, err
+	}
+	defer m.Close()
+	mal, err := m.Add(ctx, "mallory", true, Options{HeartbeatInterval: 500 * time.Millisecond, DeadAfter: 5 * time.Second})
+	if err != nil {
+		return res, err
+	}
+	if err := m.ConnectSparse(ctx, 1, 3); err != nil {
+		return res, err
+	}
+	if err := m.Connect(ctx, "mallory", m.Names()[0]); err != nil {
+		return res, err
+	}
+	target := m.Names()[0]
+	var attackerRuns atomic.Int64
+	_ = m.Agents[target].Node.Handle("read:logs", func(_ context.Context, r *node.Request) ([]byte, error) {
+		if r.From == mal.ID() {
+			attackerRuns.Add(1)
+		}
+		return []byte("ok"), nil
+	})
+	callers := m.Names()[1:5]
+	var stolen *trust.Token
+	for _, c := range callers {
+		if stolen, err = m.Grant(c, []string{"read:logs"}, []string{"read:logs"}, time.Hour); err != nil {
+			return res, err
+		}
+	}
+	if _, err := m.Grant("mallory", []string{"read:metrics"}, nil, time.Hour); err != nil {
+		return res, err
+	}
+	if err := WaitFor(30*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		return res, err
+	}
+	res.Baseline = m.HonestLoad(ctx, callers, target, "read:logs", d)
+
+	tid := m.Agents[target].ID()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var attempts atomic.Int64
+	now := time.Now()
+	escalated := mal.Node.Tokens()[0].ForgeDelegation(mal.Identity, mal.Identity.Public(), trust.Grant{Scopes: []string{"read:logs"}, Expires: now.Add(time.Minute)}, now)
+	replayed, _ := m.Agents[callers[0]].Node.SealRequest(tid, "read:logs", nil, nil)
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				attempts.Add(1)
+				switch i % 5 {
+				case 0: // forged: flip a signature bit
+					raw, _ := mal.Node.SealRequest(tid, "read:logs", nil, stolen)
+					raw[len(raw)-1] ^= 1
+					_, _ = mal.Node.SendRaw(ctx, tid, raw)
+				case 1: // an honest agent's envelope, re-sent
+					_, _ = mal.Node.SendRaw(ctx, tid, replayed)
+				case 2: // a stolen token
+					_, _ = mal.Node.Call(ctx, tid, "read:logs", nil, &node.CallOptions{Token: stolen})
+				case 3: // an escalated chain
+					_, _ = mal.Node.Call(ctx, tid, "read:logs", nil, &node.CallOptions{Token: escalated})
+				case 4: // garbage
+					if s, err := mal.Node.Host().NewStream(ctx, tid, protocol.ProtocolRPC); err == nil {
+						_ = msgio.NewVarintWriter(s).WriteMsg([]byte("garbage"))
+						_ = s.Reset()
+					}
+				}
+			}
+		}()
+	}
+	res.Under = m.HonestLoad(ctx, callers, target, "read:logs", d)
+	close(stop)
+	wg.Wait()
+	res.Attempts = attempts.Load()
+	for _, a := range m.Audit() {
+		if a.Direction == "in" && a.Sender == mal.ID().String() && a.Recipient == tid.String() && a.Decision == "reject" && a.Kind == "request" {
+			res.Rejected++
+		}
+	}
+	res.HandlerRuns = attackerRuns.Load()
+	return res, nil
+}
+
+// RotationResult is steady traffic across credential rotations.
+type RotationResult struct {
+	N        int
+	TTL      time.Duration
+	Load     LoadResult
+	Renewals int // credentials that changed during the run
+}
+
+// RotationScenario runs n agents (plus one issuer) whose credentials live
+// ttl and renew at half-life, under steady calls for d.
+func RotationScenario(ctx context.Context, n int, ttl, d time.Duration) (RotationResult, error) {
+	res := RotationResult{N: n, TTL: ttl}
+	opts := Options{HeartbeatInterval: 250 * time.Millisecond, DeadAfter: 3 * time.Second, CredentialTTL: ttl,
+		Configure: func(_ string, c *node.Config) { c.RenewAfter = 0.5 }}
+	m, err := NewMesh(ctx, names(n), opts)
+	if err != nil {
+		return res, err
+	}
+	defer m.Close()
+	if _, err := m.Add(ctx, "issuer", true, Options{HeartbeatInterval: 250 * time.Millisecond, DeadAfter: 3 * time.Second,
+		Configure: func(_ string, c *node.Config) { c.Issuer = m.Anchor }}); err != nil {
+		return res, err
+	}
+	if err := m.ConnectSparse(ctx, 1, 5); err != nil {
+		return res, err
+	}
+	for _, name := range m.Names() {
+		if name != "issuer" {
+			if err := m.Connect(ctx, name, "issuer"); err != nil {
+				return res, err
+			}
+		}
+	}
+	target := m.Names()[0]
+	_ = m.Agents[target].Node.Handle("read:logs", func(context.Context, *node.Request) ([]byte, error) { return nil, nil })
+	callers := m.Names()[1:6]
+	for _, c := range callers {
+		if _, err := m.Grant(c, []string{"read:logs"}, nil, time.Hour); err != nil {
+			return res, err
+		}
+	}
+	first := map[string][16]byte{}
+	for _, name := range m.Names() {
+		first[name] = m.Agents[name].Node.Credential().Serial
+	}
+	res.Load = m.HonestLoad(ctx, callers, target, "read:logs", d)
+	for _, name := range m.Names() {
+		if m.Agents[name].Node.Credential().Serial != first[name] {
+			res.Renewals++
+		}
+	}
+	return res, nil
+}
+
+// PartitionResult is the time a split mesh takes to agree again.
+type PartitionResult struct {
+	N         int
+	Heartbeat time.Duration
+	Split     time.Duration // until each side saw the whole other side dead
+	Heal      time.Duration // from healing until every node saw every other alive
+}
+
+// PartitionScenario splits n agents in two halves, waits until each side
+// has declared the other dead, heals, and measures re-convergence.
+func PartitionScenario(ctx context.Context, n int, hb time.Duration) (PartitionResult, error) {
+	res := PartitionResult{N: n, Heartbeat: hb}
+	m, err := NewMesh(ctx, names(n), Options{HeartbeatInterval: hb, DeadAfter: 3 * hb})
+	if err != nil {
+		return res, err
+	}
+	defer m.Close()
+	if err := m.ConnectSparse(ctx, 1, 9); err != nil {
+		return res, err
+	}
+	if err := WaitFor(30*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		return res, err
+	}
+	all := m.Names()
+	left, right := all[:n/2], all[n/2:]
+	start := time.Now()
+	m.Partition(left, right)
+	if err := WaitFor(30*time.Second, func() error {
+		for _, a := range left {
+			for _, b := range right {
+				if m.StateOf(a, b) != "dead" || m.StateOf(b, a) != "dead" {
+					return fmt.Errorf("%s and %s still see each other", a, b)
+				}
+			}
+		}
+		return nil
+	}); err != nil {
+		return res, err
+	}
+	res.Split = time.Since(start)
+	m.Heal()
+	start = time.Now()
+	for i := 0; i < 3 && i < len(left) && i < len(right); i++ {
+		if err := m.Connect(ctx, left[i], right[i]); err != nil {
+			return res, err
+		}
+	}
+	if err := WaitFor(60*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		return res, err
+	}
+	res.Heal = time.Since(start)
+	return res, nil
+}
