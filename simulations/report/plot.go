@@ -7,6 +7,7 @@ import (
 	"image/png"
 	"math"
 	"os"
+	"sort"
 
 	"golang.org/x/image/font"
 	"golang.org/x/image/font/basicfont"
@@ -167,12 +168,15 @@ func lineChart(path, title, xlabel, ylabel string, ss []series) error {
 // histogram draws the distribution of each series' values (in bins over a
 // shared range) as side-by-side bars, normalised to fractions.
 func histogram(path, title, xlabel string, ss []series, bins int) error {
-	lo, hi := math.Inf(1), math.Inf(-1)
+	// The range runs from the smallest value to the 99th percentile of all
+	// of them, so that a few outliers do not squash the distribution; values
+	// above it land in the last bin.
+	var all []float64
 	for _, s := range ss {
-		for _, v := range s.y {
-			lo, hi = math.Min(lo, v), math.Max(hi, v)
-		}
+		all = append(all, s.y...)
 	}
+	sort.Float64s(all)
+	lo, hi := all[0], all[int(float64(len(all)-1)*0.99)]
 	if hi <= lo {
 		hi = lo + 1
 	}
