@@ -34,6 +34,7 @@ func names(n int) []string {
 
 func newMesh(t *testing.T, n int, opts simulations.Options) *simulations.Mesh {
 	t.Helper()
+	simulations.CheckLeaks(t) // registered first, so it runs after the mesh closed
 	if opts.HeartbeatInterval == 0 {
 		opts.HeartbeatInterval, opts.DeadAfter = hb, dead
 	}

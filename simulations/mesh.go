@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	mrand "math/rand/v2"
+	"runtime"
 	"sync"
 	"time"
 
@@ -367,4 +368,50 @@ func WaitFor(timeout time.Duration, cond func() error) error {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// Stats is a snapshot of the process while a mesh runs.
+type Stats struct {
+	Nodes        int
+	Goroutines   int
+	HeapInUseMiB float64
+}
+
+// Stats returns the number of running nodes, goroutines and heap in use
+// (after a GC), for per-node cost figures.
+func (m *Mesh) Stats() Stats {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return Stats{Nodes: len(m.Names()), Goroutines: runtime.NumGoroutine(), HeapInUseMiB: float64(ms.HeapInuse) / (1 << 20)}
+}
+
+// TB is the part of testing.TB that CheckLeaks needs.
+type TB interface {
+	Helper()
+	Cleanup(func())
+	Errorf(format string, args ...any)
+}
+
+// CheckLeaks fails t when, after its cleanups (so after the mesh closed),
+// the process does not return to the number of goroutines it had when
+// CheckLeaks was called, within 10 s. Call it first in a test.
+func CheckLeaks(t TB) { t.Helper(); checkLeaks(t, 10*time.Second) }
+
+func checkLeaks(t TB, within time.Duration) {
+	t.Helper()
+	before := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		err := WaitFor(within, func() error {
+			if n := runtime.NumGoroutine(); n > before {
+				return fmt.Errorf("%d goroutines, %d before the test", n, before)
+			}
+			return nil
+		})
+		if err != nil {
+			buf := make([]byte, 1<<20)
+			buf = buf[:runtime.Stack(buf, true)]
+			t.Errorf("goroutine leak: %v\n%s", err, buf)
+		}
+	})
 }
