@@ -5,6 +5,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/meshagent/meshagent/protocol"
@@ -88,6 +89,11 @@ type Config struct {
 	// Revocations are encoded revocations to apply at start (the daemon
 	// persists them across restarts).
 	Revocations [][]byte
+	// HostOptions are extra libp2p options appended when the host is built.
+	// Simulations pass a simulated network with them (a QUIC transport on
+	// simnet). They must not add a security transport: the host stays
+	// TLS 1.3 only.
+	HostOptions []libp2p.Option
 	// MDNS finds and connects other agents on the LAN with multicast DNS,
 	// under meshagent's own service name. Admission still applies.
 	MDNS bool

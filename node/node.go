@@ -135,6 +135,7 @@ func (n *Node) Start(ctx context.Context) error {
 		libp2p.DisableRelay(),
 		libp2p.DisableMetrics(),
 	}
+	opts = append(opts, n.cfg.HostOptions...)
 	h, err := libp2p.New(opts...)
 	if err != nil {
 		return fmt.Errorf("node: libp2p host: %w", err)
