@@ -7,6 +7,7 @@ import (
 
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/trust"
@@ -89,6 +90,9 @@ type Config struct {
 	// Revocations are encoded revocations to apply at start (the daemon
 	// persists them across restarts).
 	Revocations [][]byte
+	// Prometheus, when set, receives libp2p's own metrics (swarm, resource
+	// manager, identify...). nil disables them.
+	Prometheus prometheus.Registerer
 	// HostOptions are extra libp2p options appended when the host is built.
 	// Simulations pass a simulated network with them (a QUIC transport on
 	// simnet). They must not add a security transport: the host stays

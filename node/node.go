@@ -133,7 +133,11 @@ func (n *Node) Start(ctx context.Context) error {
 		libp2p.ConnectionGater(n.members),
 		libp2p.ResourceManager(rm),
 		libp2p.DisableRelay(),
-		libp2p.DisableMetrics(),
+	}
+	if n.cfg.Prometheus != nil {
+		opts = append(opts, libp2p.PrometheusRegisterer(n.cfg.Prometheus))
+	} else {
+		opts = append(opts, libp2p.DisableMetrics())
 	}
 	opts = append(opts, n.cfg.HostOptions...)
 	h, err := libp2p.New(opts...)

@@ -56,6 +56,10 @@ allowlist: []
 
 # Find other agents on the LAN with multicast DNS (service "meshagent").
 mdns: false
+
+# Prometheus metrics are served on the local API at /metrics; set host:port
+# to serve them over TCP too.
+# metrics_listen: 127.0.0.1:9464
 `
 
 func writeDefaultConfig(path, name string) error {

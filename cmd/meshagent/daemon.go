@@ -45,6 +45,9 @@ type fileConfig struct {
 	Allowlist []string `yaml:"allowlist"`
 	// MDNS finds other agents on the LAN (service name "meshagent").
 	MDNS bool `yaml:"mdns"`
+	// MetricsListen, when set (host:port), serves /metrics over HTTP there
+	// too; the local API always serves it.
+	MetricsListen string `yaml:"metrics_listen"`
 }
 
 func inHome(home, p string) string {
@@ -211,9 +214,21 @@ func runDaemon(ctx context.Context, home string, fc *fileConfig, ready func(*nod
 		defer af.Close()
 		cfg.Audit = af
 	}
+	metrics := newDaemonMetrics()
+	cfg.Prometheus = metrics.reg
 	n, err := node.New(cfg)
 	if err != nil {
 		return err
+	}
+	metrics.watch(n)
+	if fc.MetricsListen != "" {
+		ml, err := net.Listen("tcp", fc.MetricsListen)
+		if err != nil {
+			return fmt.Errorf("config: metrics_listen: %v", err)
+		}
+		msrv := &http.Server{Handler: metrics.handler(), ReadHeaderTimeout: 5 * time.Second}
+		go func() { <-ctx.Done(); msrv.Close() }()
+		go func() { _ = msrv.Serve(ml) }()
 	}
 	_ = n.Handle("ping:agent", func(context.Context, *node.Request) ([]byte, error) {
 		return json.Marshal(map[string]string{"pong": n.Name()})
@@ -235,7 +250,9 @@ func runDaemon(ctx context.Context, home string, fc *fileConfig, ready func(*nod
 		ln.Close()
 		return err
 	}
-	srv := &http.Server{Handler: apiHandler(n), ReadHeaderTimeout: 5 * time.Second}
+	api := apiHandler(n)
+	api.Handle("GET /metrics", metrics.handler())
+	srv := &http.Server{Handler: api, ReadHeaderTimeout: 5 * time.Second}
 	go func() { <-ctx.Done(); srv.Close() }()
 	if ready != nil {
 		ready(n)
@@ -259,7 +276,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 // apiHandler serves the local API. See docs/local-api.md.
-func apiHandler(n *node.Node) http.Handler {
+func apiHandler(n *node.Node) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		var addrs []string

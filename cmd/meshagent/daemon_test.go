@@ -102,6 +102,18 @@ func TestDaemonAndLocalAPI(t *testing.T) {
 	if r.code != 1 || !strings.Contains(r.stderr, "no_token") {
 		t.Fatalf("unauthorized send: %+v", r)
 	}
+	// Metrics, on the local API: the credential, the registry, the
+	// decisions (the rejection included) and libp2p's own.
+	var metrics strings.Builder
+	if err := apiCall(a, "GET", "/metrics", nil, &metrics); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"meshagent_credential_seconds_left", `meshagent_registry_agents{state="alive"} 1`,
+		`meshagent_decisions_total{decision="reject",direction="in",kind="request",reason="no_token"} 1`, "libp2p_"} {
+		if !strings.Contains(metrics.String(), want) {
+			t.Fatalf("metrics lack %q", want)
+		}
+	}
 	// The audit log has both calls and no bodies.
 	audit, _ := os.ReadFile(filepath.Join(a, "audit.log"))
 	if !strings.Contains(string(audit), rep.CorrelationID) || !strings.Contains(string(audit), `"reason":"no_token"`) || strings.Contains(string(audit), "pong") {
