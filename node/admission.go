@@ -222,6 +222,7 @@ func (m *members) handleAdmission(s network.Stream) {
 		return
 	}
 	s.Close()
+	go m.n.syncFrom(p) // both sides learn what the other knows
 }
 
 // notifiee starts admission on every new connection: the dialer initiates;

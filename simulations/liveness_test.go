@@ -346,3 +346,23 @@ func TestPartitionHeals(t *testing.T) {
 	}
 	t.Logf("re-converged %s after healing", time.Since(start))
 }
+
+// Agents crash and come back one after another; once the churn stops,
+// every node sees every other alive again.
+func TestChurn(t *testing.T) {
+	m := newMesh(t, 8, simulations.Options{})
+	ctx := context.Background()
+	if err := m.ConnectSparse(ctx, 1, 3); err != nil {
+		t.Fatal(err)
+	}
+	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		t.Fatal(err)
+	}
+	churned, err := m.Churn(ctx, 2*dead, 5, 99)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := simulations.WaitFor(15*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		t.Fatalf("after churning %v: %v", churned, err)
+	}
+}

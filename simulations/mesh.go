@@ -42,7 +42,8 @@ type Agent struct {
 	Credential *trust.Credential
 	Node       *node.Node
 
-	cfg node.Config
+	cfg   node.Config
+	addrs []string // where it listened: a restart listens there again
 }
 
 // ID returns the agent's peer ID.
@@ -137,6 +138,9 @@ func (m *Mesh) start(ctx context.Context, name string, id *trust.Identity, cred 
 		m.mu.Unlock()
 	})
 	ag := &Agent{Name: name, Identity: id, Credential: cred, Node: n, cfg: cfg}
+	for _, a := range n.Host().Addrs() {
+		ag.addrs = append(ag.addrs, a.String())
+	}
 	m.mu.Lock()
 	if _, ok := m.Agents[name]; !ok {
 		m.order = append(m.order, name)
@@ -235,13 +239,17 @@ func (m *Mesh) ConnectSparse(ctx context.Context, extra int, seed uint64) error 
 func (m *Mesh) Crash(name string) { _ = m.Agents[name].Node.Crash() }
 
 // Restart starts the named (crashed or closed) agent again with the same
-// identity, credential and tokens, and connects it to peer.
+// identity, credential, tokens and addresses, as a restarted daemon would,
+// and connects it to peer. Agents that kept a link to it reconnect.
 func (m *Mesh) Restart(ctx context.Context, name, peerName string) (*Agent, error) {
 	old := m.Agents[name]
 	_ = old.Node.Crash()
 	tokens := old.Node.Tokens()
 	cfg := old.cfg
 	cfg.Tokens = tokens
+	if len(old.addrs) > 0 {
+		cfg.ListenAddrs = old.addrs
+	}
 	a, err := m.start(ctx, name, old.Identity, old.Credential, cfg)
 	if err != nil {
 		return nil, err
@@ -414,4 +422,31 @@ func checkLeaks(t TB, within time.Duration) {
 			t.Errorf("goroutine leak: %v\n%s", err, buf)
 		}
 	})
+}
+
+// Churn crashes a random agent and restarts it (connected to another
+// random agent) every period, rounds times, choosing from seed; it returns
+// the names it churned, in order.
+func (m *Mesh) Churn(ctx context.Context, period time.Duration, rounds int, seed uint64) ([]string, error) {
+	r := mrand.New(mrand.NewPCG(seed, ^seed))
+	names := m.Names()
+	var churned []string
+	for i := 0; i < rounds; i++ {
+		victim := names[r.IntN(len(names))]
+		peerName := names[r.IntN(len(names))]
+		for peerName == victim {
+			peerName = names[r.IntN(len(names))]
+		}
+		m.Crash(victim)
+		select {
+		case <-ctx.Done():
+			return churned, ctx.Err()
+		case <-time.After(period):
+		}
+		if _, err := m.Restart(ctx, victim, peerName); err != nil {
+			return churned, err
+		}
+		churned = append(churned, victim)
+	}
+	return churned, nil
 }
