@@ -450,3 +450,42 @@ func (m *Mesh) Churn(ctx context.Context, period time.Duration, rounds int, seed
 	}
 	return churned, nil
 }
+
+// WireSparse builds the same topology as ConnectSparse (ring plus extra
+// random chords per agent, from seed) but dials up to concurrency links at
+// once, as a mesh whose nodes all start together would.
+func (m *Mesh) WireSparse(ctx context.Context, extra int, seed uint64, concurrency int) error {
+	names := m.Names()
+	var links [][2]string
+	for i := range names {
+		links = append(links, [2]string{names[i], names[(i+1)%len(names)]})
+	}
+	r := mrand.New(mrand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	for i := range names {
+		for k := 0; k < extra; k++ {
+			if j := r.IntN(len(names)); j != i {
+				links = append(links, [2]string{names[i], names[j]})
+			}
+		}
+	}
+	sem := make(chan struct{}, max(1, concurrency))
+	errs := make(chan error, len(links))
+	var wg sync.WaitGroup
+	for _, l := range links {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			errs <- m.Connect(ctx, l[0], l[1])
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
