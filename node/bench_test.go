@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-msgio"
 )
@@ -16,6 +17,20 @@ func percentile(d []time.Duration, p float64) float64 {
 	s := slices.Clone(d)
 	slices.Sort(s)
 	return float64(s[int(float64(len(s)-1)*p)].Microseconds())
+}
+
+// servePlain is the baseline: a request/response over a libp2p stream with
+// the same varint framing as meshagent's RPC, and no checks.
+func servePlain(h host.Host) {
+	h.SetStreamHandler("/bench/plain/1.0.0", func(s network.Stream) {
+		r, err := msgio.NewVarintReaderSize(s, 1<<20).ReadMsg()
+		if err != nil {
+			s.Reset()
+			return
+		}
+		_ = msgio.NewVarintWriter(s).WriteMsg(append([]byte("logs for "), r...))
+		s.Close()
+	})
 }
 
 // BenchmarkRPC measures a meshagent call (signed request with a depth-1
@@ -28,15 +43,7 @@ func BenchmarkRPC(b *testing.B) {
 	ctx := context.Background()
 	orch, worker := m.Agents["orchestrator"], m.Agents["worker"]
 	body := make([]byte, 100)
-	worker.Node.Host().SetStreamHandler("/bench/plain/1.0.0", func(s network.Stream) {
-		r, err := msgio.NewVarintReaderSize(s, 1<<20).ReadMsg()
-		if err != nil {
-			s.Reset()
-			return
-		}
-		_ = msgio.NewVarintWriter(s).WriteMsg(append([]byte("logs for "), r...))
-		s.Close()
-	})
+	servePlain(worker.Node.Host())
 	plain := func() {
 		s, err := orch.Node.Host().NewStream(ctx, worker.ID(), "/bench/plain/1.0.0")
 		if err != nil {
@@ -90,15 +97,7 @@ func BenchmarkRPCParallel(b *testing.B) {
 	ctx := context.Background()
 	orch, worker := m.Agents["orchestrator"], m.Agents["worker"]
 	body := make([]byte, 100)
-	worker.Node.Host().SetStreamHandler("/bench/plain/1.0.0", func(s network.Stream) {
-		r, err := msgio.NewVarintReaderSize(s, 1<<20).ReadMsg()
-		if err != nil {
-			s.Reset()
-			return
-		}
-		_ = msgio.NewVarintWriter(s).WriteMsg(append([]byte("logs for "), r...))
-		s.Close()
-	})
+	servePlain(worker.Node.Host())
 	plain := func() error {
 		s, err := orch.Node.Host().NewStream(ctx, worker.ID(), "/bench/plain/1.0.0")
 		if err != nil {
