@@ -16,7 +16,7 @@ import (
 type RegistryResult struct {
 	N                 int
 	Heartbeat         time.Duration
-	Connect           time.Duration // wiring the topology (ring plus chords), admission included
+	Connect           time.Duration // wiring the topology (ring plus chords, 16 dials at a time), admission included
 	Converge          time.Duration // after the last connection, until every node sees every other alive
 	BytesPerNodePerHB float64       // pubsub bytes received per node per heartbeat, steady state
 	FalseDead         int           // dead verdicts about live agents under the injected loss
@@ -50,7 +50,7 @@ func names(n int) []string {
 }
 
 // RegistryScenario cold-starts n nodes over TCP+TLS on loopback (ring plus
-// one random chord each, from seed), then measures convergence, steady
+// one random chord each, from seed, dialled 16 at a time), then measures convergence, steady
 // liveness traffic, false verdicts under the given loss (for ten
 // heartbeats), detection of a tenth of the nodes crashing at once, and the
 // propagation of a revocation. The heartbeat should grow with n on a small
@@ -74,7 +74,7 @@ func RegistryScenario(ctx context.Context, n int, hb time.Duration, loss float64
 	}
 	defer m.Close()
 	start := time.Now()
-	if err := m.ConnectSparse(ctx, 1, seed); err != nil {
+	if err := m.WireSparse(ctx, 1, seed, 16); err != nil {
 		return res, err
 	}
 	res.Connect = time.Since(start)

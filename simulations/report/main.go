@@ -60,7 +60,7 @@ func run(out, sizeList string) error {
 		regs = append(regs, r)
 	}
 	md.WriteString("## Registry, liveness and revocation against N\n\n")
-	md.WriteString("Topology: a ring plus one random chord per node (seed 7). Heartbeat N × 10 ms, dead after 3 heartbeats. ")
+	md.WriteString("Topology: a ring plus one random chord per node (seed 7), dialled 16 at a time. Heartbeat N × 10 ms, dead after 3 heartbeats. ")
 	md.WriteString("5 % of pubsub messages dropped at random on every link during a 10-heartbeat window and while a tenth of the nodes crash at once.\n\n")
 	md.WriteString("| N | heartbeat | wiring (admission) | converged after wiring | liveness bytes / node / heartbeat | projected kbit/s per node at 30 s | false dead verdicts | killed | detection p50 / p99 (heartbeats) | first-to-last spread | revocation at every node |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	var xs, conv, det50, det99, kbit []float64
