@@ -51,9 +51,22 @@ func newMembers(n *Node) *members {
 	return &members{n: n, refused: map[peer.ID]time.Time{}, rejections: map[peer.ID]*rate.Limiter{}}
 }
 
-// penalize counts one rejection caused by p, and refuses p when it has
-// caused too many. It reports whether p was refused.
-func (m *members) penalize(p peer.ID) bool {
+// hostile are the rejections that an honest agent does not cause by
+// retrying (forgeries, tampering, impersonation, escalation, garbage). Only
+// they count towards the flood limit: a dead, late or misconfigured agent
+// that retries is refused each time, not cut off.
+var hostile = map[trust.Code]bool{
+	trust.CodeBadSignature: true, trust.CodeMalformed: true, trust.CodeTooLarge: true, trust.CodeTooDeep: true,
+	trust.CodeEscalation: true, trust.CodeWildcard: true, trust.CodeNotHolder: true, trust.CodeUntrustedRoot: true,
+	protocol.CodeImpersonation: true, protocol.CodeReplay: true, protocol.CodeWrongRecipient: true, protocol.CodeVersion: true,
+}
+
+// penalize counts one rejection caused by p if its code is hostile, and
+// refuses p when it has caused too many. It reports whether p was refused.
+func (m *members) penalize(p peer.ID, code trust.Code) bool {
+	if !hostile[code] {
+		return false
+	}
 	m.mu.Lock()
 	l, ok := m.rejections[p]
 	if !ok {

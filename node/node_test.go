@@ -335,3 +335,40 @@ func TestCloseIsIdempotent(t *testing.T) {
 		t.Fatalf("start after close: %v", err)
 	}
 }
+
+// Only hostile rejections count towards the flood limit: an agent that
+// keeps retrying a call it has no token for is refused each time but stays
+// connected; one that keeps sending forgeries is cut off.
+func TestFloodLimitCountsOnlyHostileRejections(t *testing.T) {
+	m, runs := testMesh(t, "tcp")
+	ctx := context.Background()
+	mal, worker := m.Agents["mallory"].Node, m.Agents["worker"].ID()
+	for i := 0; i < 150; i++ {
+		if _, err := mal.Call(ctx, worker, "read:logs", nil, nil); trust.CodeOf(err) != protocol.CodeNoToken {
+			t.Fatalf("call %d: %v", i, err)
+		}
+	}
+	var last error
+	for i := 0; i < 150; i++ {
+		raw, _ := mal.SealRequest(worker, "read:logs", nil, nil)
+		raw[len(raw)-1] ^= 1
+		_, last = mal.SendRaw(ctx, worker, raw)
+	}
+	if trust.CodeOf(last) != protocol.CodeUnavailable {
+		t.Fatalf("after 150 forgeries: %v, want the connection refused", last)
+	}
+	if runs.Load() != 0 {
+		t.Fatal("handler ran")
+	}
+	found := false
+	for _, a := range m.Audit() {
+		found = found || (a.Kind == "admission" && a.Reason == string(protocol.CodeFlood) && a.Sender == m.Agents["mallory"].ID().String())
+	}
+	if !found {
+		t.Fatal("the flood was not audited")
+	}
+	// Honest traffic still flows.
+	if _, err := call(m, "orchestrator", "worker", "read:logs"); err != nil {
+		t.Fatal(err)
+	}
+}

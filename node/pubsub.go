@@ -93,7 +93,7 @@ func (n *Node) validator(topic string) pubsub.ValidatorEx {
 		if err != nil {
 			rec.Decision, rec.Reason, rec.Detail = "reject", string(codeOrDefault(err, trust.CodeMalformed)), err.Error()
 			n.audit.write(rec)
-			n.members.penalize(m.ReceivedFrom)
+			n.members.penalize(m.ReceivedFrom, codeOrDefault(err, trust.CodeMalformed))
 			return pubsub.ValidationReject
 		}
 		rec.Decision = "accept"

@@ -198,11 +198,11 @@ func (n *Node) handleRPC(s network.Stream) {
 	raw, err := msgio.NewVarintReaderSize(s, n.cfg.MaxEnvelopeSize).ReadMsg()
 	if err != nil {
 		s.Reset()
-		n.members.penalize(remote)
 		code := trust.CodeMalformed
 		if errors.Is(err, msgio.ErrMsgTooLarge) {
 			code = trust.CodeTooLarge
 		}
+		n.members.penalize(remote, code)
 		n.audit.write(AuditRecord{Time: n.now(), Direction: "in", Kind: "request", Sender: remote.String(),
 			Recipient: n.ID().String(), Decision: "reject", Reason: string(code), Detail: err.Error()})
 		return
@@ -220,7 +220,7 @@ func (n *Node) handleRPC(s network.Stream) {
 	}
 	var reply *protocol.Envelope
 	if err != nil {
-		n.members.penalize(remote)
+		n.members.penalize(remote, codeOrDefault(err, trust.CodeMalformed))
 		reply = n.errorReply(env, remoteKey, trust.CodeOf(err), rejectionDetail(err))
 		rec.Decision, rec.Reason, rec.Detail = "reject", string(codeOrDefault(err, trust.CodeMalformed)), err.Error()
 	} else {
