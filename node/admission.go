@@ -170,7 +170,9 @@ func (m *members) hello() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return proto.Marshal(&protocolpb.Hello{Version: protocol.Version, Credential: rec.Credential.Proto(), Announcement: rec.Proto()})
+	// The record carries the credential; Hello.credential (field 2) is left
+	// empty and ignored on receipt.
+	return proto.Marshal(&protocolpb.Hello{Version: protocol.Version, Announcement: rec.Proto()})
 }
 
 // admit runs the exchange as the initiator: send our hello, read theirs.

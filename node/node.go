@@ -114,6 +114,9 @@ func (n *Node) Start(ctx context.Context) error {
 	if n.started {
 		return ErrAlreadyStarted
 	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("node: start: %w", err)
+	}
 	limits := rcmgr.DefaultLimits
 	libp2p.SetDefaultServiceLimits(&limits)
 	limits.AddProtocolLimit(protocol.ProtocolRPC, rcmgr.BaseLimit{StreamsInbound: 256, StreamsOutbound: 256, Streams: 512, Memory: 64 << 20}, rcmgr.BaseLimitIncrease{})
@@ -193,7 +196,6 @@ func (n *Node) Start(ctx context.Context) error {
 	}
 	n.started = true
 	log.Infow("node started", "peer", h.ID(), "addrs", h.Addrs())
-	_ = ctx
 	return nil
 }
 

@@ -91,7 +91,7 @@ func (n *Node) emit(evs []discovery.Event) {
 		}
 		n.audit.write(AuditRecord{Time: e.At, Direction: "in", Kind: "liveness", Sender: e.Agent.String(),
 			Recipient: n.ID().String(), Decision: to, Reason: e.Reason})
-		if e.To == Dead || e.To == 0 {
+		if e.To == discovery.Dead || e.To == 0 {
 			if h := n.Host(); h != nil {
 				_ = h.Network().ClosePeer(e.Agent.PeerID())
 			}
@@ -101,9 +101,6 @@ func (n *Node) emit(evs []discovery.Event) {
 		}
 	}
 }
-
-// Dead is discovery.Dead, for callers that only import node.
-const Dead = discovery.Dead
 
 // startRegistry joins the registry and revocation topics, announces this
 // node, and starts the heartbeat and liveness loops.
