@@ -36,6 +36,8 @@ fuzz: ## fuzz every decoder for 30 s each
 	$(GO) test ./trust -run '^$$' -fuzz FuzzParseCredential -fuzztime 30s
 	$(GO) test ./trust -run '^$$' -fuzz FuzzParseRevocation -fuzztime 30s
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzDecide -fuzztime 30s
+	$(GO) test ./discovery -run '^$$' -fuzz FuzzParseRecord -fuzztime 30s
+	$(GO) test ./discovery -run '^$$' -fuzz FuzzVerifyBeat -fuzztime 30s
 
 proto: ## regenerate the protobuf code (needs protoc: apt-get install protobuf-compiler)
 	$(GO) install $(PROTOC_GEN_GO)

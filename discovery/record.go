@@ -109,7 +109,8 @@ func (r *Record) Proto() *protocolpb.Announcement { return r.raw }
 // DomainLeave prefixes the signature of a leave.
 const DomainLeave = "meshagent/v1/leave\x00"
 
-func leaveMessage(agent trust.PublicKey, seq uint64, ts int64) []byte {
+// agentSeqMessage is what a leave or a heartbeat signs.
+func agentSeqMessage(agent trust.PublicKey, seq uint64, ts int64) []byte {
 	b := make([]byte, 0, trust.PublicKeySize+16)
 	b = append(b, agent[:]...)
 	b = binary.BigEndian.AppendUint64(b, seq)
@@ -121,7 +122,7 @@ func leaveMessage(agent trust.PublicKey, seq uint64, ts int64) []byte {
 func SignLeave(id *trust.Identity, seq uint64, now time.Time) *protocolpb.Leave {
 	k := id.Public()
 	ts := now.UnixNano()
-	return &protocolpb.Leave{Seq: seq, Timestamp: ts, Agent: publicBytes(k), Signature: id.Sign(DomainLeave, leaveMessage(k, seq, ts))}
+	return &protocolpb.Leave{Seq: seq, Timestamp: ts, Agent: publicBytes(k), Signature: id.Sign(DomainLeave, agentSeqMessage(k, seq, ts))}
 }
 
 // VerifyLeave checks a leave's signature and returns who is leaving.
@@ -133,8 +134,34 @@ func VerifyLeave(l *protocolpb.Leave) (trust.PublicKey, error) {
 	if err != nil {
 		return k, err
 	}
-	if !k.Verify(DomainLeave, leaveMessage(k, l.Seq, l.Timestamp), l.Signature) {
+	if !k.Verify(DomainLeave, agentSeqMessage(k, l.Seq, l.Timestamp), l.Signature) {
 		return k, protocol.Reject(trust.CodeBadSignature, "leave of %s: signature does not verify", k)
 	}
 	return k, nil
+}
+
+// DomainBeat prefixes the signature of a heartbeat.
+const DomainBeat = "meshagent/v1/beat\x00"
+
+// SignBeat makes a heartbeat of id with sequence number seq at now
+// (millisecond precision), which any node can verify and relay.
+func SignBeat(id *trust.Identity, seq uint64, now time.Time) *protocolpb.Beat {
+	k := id.Public()
+	ts := now.UnixMilli()
+	return &protocolpb.Beat{Agent: publicBytes(k), Seq: seq, Timestamp: ts, Signature: id.Sign(DomainBeat, agentSeqMessage(k, seq, ts))}
+}
+
+// VerifyBeat checks a heartbeat's signature and returns its agent and time.
+func VerifyBeat(b *protocolpb.Beat) (trust.PublicKey, time.Time, error) {
+	if b == nil {
+		return trust.PublicKey{}, time.Time{}, protocol.Reject(trust.CodeMalformed, "no heartbeat")
+	}
+	k, err := trust.PublicKeyFromBytes(b.Agent)
+	if err != nil {
+		return k, time.Time{}, err
+	}
+	if !k.Verify(DomainBeat, agentSeqMessage(k, b.Seq, b.Timestamp), b.Signature) {
+		return k, time.Time{}, protocol.Reject(trust.CodeBadSignature, "heartbeat of %s: signature does not verify", k)
+	}
+	return k, time.UnixMilli(b.Timestamp), nil
 }

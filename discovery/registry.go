@@ -156,7 +156,10 @@ func (r *Registry) Announce(rec *Record, src Source, now time.Time) ([]Event, er
 		return nil, nil // the same record again: no news, and no sign of life
 	}
 	e.rec = rec
-	if src == Direct && fresh {
+	// A record is a sign of life only when it is newer than the last
+	// heartbeat: an older one, resent, proves nothing about now.
+	if src == Direct && fresh && rec.Seq > e.Seq {
+		e.Seq = rec.Seq
 		return r.heardLocked(e, now, "announce"), nil
 	}
 	return nil, nil
@@ -177,8 +180,7 @@ func (r *Registry) heardLocked(e *Entry, now time.Time, why string) []Event {
 	return []Event{{Agent: e.rec.Agent, Name: e.rec.Credential.Name, From: from, To: Alive, Reason: why, At: now}}
 }
 
-// Heartbeat applies a heartbeat authenticated as coming from agent (the
-// pubsub author). seq must be above every sequence number seen from the
+// Heartbeat applies a heartbeat whose signature by agent was checked. seq must be above every sequence number seen from the
 // agent, its timestamp within DeadAfter of now, and the agent's credential
 // still valid.
 func (r *Registry) Heartbeat(agent trust.PublicKey, seq uint64, ts, now time.Time) ([]Event, error) {
@@ -202,6 +204,18 @@ func (r *Registry) Heartbeat(agent trust.PublicKey, seq uint64, ts, now time.Tim
 	}
 	e.Seq = seq
 	return r.heardLocked(e, now, "heartbeat"), nil
+}
+
+// Seq returns the highest sequence number seen from agent (0 when it is
+// not listed), so that a duplicate heartbeat is dropped before its
+// signature is checked.
+func (r *Registry) Seq(agent trust.PublicKey) uint64 {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if e, ok := r.entries[agent]; ok {
+		return max(e.rec.Seq, e.Seq)
+	}
+	return 0
 }
 
 // Leave marks agent dead at once: it said it is stopping.

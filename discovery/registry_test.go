@@ -25,7 +25,7 @@ type fx struct {
 	creds  []*trust.Credential
 }
 
-func newFx(t *testing.T, n int) *fx {
+func newFx(t testing.TB, n int) *fx {
 	f := &fx{}
 	f.anchor, _ = trust.GenerateAnchorKey(bytes.NewReader(bytes.Repeat([]byte{1}, 32)))
 	f.v, _ = trust.NewVerifier(trust.DefaultPolicy(f.anchor.Public()))
@@ -45,7 +45,7 @@ func (f *fx) registry() *Registry {
 	return NewRegistry(Config{Verifier: f.v, Self: f.self.Public(), DeadAfter: 3 * hb})
 }
 
-func (f *fx) record(t *testing.T, i int, seq uint64, at time.Time) *Record {
+func (f *fx) record(t testing.TB, i int, seq uint64, at time.Time) *Record {
 	t.Helper()
 	r, err := NewRecord(f.agents[i], f.creds[i], []ma.Multiaddr{ma.StringCast("/ip4/127.0.0.1/tcp/4001")}, seq, hb, at)
 	if err != nil {
@@ -195,5 +195,34 @@ func TestAllowlistAndBound(t *testing.T) {
 	e := r.Entries()
 	if len(e) != 1 || e[0].State != "alive" || e[0].Name != "agent-a" {
 		t.Fatalf("entries: %+v", e)
+	}
+}
+
+// A record older than the last heartbeat is no sign of life, even when it
+// arrives directly and its timestamp is recent: only something the agent
+// signed after its last heartbeat brings it back from dead.
+func TestOldRecordDoesNotRevive(t *testing.T) {
+	f := newFx(t, 1)
+	r := f.registry()
+	k := f.agents[0].Public()
+	if _, err := r.Announce(f.record(t, 0, 5, t0), Direct, t0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Heartbeat(k, 7, t0.Add(hb), t0.Add(hb)); err != nil {
+		t.Fatal(err)
+	}
+	later := t0.Add(hb + 4*hb)
+	r.Tick(later)
+	if st := r.State(k); st != Dead {
+		t.Fatalf("state %v, want dead", st)
+	}
+	if evs, err := r.Announce(f.record(t, 0, 6, later), Direct, later); err != nil || len(evs) != 0 || r.State(k) != Dead {
+		t.Fatalf("record seq 6 after beat 7: %v %v, state %v", evs, err, r.State(k))
+	}
+	if evs, err := r.Announce(f.record(t, 0, 8, later), Direct, later); err != nil || len(evs) != 1 || r.State(k) != Alive {
+		t.Fatalf("record seq 8: %v %v, state %v", evs, err, r.State(k))
+	}
+	if r.Seq(k) != 8 {
+		t.Fatalf("seq %d, want 8", r.Seq(k))
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-msgio"
 	ma "github.com/multiformats/go-multiaddr"
+	"golang.org/x/sync/singleflight"
 	"golang.org/x/time/rate"
 	"google.golang.org/protobuf/proto"
 
@@ -38,6 +39,7 @@ type members struct {
 	// refuses is disconnected and refused for refuseFor, so that a flood
 	// costs the node one check per request only up to the burst.
 	rejections map[peer.ID]*rate.Limiter
+	admitting  singleflight.Group
 }
 
 // Flood limits: a peer may cause rejectBurst rejections at once and
@@ -159,7 +161,6 @@ func (m *members) check(p peer.ID, raw []byte) error {
 	delete(m.refused, p)
 	m.mu.Unlock()
 	m.n.emit(evs)
-	m.n.live.announceSoon.Store(true)
 	m.n.audit.write(AuditRecord{Time: m.n.now(), Direction: "in", Kind: "admission", Sender: p.String(),
 		Recipient: m.n.ID().String(), Decision: "accept"})
 	return nil
@@ -176,10 +177,15 @@ func (m *members) hello() ([]byte, error) {
 }
 
 // admit runs the exchange as the initiator: send our hello, read theirs.
+// It runs even when p is listed here, since p may not list this node (it
+// restarted, or it forgot a dead agent); concurrent calls for one peer
+// share one exchange.
 func (m *members) admit(ctx context.Context, p peer.ID) error {
-	if m.isAdmitted(p) {
-		return nil
-	}
+	_, err, _ := m.admitting.Do(string(p), func() (any, error) { return nil, m.exchange(ctx, p) })
+	return err
+}
+
+func (m *members) exchange(ctx context.Context, p peer.ID) error {
 	h := m.n.Host()
 	ctx, cancel := context.WithTimeout(ctx, m.n.cfg.AdmissionTimeout)
 	defer cancel()
@@ -240,19 +246,20 @@ func (m *members) handleAdmission(s network.Stream) {
 	go m.n.syncFrom(p) // both sides learn what the other knows
 }
 
-// notifiee starts admission on every new connection: the dialer initiates;
+// notifiee starts admission on every new connection: the dialer initiates,
+// always;
 // on an inbound connection the node waits AdmissionTimeout for the peer's
 // hello and then closes the connection of a peer that has not proved
 // itself.
 func (m *members) notifiee() network.Notifiee {
 	return &network.NotifyBundle{ConnectedF: func(_ network.Network, c network.Conn) {
 		p := c.RemotePeer()
-		if m.isAdmitted(p) {
-			return
-		}
 		ctx := m.n.ctx
 		if c.Stat().Direction == network.DirOutbound {
 			go func() { _ = m.admit(ctx, p) }()
+			return
+		}
+		if m.isAdmitted(p) {
 			return
 		}
 		go func() {

@@ -50,8 +50,8 @@ type Config struct {
 	// skew one node's clock.
 	Clock func() time.Time
 
-	// HeartbeatInterval is how often this agent heartbeats on the registry
-	// topic. Default 30 s; milliseconds in tests.
+	// HeartbeatInterval is how often this agent signs a heartbeat and
+	// sends it to its beat neighbours. Default 30 s; milliseconds in tests.
 	HeartbeatInterval time.Duration
 	// SuspectMissed is how many heartbeat intervals of silence make an
 	// agent suspect. Default 2.
@@ -60,6 +60,10 @@ type Config struct {
 	// its connections are closed and it is refused until it heartbeats
 	// again. Default 90 s (three heartbeats).
 	DeadAfter time.Duration
+	// BeatDegree is how many connected agents this node opens beat links
+	// to; others open links to it too, so a node has about twice as many.
+	// Every heartbeat is relayed over every link once. Default 3.
+	BeatDegree int
 	// Allowlist, when not empty, narrows the registry to these agents.
 	Allowlist []trust.PublicKey
 	// Bootstrap peers (multiaddrs ending in /p2p/PEERID) are connected at
@@ -78,8 +82,8 @@ type Config struct {
 	// OnRevocation, when set, is called with every newly applied
 	// revocation, encoded (the daemon persists them). It must not block.
 	OnRevocation func([]byte)
-	// DropMessage, when set, drops each pubsub message received from peer
-	// from for which it returns true, before pubsub sees it, as a lossy
+	// DropMessage, when set, drops each pubsub message and each heartbeat
+	// received from peer from for which it returns true, before pubsub sees it, as a lossy
 	// link would: gossip can still deliver the message by another path.
 	// Simulations inject loss with it.
 	DropMessage func(from peer.ID) bool
@@ -117,6 +121,7 @@ func DefaultConfig() Config {
 		HeartbeatInterval: 30 * time.Second,                // one heartbeat per agent
 		SuspectMissed:     2,                               // suspect after two missed heartbeats
 		DeadAfter:         90 * time.Second,                // dead after three
+		BeatDegree:        3,                               // beat links opened (about 6 in all)
 		RenewAfter:        2.0 / 3,                         // renew the daily credential after 16 h
 	}
 }
@@ -150,6 +155,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("node: config: timeouts, window and sizes must be positive (start from DefaultConfig)")
 	case c.HeartbeatInterval <= 0 || c.DeadAfter <= c.HeartbeatInterval:
 		return fmt.Errorf("node: config: HeartbeatInterval must be positive and DeadAfter longer than it")
+	case c.BeatDegree <= 0:
+		return fmt.Errorf("node: config: BeatDegree must be positive (start from DefaultConfig)")
 	case c.RenewAfter <= 0 || c.RenewAfter >= 1:
 		return fmt.Errorf("node: config: RenewAfter must be a fraction between 0 and 1")
 	}

@@ -49,6 +49,7 @@ type Node struct {
 	members  *members
 	registry *discovery.Registry
 	live     liveness
+	beats    *beats
 	audit    *auditor
 
 	credMu      sync.RWMutex
@@ -89,6 +90,7 @@ func New(cfg Config) (*Node, error) {
 		topics: map[string]*pubsub.Topic{}, handlers: map[string]Handler{}}
 	n.cred = cfg.Credential
 	n.members = newMembers(n)
+	n.beats = newBeats(n)
 	n.registry = discovery.NewRegistry(discovery.Config{Verifier: v, Self: n.self, SuspectMissed: cfg.SuspectMissed,
 		DeadAfter: cfg.DeadAfter, Allowlist: cfg.Allowlist})
 	n.live.seq.Store(uint64(time.Now().UnixNano()))
@@ -275,7 +277,9 @@ func (n *Node) keepConnected(ai peer.AddrInfo) {
 		}
 		if h.Network().Connectedness(ai.ID) != network.Connected {
 			ctx, cancel := context.WithTimeout(n.ctx, n.cfg.AdmissionTimeout)
-			err := n.Connect(ctx, ai)
+			// This loop's own backoff governs: skip the swarm's dial
+			// backoff, which after a long outage grows to minutes.
+			err := n.Connect(network.WithForceDirectDial(ctx, "keep connected"), ai)
 			cancel()
 			if err != nil {
 				log.Debugw("peer unreachable", "peer", ai.ID, "err", err, "retry_in", wait)
@@ -367,6 +371,11 @@ func gossipParams(agentHeartbeat time.Duration) pubsub.GossipSubParams {
 // PubsubBytesIn returns how many bytes of pubsub RPCs (messages, gossip
 // and control, before framing) this node has received.
 func (n *Node) PubsubBytesIn() int64 { return n.pubsubIn.Load() }
+
+// GossipBytesIn returns the bytes of pubsub RPCs and heartbeat batches this
+// node has received: its share of the mesh's registry and liveness traffic
+// (and of application pubsub, when there is any).
+func (n *Node) GossipBytesIn() int64 { return n.pubsubIn.Load() + n.beats.bytesIn.Load() }
 
 // inspectRPC counts received pubsub bytes and applies Config.DropMessage to
 // every received message.

@@ -21,7 +21,8 @@ import (
 
 // Registry protocol constants.
 const (
-	// RegistryTopic carries records, heartbeats and leaves.
+	// RegistryTopic carries records and leaves; heartbeats travel on
+	// ProtocolBeat.
 	RegistryTopic = "meshagent/v1/registry"
 	// RevocationTopic carries anchor-signed revocations.
 	RevocationTopic = "meshagent/v1/revocations"
@@ -39,22 +40,23 @@ type liveness struct {
 	record    *discovery.Record
 	listeners []func(discovery.Event)
 	lastSync  map[peer.ID]time.Time
-	// announceSoon asks the heartbeat loop to send a full record next.
-	announceSoon atomic.Bool
-	revMu        sync.Mutex
-	revs         map[[16]byte][]byte // raw revocations, for the join-time exchange
+	revMu     sync.Mutex
+	revs      map[[16]byte][]byte // raw revocations, for the join-time exchange
 }
 
 func (n *Node) nextSeq() uint64 { return n.live.seq.Add(1) }
 
 // currentRecord returns this node's signed record, making a new one when
-// the credential or the addresses changed.
+// the credential or the addresses changed, or when it is more than a
+// heartbeat old: a node that admits this one takes a record as a sign of
+// life only when it is fresh (a frozen node gives no sign of life).
 func (n *Node) currentRecord() (*discovery.Record, error) {
 	n.live.mu.Lock()
 	defer n.live.mu.Unlock()
 	cred := n.credential()
 	h := n.Host()
-	if r := n.live.record; r != nil && r.Credential == cred && (h == nil || len(r.Addrs) == len(h.Addrs())) {
+	if r := n.live.record; r != nil && r.Credential.Serial == cred.Serial && (h == nil || len(r.Addrs) == len(h.Addrs())) &&
+		(n.now().Sub(r.Timestamp) < n.cfg.HeartbeatInterval || n.frozen()) {
 		return r, nil
 	}
 	var addrs = n.listenAddrs()
@@ -131,6 +133,7 @@ func (n *Node) startRegistry() error {
 	}
 	n.host.SetStreamHandler(ProtocolSync, n.handleSync)
 	n.host.SetStreamHandler(ProtocolLeave, n.handleLeave)
+	n.beats.start()
 	go n.heartbeatLoop()
 	go n.tickLoop()
 	return nil
@@ -162,32 +165,49 @@ func (n *Node) announce() error {
 }
 
 // announceEvery is how many heartbeats pass between full records: the
-// record (with its credential) is re-signed and re-announced every tenth
-// beat, and at the next beat after a new peer was admitted, so that agents
-// that joined later learn it; the beats in between are small.
-const announceEvery = 10
+// record (with its credential) is re-signed and re-announced every
+// sixtieth beat (30 minutes at the default heartbeat) as anti-entropy, when
+// the credential was renewed, and as soon as a new node has a neighbour on
+// the registry topic after its first admission. The beats in between
+// travel on the beat overlay. An agent that missed a record learns it from
+// the join-time exchange, or when a beat of an unknown agent arrives.
+const announceEvery = 60
 
 func (n *Node) heartbeatLoop() {
-	_ = n.announce()
 	t := time.NewTicker(n.cfg.HeartbeatInterval)
 	defer t.Stop()
-	for beat := 1; ; beat++ {
+	poll := time.NewTicker(flushEvery(n.cfg.HeartbeatInterval))
+	defer poll.Stop()
+	announced := false // a record went out to at least one neighbour
+	for beat := 0; ; {
 		select {
 		case <-n.ctx.Done():
 			return
+		case <-poll.C:
+			if announced || n.frozen() || n.leaving.Load() {
+				continue
+			}
+			n.mu.Lock()
+			topic := n.topics[RegistryTopic]
+			n.mu.Unlock()
+			if len(topic.ListPeers()) > 0 && n.announce() == nil {
+				announced = true
+				t.Reset(n.cfg.HeartbeatInterval)
+			}
+			continue
 		case <-t.C:
+			beat++
 		}
 		if n.frozen() || n.leaving.Load() {
 			continue
 		}
-		if beat%announceEvery == 0 || n.live.announceSoon.CompareAndSwap(true, false) {
+		if beat%announceEvery == 0 {
 			n.live.mu.Lock()
 			n.live.record = nil // sign a fresh record: new seq and timestamp
 			n.live.mu.Unlock()
 			_ = n.announce()
 		} else {
-			_ = n.publishRegistry(&protocolpb.RegistryMessage{Msg: &protocolpb.RegistryMessage_Heartbeat{
-				Heartbeat: &protocolpb.Heartbeat{Seq: n.nextSeq(), Timestamp: n.now().UnixNano()}}})
+			n.beats.originate(discovery.SignBeat(n.cfg.Identity, n.nextSeq(), n.now()))
 		}
 		n.maybeRenew()
 	}
@@ -213,10 +233,9 @@ func (n *Node) tickLoop() {
 	}
 }
 
-// registryValidator applies records, heartbeats and leaves. The pubsub
-// author (signature checked by pubsub under StrictSign) is the agent: a
-// heartbeat or leave needs no signature of its own, and a record must be
-// the author's. Replays and stale messages are ignored without penalty;
+// registryValidator applies records and leaves. A record must be the
+// pubsub author's (signature checked by pubsub under StrictSign); a leave
+// carries the leaving agent's own signature, so any node may relay it. Replays and stale messages are ignored without penalty;
 // forgeries are rejected, which lowers the forwarder's score.
 func (n *Node) registryValidator(_ context.Context, from peer.ID, m *pubsub.Message) pubsub.ValidationResult {
 	if n.frozen() {
@@ -245,11 +264,6 @@ func (n *Node) registryValidator(_ context.Context, from peer.ID, m *pubsub.Mess
 			evs, perr = n.registry.Announce(rec, discovery.Direct, now)
 		}
 		err = perr
-	case *protocolpb.RegistryMessage_Heartbeat:
-		evs, err = n.registry.Heartbeat(author, x.Heartbeat.Seq, time.Unix(0, x.Heartbeat.Timestamp), now)
-		if trust.CodeOf(err) == protocol.CodeUnlisted {
-			n.syncSoon(from) // learn the agent from whoever forwarded it
-		}
 	case *protocolpb.RegistryMessage_Leave:
 		// Signed by the leaving agent; any node may relay it.
 		var agent trust.PublicKey

@@ -498,15 +498,14 @@ func (x *Announcement) GetSignature() []byte {
 	return nil
 }
 
-// RegistryMessage is what travels on the registry topic. Heartbeats and
-// leaves are small: they are authenticated by the pubsub author signature
-// (StrictSign, by the agent's own key) and ordered by seq.
+// RegistryMessage is what travels on the registry topic: records, when
+// they change and at long intervals, and leaves. Heartbeats travel on the
+// beat protocol instead (see Beat).
 type RegistryMessage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Msg:
 	//
 	//	*RegistryMessage_Announce
-	//	*RegistryMessage_Heartbeat
 	//	*RegistryMessage_Leave
 	Msg           isRegistryMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
@@ -559,15 +558,6 @@ func (x *RegistryMessage) GetAnnounce() *Announcement {
 	return nil
 }
 
-func (x *RegistryMessage) GetHeartbeat() *Heartbeat {
-	if x != nil {
-		if x, ok := x.Msg.(*RegistryMessage_Heartbeat); ok {
-			return x.Heartbeat
-		}
-	}
-	return nil
-}
-
 func (x *RegistryMessage) GetLeave() *Leave {
 	if x != nil {
 		if x, ok := x.Msg.(*RegistryMessage_Leave); ok {
@@ -585,43 +575,42 @@ type RegistryMessage_Announce struct {
 	Announce *Announcement `protobuf:"bytes,1,opt,name=announce,proto3,oneof"`
 }
 
-type RegistryMessage_Heartbeat struct {
-	Heartbeat *Heartbeat `protobuf:"bytes,2,opt,name=heartbeat,proto3,oneof"`
-}
-
 type RegistryMessage_Leave struct {
 	Leave *Leave `protobuf:"bytes,3,opt,name=leave,proto3,oneof"`
 }
 
 func (*RegistryMessage_Announce) isRegistryMessage_Msg() {}
 
-func (*RegistryMessage_Heartbeat) isRegistryMessage_Msg() {}
-
 func (*RegistryMessage_Leave) isRegistryMessage_Msg() {}
 
-// Heartbeat says "still alive" with the agent's next sequence number.
-type Heartbeat struct {
+// Beat says "still alive": the agent's next sequence number and the time,
+// signed by the agent (domain "meshagent/v1/beat\0" over agent || seq ||
+// timestamp, big endian), so that any node may relay it and every node
+// checks it itself.
+type Beat struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
-	Timestamp     int64                  `protobuf:"varint,2,opt,name=timestamp,proto3" json:"timestamp,omitempty"` // Unix nanoseconds
+	Agent         []byte                 `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"` // Ed25519 public key, 32 bytes
+	Seq           uint64                 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	Timestamp     int64                  `protobuf:"varint,3,opt,name=timestamp,proto3" json:"timestamp,omitempty"` // Unix milliseconds
+	Signature     []byte                 `protobuf:"bytes,4,opt,name=signature,proto3" json:"signature,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *Heartbeat) Reset() {
-	*x = Heartbeat{}
+func (x *Beat) Reset() {
+	*x = Beat{}
 	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *Heartbeat) String() string {
+func (x *Beat) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*Heartbeat) ProtoMessage() {}
+func (*Beat) ProtoMessage() {}
 
-func (x *Heartbeat) ProtoReflect() protoreflect.Message {
+func (x *Beat) ProtoReflect() protoreflect.Message {
 	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -633,23 +622,83 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
-func (*Heartbeat) Descriptor() ([]byte, []int) {
+// Deprecated: Use Beat.ProtoReflect.Descriptor instead.
+func (*Beat) Descriptor() ([]byte, []int) {
 	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{6}
 }
 
-func (x *Heartbeat) GetSeq() uint64 {
+func (x *Beat) GetAgent() []byte {
+	if x != nil {
+		return x.Agent
+	}
+	return nil
+}
+
+func (x *Beat) GetSeq() uint64 {
 	if x != nil {
 		return x.Seq
 	}
 	return 0
 }
 
-func (x *Heartbeat) GetTimestamp() int64 {
+func (x *Beat) GetTimestamp() int64 {
 	if x != nil {
 		return x.Timestamp
 	}
 	return 0
+}
+
+func (x *Beat) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+// BeatBatch is one write on the beat protocol: the beats the sender learned
+// since its last write to this neighbour, at most one per agent.
+type BeatBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Beats         []*Beat                `protobuf:"bytes,1,rep,name=beats,proto3" json:"beats,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BeatBatch) Reset() {
+	*x = BeatBatch{}
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BeatBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BeatBatch) ProtoMessage() {}
+
+func (x *BeatBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BeatBatch.ProtoReflect.Descriptor instead.
+func (*BeatBatch) Descriptor() ([]byte, []int) {
+	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *BeatBatch) GetBeats() []*Beat {
+	if x != nil {
+		return x.Beats
+	}
+	return nil
 }
 
 // Leave says the agent is stopping on purpose. It is signed by the agent
@@ -667,7 +716,7 @@ type Leave struct {
 
 func (x *Leave) Reset() {
 	*x = Leave{}
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[7]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -679,7 +728,7 @@ func (x *Leave) String() string {
 func (*Leave) ProtoMessage() {}
 
 func (x *Leave) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[7]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -692,7 +741,7 @@ func (x *Leave) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Leave.ProtoReflect.Descriptor instead.
 func (*Leave) Descriptor() ([]byte, []int) {
-	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{7}
+	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Leave) GetSeq() uint64 {
@@ -735,7 +784,7 @@ type SyncResponse struct {
 
 func (x *SyncResponse) Reset() {
 	*x = SyncResponse{}
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[8]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -747,7 +796,7 @@ func (x *SyncResponse) String() string {
 func (*SyncResponse) ProtoMessage() {}
 
 func (x *SyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[8]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -760,7 +809,7 @@ func (x *SyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncResponse.ProtoReflect.Descriptor instead.
 func (*SyncResponse) Descriptor() ([]byte, []int) {
-	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{8}
+	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SyncResponse) GetAnnouncements() []*Announcement {
@@ -788,7 +837,7 @@ type RenewRequest struct {
 
 func (x *RenewRequest) Reset() {
 	*x = RenewRequest{}
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[9]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -800,7 +849,7 @@ func (x *RenewRequest) String() string {
 func (*RenewRequest) ProtoMessage() {}
 
 func (x *RenewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[9]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -813,7 +862,7 @@ func (x *RenewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
 func (*RenewRequest) Descriptor() ([]byte, []int) {
-	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{9}
+	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RenewRequest) GetCredential() *trustpb.Signed {
@@ -835,7 +884,7 @@ type RenewResponse struct {
 
 func (x *RenewResponse) Reset() {
 	*x = RenewResponse{}
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[10]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -847,7 +896,7 @@ func (x *RenewResponse) String() string {
 func (*RenewResponse) ProtoMessage() {}
 
 func (x *RenewResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[10]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -860,7 +909,7 @@ func (x *RenewResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
 func (*RenewResponse) Descriptor() ([]byte, []int) {
-	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{10}
+	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RenewResponse) GetCredential() *trustpb.Signed {
@@ -927,15 +976,18 @@ const file_protocol_protocolpb_protocol_proto_rawDesc = "" +
 	"\ttimestamp\x18\a \x01(\x03R\ttimestamp\"@\n" +
 	"\fAnnouncement\x12\x12\n" +
 	"\x04body\x18\x01 \x01(\fR\x04body\x12\x1c\n" +
-	"\tsignature\x18\x02 \x01(\fR\tsignature\"\xd3\x01\n" +
+	"\tsignature\x18\x02 \x01(\fR\tsignature\"\x97\x01\n" +
 	"\x0fRegistryMessage\x12A\n" +
-	"\bannounce\x18\x01 \x01(\v2#.meshagent.protocol.v1.AnnouncementH\x00R\bannounce\x12@\n" +
-	"\theartbeat\x18\x02 \x01(\v2 .meshagent.protocol.v1.HeartbeatH\x00R\theartbeat\x124\n" +
+	"\bannounce\x18\x01 \x01(\v2#.meshagent.protocol.v1.AnnouncementH\x00R\bannounce\x124\n" +
 	"\x05leave\x18\x03 \x01(\v2\x1c.meshagent.protocol.v1.LeaveH\x00R\x05leaveB\x05\n" +
-	"\x03msg\";\n" +
-	"\tHeartbeat\x12\x10\n" +
-	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1c\n" +
-	"\ttimestamp\x18\x02 \x01(\x03R\ttimestamp\"k\n" +
+	"\x03msgJ\x04\b\x02\x10\x03\"j\n" +
+	"\x04Beat\x12\x14\n" +
+	"\x05agent\x18\x01 \x01(\fR\x05agent\x12\x10\n" +
+	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1c\n" +
+	"\ttimestamp\x18\x03 \x01(\x03R\ttimestamp\x12\x1c\n" +
+	"\tsignature\x18\x04 \x01(\fR\tsignature\">\n" +
+	"\tBeatBatch\x121\n" +
+	"\x05beats\x18\x01 \x03(\v2\x1b.meshagent.protocol.v1.BeatR\x05beats\"k\n" +
 	"\x05Leave\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1c\n" +
 	"\ttimestamp\x18\x02 \x01(\x03R\ttimestamp\x12\x14\n" +
@@ -977,7 +1029,7 @@ func file_protocol_protocolpb_protocol_proto_rawDescGZIP() []byte {
 }
 
 var file_protocol_protocolpb_protocol_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_protocol_protocolpb_protocol_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_protocol_protocolpb_protocol_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_protocol_protocolpb_protocol_proto_goTypes = []any{
 	(Kind)(0),                // 0: meshagent.protocol.v1.Kind
 	(*Envelope)(nil),         // 1: meshagent.protocol.v1.Envelope
@@ -986,26 +1038,27 @@ var file_protocol_protocolpb_protocol_proto_goTypes = []any{
 	(*AnnouncementBody)(nil), // 4: meshagent.protocol.v1.AnnouncementBody
 	(*Announcement)(nil),     // 5: meshagent.protocol.v1.Announcement
 	(*RegistryMessage)(nil),  // 6: meshagent.protocol.v1.RegistryMessage
-	(*Heartbeat)(nil),        // 7: meshagent.protocol.v1.Heartbeat
-	(*Leave)(nil),            // 8: meshagent.protocol.v1.Leave
-	(*SyncResponse)(nil),     // 9: meshagent.protocol.v1.SyncResponse
-	(*RenewRequest)(nil),     // 10: meshagent.protocol.v1.RenewRequest
-	(*RenewResponse)(nil),    // 11: meshagent.protocol.v1.RenewResponse
-	(*trustpb.Token)(nil),    // 12: meshagent.trust.v1.Token
-	(*trustpb.Signed)(nil),   // 13: meshagent.trust.v1.Signed
+	(*Beat)(nil),             // 7: meshagent.protocol.v1.Beat
+	(*BeatBatch)(nil),        // 8: meshagent.protocol.v1.BeatBatch
+	(*Leave)(nil),            // 9: meshagent.protocol.v1.Leave
+	(*SyncResponse)(nil),     // 10: meshagent.protocol.v1.SyncResponse
+	(*RenewRequest)(nil),     // 11: meshagent.protocol.v1.RenewRequest
+	(*RenewResponse)(nil),    // 12: meshagent.protocol.v1.RenewResponse
+	(*trustpb.Token)(nil),    // 13: meshagent.trust.v1.Token
+	(*trustpb.Signed)(nil),   // 14: meshagent.trust.v1.Signed
 }
 var file_protocol_protocolpb_protocol_proto_depIdxs = []int32{
 	0,  // 0: meshagent.protocol.v1.EnvelopeBody.kind:type_name -> meshagent.protocol.v1.Kind
-	12, // 1: meshagent.protocol.v1.EnvelopeBody.token:type_name -> meshagent.trust.v1.Token
-	13, // 2: meshagent.protocol.v1.Hello.credential:type_name -> meshagent.trust.v1.Signed
+	13, // 1: meshagent.protocol.v1.EnvelopeBody.token:type_name -> meshagent.trust.v1.Token
+	14, // 2: meshagent.protocol.v1.Hello.credential:type_name -> meshagent.trust.v1.Signed
 	5,  // 3: meshagent.protocol.v1.Hello.announcement:type_name -> meshagent.protocol.v1.Announcement
-	13, // 4: meshagent.protocol.v1.AnnouncementBody.credential:type_name -> meshagent.trust.v1.Signed
+	14, // 4: meshagent.protocol.v1.AnnouncementBody.credential:type_name -> meshagent.trust.v1.Signed
 	5,  // 5: meshagent.protocol.v1.RegistryMessage.announce:type_name -> meshagent.protocol.v1.Announcement
-	7,  // 6: meshagent.protocol.v1.RegistryMessage.heartbeat:type_name -> meshagent.protocol.v1.Heartbeat
-	8,  // 7: meshagent.protocol.v1.RegistryMessage.leave:type_name -> meshagent.protocol.v1.Leave
+	9,  // 6: meshagent.protocol.v1.RegistryMessage.leave:type_name -> meshagent.protocol.v1.Leave
+	7,  // 7: meshagent.protocol.v1.BeatBatch.beats:type_name -> meshagent.protocol.v1.Beat
 	5,  // 8: meshagent.protocol.v1.SyncResponse.announcements:type_name -> meshagent.protocol.v1.Announcement
-	13, // 9: meshagent.protocol.v1.RenewRequest.credential:type_name -> meshagent.trust.v1.Signed
-	13, // 10: meshagent.protocol.v1.RenewResponse.credential:type_name -> meshagent.trust.v1.Signed
+	14, // 9: meshagent.protocol.v1.RenewRequest.credential:type_name -> meshagent.trust.v1.Signed
+	14, // 10: meshagent.protocol.v1.RenewResponse.credential:type_name -> meshagent.trust.v1.Signed
 	11, // [11:11] is the sub-list for method output_type
 	11, // [11:11] is the sub-list for method input_type
 	11, // [11:11] is the sub-list for extension type_name
@@ -1020,7 +1073,6 @@ func file_protocol_protocolpb_protocol_proto_init() {
 	}
 	file_protocol_protocolpb_protocol_proto_msgTypes[5].OneofWrappers = []any{
 		(*RegistryMessage_Announce)(nil),
-		(*RegistryMessage_Heartbeat)(nil),
 		(*RegistryMessage_Leave)(nil),
 	}
 	type x struct{}
@@ -1029,7 +1081,7 @@ func file_protocol_protocolpb_protocol_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_protocol_protocolpb_protocol_proto_rawDesc), len(file_protocol_protocolpb_protocol_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,162 @@
+package node_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-msgio"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/meshagent/meshagent/discovery"
+	"github.com/meshagent/meshagent/node"
+	"github.com/meshagent/meshagent/protocol/protocolpb"
+	"github.com/meshagent/meshagent/simulations"
+	"github.com/meshagent/meshagent/trust"
+)
+
+// beatStream opens a raw beat link from one agent to another.
+func beatStream(t *testing.T, m *simulations.Mesh, from, to string) (network.Stream, msgio.WriteCloser) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := m.Agents[from].Node.Host().NewStream(ctx, m.Agents[to].ID(), node.ProtocolBeat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, msgio.NewVarintWriter(s)
+}
+
+func sendBeats(w msgio.WriteCloser, beats ...*protocolpb.Beat) error {
+	raw, err := proto.Marshal(&protocolpb.BeatBatch{Beats: beats})
+	if err != nil {
+		return err
+	}
+	return w.WriteMsg(raw)
+}
+
+func audited(m *simulations.Mesh, kind, from, to string, code trust.Code) bool {
+	for _, a := range m.Audit() {
+		if a.Kind == kind && a.Decision == "reject" && a.Reason == string(code) &&
+			a.Sender == m.Agents[from].ID().String() && a.Recipient == m.Agents[to].ID().String() {
+			return true
+		}
+	}
+	return false
+}
+
+// A crashed agent stays dead whatever an enrolled attacker relays for it: a
+// beat signed by another key, and a genuine beat of the agent replayed with
+// an old sequence number. The forgery is audited and counts towards the
+// flood limit; a batch that does not decode ends the link.
+func TestForgedAndReplayedBeatsDoNotRevive(t *testing.T) {
+	m, _ := testMesh(t, "tcp")
+	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		t.Fatal(err)
+	}
+	orch := m.Agents["orchestrator"]
+	old := discovery.SignBeat(orch.Identity, 1, time.Now()) // genuine, but seq 1 is long superseded
+	m.Crash("orchestrator")
+	if err := simulations.WaitFor(10*time.Second, func() error {
+		if st := m.StateOf("worker", "orchestrator"); st != "dead" {
+			return errors.New(st)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	_, w := beatStream(t, m, "mallory", "worker")
+	forged := discovery.SignBeat(m.Agents["mallory"].Identity, 1<<62, time.Now()) // above any real seq (they start at the Unix time in ns)
+	forged.Agent = old.Agent                                                      // claims to be the orchestrator's, signed by mallory
+	// Keep relaying both for three heartbeats (LocalConfig: 250 ms).
+	for range 12 {
+		if err := sendBeats(w, forged, old); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(62 * time.Millisecond)
+		if st := m.StateOf("worker", "orchestrator"); st != "dead" {
+			t.Fatalf("orchestrator revived by mallory's beats: %s", st)
+		}
+	}
+	if !audited(m, "beat", "mallory", "worker", trust.CodeBadSignature) {
+		t.Fatal("the forged beat was not audited")
+	}
+	// Garbage ends the link: the worker resets the stream.
+	s, w := beatStream(t, m, "mallory", "worker")
+	if err := w.WriteMsg([]byte{0xff, 0xff, 0xff}); err != nil {
+		t.Fatal(err)
+	}
+	if err := simulations.WaitFor(5*time.Second, func() error {
+		_ = s.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		var b [1]byte
+		if _, err := s.Read(b[:]); err != nil && !errors.Is(err, context.DeadlineExceeded) && !isTimeout(err) {
+			return nil
+		}
+		return fmt.Errorf("stream still open")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !audited(m, "beat", "mallory", "worker", trust.CodeMalformed) {
+		t.Fatal("the garbage batch was not audited")
+	}
+	// A flood of forgeries cuts mallory off.
+	_, w = beatStream(t, m, "mallory", "worker")
+	flood := make([]*protocolpb.Beat, 150)
+	for i := range flood {
+		flood[i] = forged
+	}
+	_ = sendBeats(w, flood...)
+	if err := simulations.WaitFor(5*time.Second, func() error {
+		if !audited(m, "admission", "mallory", "worker", "flood") {
+			return errors.New("mallory not refused")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func isTimeout(err error) bool {
+	var te interface{ Timeout() bool }
+	return errors.As(err, &te) && te.Timeout()
+}
+
+// A new agent's beats reach a node it has no link with, through the
+// others: the beat overlay relays.
+func TestBeatsAreRelayed(t *testing.T) {
+	m, err := simulations.NewMesh(context.Background(), []string{"a", "b", "c"}, simulations.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	ctx := context.Background()
+	if err := m.Connect(ctx, "a", "b"); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Connect(ctx, "b", "c"); err != nil {
+		t.Fatal(err)
+	}
+	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		t.Fatal(err)
+	}
+	a, c := m.Agents["a"].Node, m.Agents["c"].Node
+	if len(a.Host().Network().ConnsToPeer(c.ID())) != 0 {
+		t.Fatal("a and c are connected: the test needs them apart")
+	}
+	k := m.Agents["a"].Identity.Public()
+	start := c.Registry().Seq(k)
+	if err := simulations.WaitFor(5*time.Second, func() error {
+		if got := c.Registry().Seq(k); got < start+3 {
+			return fmt.Errorf("c has a's seq %d, started at %d", got, start)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if c.BeatLinks() != 1 || c.BeatBytesIn() == 0 {
+		t.Fatalf("c has %d beat links and received %d bytes", c.BeatLinks(), c.BeatBytesIn())
+	}
+}
