@@ -49,4 +49,4 @@ tidy: ## fail when go.mod or go.sum drift
 
 sim: ## run the large simulation scenarios and write docs/simulation-report.md (several minutes)
 	$(GO) run ./simulations/report -out docs
-	MESHAGENT_VIRTUAL_N=100 $(GO) test -count=1 -run TestVirtualTimeLiveness -v ./simulations
+	MESHAGENT_VIRTUAL_N=100 $(GO) test -count=1 -run TestVirtualTimeScenario -v ./simulations

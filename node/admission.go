@@ -161,6 +161,7 @@ func (m *members) check(p peer.ID, raw []byte) error {
 	delete(m.refused, p)
 	m.mu.Unlock()
 	m.n.emit(evs)
+	m.n.live.announceSoon.Store(true)
 	m.n.audit.write(AuditRecord{Time: m.n.now(), Direction: "in", Kind: "admission", Sender: p.String(),
 		Recipient: m.n.ID().String(), Decision: "accept"})
 	return nil
@@ -215,6 +216,7 @@ func (m *members) exchange(ctx context.Context, p peer.ID) error {
 		return fmt.Errorf("node: admission of %s: %w", p, err)
 	}
 	go m.n.syncFrom(p)
+	m.n.resyncOnce(p)
 	return nil
 }
 
@@ -244,6 +246,7 @@ func (m *members) handleAdmission(s network.Stream) {
 	}
 	s.Close()
 	go m.n.syncFrom(p) // both sides learn what the other knows
+	m.n.resyncOnce(p)
 }
 
 // notifiee starts admission on every new connection: the dialer initiates,

@@ -257,7 +257,8 @@ func (n *Node) listenAddrs() []ma.Multiaddr {
 
 // KeepConnected connects to ai and reconnects whenever the connection is
 // lost (after a dead verdict on either side, a restart, a partition), with
-// exponential backoff from a tenth of the heartbeat interval up to 30 s. It
+// exponential backoff from a tenth of the heartbeat interval up to a third
+// of it (at least 1 s). It
 // returns at once; the loop ends with the node. Bootstrap peers are kept
 // this way.
 func (n *Node) KeepConnected(ai peer.AddrInfo) {
@@ -269,6 +270,9 @@ func (n *Node) KeepConnected(ai peer.AddrInfo) {
 
 func (n *Node) keepConnected(ai peer.AddrInfo) {
 	base := max(n.cfg.HeartbeatInterval/10, 10*time.Millisecond)
+	// At most a third of a heartbeat (10 s by default) between attempts,
+	// so that a healed partition is re-admitted within a heartbeat.
+	maxWait := max(n.cfg.HeartbeatInterval/3, time.Second)
 	wait := base
 	for {
 		h := n.Host()
@@ -283,7 +287,7 @@ func (n *Node) keepConnected(ai peer.AddrInfo) {
 			cancel()
 			if err != nil {
 				log.Debugw("peer unreachable", "peer", ai.ID, "err", err, "retry_in", wait)
-				wait = min(2*wait, 30*time.Second)
+				wait = min(2*wait, maxWait)
 			} else {
 				wait = base
 			}

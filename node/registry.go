@@ -40,8 +40,13 @@ type liveness struct {
 	record    *discovery.Record
 	listeners []func(discovery.Event)
 	lastSync  map[peer.ID]time.Time
-	revMu     sync.Mutex
-	revs      map[[16]byte][]byte // raw revocations, for the join-time exchange
+	// announceSoon asks the heartbeat loop for a full record at the next
+	// beat (after an admission: peers that joined meanwhile may not know
+	// this node), at most every announceMinGap beats.
+	announceSoon atomic.Bool
+	resynced     atomic.Bool // resyncOnce ran
+	revMu        sync.Mutex
+	revs         map[[16]byte][]byte // raw revocations, for the join-time exchange
 }
 
 func (n *Node) nextSeq() uint64 { return n.live.seq.Add(1) }
@@ -167,18 +172,24 @@ func (n *Node) announce() error {
 // announceEvery is how many heartbeats pass between full records: the
 // record (with its credential) is re-signed and re-announced every
 // sixtieth beat (30 minutes at the default heartbeat) as anti-entropy, when
-// the credential was renewed, and as soon as a new node has a neighbour on
-// the registry topic after its first admission. The beats in between
+// the credential was renewed, as soon as a new node has a neighbour on the
+// registry topic after its first admission, and at the beat after an
+// admission (at most every tenth beat). The beats in between
 // travel on the beat overlay. An agent that missed a record learns it from
 // the join-time exchange, or when a beat of an unknown agent arrives.
 const announceEvery = 60
 
+// announceMinGap is the fewest beats between two records sent because of
+// admissions.
+const announceMinGap = 10
+
 func (n *Node) heartbeatLoop() {
 	t := time.NewTicker(n.cfg.HeartbeatInterval)
 	defer t.Stop()
-	poll := time.NewTicker(flushEvery(n.cfg.HeartbeatInterval))
+	poll := time.NewTicker(min(flushEvery(n.cfg.HeartbeatInterval), 100*time.Millisecond))
 	defer poll.Stop()
 	announced := false // a record went out to at least one neighbour
+	lastAnnounce := -announceMinGap
 	for beat := 0; ; {
 		select {
 		case <-n.ctx.Done():
@@ -201,7 +212,8 @@ func (n *Node) heartbeatLoop() {
 		if n.frozen() || n.leaving.Load() {
 			continue
 		}
-		if beat%announceEvery == 0 {
+		if beat%announceEvery == 0 || (beat-lastAnnounce >= announceMinGap && n.live.announceSoon.CompareAndSwap(true, false)) {
+			lastAnnounce = beat
 			n.live.mu.Lock()
 			n.live.record = nil // sign a fresh record: new seq and timestamp
 			n.live.mu.Unlock()
@@ -366,6 +378,25 @@ func (n *Node) handleSync(s network.Stream) {
 	if err != nil || msgio.NewVarintWriter(s).WriteMsg(b) != nil {
 		s.Reset()
 	}
+}
+
+// resyncOnce asks p, the first peer that admitted this node, for its
+// records and revocations a second time three gossip heartbeats later: a
+// revocation published before gossipsub grafted the new node into its mesh
+// is neither forwarded to it nor offered in gossip, and must not be missed.
+func (n *Node) resyncOnce(p peer.ID) {
+	if !n.live.resynced.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		t := time.NewTimer(3 * gossipParams(n.cfg.HeartbeatInterval).HeartbeatInterval)
+		defer t.Stop()
+		select {
+		case <-n.ctx.Done():
+		case <-t.C:
+			n.syncFrom(p)
+		}
+	}()
 }
 
 // syncSoon runs syncFrom(p) unless one ran for p within a heartbeat.

@@ -368,13 +368,19 @@ func (m *Mesh) Close() {
 // WaitFor polls cond every 10 ms until it returns nil or timeout passes,
 // and returns its last error.
 func WaitFor(timeout time.Duration, cond func() error) error {
+	return WaitForEvery(timeout, 10*time.Millisecond, cond)
+}
+
+// WaitForEvery is WaitFor polling every interval: large meshes in virtual
+// time poll less often, since each poll costs real CPU.
+func WaitForEvery(timeout, interval time.Duration, cond func() error) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		err := cond()
 		if err == nil || time.Now().After(deadline) {
 			return err
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(interval)
 	}
 }
 

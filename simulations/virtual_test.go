@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -18,13 +21,16 @@ import (
 	"github.com/meshagent/meshagent/discovery"
 	"github.com/meshagent/meshagent/node"
 	"github.com/meshagent/meshagent/simulations"
+	"github.com/meshagent/meshagent/trust"
 )
 
 // virtualMesh runs f on n nodes connected over simnet (QUIC + TLS 1.3 on
 // a simulated network with 25 ms one-way latency and 20 Mbit/s links),
 // inside testing/synctest: time is virtual, so production intervals (30 s
-// heartbeats, dead after 90 s) cost only the CPU of the work done.
-func virtualMesh(t *testing.T, n int, f func(m *simulations.Mesh)) {
+// heartbeats, dead after 90 s) cost only the CPU of the work done. f gets
+// the options that add more nodes to the same network; hook, when set,
+// adjusts every node's config.
+func virtualMesh(t *testing.T, n int, hook func(name string, c *node.Config), f func(m *simulations.Mesh, opts simulations.Options)) {
 	synctest.Test(t, func(t *testing.T) {
 		nw := &simnet.Simnet{LatencyFunc: simnet.StaticLatency(25 * time.Millisecond)}
 		link := simnet.NodeBiDiLinkSettings{
@@ -35,9 +41,9 @@ func virtualMesh(t *testing.T, n int, f func(m *simulations.Mesh)) {
 		defer nw.Close()
 		var mu sync.Mutex
 		next := 0
-		m, err := simulations.NewMesh(context.Background(), names(n), simulations.Options{
+		opts := simulations.Options{
 			HeartbeatInterval: 30 * time.Second, DeadAfter: 90 * time.Second,
-			Configure: func(_ string, c *node.Config) {
+			Configure: func(name string, c *node.Config) {
 				mu.Lock()
 				next++
 				ip := simnet.IntToPublicIPv4(next)
@@ -45,92 +51,287 @@ func virtualMesh(t *testing.T, n int, f func(m *simulations.Mesh)) {
 				c.ListenAddrs = []string{fmt.Sprintf("/ip4/%s/udp/8000/quic-v1", ip)}
 				c.HostOptions = []libp2p.Option{simlibp2p.QUICSimnet(nw, link)}
 				c.AdmissionTimeout = 10 * time.Second
-			}})
+				if hook != nil {
+					hook(name, c)
+				}
+			}}
+		m, err := simulations.NewMesh(context.Background(), names(n), opts)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer m.Close()
-		f(m)
+		f(m, opts)
 	})
 }
 
-// TestVirtualTimeLiveness: a cold start of N nodes with the production
-// heartbeat (30 s, dead after 90 s) converges, then a tenth of them crash
-// at once under 5 % loss: every live node declares each of them dead within
-// the timeout plus one heartbeat, and no live node is declared dead. N is
-// 30 in make test; MESHAGENT_VIRTUAL_N sets it (make sim uses 100 and 200).
-func TestVirtualTimeLiveness(t *testing.T) {
+// observed records, per subject, when each observer saw something happen
+// to it (an agent joined, left, a revocation applied), in virtual time.
+type observed struct {
+	mu sync.Mutex
+	at map[string]map[string]time.Time // subject -> observer -> when
+}
+
+func (o *observed) see(subject, observer string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.at == nil {
+		o.at = map[string]map[string]time.Time{}
+	}
+	if o.at[subject] == nil {
+		o.at[subject] = map[string]time.Time{}
+	}
+	if _, ok := o.at[subject][observer]; !ok {
+		o.at[subject][observer] = time.Now()
+	}
+}
+
+// all waits until every observer in names saw subject, and returns how
+// long after start the last one did.
+func (o *observed) all(subject string, names []string, start time.Time, timeout time.Duration) (time.Duration, error) {
+	var last time.Duration
+	err := simulations.WaitForEvery(timeout, 100*time.Millisecond, func() error {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		last = 0
+		for _, nm := range names {
+			at, ok := o.at[subject][nm]
+			if !ok {
+				return fmt.Errorf("%s has not seen %s", nm, subject)
+			}
+			last = max(last, at.Sub(start))
+		}
+		return nil
+	})
+	return last, err
+}
+
+func without(names []string, drop ...string) []string {
+	var out []string
+	for _, n := range names {
+		if !slices.Contains(drop, n) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// peakRSSMiB returns the process's peak resident set size (VmHWM), or 0
+// where /proc is not available.
+func peakRSSMiB() float64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+// TestVirtualTimeScenario plays, on N nodes with the production heartbeat
+// (30 s, dead after 90 s) and 25 ms links, in this order: a cold start
+// (ring plus one chord per node, seed 11, 32 dials at a time) that must
+// converge; the steady liveness traffic per node over ten heartbeats; a
+// registration, a graceful leave and a revocation, each timed until every
+// node has it, without loss and then at 10 % loss; a tenth of the nodes
+// frozen for 10 s at 5 % loss with no false verdict; a partition into two
+// halves until each side sees the other dead, then healed and timed until
+// every node sees every live agent alive again; and a tenth of the nodes
+// crashing at once at 5 % loss, each seen dead by every live node within
+// the timeout plus one heartbeat with no live node declared dead. N is 30
+// in make test; MESHAGENT_VIRTUAL_N sets it (make sim runs 100 and 200).
+func TestVirtualTimeScenario(t *testing.T) {
 	n := 30
 	if v, err := strconv.Atoi(os.Getenv("MESHAGENT_VIRTUAL_N")); err == nil {
 		n = v
 	}
 	wall := time.Now()
-	virtualMesh(t, n, func(m *simulations.Mesh) {
+	var joined, left, revoked, died observed
+	var watching atomic.Bool // deaths are recorded from the freeze on
+	hook := func(name string, c *node.Config) {
+		c.OnRevocation = func([]byte) { revoked.see("revocation", name) }
+	}
+	virtualMesh(t, n, hook, func(m *simulations.Mesh, opts simulations.Options) {
 		ctx := context.Background()
+		watch := func(name string) {
+			m.Agents[name].Node.OnEvent(func(e discovery.Event) {
+				switch {
+				case e.Reason == "joined":
+					joined.see(e.Name, name)
+				case e.To == discovery.Dead && e.Reason == "leave":
+					left.see(e.Name, name)
+				case e.To == discovery.Dead && watching.Load():
+					died.see(e.Name, name)
+				}
+			})
+		}
+		for _, name := range m.Names() {
+			watch(name)
+		}
 		start := time.Now()
 		if err := m.WireSparse(ctx, 1, 11, 32); err != nil {
 			t.Fatal(err)
 		}
 		wired := time.Since(start)
-		if err := simulations.WaitFor(10*time.Minute, func() error { return m.Converged("alive") }); err != nil {
+		if err := simulations.WaitForEvery(10*time.Minute, time.Second, func() error { return m.Converged("alive") }); err != nil {
 			t.Fatal(err)
 		}
 		t.Logf("N=%d: wiring (32 dials at a time) took %s, convergence %s more (virtual)", n,
-			wired.Round(time.Millisecond), (time.Since(start) - wired).Round(time.Millisecond))
+			wired.Round(time.Millisecond), (time.Since(start) - wired).Round(time.Second))
 		st := m.Stats()
 		t.Logf("N=%d: %.2f MiB heap and %d goroutines per node", n, st.HeapInUseMiB/float64(n), st.Goroutines/n)
 
-		var mu sync.Mutex
-		deaths := map[string]map[string]time.Time{}
-		for _, name := range m.Names() {
-			m.Agents[name].Node.OnEvent(func(e discovery.Event) {
-				if e.To == discovery.Dead {
-					mu.Lock()
-					if deaths[e.Name] == nil {
-						deaths[e.Name] = map[string]time.Time{}
-					}
-					deaths[e.Name][name] = time.Now()
-					mu.Unlock()
-				}
-			})
+		// Steady liveness traffic.
+		var beats0, ps0 int64
+		for _, a := range m.Agents {
+			beats0 += a.Node.BeatBytesIn()
+			ps0 += a.Node.PubsubBytesIn()
 		}
+		const window = 10
+		time.Sleep(window * 30 * time.Second)
+		var beats1, ps1 int64
+		for _, a := range m.Agents {
+			beats1 += a.Node.BeatBytesIn()
+			ps1 += a.Node.PubsubBytesIn()
+		}
+		perNode := func(b int64) float64 { return float64(b) / float64(n) / (window * 30) * 8 / 1000 }
+		t.Logf("N=%d: liveness traffic in per node: %.1f kbit/s (beats %.1f, pubsub %.1f), %.0f B per agent per heartbeat",
+			n, perNode(beats1-beats0+ps1-ps0), perNode(beats1-beats0), perNode(ps1-ps0),
+			float64(beats1-beats0+ps1-ps0)/float64(n)/float64(n-1)/window)
+
+		// Registration, leave and revocation, without and with loss.
+		names := m.Names()
+		for round, loss := range []float64{0, 0.10} {
+			m.SetLoss(loss)
+			newcomer := fmt.Sprintf("newcomer-%d", round)
+			t0 := time.Now()
+			if _, err := m.Add(ctx, newcomer, true, opts); err != nil {
+				t.Fatal(err)
+			}
+			watch(newcomer)
+			if err := m.Connect(ctx, newcomer, names[(round+1)*n/3]); err != nil {
+				t.Fatal(err)
+			}
+			reg, err := joined.all(newcomer, names, t0, 2*time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			leaver := names[len(names)-1-round]
+			names = without(names, leaver)
+			t0 = time.Now()
+			if err := m.Agents[leaver].Node.Close(); err != nil {
+				t.Fatal(err)
+			}
+			lv, err := left.all(leaver, names, t0, 2*time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tok, err := m.Grant(names[0], []string{"read:logs"}, nil, time.Hour)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rev, err := trust.RevokeLink(m.Anchor, tok.Links[0].ID, time.Now(), time.Hour)
+			if err != nil {
+				t.Fatal(err)
+			}
+			revoked.mu.Lock()
+			delete(revoked.at, "revocation")
+			revoked.mu.Unlock()
+			t0 = time.Now()
+			if err := m.Agents[names[1]].Node.Revoke(ctx, rev.Bytes()); err != nil {
+				t.Fatal(err)
+			}
+			rv, err := revoked.all("revocation", names, t0, 2*time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The newcomer joined a moment ago: gossipsub may not have
+			// grafted it yet, and its second join-time exchange fills in.
+			rvNew, err := revoked.all("revocation", []string{newcomer}, t0, 2*time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("N=%d, loss %.0f%%: registration at every node in %s, leave in %s, revocation in %s (at the newcomer %s) (virtual)",
+				n, 100*loss, reg.Round(time.Millisecond), lv.Round(time.Millisecond), rv.Round(time.Millisecond), rvNew.Round(time.Millisecond))
+			names = append(names, newcomer)
+		}
+		// Freeze a tenth for 10 s at 5 % loss: no verdict follows.
 		m.SetLoss(0.05)
-		victims := m.Names()[:max(1, n/10)]
-		crash := time.Now()
-		for _, v := range victims {
-			m.Crash(v)
+		watching.Store(true)
+		frozen := names[n/2 : n/2+max(1, n/10)]
+		for _, f := range frozen {
+			m.Agents[f].Node.Freeze(10 * time.Second)
 		}
-		if err := simulations.WaitFor(5*time.Minute, func() error {
-			mu.Lock()
-			defer mu.Unlock()
-			for _, v := range victims {
-				if len(deaths[v]) < n-len(victims) {
-					return fmt.Errorf("%s seen dead by %d of %d", v, len(deaths[v]), n-len(victims))
+		time.Sleep(60 * time.Second)
+		died.mu.Lock()
+		if len(died.at) > 0 {
+			t.Fatalf("false dead verdicts after a 10 s freeze: %v", died.at)
+		}
+		died.mu.Unlock()
+
+		// Partition into halves until each side sees the other dead, heal.
+		half := len(names) / 2
+		a, b := names[:half], names[half:]
+		m.Partition(a, b)
+		if err := simulations.WaitForEvery(5*time.Minute, time.Second, func() error {
+			for _, x := range []string{a[0], a[len(a)-1]} {
+				for _, y := range []string{b[0], b[len(b)-1]} {
+					if st := m.StateOf(x, y); st != "dead" {
+						return fmt.Errorf("%s sees %s as %s", x, y, st)
+					}
+					if st := m.StateOf(y, x); st != "dead" {
+						return fmt.Errorf("%s sees %s as %s", y, x, st)
+					}
 				}
 			}
 			return nil
 		}); err != nil {
 			t.Fatal(err)
 		}
-		mu.Lock()
-		defer mu.Unlock()
+		m.SetLoss(0)
+		healed := time.Now()
+		m.Heal()
+		down := without(m.Names(), names...)
+		if err := simulations.WaitForEvery(5*time.Minute, time.Second, func() error { return m.Converged("alive", down...) }); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("N=%d: partition healed; every live agent alive everywhere again within %s (virtual, polled each second)", n, time.Since(healed).Round(time.Second))
+		died.mu.Lock()
+		died.at = nil
+		died.mu.Unlock()
+
+		// A tenth crash at once at 5 % loss.
+		m.SetLoss(0.05)
+		victims := names[:max(1, n/10)]
+		crash := time.Now()
+		for _, v := range victims {
+			m.Crash(v)
+		}
+		liveNames := without(names, victims...)
 		var worst time.Duration
-		for v, obs := range deaths {
-			victim := false
-			for _, x := range victims {
-				victim = victim || x == v
+		for _, v := range victims {
+			d, err := died.all(v, liveNames, crash, 5*time.Minute)
+			if err != nil {
+				t.Fatal(err)
 			}
-			if !victim {
+			worst = max(worst, d)
+		}
+		died.mu.Lock()
+		for v, obs := range died.at {
+			if !slices.Contains(victims, v) {
 				t.Fatalf("live agent %s declared dead by %d nodes", v, len(obs))
 			}
-			for _, at := range obs {
-				worst = max(worst, at.Sub(crash))
-			}
 		}
+		died.mu.Unlock()
 		if worst > 120*time.Second {
 			t.Fatalf("last detection after %s, more than the timeout plus one heartbeat (120 s)", worst)
 		}
 		t.Logf("N=%d: every crash seen by every live node within %s (virtual)", n, worst.Round(time.Millisecond))
+		st = m.Stats()
+		t.Logf("N=%d: at the end %.2f MiB heap per node; peak RSS %.0f MiB", n, st.HeapInUseMiB/float64(st.Nodes), peakRSSMiB())
 	})
 	t.Logf("N=%d: wall time %s on %d CPUs", n, time.Since(wall).Round(100*time.Millisecond), runtime.NumCPU())
 }

@@ -161,7 +161,7 @@ const virtualNote = `
 
 ` + "`make sim`" + ` writes this file (` + "`go run ./simulations/report -out docs`" + `), then
 runs the 100-node liveness scenario in virtual time
-(` + "`MESHAGENT_VIRTUAL_N=100 go test -run TestVirtualTimeLiveness -v ./simulations`" + `:
+(` + "`MESHAGENT_VIRTUAL_N=100 go test -run TestVirtualTimeScenario -v ./simulations`" + `:
 simnet QUIC + TLS inside ` + "`testing/synctest`" + `, 30 s heartbeats, a tenth of the
 nodes crashing at once under 5 % loss), whose figures it prints; those for
 N = 30, 100, 200 and 500 are in BENCHMARKS.md. Real-TCP figures at N = 100
