@@ -227,13 +227,13 @@ func (m *members) handleAdmission(s network.Stream) {
 	_ = s.SetDeadline(time.Now().Add(m.n.cfg.AdmissionTimeout))
 	raw, err := msgio.NewVarintReaderSize(s, maxHelloSize).ReadMsg()
 	if err != nil {
-		s.Reset()
 		m.refuse(p, protocol.Reject(trust.CodeMalformed, "no hello: %v", err))
+		s.Reset()
 		return
 	}
 	if err := m.check(p, raw); err != nil {
+		m.refuse(p, err) // audited before the peer sees the reset
 		s.Reset()
-		m.refuse(p, err)
 		return
 	}
 	hello, err := m.hello()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -51,7 +52,8 @@ type beatLink struct {
 // to connected agents chosen at random (others open links to it), so the
 // overlay is a random graph of out-degree BeatDegree over the connections,
 // which stays connected with high probability however dense the
-// connections are.
+// connections are. A node with fewer connected agents dials more from its
+// registry, so a newcomer that knows one member links to several.
 type beats struct {
 	n            *Node
 	mu           sync.Mutex
@@ -143,13 +145,52 @@ func (b *beats) maintain() {
 	if len(cands) > need {
 		cands = cands[:max(need, 0)]
 	}
-	for _, p := range cands {
+	// Fewer than BeatDegree links in all, even with the connected agents
+	// (a newcomer that knows one member): dial alive agents from the
+	// registry, at the addresses in their records.
+	var far []peer.ID
+	if short := b.n.cfg.BeatDegree - len(b.links) - len(b.dialing) - len(cands); short > 0 {
+		for _, e := range b.n.registry.Entries() {
+			if e.State == discovery.Alive.String() && b.links[e.PeerID] == nil && !b.dialing[e.PeerID] &&
+				!slices.Contains(cands, e.PeerID) && b.n.host.Network().Connectedness(e.PeerID) != network.Connected {
+				far = append(far, e.PeerID)
+			}
+		}
+		rand.Shuffle(len(far), func(i, j int) { far[i], far[j] = far[j], far[i] })
+		far = far[:min(len(far), short)]
+	}
+	for _, p := range append(cands, far...) {
 		b.dialing[p] = true
 	}
 	b.mu.Unlock()
 	for _, p := range cands {
 		go b.open(p)
 	}
+	for _, p := range far {
+		go b.dialAndOpen(p)
+	}
+}
+
+// dialAndOpen connects to an agent that is not a neighbour yet, at the
+// addresses of its record, and opens a beat link to it.
+func (b *beats) dialAndOpen(p peer.ID) {
+	k, err := trust.PublicKeyFromPeerID(p)
+	rec := b.n.registry.Record(k)
+	if err != nil || rec == nil {
+		b.mu.Lock()
+		delete(b.dialing, p)
+		b.mu.Unlock()
+		return
+	}
+	ctx, cancel := context.WithTimeout(b.n.ctx, b.n.cfg.AdmissionTimeout)
+	defer cancel()
+	if b.n.Connect(ctx, peer.AddrInfo{ID: p, Addrs: rec.Addrs}) != nil {
+		b.mu.Lock()
+		delete(b.dialing, p)
+		b.mu.Unlock()
+		return
+	}
+	b.open(p)
 }
 
 func (b *beats) open(p peer.ID) {
@@ -267,6 +308,9 @@ func (b *beats) receive(from peer.ID, beat *protocolpb.Beat) trust.Code {
 	if err != nil {
 		return trust.CodeOf(err)
 	}
+	if beat.Revocations != b.n.live.revDigest.Load() && agent.Equal(b.linkKey(from)) {
+		b.n.pullSoon(from) // a neighbour holds other revocations
+	}
 	evs, err := b.n.registry.Heartbeat(agent, beat.Seq, ts, b.n.now())
 	b.n.emit(evs)
 	switch trust.CodeOf(err) {
@@ -278,6 +322,16 @@ func (b *beats) receive(from peer.ID, beat *protocolpb.Beat) trust.Code {
 		b.seen(from, agent, beat.Seq)
 	}
 	return ""
+}
+
+// linkKey returns the key of the neighbour p (zero when not linked).
+func (b *beats) linkKey(p peer.ID) trust.PublicKey {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if l := b.links[p]; l != nil {
+		return l.key
+	}
+	return trust.PublicKey{}
 }
 
 // seen notes that from has agent's beat seq, so it is not sent back.

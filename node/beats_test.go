@@ -125,9 +125,11 @@ func isTimeout(err error) bool {
 }
 
 // A new agent's beats reach a node it has no link with, through the
-// others: the beat overlay relays.
+// others: the beat overlay relays. (With one beat link each, no node dials
+// more agents than it was connected to.)
 func TestBeatsAreRelayed(t *testing.T) {
-	m, err := simulations.NewMesh(context.Background(), []string{"a", "b", "c"}, simulations.Options{})
+	m, err := simulations.NewMesh(context.Background(), []string{"a", "b", "c"}, simulations.Options{
+		Configure: func(_ string, c *node.Config) { c.BeatDegree = 1 }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,5 +160,36 @@ func TestBeatsAreRelayed(t *testing.T) {
 	}
 	if c.BeatLinks() != 1 || c.BeatBytesIn() == 0 {
 		t.Fatalf("c has %d beat links and received %d bytes", c.BeatLinks(), c.BeatBytesIn())
+	}
+}
+
+// A newcomer that knows one member links to BeatDegree agents: it dials
+// the others at the addresses in their records.
+func TestNewcomerFindsTheRest(t *testing.T) {
+	m, err := simulations.NewMesh(context.Background(), []string{"a", "b", "c", "d", "newcomer"}, simulations.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	ctx := context.Background()
+	for _, p := range [][2]string{{"a", "b"}, {"b", "c"}, {"c", "d"}, {"d", "a"}} {
+		if err := m.Connect(ctx, p[0], p[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := m.Connect(ctx, "newcomer", "a"); err != nil {
+		t.Fatal(err)
+	}
+	nc := m.Agents["newcomer"].Node
+	if err := simulations.WaitFor(10*time.Second, func() error {
+		if got := len(nc.Host().Network().Peers()); got < 3 {
+			return fmt.Errorf("newcomer connected to %d agents", got)
+		}
+		if nc.BeatLinks() < 3 {
+			return fmt.Errorf("newcomer has %d beat links", nc.BeatLinks())
+		}
+		return m.Converged("alive")
+	}); err != nil {
+		t.Fatal(err)
 	}
 }

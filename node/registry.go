@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"encoding/binary"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -10,6 +11,7 @@ import (
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	p2pprotocol "github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-msgio"
 	"google.golang.org/protobuf/proto"
 
@@ -28,6 +30,9 @@ const (
 	RevocationTopic = "meshagent/v1/revocations"
 	// ProtocolSync is the join-time exchange of records and revocations.
 	ProtocolSync = "/meshagent/sync/1.0.0"
+	// ProtocolRevocations returns the revocations a node holds, for a
+	// neighbour whose revocation digest differs.
+	ProtocolRevocations = "/meshagent/revocations/1.0.0"
 	// maxSyncSize bounds one sync response.
 	maxSyncSize = 32 << 20
 )
@@ -45,6 +50,8 @@ type liveness struct {
 	// this node), at most every announceMinGap beats.
 	announceSoon atomic.Bool
 	resynced     atomic.Bool // resyncOnce ran
+	revDigest    atomic.Uint64
+	lastPull     map[peer.ID]time.Time
 	revMu        sync.Mutex
 	revs         map[[16]byte][]byte // raw revocations, for the join-time exchange
 }
@@ -137,6 +144,7 @@ func (n *Node) startRegistry() error {
 		}()
 	}
 	n.host.SetStreamHandler(ProtocolSync, n.handleSync)
+	n.host.SetStreamHandler(ProtocolRevocations, n.handleSync)
 	n.host.SetStreamHandler(ProtocolLeave, n.handleLeave)
 	n.beats.start()
 	go n.heartbeatLoop()
@@ -219,7 +227,9 @@ func (n *Node) heartbeatLoop() {
 			n.live.mu.Unlock()
 			_ = n.announce()
 		} else {
-			n.beats.originate(discovery.SignBeat(n.cfg.Identity, n.nextSeq(), n.now()))
+			beat := discovery.SignBeat(n.cfg.Identity, n.nextSeq(), n.now())
+			beat.Revocations = n.live.revDigest.Load()
+			n.beats.originate(beat)
 		}
 		n.maybeRenew()
 	}
@@ -327,6 +337,7 @@ func (n *Node) applyRevocation(raw []byte) error {
 	}
 	n.live.revMu.Lock()
 	n.live.revs[r.ID] = append([]byte(nil), raw...)
+	n.live.revDigest.Store(n.live.revDigest.Load() ^ binary.BigEndian.Uint64(r.ID[:8]))
 	n.live.revMu.Unlock()
 	n.audit.write(AuditRecord{Time: n.now(), Direction: "in", Kind: "revocation", Sender: r.Issuer.String(), Recipient: n.ID().String(), Decision: "accept"})
 	if n.cfg.OnRevocation != nil {
@@ -361,7 +372,8 @@ func (n *Node) revocations() [][]byte {
 	return out
 }
 
-// handleSync answers the join-time exchange, to admitted peers only.
+// handleSync answers the join-time exchange, and the revocations pull
+// (the same response without records), to admitted peers only.
 func (n *Node) handleSync(s network.Stream) {
 	defer s.Close()
 	k, err := trust.PublicKeyFromPeerID(s.Conn().RemotePeer())
@@ -370,9 +382,12 @@ func (n *Node) handleSync(s network.Stream) {
 		return
 	}
 	_ = s.SetDeadline(time.Now().Add(n.cfg.AdmissionTimeout))
-	snap := n.registry.Snapshot()
-	if rec, err := n.currentRecord(); err == nil {
-		snap = append(snap, rec.Proto())
+	var snap []*protocolpb.Announcement
+	if s.Protocol() == ProtocolSync {
+		snap = n.registry.Snapshot()
+		if rec, err := n.currentRecord(); err == nil {
+			snap = append(snap, rec.Proto())
+		}
 	}
 	b, err := proto.Marshal(&protocolpb.SyncResponse{Announcements: snap, Revocations: n.revocations()})
 	if err != nil || msgio.NewVarintWriter(s).WriteMsg(b) != nil {
@@ -416,16 +431,34 @@ func (n *Node) syncSoon(p peer.ID) {
 	go n.syncFrom(p)
 }
 
+// pullSoon asks p for its revocations unless it did within a heartbeat.
+func (n *Node) pullSoon(p peer.ID) {
+	n.live.mu.Lock()
+	if n.live.lastPull == nil {
+		n.live.lastPull = map[peer.ID]time.Time{}
+	}
+	now := time.Now()
+	if now.Sub(n.live.lastPull[p]) < n.cfg.HeartbeatInterval {
+		n.live.mu.Unlock()
+		return
+	}
+	n.live.lastPull[p] = now
+	n.live.mu.Unlock()
+	go n.fetch(p, ProtocolRevocations)
+}
+
 // syncFrom asks p for its records and revocations and applies them as
 // relayed: they teach who exists, never who is alive.
-func (n *Node) syncFrom(p peer.ID) {
+func (n *Node) syncFrom(p peer.ID) { n.fetch(p, ProtocolSync) }
+
+func (n *Node) fetch(p peer.ID, which p2pprotocol.ID) {
 	h := n.Host()
 	if h == nil || n.ctx.Err() != nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.AdmissionTimeout)
 	defer cancel()
-	s, err := h.NewStream(ctx, p, ProtocolSync)
+	s, err := h.NewStream(ctx, p, which)
 	if err != nil {
 		return
 	}

@@ -283,7 +283,7 @@ func TestThreatModelInAMeshOfTwenty(t *testing.T) {
 			_, err := mal.Node.Call(ctx, tid, "read:logs", nil, opts)
 			return err
 		}
-		mal.Node.Freeze(6 * time.Second * raceScale)
+		mal.Node.Freeze(12 * time.Second * raceScale) // outlasts the verdict and the retries below
 		if err := simulations.WaitFor(10*time.Second*raceScale, func() error {
 			if st := tm.m.StateOf(target, "mallory"); st != "dead" {
 				return fmt.Errorf("%s sees mallory as %s", target, st)

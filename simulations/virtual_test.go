@@ -322,6 +322,9 @@ func TestVirtualTimeScenario(t *testing.T) {
 		died.mu.Lock()
 		for v, obs := range died.at {
 			if !slices.Contains(victims, v) {
+				for o, at := range obs {
+					t.Logf("%s saw %s dead %s after the crash; it has %d beat links, %d connections", o, v, at.Sub(crash), m.Agents[o].Node.BeatLinks(), len(m.Agents[o].Node.Host().Network().Peers()))
+				}
 				t.Fatalf("live agent %s declared dead by %d nodes", v, len(obs))
 			}
 		}

@@ -588,11 +588,16 @@ func (*RegistryMessage_Leave) isRegistryMessage_Msg() {}
 // timestamp, big endian), so that any node may relay it and every node
 // checks it itself.
 type Beat struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Agent         []byte                 `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"` // Ed25519 public key, 32 bytes
-	Seq           uint64                 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
-	Timestamp     int64                  `protobuf:"varint,3,opt,name=timestamp,proto3" json:"timestamp,omitempty"` // Unix milliseconds
-	Signature     []byte                 `protobuf:"bytes,4,opt,name=signature,proto3" json:"signature,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Agent     []byte                 `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"` // Ed25519 public key, 32 bytes
+	Seq       uint64                 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	Timestamp int64                  `protobuf:"varint,3,opt,name=timestamp,proto3" json:"timestamp,omitempty"` // Unix milliseconds
+	Signature []byte                 `protobuf:"bytes,4,opt,name=signature,proto3" json:"signature,omitempty"`
+	// A digest of the revocations the agent holds (XOR of the first 8 bytes
+	// of their IDs). Not signed: a node reads it only from a neighbour's own
+	// beat, and pulls the neighbour's revocations when it differs from its
+	// own, which repairs a revocation lost on the way.
+	Revocations   uint64 `protobuf:"fixed64,5,opt,name=revocations,proto3" json:"revocations,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -653,6 +658,13 @@ func (x *Beat) GetSignature() []byte {
 		return x.Signature
 	}
 	return nil
+}
+
+func (x *Beat) GetRevocations() uint64 {
+	if x != nil {
+		return x.Revocations
+	}
+	return 0
 }
 
 // BeatBatch is one write on the beat protocol: the beats the sender learned
@@ -980,12 +992,13 @@ const file_protocol_protocolpb_protocol_proto_rawDesc = "" +
 	"\x0fRegistryMessage\x12A\n" +
 	"\bannounce\x18\x01 \x01(\v2#.meshagent.protocol.v1.AnnouncementH\x00R\bannounce\x124\n" +
 	"\x05leave\x18\x03 \x01(\v2\x1c.meshagent.protocol.v1.LeaveH\x00R\x05leaveB\x05\n" +
-	"\x03msgJ\x04\b\x02\x10\x03\"j\n" +
+	"\x03msgJ\x04\b\x02\x10\x03\"\x8c\x01\n" +
 	"\x04Beat\x12\x14\n" +
 	"\x05agent\x18\x01 \x01(\fR\x05agent\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1c\n" +
 	"\ttimestamp\x18\x03 \x01(\x03R\ttimestamp\x12\x1c\n" +
-	"\tsignature\x18\x04 \x01(\fR\tsignature\">\n" +
+	"\tsignature\x18\x04 \x01(\fR\tsignature\x12 \n" +
+	"\vrevocations\x18\x05 \x01(\x06R\vrevocations\">\n" +
 	"\tBeatBatch\x121\n" +
 	"\x05beats\x18\x01 \x03(\v2\x1b.meshagent.protocol.v1.BeatR\x05beats\"k\n" +
 	"\x05Leave\x12\x10\n" +
