@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"google.golang.org/protobuf/proto"
 	"sort"
 	"sync"
 	"time"
@@ -216,6 +217,20 @@ func (r *Registry) Seq(agent trust.PublicKey) uint64 {
 		return max(e.rec.Seq, e.Seq)
 	}
 	return 0
+}
+
+// Holds reports whether the registry already holds exactly this record
+// (the same body and signature), so that a re-sent record is dropped before its
+// signatures are checked: it would change nothing.
+func (r *Registry) Holds(a *protocolpb.Announcement) bool {
+	var b protocolpb.AnnouncementBody
+	if a == nil || proto.Unmarshal(a.Body, &b) != nil || len(b.Agent) != trust.PublicKeySize {
+		return false
+	}
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	e, ok := r.entries[trust.PublicKey(b.Agent)]
+	return ok && string(e.rec.raw.Body) == string(a.Body) && string(e.rec.raw.Signature) == string(a.Signature)
 }
 
 // Leave marks agent dead at once: it said it is stopping.

@@ -226,3 +226,25 @@ func TestOldRecordDoesNotRevive(t *testing.T) {
 		t.Fatalf("seq %d, want 8", r.Seq(k))
 	}
 }
+
+// Holds recognises exactly the record held, and nothing else.
+func TestHolds(t *testing.T) {
+	f := newFx(t, 1)
+	r := f.registry()
+	rec := f.record(t, 0, 5, t0)
+	if r.Holds(rec.Proto()) {
+		t.Fatal("holds a record never announced")
+	}
+	if _, err := r.Announce(rec, Direct, t0); err != nil {
+		t.Fatal(err)
+	}
+	if !r.Holds(rec.Proto()) {
+		t.Fatal("does not hold the announced record")
+	}
+	other := proto.Clone(rec.Proto()).(*protocolpb.Announcement)
+	other.Signature = append([]byte(nil), other.Signature...)
+	other.Signature[0] ^= 1
+	if r.Holds(other) || r.Holds(f.record(t, 0, 6, t0).Proto()) || r.Holds(nil) {
+		t.Fatal("holds a different record")
+	}
+}

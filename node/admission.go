@@ -161,6 +161,7 @@ func (m *members) check(p peer.ID, raw []byte) error {
 	delete(m.refused, p)
 	m.mu.Unlock()
 	m.n.emit(evs)
+	m.n.beats.pushRecords(evs)
 	m.n.live.announceSoon.Store(true)
 	m.n.audit.write(AuditRecord{Time: m.n.now(), Direction: "in", Kind: "admission", Sender: p.String(),
 		Recipient: m.n.ID().String(), Decision: "accept"})

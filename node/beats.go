@@ -34,9 +34,13 @@ import (
 const ProtocolBeat = "/meshagent/beat/1.0.0"
 
 const (
-	maxBeatLinks  = 64       // links in all, inbound ones included
-	maxBeatBatch  = 64 << 10 // bytes in one batch
-	beatsPerBatch = 256      // keeps one batch well under maxBeatBatch
+	maxBeatLinks  = 64        // links in all, inbound ones included
+	maxBeatBatch  = 128 << 10 // bytes in one batch
+	beatsPerBatch = 256       // 256 × 120 B, plus
+	revsPerBatch  = 32        // 32 × trust.MaxRevocationSize, plus
+	recsPerBatch  = 16        // 16 × discovery.MaxRecordSize: under maxBeatBatch
+	// More revocations or records than fit are left out: the revocation
+	// digest and the join-time exchange repair what the overlay drops.
 )
 
 // beatLink is one neighbour on the beat overlay.
@@ -46,6 +50,8 @@ type beatLink struct {
 	w        msgio.WriteCloser
 	outbound bool
 	pending  map[trust.PublicKey]*protocolpb.Beat // newest beat per agent, not yet sent
+	revs     [][]byte                             // revocations not yet sent
+	recs     []*protocolpb.Announcement           // new agents' records not yet sent
 }
 
 // beats is the node's part of the beat overlay: it opens BeatDegree links
@@ -85,6 +91,46 @@ func (b *beats) originate(beat *protocolpb.Beat) {
 	b.mu.Lock()
 	for _, l := range b.links {
 		l.pending[b.n.self] = beat
+	}
+	b.mu.Unlock()
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+}
+
+// pushRevocation sends a newly applied revocation to every neighbour.
+func (b *beats) pushRevocation(raw []byte) {
+	b.mu.Lock()
+	for _, l := range b.links {
+		if len(l.revs) < revsPerBatch {
+			l.revs = append(l.revs, raw)
+		}
+	}
+	b.mu.Unlock()
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+}
+
+// pushRecords sends the records of agents that just joined to every
+// neighbour.
+func (b *beats) pushRecords(evs []discovery.Event) {
+	var recs []*protocolpb.Announcement
+	for _, e := range evs {
+		if e.Reason == "joined" {
+			if r := b.n.registry.Record(e.Agent); r != nil {
+				recs = append(recs, r.Proto())
+			}
+		}
+	}
+	if len(recs) == 0 {
+		return
+	}
+	b.mu.Lock()
+	for _, l := range b.links {
+		l.recs = append(l.recs, recs[:min(len(recs), recsPerBatch-len(l.recs))]...)
 	}
 	b.mu.Unlock()
 	select {
@@ -277,6 +323,39 @@ func (b *beats) read(p peer.ID, s network.Stream) {
 		if b.n.frozen() {
 			continue
 		}
+		for _, raw := range batch.Revocations {
+			if d := b.n.cfg.DropMessage; d != nil && d(p) {
+				continue
+			}
+			if err := b.n.applyRevocation(raw); err != nil && hostile[trust.CodeOf(err)] {
+				b.n.audit.write(AuditRecord{Time: b.n.now(), Direction: "in", Kind: "revocation", Sender: p.String(),
+					Recipient: b.n.ID().String(), Decision: "reject", Reason: string(trust.CodeOf(err))})
+				if b.n.members.penalize(p, trust.CodeOf(err)) {
+					b.drop(p, s)
+					return
+				}
+			}
+		}
+		for _, a := range batch.Records {
+			if d := b.n.cfg.DropMessage; (d != nil && d(p)) || b.n.registry.Holds(a) {
+				continue
+			}
+			rec, err := discovery.ParseRecord(a)
+			var evs []discovery.Event
+			if err == nil {
+				evs, err = b.n.registry.Announce(rec, discovery.Relayed, b.n.now())
+			}
+			b.n.emit(evs)
+			b.pushRecords(evs)
+			if code := trust.CodeOf(err); hostile[code] {
+				b.n.audit.write(AuditRecord{Time: b.n.now(), Direction: "in", Kind: "record", Sender: p.String(),
+					Recipient: b.n.ID().String(), Decision: "reject", Reason: string(code)})
+				if b.n.members.penalize(p, code) {
+					b.drop(p, s)
+					return
+				}
+			}
+		}
 		for _, beat := range batch.Beats {
 			if d := b.n.cfg.DropMessage; d != nil && d(p) {
 				continue
@@ -373,10 +452,11 @@ func (b *beats) flush() {
 	var writes []write
 	b.mu.Lock()
 	for p, l := range b.links {
-		if len(l.pending) == 0 {
+		if len(l.pending) == 0 && len(l.revs) == 0 && len(l.recs) == 0 {
 			continue
 		}
-		batch := &protocolpb.BeatBatch{Beats: make([]*protocolpb.Beat, 0, min(len(l.pending), beatsPerBatch))}
+		batch := &protocolpb.BeatBatch{Beats: make([]*protocolpb.Beat, 0, min(len(l.pending), beatsPerBatch)), Revocations: l.revs, Records: l.recs}
+		l.revs, l.recs = nil, nil
 		for k, beat := range l.pending {
 			if len(batch.Beats) == beatsPerBatch {
 				writes = append(writes, write{p, l, batch})

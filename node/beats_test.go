@@ -2,6 +2,7 @@ package node_test
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"testing"
@@ -83,6 +84,28 @@ func TestForgedAndReplayedBeatsDoNotRevive(t *testing.T) {
 	}
 	if !audited(m, "beat", "mallory", "worker", trust.CodeBadSignature) {
 		t.Fatal("the forged beat was not audited")
+	}
+	// A revocation from an anchor the mesh does not trust, relayed on the
+	// overlay, is refused and audited.
+	rogue, err := trust.GenerateAnchorKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev, err := trust.RevokeAgent(rogue, m.Agents["worker"].Identity.Public(), time.Now(), time.Now(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := proto.Marshal(&protocolpb.BeatBatch{Revocations: [][]byte{rev.Bytes()}})
+	if err := w.WriteMsg(raw); err != nil {
+		t.Fatal(err)
+	}
+	if err := simulations.WaitFor(5*time.Second, func() error {
+		if !audited(m, "revocation", "mallory", "worker", trust.CodeUntrustedRoot) {
+			return errors.New("the rogue revocation was not audited")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 	// Garbage ends the link: the worker resets the stream.
 	s, w := beatStream(t, m, "mallory", "worker")

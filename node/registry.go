@@ -284,6 +284,7 @@ func (n *Node) registryValidator(_ context.Context, from peer.ID, m *pubsub.Mess
 		}
 		if perr == nil {
 			evs, perr = n.registry.Announce(rec, discovery.Direct, now)
+			n.beats.pushRecords(evs)
 		}
 		err = perr
 	case *protocolpb.RegistryMessage_Leave:
@@ -335,14 +336,16 @@ func (n *Node) applyRevocation(raw []byte) error {
 	if err := n.verifier.AddRevocation(r, n.now()); err != nil {
 		return err
 	}
+	own := append([]byte(nil), raw...)
 	n.live.revMu.Lock()
-	n.live.revs[r.ID] = append([]byte(nil), raw...)
+	n.live.revs[r.ID] = own
 	n.live.revDigest.Store(n.live.revDigest.Load() ^ binary.BigEndian.Uint64(r.ID[:8]))
 	n.live.revMu.Unlock()
 	n.audit.write(AuditRecord{Time: n.now(), Direction: "in", Kind: "revocation", Sender: r.Issuer.String(), Recipient: n.ID().String(), Decision: "accept"})
 	if n.cfg.OnRevocation != nil {
 		n.cfg.OnRevocation(raw)
 	}
+	n.beats.pushRevocation(own)
 	n.emit(n.registry.Tick(n.now()))
 	return nil
 }
@@ -478,6 +481,9 @@ func (n *Node) fetch(p peer.ID, which p2pprotocol.ID) {
 	}
 	now := n.now()
 	for _, a := range resp.Announcements {
+		if n.registry.Holds(a) {
+			continue
+		}
 		rec, err := discovery.ParseRecord(a)
 		if err != nil {
 			continue

@@ -670,8 +670,15 @@ func (x *Beat) GetRevocations() uint64 {
 // BeatBatch is one write on the beat protocol: the beats the sender learned
 // since its last write to this neighbour, at most one per agent.
 type BeatBatch struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Beats         []*Beat                `protobuf:"bytes,1,rep,name=beats,proto3" json:"beats,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Beats []*Beat                `protobuf:"bytes,1,rep,name=beats,proto3" json:"beats,omitempty"`
+	// Anchor-signed revocations the sender applied since its last write: the
+	// overlay carries them too, besides the revocation topic, so that one
+	// lost message does not leave a node without a revocation.
+	Revocations [][]byte `protobuf:"bytes,2,rep,name=revocations,proto3" json:"revocations,omitempty"`
+	// Records of agents the sender has just learned (a registration), for
+	// the same reason.
+	Records       []*Announcement `protobuf:"bytes,3,rep,name=records,proto3" json:"records,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -709,6 +716,20 @@ func (*BeatBatch) Descriptor() ([]byte, []int) {
 func (x *BeatBatch) GetBeats() []*Beat {
 	if x != nil {
 		return x.Beats
+	}
+	return nil
+}
+
+func (x *BeatBatch) GetRevocations() [][]byte {
+	if x != nil {
+		return x.Revocations
+	}
+	return nil
+}
+
+func (x *BeatBatch) GetRecords() []*Announcement {
+	if x != nil {
+		return x.Records
 	}
 	return nil
 }
@@ -998,9 +1019,11 @@ const file_protocol_protocolpb_protocol_proto_rawDesc = "" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1c\n" +
 	"\ttimestamp\x18\x03 \x01(\x03R\ttimestamp\x12\x1c\n" +
 	"\tsignature\x18\x04 \x01(\fR\tsignature\x12 \n" +
-	"\vrevocations\x18\x05 \x01(\x06R\vrevocations\">\n" +
+	"\vrevocations\x18\x05 \x01(\x06R\vrevocations\"\x9f\x01\n" +
 	"\tBeatBatch\x121\n" +
-	"\x05beats\x18\x01 \x03(\v2\x1b.meshagent.protocol.v1.BeatR\x05beats\"k\n" +
+	"\x05beats\x18\x01 \x03(\v2\x1b.meshagent.protocol.v1.BeatR\x05beats\x12 \n" +
+	"\vrevocations\x18\x02 \x03(\fR\vrevocations\x12=\n" +
+	"\arecords\x18\x03 \x03(\v2#.meshagent.protocol.v1.AnnouncementR\arecords\"k\n" +
 	"\x05Leave\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1c\n" +
 	"\ttimestamp\x18\x02 \x01(\x03R\ttimestamp\x12\x14\n" +
@@ -1069,14 +1092,15 @@ var file_protocol_protocolpb_protocol_proto_depIdxs = []int32{
 	5,  // 5: meshagent.protocol.v1.RegistryMessage.announce:type_name -> meshagent.protocol.v1.Announcement
 	9,  // 6: meshagent.protocol.v1.RegistryMessage.leave:type_name -> meshagent.protocol.v1.Leave
 	7,  // 7: meshagent.protocol.v1.BeatBatch.beats:type_name -> meshagent.protocol.v1.Beat
-	5,  // 8: meshagent.protocol.v1.SyncResponse.announcements:type_name -> meshagent.protocol.v1.Announcement
-	14, // 9: meshagent.protocol.v1.RenewRequest.credential:type_name -> meshagent.trust.v1.Signed
-	14, // 10: meshagent.protocol.v1.RenewResponse.credential:type_name -> meshagent.trust.v1.Signed
-	11, // [11:11] is the sub-list for method output_type
-	11, // [11:11] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	5,  // 8: meshagent.protocol.v1.BeatBatch.records:type_name -> meshagent.protocol.v1.Announcement
+	5,  // 9: meshagent.protocol.v1.SyncResponse.announcements:type_name -> meshagent.protocol.v1.Announcement
+	14, // 10: meshagent.protocol.v1.RenewRequest.credential:type_name -> meshagent.trust.v1.Signed
+	14, // 11: meshagent.protocol.v1.RenewResponse.credential:type_name -> meshagent.trust.v1.Signed
+	12, // [12:12] is the sub-list for method output_type
+	12, // [12:12] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_protocol_protocolpb_protocol_proto_init() }
