@@ -34,11 +34,12 @@ import (
 const ProtocolBeat = "/meshagent/beat/1.0.0"
 
 const (
-	maxBeatLinks  = 64        // links in all, inbound ones included
-	maxBeatBatch  = 128 << 10 // bytes in one batch
-	beatsPerBatch = 256       // 256 × 120 B, plus
-	revsPerBatch  = 32        // 32 × trust.MaxRevocationSize, plus
-	recsPerBatch  = 16        // 16 × discovery.MaxRecordSize: under maxBeatBatch
+	maxBeatLinks   = 64        // links in all, inbound ones included
+	maxBeatBatch   = 128 << 10 // bytes in one batch
+	beatsPerBatch  = 256       // 256 × 120 B, plus
+	revsPerBatch   = 32        // 32 × trust.MaxRevocationSize, plus
+	recsPerBatch   = 16        // 16 × discovery.MaxRecordSize, plus
+	leavesPerBatch = 32        // 32 × 150 B: under maxBeatBatch
 	// More revocations or records than fit are left out: the revocation
 	// digest and the join-time exchange repair what the overlay drops.
 )
@@ -52,6 +53,7 @@ type beatLink struct {
 	pending  map[trust.PublicKey]*protocolpb.Beat // newest beat per agent, not yet sent
 	revs     [][]byte                             // revocations not yet sent
 	recs     []*protocolpb.Announcement           // new agents' records not yet sent
+	leaves   []*protocolpb.Leave                  // leaves not yet sent
 }
 
 // beats is the node's part of the beat overlay: it opens BeatDegree links
@@ -131,6 +133,21 @@ func (b *beats) pushRecords(evs []discovery.Event) {
 	b.mu.Lock()
 	for _, l := range b.links {
 		l.recs = append(l.recs, recs[:min(len(recs), recsPerBatch-len(l.recs))]...)
+	}
+	b.mu.Unlock()
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+}
+
+// pushLeave sends a newly applied leave to every neighbour.
+func (b *beats) pushLeave(l *protocolpb.Leave) {
+	b.mu.Lock()
+	for _, link := range b.links {
+		if len(link.leaves) < leavesPerBatch {
+			link.leaves = append(link.leaves, l)
+		}
 	}
 	b.mu.Unlock()
 	select {
@@ -356,6 +373,26 @@ func (b *beats) read(p peer.ID, s network.Stream) {
 				}
 			}
 		}
+		for _, l := range batch.Leaves {
+			if d := b.n.cfg.DropMessage; d != nil && d(p) {
+				continue
+			}
+			agent, err := discovery.VerifyLeave(l)
+			if err != nil {
+				code := trust.CodeOf(err)
+				b.n.audit.write(AuditRecord{Time: b.n.now(), Direction: "in", Kind: "leave", Sender: p.String(),
+					Recipient: b.n.ID().String(), Decision: "reject", Reason: string(code)})
+				if b.n.members.penalize(p, code) {
+					b.drop(p, s)
+					return
+				}
+				continue
+			}
+			if evs, err := b.n.registry.Leave(agent, l.Seq, b.n.now()); err == nil && len(evs) > 0 {
+				b.n.emit(evs)
+				b.pushLeave(l)
+			}
+		}
 		for _, beat := range batch.Beats {
 			if d := b.n.cfg.DropMessage; d != nil && d(p) {
 				continue
@@ -452,19 +489,22 @@ func (b *beats) flush() {
 	var writes []write
 	b.mu.Lock()
 	for p, l := range b.links {
-		if len(l.pending) == 0 && len(l.revs) == 0 && len(l.recs) == 0 {
+		if len(l.pending) == 0 && len(l.revs) == 0 && len(l.recs) == 0 && len(l.leaves) == 0 {
 			continue
 		}
-		batch := &protocolpb.BeatBatch{Beats: make([]*protocolpb.Beat, 0, min(len(l.pending), beatsPerBatch)), Revocations: l.revs, Records: l.recs}
-		l.revs, l.recs = nil, nil
-		for k, beat := range l.pending {
+		batch := &protocolpb.BeatBatch{Beats: make([]*protocolpb.Beat, 0, min(len(l.pending), beatsPerBatch)),
+			Revocations: l.revs, Records: l.recs, Leaves: l.leaves}
+		l.revs, l.recs, l.leaves = nil, nil, nil
+		for _, beat := range l.pending {
 			if len(batch.Beats) == beatsPerBatch {
 				writes = append(writes, write{p, l, batch})
 				batch = &protocolpb.BeatBatch{}
 			}
 			batch.Beats = append(batch.Beats, beat)
-			delete(l.pending, k)
 		}
+		// A fresh map: one that once held every agent (after a
+		// partition, or at start) would keep its size for good.
+		l.pending = map[trust.PublicKey]*protocolpb.Beat{}
 		writes = append(writes, write{p, l, batch})
 	}
 	b.mu.Unlock()

@@ -292,6 +292,9 @@ func (n *Node) registryValidator(_ context.Context, from peer.ID, m *pubsub.Mess
 		var agent trust.PublicKey
 		if agent, err = discovery.VerifyLeave(x.Leave); err == nil {
 			evs, err = n.registry.Leave(agent, x.Leave.Seq, now)
+			if err == nil && len(evs) > 0 {
+				n.beats.pushLeave(x.Leave)
+			}
 		}
 	default:
 		return pubsub.ValidationReject
@@ -558,6 +561,7 @@ func (n *Node) handleLeave(s network.Stream) {
 	evs, err := n.registry.Leave(agent, l.Seq, n.now())
 	n.emit(evs)
 	if err == nil && len(evs) > 0 {
+		n.beats.pushLeave(l)
 		go func() { _ = n.publishRegistry(&rm) }()
 	}
 	_, _ = s.Write([]byte{1})

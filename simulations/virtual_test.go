@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -134,7 +135,7 @@ func peakRSSMiB() float64 {
 // TestVirtualTimeScenario plays, on N nodes with the production heartbeat
 // (30 s, dead after 90 s) and 25 ms links, in this order: a cold start
 // (ring plus one chord per node, seed 11, 32 dials at a time) that must
-// converge; the steady liveness traffic per node over ten heartbeats; a
+// converge; the steady liveness traffic per node over five heartbeats; a
 // registration, a graceful leave and a revocation, each timed until every
 // node has it, without loss and then at 10 % loss; a tenth of the nodes
 // frozen for 10 s at 5 % loss with no false verdict; a partition into two
@@ -149,6 +150,9 @@ func TestVirtualTimeScenario(t *testing.T) {
 		n = v
 	}
 	wall := time.Now()
+	if os.Getenv("MESHAGENT_HEAP_PROFILE") != "" {
+		runtime.MemProfileRate = 4096
+	}
 	var joined, left, revoked, died observed
 	var watching atomic.Bool // deaths are recorded from the freeze on
 	hook := func(name string, c *node.Config) {
@@ -183,6 +187,12 @@ func TestVirtualTimeScenario(t *testing.T) {
 			wired.Round(time.Millisecond), (time.Since(start) - wired).Round(time.Second))
 		st := m.Stats()
 		t.Logf("N=%d: %.2f MiB heap and %d goroutines per node", n, st.HeapInUseMiB/float64(n), st.Goroutines/n)
+		if path := os.Getenv("MESHAGENT_HEAP_PROFILE"); path != "" { // where the memory goes, once converged
+			if f, err := os.Create(path); err == nil {
+				_ = pprof.WriteHeapProfile(f)
+				_ = f.Close()
+			}
+		}
 
 		// Steady liveness traffic.
 		var beats0, ps0 int64
@@ -190,7 +200,7 @@ func TestVirtualTimeScenario(t *testing.T) {
 			beats0 += a.Node.BeatBytesIn()
 			ps0 += a.Node.PubsubBytesIn()
 		}
-		const window = 10
+		const window = 5
 		time.Sleep(window * 30 * time.Second)
 		var beats1, ps1 int64
 		for _, a := range m.Agents {
@@ -265,7 +275,7 @@ func TestVirtualTimeScenario(t *testing.T) {
 		for _, f := range frozen {
 			m.Agents[f].Node.Freeze(10 * time.Second)
 		}
-		time.Sleep(60 * time.Second)
+		time.Sleep(40 * time.Second)
 		died.mu.Lock()
 		if len(died.at) > 0 {
 			t.Fatalf("false dead verdicts after a 10 s freeze: %v", died.at)

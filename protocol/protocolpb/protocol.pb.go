@@ -678,7 +678,9 @@ type BeatBatch struct {
 	Revocations [][]byte `protobuf:"bytes,2,rep,name=revocations,proto3" json:"revocations,omitempty"`
 	// Records of agents the sender has just learned (a registration), for
 	// the same reason.
-	Records       []*Announcement `protobuf:"bytes,3,rep,name=records,proto3" json:"records,omitempty"`
+	Records []*Announcement `protobuf:"bytes,3,rep,name=records,proto3" json:"records,omitempty"`
+	// Leaves the sender has just applied.
+	Leaves        []*Leave `protobuf:"bytes,4,rep,name=leaves,proto3" json:"leaves,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -730,6 +732,13 @@ func (x *BeatBatch) GetRevocations() [][]byte {
 func (x *BeatBatch) GetRecords() []*Announcement {
 	if x != nil {
 		return x.Records
+	}
+	return nil
+}
+
+func (x *BeatBatch) GetLeaves() []*Leave {
+	if x != nil {
+		return x.Leaves
 	}
 	return nil
 }
@@ -1019,11 +1028,12 @@ const file_protocol_protocolpb_protocol_proto_rawDesc = "" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1c\n" +
 	"\ttimestamp\x18\x03 \x01(\x03R\ttimestamp\x12\x1c\n" +
 	"\tsignature\x18\x04 \x01(\fR\tsignature\x12 \n" +
-	"\vrevocations\x18\x05 \x01(\x06R\vrevocations\"\x9f\x01\n" +
+	"\vrevocations\x18\x05 \x01(\x06R\vrevocations\"\xd5\x01\n" +
 	"\tBeatBatch\x121\n" +
 	"\x05beats\x18\x01 \x03(\v2\x1b.meshagent.protocol.v1.BeatR\x05beats\x12 \n" +
 	"\vrevocations\x18\x02 \x03(\fR\vrevocations\x12=\n" +
-	"\arecords\x18\x03 \x03(\v2#.meshagent.protocol.v1.AnnouncementR\arecords\"k\n" +
+	"\arecords\x18\x03 \x03(\v2#.meshagent.protocol.v1.AnnouncementR\arecords\x124\n" +
+	"\x06leaves\x18\x04 \x03(\v2\x1c.meshagent.protocol.v1.LeaveR\x06leaves\"k\n" +
 	"\x05Leave\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1c\n" +
 	"\ttimestamp\x18\x02 \x01(\x03R\ttimestamp\x12\x14\n" +
@@ -1093,14 +1103,15 @@ var file_protocol_protocolpb_protocol_proto_depIdxs = []int32{
 	9,  // 6: meshagent.protocol.v1.RegistryMessage.leave:type_name -> meshagent.protocol.v1.Leave
 	7,  // 7: meshagent.protocol.v1.BeatBatch.beats:type_name -> meshagent.protocol.v1.Beat
 	5,  // 8: meshagent.protocol.v1.BeatBatch.records:type_name -> meshagent.protocol.v1.Announcement
-	5,  // 9: meshagent.protocol.v1.SyncResponse.announcements:type_name -> meshagent.protocol.v1.Announcement
-	14, // 10: meshagent.protocol.v1.RenewRequest.credential:type_name -> meshagent.trust.v1.Signed
-	14, // 11: meshagent.protocol.v1.RenewResponse.credential:type_name -> meshagent.trust.v1.Signed
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	9,  // 9: meshagent.protocol.v1.BeatBatch.leaves:type_name -> meshagent.protocol.v1.Leave
+	5,  // 10: meshagent.protocol.v1.SyncResponse.announcements:type_name -> meshagent.protocol.v1.Announcement
+	14, // 11: meshagent.protocol.v1.RenewRequest.credential:type_name -> meshagent.trust.v1.Signed
+	14, // 12: meshagent.protocol.v1.RenewResponse.credential:type_name -> meshagent.trust.v1.Signed
+	13, // [13:13] is the sub-list for method output_type
+	13, // [13:13] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_protocol_protocolpb_protocol_proto_init() }
