@@ -1,0 +1,107 @@
+package node_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-msgio"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/meshagent/meshagent/node"
+	"github.com/meshagent/meshagent/protocol"
+	"github.com/meshagent/meshagent/protocol/protocolpb"
+	"github.com/meshagent/meshagent/simulations"
+	"github.com/meshagent/meshagent/trust"
+)
+
+// renew sends one renewal request from one agent to another and returns
+// the error code of the answer ("" for a new credential).
+func renew(t *testing.T, m *simulations.Mesh, from, to string, req []byte) string {
+	t.Helper()
+	code, err := tryRenew(m, from, to, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return code
+}
+
+func tryRenew(m *simulations.Mesh, from, to string, req []byte) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := m.Agents[from].Node.Host().NewStream(ctx, m.Agents[to].ID(), node.ProtocolRenew)
+	if err != nil {
+		return "", err
+	}
+	defer s.Close()
+	if err := msgio.NewVarintWriter(s).WriteMsg(req); err != nil {
+		return "", err
+	}
+	raw, err := msgio.NewVarintReaderSize(s, 1<<16).ReadMsg()
+	if err != nil {
+		return "", err
+	}
+	var resp protocolpb.RenewResponse
+	if err := proto.Unmarshal(raw, &resp); err != nil {
+		return "", err
+	}
+	if resp.ErrorCode == "" && resp.Credential == nil {
+		return "", errors.New("neither a credential nor an error")
+	}
+	return resp.ErrorCode, nil
+}
+
+func renewRequest(c *trust.Credential) []byte {
+	b, _ := proto.Marshal(&protocolpb.RenewRequest{Credential: c.Proto()})
+	return b
+}
+
+// An issuer renews the requester's own valid credential, and refuses (with
+// an audited reason) another agent's credential, a revoked one, and a
+// request that does not decode.
+func TestRenewalRefusals(t *testing.T) {
+	m, err := simulations.NewMesh(context.Background(), []string{"orchestrator", "mallory"}, simulations.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	ctx := context.Background()
+	if _, err := m.Add(ctx, "issuer", true, simulations.Options{Configure: func(_ string, c *node.Config) { c.Issuer = m.Anchor }}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.ConnectAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		t.Fatal(err)
+	}
+	mal := m.Agents["mallory"]
+	if code := renew(t, m, "mallory", "issuer", renewRequest(mal.Credential)); code != "" {
+		t.Fatalf("own credential refused: %s", code)
+	}
+	if code := renew(t, m, "mallory", "issuer", renewRequest(m.Agents["orchestrator"].Credential)); code != string(protocol.CodeImpersonation) {
+		t.Fatalf("another agent's credential: %q, want impersonation", code)
+	}
+	if code := renew(t, m, "mallory", "issuer", []byte{0xff, 0x01}); code != string(trust.CodeMalformed) {
+		t.Fatalf("garbage: %q, want malformed", code)
+	}
+	for _, want := range []trust.Code{protocol.CodeImpersonation, trust.CodeMalformed} {
+		if !audited(m, "renewal", "mallory", "issuer", want) {
+			t.Fatalf("refusal %s not audited", want)
+		}
+	}
+	// Revoke mallory: the issuer refuses to renew, whether it still
+	// answers (revoked) or has already dropped mallory's connection.
+	rev, err := trust.RevokeAgent(m.Anchor, mal.Identity.Public(), time.Now().Add(time.Second), time.Now(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Agents["issuer"].Node.Revoke(ctx, rev.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	code, err := tryRenew(m, "mallory", "issuer", renewRequest(mal.Credential))
+	if err == nil && code != string(trust.CodeRevoked) {
+		t.Fatalf("revoked credential: %q, want revoked", code)
+	}
+}
