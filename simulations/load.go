@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-msgio"
 
 	"github.com/meshagent/meshagent/node"
@@ -72,7 +73,9 @@ type AttackResult struct {
 // AttackScenario starts n honest agents and an enrolled attacker, measures
 // honest calls to one target for d, then again for d while the attacker
 // floods the same target with forged, replayed, stolen-token, escalated
-// and garbage requests from 4 goroutines.
+// and garbage requests from 4 goroutines (see flood). The attacker runs in
+// the same process: its own work shares the CPU with the honest agents.
+// SeparateAttackScenario runs it in a process of its own.
 func AttackScenario(ctx context.Context, n int, d time.Duration) (AttackResult, error) {
 	res := AttackResult{N: n}
 	m, err := NewMesh(ctx, names(n), Options{HeartbeatInterval: 500 * time.Millisecond, DeadAfter: 5 * time.Second})
@@ -114,46 +117,17 @@ func AttackScenario(ctx context.Context, n int, d time.Duration) (AttackResult, 
 	res.Baseline = m.HonestLoad(ctx, callers, target, "read:logs", d)
 
 	tid := m.Agents[target].ID()
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	var attempts atomic.Int64
-	now := time.Now()
-	escalated := mal.Node.Tokens()[0].ForgeDelegation(mal.Identity, mal.Identity.Public(), trust.Grant{Scopes: []string{"read:logs"}, Expires: now.Add(time.Minute)}, now)
 	replayed, _ := m.Agents[callers[0]].Node.SealRequest(tid, "read:logs", nil, nil)
-	for w := 0; w < 4; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				attempts.Add(1)
-				switch i % 5 {
-				case 0: // forged: flip a signature bit
-					raw, _ := mal.Node.SealRequest(tid, "read:logs", nil, stolen)
-					raw[len(raw)-1] ^= 1
-					_, _ = mal.Node.SendRaw(ctx, tid, raw)
-				case 1: // an honest agent's envelope, re-sent
-					_, _ = mal.Node.SendRaw(ctx, tid, replayed)
-				case 2: // a stolen token
-					_, _ = mal.Node.Call(ctx, tid, "read:logs", nil, &node.CallOptions{Token: stolen})
-				case 3: // an escalated chain
-					_, _ = mal.Node.Call(ctx, tid, "read:logs", nil, &node.CallOptions{Token: escalated})
-				case 4: // garbage
-					if s, err := mal.Node.Host().NewStream(ctx, tid, protocol.ProtocolRPC); err == nil {
-						_ = msgio.NewVarintWriter(s).WriteMsg([]byte("garbage"))
-						_ = s.Reset()
-					}
-				}
-			}
-		}()
-	}
+	stop := make(chan struct{})
+	var attempts atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		flood(ctx, mal.Node, mal.Identity, tid, stolen, replayed, stop, &attempts)
+	}()
 	res.Under = m.HonestLoad(ctx, callers, target, "read:logs", d)
 	close(stop)
-	wg.Wait()
+	<-done
 	res.Attempts = attempts.Load()
 	for _, a := range m.Audit() {
 		if a.Direction == "in" && a.Sender == mal.ID().String() && a.Recipient == tid.String() && a.Decision == "reject" && a.Kind == "request" {
@@ -270,4 +244,46 @@ func PartitionScenario(ctx context.Context, n int, hb time.Duration) (PartitionR
 	}
 	res.Heal = time.Since(start)
 	return res, nil
+}
+
+// flood sends, from 4 goroutines until stop closes, forged envelopes (a
+// flipped signature bit), an honest agent's envelope re-sent, calls with a
+// stolen token, calls with an escalated chain, and garbage frames to
+// target, counting attempts.
+func flood(ctx context.Context, mal *node.Node, id *trust.Identity, tid peer.ID, stolen *trust.Token, replayed []byte, stop <-chan struct{}, attempts *atomic.Int64) {
+	now := time.Now()
+	escalated := mal.Tokens()[0].ForgeDelegation(id, id.Public(), trust.Grant{Scopes: []string{"read:logs"}, Expires: now.Add(time.Minute)}, now)
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				attempts.Add(1)
+				switch i % 5 {
+				case 0: // forged: flip a signature bit
+					raw, _ := mal.SealRequest(tid, "read:logs", nil, stolen)
+					raw[len(raw)-1] ^= 1
+					_, _ = mal.SendRaw(ctx, tid, raw)
+				case 1: // an honest agent's envelope, re-sent
+					_, _ = mal.SendRaw(ctx, tid, replayed)
+				case 2: // a stolen token
+					_, _ = mal.Call(ctx, tid, "read:logs", nil, &node.CallOptions{Token: stolen})
+				case 3: // an escalated chain
+					_, _ = mal.Call(ctx, tid, "read:logs", nil, &node.CallOptions{Token: escalated})
+				case 4: // garbage
+					if s, err := mal.Host().NewStream(ctx, tid, protocol.ProtocolRPC); err == nil {
+						_ = msgio.NewVarintWriter(s).WriteMsg([]byte("garbage"))
+						_ = s.Reset()
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }
