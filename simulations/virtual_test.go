@@ -135,7 +135,7 @@ func peakRSSMiB() float64 {
 // TestVirtualTimeScenario plays, on N nodes with the production heartbeat
 // (30 s, dead after 90 s) and 25 ms links, in this order: a cold start
 // (ring plus one chord per node, seed 11, 32 dials at a time) that must
-// converge; the steady liveness traffic per node over five heartbeats; a
+// converge; the steady liveness traffic per node over three heartbeats; a
 // registration, a graceful leave and a revocation, each timed until every
 // node has it, without loss and then at 10 % loss; a tenth of the nodes
 // frozen for 10 s at 5 % loss with no false verdict; a partition into two
@@ -200,7 +200,7 @@ func TestVirtualTimeScenario(t *testing.T) {
 			beats0 += a.Node.BeatBytesIn()
 			ps0 += a.Node.PubsubBytesIn()
 		}
-		const window = 5
+		const window = 3
 		time.Sleep(window * 30 * time.Second)
 		var beats1, ps1 int64
 		for _, a := range m.Agents {
