@@ -216,3 +216,42 @@ func TestNewcomerFindsTheRest(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A leave or a record relayed on the overlay is checked like one from
+// pubsub: a leave signed by another key and a record with a broken
+// signature change nothing, and are audited.
+func TestForgedLeaveAndRecordOnTheOverlay(t *testing.T) {
+	m, _ := testMesh(t, "tcp")
+	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		t.Fatal(err)
+	}
+	orch := m.Agents["orchestrator"]
+	leave := discovery.SignLeave(m.Agents["mallory"].Identity, 1<<62, time.Now())
+	leave.Agent = discovery.SignLeave(orch.Identity, 1, time.Now()).Agent // claims to be the orchestrator's
+	rec, err := discovery.NewRecord(orch.Identity, orch.Credential, orch.Node.Addrs(), 1<<62, time.Second, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := proto.Clone(rec.Proto()).(*protocolpb.Announcement)
+	forged.Signature = append([]byte(nil), forged.Signature...)
+	forged.Signature[0] ^= 1
+	_, w := beatStream(t, m, "mallory", "worker")
+	raw, _ := proto.Marshal(&protocolpb.BeatBatch{Leaves: []*protocolpb.Leave{leave}, Records: []*protocolpb.Announcement{forged}})
+	if err := w.WriteMsg(raw); err != nil {
+		t.Fatal(err)
+	}
+	if err := simulations.WaitFor(5*time.Second, func() error {
+		if !audited(m, "leave", "mallory", "worker", trust.CodeBadSignature) {
+			return errors.New("forged leave not audited")
+		}
+		if !audited(m, "record", "mallory", "worker", trust.CodeBadSignature) {
+			return errors.New("forged record not audited")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if st := m.StateOf("worker", "orchestrator"); st != "alive" {
+		t.Fatalf("worker sees the orchestrator as %q after the forged leave", st)
+	}
+}
