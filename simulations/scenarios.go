@@ -20,6 +20,7 @@ type RegistryResult struct {
 	Converge          time.Duration // after the last connection, until every node sees every other alive
 	BytesPerNodePerHB float64       // pubsub bytes received per node per heartbeat, steady state
 	FalseDead         int           // dead verdicts about live agents under the injected loss
+	FalseDeadPairs    []string      // each as "observer declared subject dead", sorted
 	Loss              float64
 	Killed            int
 	DetectHB          []float64 // per (observer, victim): crash to dead verdict, in heartbeats
@@ -113,8 +114,11 @@ func RegistryScenario(ctx context.Context, n int, hb time.Duration, loss float64
 	m.SetLoss(loss)
 	time.Sleep(10 * hb)
 	deadMu.Lock()
-	for _, obs := range deaths {
+	for subject, obs := range deaths {
 		res.FalseDead += len(obs)
+		for o := range obs {
+			res.FalseDeadPairs = append(res.FalseDeadPairs, o+" declared "+subject+" dead")
+		}
 	}
 	deaths = map[string]map[string]time.Time{}
 	deadMu.Unlock()
@@ -142,6 +146,9 @@ func RegistryScenario(ctx context.Context, n int, hb time.Duration, loss float64
 	for v, obs := range deaths {
 		if !slices.Contains(victims, v) {
 			res.FalseDead += len(obs) // a live agent declared dead during the crash
+			for o := range obs {
+				res.FalseDeadPairs = append(res.FalseDeadPairs, o+" declared "+v+" dead (during the crash)")
+			}
 		}
 	}
 	for _, v := range victims {
@@ -188,5 +195,6 @@ func RegistryScenario(ctx context.Context, n int, hb time.Duration, loss float64
 		res.Revocation = max(res.Revocation, revoked[name].Sub(revStart))
 	}
 	mu.Unlock()
+	slices.Sort(res.FalseDeadPairs)
 	return res, nil
 }

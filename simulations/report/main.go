@@ -77,6 +77,11 @@ func run(out, sizeList string) error {
 		det99 = append(det99, simulations.Percentile(r.DetectHB, 0.99))
 		kbit = append(kbit, r.KbitPerNodeAt30s())
 	}
+	for _, r := range regs {
+		if len(r.FalseDeadPairs) > 0 {
+			fmt.Fprintf(&md, "\nFalse dead verdicts at N = %d: %s.\n", r.N, strings.Join(r.FalseDeadPairs, "; "))
+		}
+	}
 	if err := lineChart(filepath.Join(img, "detection-vs-n.png"), "Crash detection (heartbeat intervals)", "N", "heartbeats",
 		[]series{{"p50", xs, det50}, {"p99", xs, det99}, {"timeout+1 hb", xs, repeat(4, len(xs))}}); err != nil {
 		return err
