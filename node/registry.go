@@ -433,8 +433,22 @@ func (n *Node) syncSoon(p peer.ID) {
 		return
 	}
 	n.live.lastSync[p] = now
+	forgetOld(n.live.lastSync, now, n.cfg.HeartbeatInterval)
 	n.live.mu.Unlock()
 	go n.syncFrom(p)
+}
+
+// forgetOld bounds a per-peer rate-limit map: past 1024 peers it drops the
+// entries older than a heartbeat, which no longer limit anything.
+func forgetOld(m map[peer.ID]time.Time, now time.Time, hb time.Duration) {
+	if len(m) <= 1024 {
+		return
+	}
+	for q, t := range m {
+		if now.Sub(t) >= hb {
+			delete(m, q)
+		}
+	}
 }
 
 // pullSoon asks p for its revocations unless it did within a heartbeat.
@@ -449,6 +463,7 @@ func (n *Node) pullSoon(p peer.ID) {
 		return
 	}
 	n.live.lastPull[p] = now
+	forgetOld(n.live.lastPull, now, n.cfg.HeartbeatInterval)
 	n.live.mu.Unlock()
 	go n.fetch(p, ProtocolRevocations)
 }
