@@ -58,8 +58,8 @@ func renewRequest(c *trust.Credential) []byte {
 }
 
 // An issuer renews the requester's own valid credential, and refuses (with
-// an audited reason) another agent's credential, a revoked one, and a
-// request that does not decode.
+// an audited reason) another agent's credential, a request that does not
+// decode, a dead requester, and a revoked one.
 func TestRenewalRefusals(t *testing.T) {
 	m, err := simulations.NewMesh(context.Background(), []string{"orchestrator", "mallory"}, simulations.Options{})
 	if err != nil {
@@ -91,6 +91,25 @@ func TestRenewalRefusals(t *testing.T) {
 			t.Fatalf("refusal %s not audited", want)
 		}
 	}
+	// A dead requester (frozen past the timeout: no sign of life) is
+	// refused, whether it still reaches the issuer (dead) or not.
+	mal.Node.Freeze(time.Minute)
+	if err := simulations.WaitFor(20*time.Second, func() error {
+		if st := m.StateOf("issuer", "mallory"); st != "dead" {
+			return errors.New(st)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	code, err := tryRenew(m, "mallory", "issuer", renewRequest(mal.Credential))
+	if err == nil && code != string(protocol.CodeDead) {
+		t.Fatalf("dead requester: %q, want dead", code)
+	}
+	if err == nil && !audited(m, "renewal", "mallory", "issuer", protocol.CodeDead) {
+		t.Fatal("refusal of a dead requester not audited")
+	}
+	t.Logf("dead requester: code %q, error %v", code, err)
 	// Revoke mallory: the issuer refuses to renew, whether it still
 	// answers (revoked) or has already dropped mallory's connection.
 	rev, err := trust.RevokeAgent(m.Anchor, mal.Identity.Public(), time.Now().Add(time.Second), time.Now(), time.Hour)
@@ -100,7 +119,7 @@ func TestRenewalRefusals(t *testing.T) {
 	if err := m.Agents["issuer"].Node.Revoke(ctx, rev.Bytes()); err != nil {
 		t.Fatal(err)
 	}
-	code, err := tryRenew(m, "mallory", "issuer", renewRequest(mal.Credential))
+	code, err = tryRenew(m, "mallory", "issuer", renewRequest(mal.Credential))
 	if err == nil && code != string(trust.CodeRevoked) {
 		t.Fatalf("revoked credential: %q, want revoked", code)
 	}
