@@ -88,11 +88,11 @@ func (b *beats) start() {
 	go b.loop()
 }
 
-// originate sends this node's own new beat to every neighbour at once.
-func (b *beats) originate(beat *protocolpb.Beat) {
+// queue adds to every link's queue with add, then wakes the flush loop.
+func (b *beats) queue(add func(l *beatLink)) {
 	b.mu.Lock()
 	for _, l := range b.links {
-		l.pending[b.n.self] = beat
+		add(l)
 	}
 	b.mu.Unlock()
 	select {
@@ -101,19 +101,18 @@ func (b *beats) originate(beat *protocolpb.Beat) {
 	}
 }
 
+// originate sends this node's own new beat to every neighbour at once.
+func (b *beats) originate(beat *protocolpb.Beat) {
+	b.queue(func(l *beatLink) { l.pending[b.n.self] = beat })
+}
+
 // pushRevocation sends a newly applied revocation to every neighbour.
 func (b *beats) pushRevocation(raw []byte) {
-	b.mu.Lock()
-	for _, l := range b.links {
+	b.queue(func(l *beatLink) {
 		if len(l.revs) < revsPerBatch {
 			l.revs = append(l.revs, raw)
 		}
-	}
-	b.mu.Unlock()
-	select {
-	case b.wake <- struct{}{}:
-	default:
-	}
+	})
 }
 
 // pushRecords sends the records of agents that just joined to every
@@ -127,33 +126,18 @@ func (b *beats) pushRecords(evs []discovery.Event) {
 			}
 		}
 	}
-	if len(recs) == 0 {
-		return
-	}
-	b.mu.Lock()
-	for _, l := range b.links {
-		l.recs = append(l.recs, recs[:min(len(recs), recsPerBatch-len(l.recs))]...)
-	}
-	b.mu.Unlock()
-	select {
-	case b.wake <- struct{}{}:
-	default:
+	if len(recs) > 0 {
+		b.queue(func(l *beatLink) { l.recs = append(l.recs, recs[:min(len(recs), recsPerBatch-len(l.recs))]...) })
 	}
 }
 
 // pushLeave sends a newly applied leave to every neighbour.
-func (b *beats) pushLeave(l *protocolpb.Leave) {
-	b.mu.Lock()
-	for _, link := range b.links {
-		if len(link.leaves) < leavesPerBatch {
-			link.leaves = append(link.leaves, l)
+func (b *beats) pushLeave(leave *protocolpb.Leave) {
+	b.queue(func(l *beatLink) {
+		if len(l.leaves) < leavesPerBatch {
+			l.leaves = append(l.leaves, leave)
 		}
-	}
-	b.mu.Unlock()
-	select {
-	case b.wake <- struct{}{}:
-	default:
-	}
+	})
 }
 
 func (b *beats) loop() {
@@ -227,41 +211,24 @@ func (b *beats) maintain() {
 	}
 	b.mu.Unlock()
 	for _, p := range cands {
-		go b.open(p)
+		go b.open(p, false)
 	}
 	for _, p := range far {
-		go b.dialAndOpen(p)
+		go b.open(p, true)
 	}
 }
 
-// dialAndOpen connects to an agent that is not a neighbour yet, at the
-// addresses of its record, and opens a beat link to it.
-func (b *beats) dialAndOpen(p peer.ID) {
-	k, err := trust.PublicKeyFromPeerID(p)
-	rec := b.n.registry.Record(k)
-	if err != nil || rec == nil {
-		b.mu.Lock()
-		delete(b.dialing, p)
-		b.mu.Unlock()
-		return
-	}
-	ctx, cancel := context.WithTimeout(b.n.ctx, b.n.cfg.AdmissionTimeout)
-	defer cancel()
-	if b.n.Connect(ctx, peer.AddrInfo{ID: p, Addrs: rec.Addrs}) != nil {
-		b.mu.Lock()
-		delete(b.dialing, p)
-		b.mu.Unlock()
-		return
-	}
-	b.open(p)
-}
-
-func (b *beats) open(p peer.ID) {
+// open opens a beat link to p; when p is far (not a neighbour yet) it
+// first connects to it at the addresses of its record.
+func (b *beats) open(p peer.ID, far bool) {
 	defer func() {
 		b.mu.Lock()
 		delete(b.dialing, p)
 		b.mu.Unlock()
 	}()
+	if far && !b.connect(p) {
+		return
+	}
 	ctx, cancel := context.WithTimeout(b.n.ctx, b.n.cfg.AdmissionTimeout)
 	defer cancel()
 	s, err := b.n.host.NewStream(ctx, p, ProtocolBeat)
@@ -273,6 +240,22 @@ func (b *beats) open(p peer.ID) {
 		return
 	}
 	go b.read(p, s)
+}
+
+// connect connects to (and is admitted by) p at the addresses of its
+// record.
+func (b *beats) connect(p peer.ID) bool {
+	k, err := trust.PublicKeyFromPeerID(p)
+	if err != nil {
+		return false
+	}
+	rec := b.n.registry.Record(k)
+	if rec == nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(b.n.ctx, b.n.cfg.AdmissionTimeout)
+	defer cancel()
+	return b.n.Connect(ctx, peer.AddrInfo{ID: p, Addrs: rec.Addrs}) == nil
 }
 
 // handleStream accepts a link from a listed agent. A dead agent may link:
@@ -331,82 +314,84 @@ func (b *beats) read(p peer.ID, s network.Stream) {
 		err = proto.Unmarshal(raw, &batch)
 		r.ReleaseMsg(raw)
 		if err != nil {
-			b.n.audit.write(AuditRecord{Time: b.n.now(), Direction: "in", Kind: "beat", Sender: p.String(),
-				Recipient: b.n.ID().String(), Decision: "reject", Reason: string(trust.CodeMalformed)})
-			b.n.members.penalize(p, trust.CodeMalformed)
+			b.reject(p, "beat", trust.CodeMalformed)
 			b.drop(p, s)
 			return
 		}
-		if b.n.frozen() {
-			continue
-		}
-		for _, raw := range batch.Revocations {
-			if d := b.n.cfg.DropMessage; d != nil && d(p) {
-				continue
-			}
-			if err := b.n.applyRevocation(raw); err != nil && hostile[trust.CodeOf(err)] {
-				b.n.audit.write(AuditRecord{Time: b.n.now(), Direction: "in", Kind: "revocation", Sender: p.String(),
-					Recipient: b.n.ID().String(), Decision: "reject", Reason: string(trust.CodeOf(err))})
-				if b.n.members.penalize(p, trust.CodeOf(err)) {
-					b.drop(p, s)
-					return
-				}
-			}
-		}
-		for _, a := range batch.Records {
-			if d := b.n.cfg.DropMessage; (d != nil && d(p)) || b.n.registry.Holds(a) {
-				continue
-			}
-			rec, err := discovery.ParseRecord(a)
-			var evs []discovery.Event
-			if err == nil {
-				evs, err = b.n.registry.Announce(rec, discovery.Relayed, b.n.now())
-			}
-			b.n.emit(evs)
-			b.pushRecords(evs)
-			if code := trust.CodeOf(err); hostile[code] {
-				b.n.audit.write(AuditRecord{Time: b.n.now(), Direction: "in", Kind: "record", Sender: p.String(),
-					Recipient: b.n.ID().String(), Decision: "reject", Reason: string(code)})
-				if b.n.members.penalize(p, code) {
-					b.drop(p, s)
-					return
-				}
-			}
-		}
-		for _, l := range batch.Leaves {
-			if d := b.n.cfg.DropMessage; d != nil && d(p) {
-				continue
-			}
-			agent, err := discovery.VerifyLeave(l)
-			if err != nil {
-				code := trust.CodeOf(err)
-				b.n.audit.write(AuditRecord{Time: b.n.now(), Direction: "in", Kind: "leave", Sender: p.String(),
-					Recipient: b.n.ID().String(), Decision: "reject", Reason: string(code)})
-				if b.n.members.penalize(p, code) {
-					b.drop(p, s)
-					return
-				}
-				continue
-			}
-			if evs, err := b.n.registry.Leave(agent, l.Seq, b.n.now()); err == nil && len(evs) > 0 {
-				b.n.emit(evs)
-				b.pushLeave(l)
-			}
-		}
-		for _, beat := range batch.Beats {
-			if d := b.n.cfg.DropMessage; d != nil && d(p) {
-				continue
-			}
-			if code := b.receive(p, beat); code != "" {
-				b.n.audit.write(AuditRecord{Time: b.n.now(), Direction: "in", Kind: "beat", Sender: p.String(),
-					Recipient: b.n.ID().String(), Decision: "reject", Reason: string(code)})
-				if b.n.members.penalize(p, code) {
-					b.drop(p, s)
-					return
-				}
-			}
+		if !b.n.frozen() && b.apply(p, &batch) {
+			b.drop(p, s)
+			return
 		}
 	}
+}
+
+// apply applies what a batch from p carries, each item unless the injected
+// loss drops it. It reports whether p was cut off for hostile items.
+func (b *beats) apply(p peer.ID, batch *protocolpb.BeatBatch) (cut bool) {
+	lost := func() bool { d := b.n.cfg.DropMessage; return d != nil && d(p) }
+	for _, raw := range batch.Revocations {
+		if !lost() && b.reject(p, "revocation", trust.CodeOf(b.n.applyRevocation(raw))) {
+			return true
+		}
+	}
+	for _, a := range batch.Records {
+		if !lost() && b.reject(p, "record", b.applyRecord(a)) {
+			return true
+		}
+	}
+	for _, l := range batch.Leaves {
+		if !lost() && b.reject(p, "leave", b.applyLeave(l)) {
+			return true
+		}
+	}
+	for _, beat := range batch.Beats {
+		if !lost() && b.reject(p, "beat", b.receive(p, beat)) {
+			return true
+		}
+	}
+	return false
+}
+
+// reject audits a hostile code caused by p and counts it towards p's flood
+// limit; it reports whether p was cut off. Other codes (a replay that lost
+// a race, an expired credential) are not p's doing and pass.
+func (b *beats) reject(p peer.ID, kind string, code trust.Code) bool {
+	if !hostile[code] {
+		return false
+	}
+	b.n.audit.write(AuditRecord{Time: b.n.now(), Direction: "in", Kind: kind, Sender: p.String(),
+		Recipient: b.n.ID().String(), Decision: "reject", Reason: string(code)})
+	return b.n.members.penalize(p, code)
+}
+
+// applyRecord applies a record relayed on the overlay and relays it on
+// when it named a new agent.
+func (b *beats) applyRecord(a *protocolpb.Announcement) trust.Code {
+	if b.n.registry.Holds(a) {
+		return ""
+	}
+	rec, err := discovery.ParseRecord(a)
+	var evs []discovery.Event
+	if err == nil {
+		evs, err = b.n.registry.Announce(rec, discovery.Relayed, b.n.now())
+	}
+	b.n.emit(evs)
+	b.pushRecords(evs)
+	return trust.CodeOf(err)
+}
+
+// applyLeave applies a leave relayed on the overlay and relays it on when
+// it was news.
+func (b *beats) applyLeave(l *protocolpb.Leave) trust.Code {
+	agent, err := discovery.VerifyLeave(l)
+	if err != nil {
+		return trust.CodeOf(err)
+	}
+	if evs, err := b.n.registry.Leave(agent, l.Seq, b.n.now()); err == nil && len(evs) > 0 {
+		b.n.emit(evs)
+		b.pushLeave(l)
+	}
+	return ""
 }
 
 // receive applies one beat relayed by from and queues it for the other

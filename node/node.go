@@ -95,6 +95,7 @@ func New(cfg Config) (*Node, error) {
 		DeadAfter: cfg.DeadAfter, Allowlist: cfg.Allowlist})
 	n.live.seq.Store(uint64(time.Now().UnixNano()))
 	n.live.revs = map[[16]byte][]byte{}
+	n.live.lastSync, n.live.lastPull = map[peer.ID]time.Time{}, map[peer.ID]time.Time{}
 	for _, raw := range cfg.Revocations {
 		if err := n.applyRevocation(raw); err != nil {
 			return nil, fmt.Errorf("node: revocation: %w", err)

@@ -422,50 +422,37 @@ func (n *Node) resyncOnce(p peer.ID) {
 
 // syncSoon runs syncFrom(p) unless one ran for p within a heartbeat.
 func (n *Node) syncSoon(p peer.ID) {
-	n.live.mu.Lock()
-	if n.live.lastSync == nil {
-		n.live.lastSync = map[peer.ID]time.Time{}
-	}
-	last := n.live.lastSync[p]
-	now := time.Now()
-	if now.Sub(last) < n.cfg.HeartbeatInterval {
-		n.live.mu.Unlock()
-		return
-	}
-	n.live.lastSync[p] = now
-	forgetOld(n.live.lastSync, now, n.cfg.HeartbeatInterval)
-	n.live.mu.Unlock()
-	go n.syncFrom(p)
-}
-
-// forgetOld bounds a per-peer rate-limit map: past 1024 peers it drops the
-// entries older than a heartbeat, which no longer limit anything.
-func forgetOld(m map[peer.ID]time.Time, now time.Time, hb time.Duration) {
-	if len(m) <= 1024 {
-		return
-	}
-	for q, t := range m {
-		if now.Sub(t) >= hb {
-			delete(m, q)
-		}
+	if n.due(n.live.lastSync, p) {
+		go n.syncFrom(p)
 	}
 }
 
 // pullSoon asks p for its revocations unless it did within a heartbeat.
 func (n *Node) pullSoon(p peer.ID) {
+	if n.due(n.live.lastPull, p) {
+		go n.fetch(p, ProtocolRevocations)
+	}
+}
+
+// due reports whether p's entry in the rate-limit map m is at least a
+// heartbeat old, and if so sets it to now. Past 1024 peers, m forgets the
+// entries older than a heartbeat, which no longer limit anything.
+func (n *Node) due(m map[peer.ID]time.Time, p peer.ID) bool {
 	n.live.mu.Lock()
-	if n.live.lastPull == nil {
-		n.live.lastPull = map[peer.ID]time.Time{}
+	defer n.live.mu.Unlock()
+	now, hb := time.Now(), n.cfg.HeartbeatInterval
+	if now.Sub(m[p]) < hb {
+		return false
 	}
-	now := time.Now()
-	if now.Sub(n.live.lastPull[p]) < n.cfg.HeartbeatInterval {
-		n.live.mu.Unlock()
-		return
+	m[p] = now
+	if len(m) > 1024 {
+		for q, t := range m {
+			if now.Sub(t) >= hb {
+				delete(m, q)
+			}
+		}
 	}
-	n.live.lastPull[p] = now
-	forgetOld(n.live.lastPull, now, n.cfg.HeartbeatInterval)
-	n.live.mu.Unlock()
-	go n.fetch(p, ProtocolRevocations)
+	return true
 }
 
 // syncFrom asks p for its records and revocations and applies them as

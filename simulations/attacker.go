@@ -120,33 +120,15 @@ func runAttacker(path string) error {
 // RunAttacker first in main.
 func SeparateAttackScenario(ctx context.Context, n int, d time.Duration) (AttackResult, error) {
 	res := AttackResult{N: n}
-	m, err := NewMesh(ctx, names(n), Options{HeartbeatInterval: 500 * time.Millisecond, DeadAfter: 5 * time.Second})
+	st, err := newAttackStage(ctx, n, nil)
 	if err != nil {
 		return res, err
 	}
-	defer m.Close()
-	if err := m.ConnectSparse(ctx, 1, 3); err != nil {
-		return res, err
-	}
-	target := m.Names()[0]
-	tgt := m.Agents[target]
-	var attackerRuns atomic.Int64
+	defer st.m.Close()
+	m := st.m
 	id, err := trust.GenerateIdentity(rand.Reader)
 	if err != nil {
 		return res, err
-	}
-	_ = tgt.Node.Handle("read:logs", func(_ context.Context, r *node.Request) ([]byte, error) {
-		if r.From == id.PeerID() {
-			attackerRuns.Add(1)
-		}
-		return []byte("ok"), nil
-	})
-	callers := m.Names()[1:5]
-	var stolen *trust.Token
-	for _, c := range callers {
-		if stolen, err = m.Grant(c, []string{"read:logs"}, []string{"read:logs"}, time.Hour); err != nil {
-			return res, err
-		}
 	}
 	now := time.Now()
 	cred, err := trust.IssueCredential(m.Anchor, id.Public(), "mallory", now.Add(-time.Minute), time.Hour)
@@ -157,10 +139,9 @@ func SeparateAttackScenario(ctx context.Context, n int, d time.Duration) (Attack
 	if err != nil {
 		return res, err
 	}
-	if err := WaitFor(30*time.Second, func() error { return m.Converged("alive") }); err != nil {
+	if err := st.baseline(ctx, &res, d); err != nil {
 		return res, err
 	}
-	res.Baseline = m.HonestLoad(ctx, callers, target, "read:logs", d)
 
 	dir, err := os.MkdirTemp("", "meshagent-attacker-")
 	if err != nil {
@@ -170,9 +151,8 @@ func SeparateAttackScenario(ctx context.Context, n int, d time.Duration) (Attack
 	if err := id.Save(filepath.Join(dir, "identity.pem")); err != nil {
 		return res, err
 	}
-	replayed, _ := m.Agents[callers[0]].Node.SealRequest(tgt.ID(), "read:logs", nil, nil)
 	spec, _ := json.Marshal(attackerSpec{Anchor: m.Anchor.Public().String(), Credential: cred.Bytes(), Token: own.Bytes(),
-		Stolen: stolen.Bytes(), Replayed: replayed, Target: tgt.Node.Addrs()[0].String(), For: d + 2*time.Second})
+		Stolen: st.stolen.Bytes(), Replayed: st.replayed(), Target: m.Agents[st.target].Node.Addrs()[0].String(), For: d + 2*time.Second})
 	specPath := filepath.Join(dir, "spec.json")
 	if err := os.WriteFile(specPath, spec, 0o600); err != nil {
 		return res, err
@@ -198,7 +178,7 @@ func SeparateAttackScenario(ctx context.Context, n int, d time.Duration) (Attack
 		return res, fmt.Errorf("attacker did not start")
 	}
 	time.Sleep(time.Second) // the attack is under way when the honest load starts
-	res.Under = m.HonestLoad(ctx, callers, target, "read:logs", d)
+	res.Under = m.HonestLoad(ctx, st.callers, st.target, "read:logs", d)
 	for lines.Scan() {
 		if f := strings.Fields(lines.Text()); len(f) == 2 && f[0] == "attempts" {
 			res.Attempts, _ = strconv.ParseInt(f[1], 10, 64)
@@ -207,11 +187,6 @@ func SeparateAttackScenario(ctx context.Context, n int, d time.Duration) (Attack
 	if err := cmd.Wait(); err != nil {
 		return res, fmt.Errorf("attacker: %w", err)
 	}
-	for _, a := range m.Audit() {
-		if a.Direction == "in" && a.Sender == id.PeerID().String() && a.Recipient == tgt.ID().String() && a.Decision == "reject" && a.Kind == "request" {
-			res.Rejected++
-		}
-	}
-	res.HandlerRuns = attackerRuns.Load()
+	st.tally(&res, id.PeerID())
 	return res, nil
 }

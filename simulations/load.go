@@ -78,64 +78,117 @@ type AttackResult struct {
 // SeparateAttackScenario runs it in a process of its own.
 func AttackScenario(ctx context.Context, n int, d time.Duration) (AttackResult, error) {
 	res := AttackResult{N: n}
-	m, err := NewMesh(ctx, names(n), Options{HeartbeatInterval: 500 * time.Millisecond, DeadAfter: 5 * time.Second})
-	if err != nil {
-		return res, err
-	}
-	defer m.Close()
-	mal, err := m.Add(ctx, "mallory", true, Options{HeartbeatInterval: 500 * time.Millisecond, DeadAfter: 5 * time.Second})
-	if err != nil {
-		return res, err
-	}
-	if err := m.ConnectSparse(ctx, 1, 3); err != nil {
-		return res, err
-	}
-	if err := m.Connect(ctx, "mallory", m.Names()[0]); err != nil {
-		return res, err
-	}
-	target := m.Names()[0]
-	var attackerRuns atomic.Int64
-	_ = m.Agents[target].Node.Handle("read:logs", func(_ context.Context, r *node.Request) ([]byte, error) {
-		if r.From == mal.ID() {
-			attackerRuns.Add(1)
+	var mal *Agent
+	st, err := newAttackStage(ctx, n, func(m *Mesh) (err error) {
+		opts := Options{HeartbeatInterval: 500 * time.Millisecond, DeadAfter: 5 * time.Second}
+		if mal, err = m.Add(ctx, "mallory", true, opts); err != nil {
+			return err
 		}
-		return []byte("ok"), nil
+		_, err = m.Grant("mallory", []string{"read:metrics"}, nil, time.Hour)
+		return err
 	})
-	callers := m.Names()[1:5]
-	var stolen *trust.Token
-	for _, c := range callers {
-		if stolen, err = m.Grant(c, []string{"read:logs"}, []string{"read:logs"}, time.Hour); err != nil {
-			return res, err
-		}
-	}
-	if _, err := m.Grant("mallory", []string{"read:metrics"}, nil, time.Hour); err != nil {
+	if err != nil {
 		return res, err
 	}
-	if err := WaitFor(30*time.Second, func() error { return m.Converged("alive") }); err != nil {
+	defer st.m.Close()
+	if err := st.m.Connect(ctx, "mallory", st.target); err != nil {
 		return res, err
 	}
-	res.Baseline = m.HonestLoad(ctx, callers, target, "read:logs", d)
-
-	tid := m.Agents[target].ID()
-	replayed, _ := m.Agents[callers[0]].Node.SealRequest(tid, "read:logs", nil, nil)
+	if err := st.baseline(ctx, &res, d); err != nil {
+		return res, err
+	}
 	stop := make(chan struct{})
 	var attempts atomic.Int64
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		flood(ctx, mal.Node, mal.Identity, tid, stolen, replayed, stop, &attempts)
+		flood(ctx, mal.Node, mal.Identity, st.tid(), st.stolen, st.replayed(), stop, &attempts)
 	}()
-	res.Under = m.HonestLoad(ctx, callers, target, "read:logs", d)
+	res.Under = st.m.HonestLoad(ctx, st.callers, st.target, "read:logs", d)
 	close(stop)
 	<-done
 	res.Attempts = attempts.Load()
-	for _, a := range m.Audit() {
-		if a.Direction == "in" && a.Sender == mal.ID().String() && a.Recipient == tid.String() && a.Decision == "reject" && a.Kind == "request" {
+	st.tally(&res, mal.ID())
+	return res, nil
+}
+
+// attackStage is what both attack scenarios share: n honest agents (a ring
+// plus one chord each, seed 3), a target serving read:logs that counts its
+// runs for anyone but the honest agents, and four callers holding
+// delegatable read:logs tokens.
+type attackStage struct {
+	m       *Mesh
+	target  string
+	callers []string
+	stolen  *trust.Token // a caller's token, for the attacker to use
+	foreign atomic.Int64 // target handler runs for a sender that is not honest
+}
+
+// newAttackStage builds the stage; enrol, when set, adds the attacker to
+// the mesh before it is wired.
+func newAttackStage(ctx context.Context, n int, enrol func(m *Mesh) error) (*attackStage, error) {
+	m, err := NewMesh(ctx, names(n), Options{HeartbeatInterval: 500 * time.Millisecond, DeadAfter: 5 * time.Second})
+	if err != nil {
+		return nil, err
+	}
+	st := &attackStage{m: m, target: m.Names()[0], callers: m.Names()[1:5]}
+	honest := map[peer.ID]bool{}
+	for _, a := range m.Agents {
+		honest[a.ID()] = true
+	}
+	if enrol != nil {
+		if err := enrol(m); err != nil {
+			m.Close()
+			return nil, err
+		}
+	}
+	if err := m.ConnectSparse(ctx, 1, 3); err != nil {
+		m.Close()
+		return nil, err
+	}
+	_ = m.Agents[st.target].Node.Handle("read:logs", func(_ context.Context, r *node.Request) ([]byte, error) {
+		if !honest[r.From] {
+			st.foreign.Add(1)
+		}
+		return []byte("ok"), nil
+	})
+	for _, c := range st.callers {
+		if st.stolen, err = m.Grant(c, []string{"read:logs"}, []string{"read:logs"}, time.Hour); err != nil {
+			m.Close()
+			return nil, err
+		}
+	}
+	return st, nil
+}
+
+func (st *attackStage) tid() peer.ID { return st.m.Agents[st.target].ID() }
+
+// replayed is an honest caller's sealed request, for the attacker to re-send.
+func (st *attackStage) replayed() []byte {
+	raw, _ := st.m.Agents[st.callers[0]].Node.SealRequest(st.tid(), "read:logs", nil, nil)
+	return raw
+}
+
+// baseline waits for the registry to converge and measures the honest load
+// without the attack.
+func (st *attackStage) baseline(ctx context.Context, res *AttackResult, d time.Duration) error {
+	if err := WaitFor(30*time.Second, func() error { return st.m.Converged("alive") }); err != nil {
+		return err
+	}
+	res.Baseline = st.m.HonestLoad(ctx, st.callers, st.target, "read:logs", d)
+	return nil
+}
+
+// tally counts the target's audited rejections of the attacker and the
+// handler runs it caused.
+func (st *attackStage) tally(res *AttackResult, attacker peer.ID) {
+	tid := st.tid().String()
+	for _, a := range st.m.Audit() {
+		if a.Direction == "in" && a.Sender == attacker.String() && a.Recipient == tid && a.Decision == "reject" && a.Kind == "request" {
 			res.Rejected++
 		}
 	}
-	res.HandlerRuns = attackerRuns.Load()
-	return res, nil
+	res.HandlerRuns = st.foreign.Load()
 }
 
 // RotationResult is steady traffic across credential rotations.
