@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"bytes"
 	"encoding/binary"
 	"time"
 
@@ -22,16 +23,19 @@ const (
 )
 
 // Record is a verified registry record: what an agent says of itself,
-// signed with its own key.
+// signed with its own key. A node keeps one per agent, so it is compact:
+// the signed bytes in one buffer, which the credential and the addresses
+// alias, and only the fields the registry reads parsed out.
 type Record struct {
 	Agent      trust.PublicKey
 	Credential *trust.Credential
-	Addrs      []ma.Multiaddr
 	Seq        uint64
 	Interval   time.Duration
 	Timestamp  time.Time
 
-	raw *protocolpb.Announcement
+	buf   []byte   // body then signature, exactly as signed
+	n     int      // length of the body
+	addrs [][]byte // each a slice of buf
 }
 
 // NewRecord signs a record for id.
@@ -56,7 +60,8 @@ func publicBytes(k trust.PublicKey) []byte { return append([]byte(nil), k[:]...)
 
 // ParseRecord checks the structure and self-signature of a wire record and
 // that its credential names the same agent. It does not check the
-// credential against the anchors: Registry.Announce does.
+// credential against the anchors: Registry.Announce does. The record keeps
+// none of a's memory.
 func ParseRecord(a *protocolpb.Announcement) (*Record, error) {
 	if a == nil {
 		return nil, protocol.Reject(trust.CodeMalformed, "no record")
@@ -78,6 +83,21 @@ func ParseRecord(a *protocolpb.Announcement) (*Record, error) {
 	if !agent.Verify(DomainAnnounce, a.Body, a.Signature) {
 		return nil, protocol.Reject(trust.CodeBadSignature, "record of %s: signature does not verify", agent)
 	}
+	if b.HeartbeatIntervalMs <= 0 {
+		return nil, protocol.Reject(trust.CodeMalformed, "record of %s: heartbeat interval %d ms", agent, b.HeartbeatIntervalMs)
+	}
+	if len(b.Addrs) > MaxAddrs {
+		return nil, protocol.Reject(trust.CodeMalformed, "record of %s: %d addresses, at most %d", agent, len(b.Addrs), MaxAddrs)
+	}
+	// One buffer for everything kept: the byte fields the decoder copied
+	// out of the body are found again inside it (protobuf writes a bytes
+	// field verbatim) and aliased.
+	buf := make([]byte, len(a.Body)+len(a.Signature))
+	copy(buf[copy(buf, a.Body):], a.Signature)
+	body := buf[:len(a.Body):len(a.Body)]
+	if b.Credential != nil {
+		b.Credential.Body, b.Credential.Signature = within(body, b.Credential.Body), within(body, b.Credential.Signature)
+	}
 	cred, err := trust.CredentialFromProto(b.Credential)
 	if err != nil {
 		return nil, err
@@ -85,26 +105,56 @@ func ParseRecord(a *protocolpb.Announcement) (*Record, error) {
 	if !cred.Subject.Equal(agent) {
 		return nil, protocol.Reject(protocol.CodeImpersonation, "record of %s carries a credential for %s", agent, cred.Subject)
 	}
-	if b.HeartbeatIntervalMs <= 0 {
-		return nil, protocol.Reject(trust.CodeMalformed, "record of %s: heartbeat interval %d ms", agent, b.HeartbeatIntervalMs)
-	}
-	if len(b.Addrs) > MaxAddrs {
-		return nil, protocol.Reject(trust.CodeMalformed, "record of %s: %d addresses, at most %d", agent, len(b.Addrs), MaxAddrs)
-	}
 	r := &Record{Agent: agent, Credential: cred, Seq: b.Seq, Interval: time.Duration(b.HeartbeatIntervalMs) * time.Millisecond,
-		Timestamp: time.Unix(0, b.Timestamp), raw: a}
-	for _, ab := range b.Addrs {
-		m, err := ma.NewMultiaddrBytes(ab)
-		if err != nil {
+		Timestamp: time.Unix(0, b.Timestamp), buf: buf, n: len(a.Body)}
+	if len(b.Addrs) > 0 {
+		r.addrs = make([][]byte, len(b.Addrs))
+	}
+	for i, ab := range b.Addrs {
+		if _, err := ma.NewMultiaddrBytes(ab); err != nil {
 			return nil, protocol.Reject(trust.CodeMalformed, "record of %s: address: %v", agent, err)
 		}
-		r.Addrs = append(r.Addrs, m)
+		r.addrs[i] = within(body, ab)
 	}
 	return r, nil
 }
 
-// Proto returns the wire form.
-func (r *Record) Proto() *protocolpb.Announcement { return r.raw }
+// within returns the slice of buf equal to sub, or sub itself when buf
+// does not hold it.
+func within(buf, sub []byte) []byte {
+	if len(sub) == 0 {
+		return sub
+	}
+	if i := bytes.Index(buf, sub); i >= 0 {
+		return buf[i : i+len(sub) : i+len(sub)]
+	}
+	return sub
+}
+
+// Addrs returns the addresses the agent announced (checked when the record
+// was parsed).
+func (r *Record) Addrs() []ma.Multiaddr {
+	out := make([]ma.Multiaddr, 0, len(r.addrs))
+	for _, ab := range r.addrs {
+		if m, err := ma.NewMultiaddrBytes(ab); err == nil {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// NumAddrs returns how many addresses the record carries.
+func (r *Record) NumAddrs() int { return len(r.addrs) }
+
+// Proto returns the wire form. Its byte slices are the record's own: do not
+// modify them.
+func (r *Record) Proto() *protocolpb.Announcement {
+	return &protocolpb.Announcement{Body: r.buf[:r.n:r.n], Signature: r.buf[r.n:]}
+}
+
+// body and sig return the signed bytes.
+func (r *Record) body() []byte { return r.buf[:r.n] }
+func (r *Record) sig() []byte  { return r.buf[r.n:] }
 
 // DomainLeave prefixes the signature of a leave.
 const DomainLeave = "meshagent/v1/leave\x00"

@@ -72,9 +72,15 @@ type Entry struct {
 	LastHeartbeat time.Time `json:"last_heartbeat"`
 	Expires       time.Time `json:"credential_expires"`
 	Seq           uint64    `json:"seq"`
-	rec           *Record
-	state         State
-	lastHeard     time.Time
+}
+
+// entry is what the registry keeps of one agent (one per agent per node,
+// so small: Entries builds the view).
+type entry struct {
+	rec       *Record
+	seq       uint64 // highest heartbeat or leave sequence number
+	lastHeard time.Time
+	state     State
 }
 
 // Registry is this node's list of agents and their liveness. Safe for
@@ -84,7 +90,7 @@ type Registry struct {
 	allow map[trust.PublicKey]bool
 
 	mu      sync.RWMutex
-	entries map[trust.PublicKey]*Entry
+	entries map[trust.PublicKey]*entry
 }
 
 // NewRegistry returns an empty registry.
@@ -98,7 +104,7 @@ func NewRegistry(cfg Config) *Registry {
 	if cfg.MaxEntries <= 0 {
 		cfg.MaxEntries = 100000
 	}
-	r := &Registry{cfg: cfg, entries: map[trust.PublicKey]*Entry{}}
+	r := &Registry{cfg: cfg, entries: map[trust.PublicKey]*entry{}}
 	if len(cfg.Allowlist) > 0 {
 		r.allow = map[trust.PublicKey]bool{}
 		for _, k := range cfg.Allowlist {
@@ -146,7 +152,7 @@ func (r *Registry) Announce(rec *Record, src Source, now time.Time) ([]Event, er
 		if !fresh && src == Direct {
 			return nil, protocol.Reject(protocol.CodeStale, "record of %s is from %s", rec.Agent, rec.Timestamp.UTC().Format(time.RFC3339))
 		}
-		e = &Entry{PeerID: rec.Agent.PeerID(), rec: rec, state: Alive, lastHeard: now}
+		e = &entry{rec: rec, state: Alive, lastHeard: now}
 		r.entries[rec.Agent] = e
 		return []Event{{Agent: rec.Agent, Name: rec.Credential.Name, To: Alive, Reason: "joined", At: now}}, nil
 	}
@@ -159,19 +165,19 @@ func (r *Registry) Announce(rec *Record, src Source, now time.Time) ([]Event, er
 	e.rec = rec
 	// A record is a sign of life only when it is newer than the last
 	// heartbeat: an older one, resent, proves nothing about now.
-	if src == Direct && fresh && rec.Seq > e.Seq {
-		e.Seq = rec.Seq
+	if src == Direct && fresh && rec.Seq > e.seq {
+		e.seq = rec.Seq
 		return r.heardLocked(e, now, "announce"), nil
 	}
 	return nil, nil
 }
 
 func sameRecord(a, b *Record) bool {
-	return string(a.raw.Body) == string(b.raw.Body)
+	return string(a.body()) == string(b.body())
 }
 
 // heardLocked records a direct sign of life.
-func (r *Registry) heardLocked(e *Entry, now time.Time, why string) []Event {
+func (r *Registry) heardLocked(e *entry, now time.Time, why string) []Event {
 	e.lastHeard = now
 	if e.state == Alive {
 		return nil
@@ -197,13 +203,13 @@ func (r *Registry) Heartbeat(agent trust.PublicKey, seq uint64, ts, now time.Tim
 	if !ok {
 		return nil, protocol.Reject(protocol.CodeUnlisted, "heartbeat of unknown agent %s", agent)
 	}
-	if seq <= e.rec.Seq || seq <= e.Seq {
-		return nil, protocol.Reject(protocol.CodeReplay, "heartbeat of %s has seq %d, already at %d", agent, seq, max(e.rec.Seq, e.Seq))
+	if seq <= e.rec.Seq || seq <= e.seq {
+		return nil, protocol.Reject(protocol.CodeReplay, "heartbeat of %s has seq %d, already at %d", agent, seq, max(e.rec.Seq, e.seq))
 	}
 	if err := r.cfg.Verifier.RecheckCredential(e.rec.Credential, now); err != nil {
 		return nil, err
 	}
-	e.Seq = seq
+	e.seq = seq
 	return r.heardLocked(e, now, "heartbeat"), nil
 }
 
@@ -214,7 +220,7 @@ func (r *Registry) Seq(agent trust.PublicKey) uint64 {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	if e, ok := r.entries[agent]; ok {
-		return max(e.rec.Seq, e.Seq)
+		return max(e.rec.Seq, e.seq)
 	}
 	return 0
 }
@@ -230,7 +236,7 @@ func (r *Registry) Holds(a *protocolpb.Announcement) bool {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	e, ok := r.entries[trust.PublicKey(b.Agent)]
-	return ok && string(e.rec.raw.Body) == string(a.Body) && string(e.rec.raw.Signature) == string(a.Signature)
+	return ok && string(e.rec.body()) == string(a.Body) && string(e.rec.sig()) == string(a.Signature)
 }
 
 // Leave marks agent dead at once: it said it is stopping.
@@ -241,10 +247,10 @@ func (r *Registry) Leave(agent trust.PublicKey, seq uint64, now time.Time) ([]Ev
 	if !ok {
 		return nil, nil
 	}
-	if seq <= e.rec.Seq || seq <= e.Seq {
-		return nil, protocol.Reject(protocol.CodeReplay, "leave of %s has seq %d, already at %d", agent, seq, max(e.rec.Seq, e.Seq))
+	if seq <= e.rec.Seq || seq <= e.seq {
+		return nil, protocol.Reject(protocol.CodeReplay, "leave of %s has seq %d, already at %d", agent, seq, max(e.rec.Seq, e.seq))
 	}
-	e.Seq = seq
+	e.seq = seq
 	if e.state == Dead {
 		return nil, nil
 	}
@@ -345,10 +351,8 @@ func (r *Registry) Entries() []Entry {
 	defer r.mu.RUnlock()
 	out := make([]Entry, 0, len(r.entries))
 	for _, e := range r.entries {
-		c := *e
-		c.Name, c.State, c.LastHeartbeat, c.Expires = e.rec.Credential.Name, e.state.String(), e.lastHeard.UTC(), e.rec.Credential.Expires.UTC()
-		c.Seq = max(e.Seq, e.rec.Seq)
-		out = append(out, c)
+		out = append(out, Entry{PeerID: e.rec.Agent.PeerID(), Name: e.rec.Credential.Name, State: e.state.String(),
+			LastHeartbeat: e.lastHeard.UTC(), Expires: e.rec.Credential.Expires.UTC(), Seq: max(e.seq, e.rec.Seq)})
 	}
 	sort.Slice(out, func(i, j int) bool {
 		return out[i].Name < out[j].Name || out[i].Name == out[j].Name && out[i].PeerID < out[j].PeerID
@@ -371,7 +375,7 @@ func (r *Registry) Snapshot() []*protocolpb.Announcement {
 	out := make([]*protocolpb.Announcement, 0, len(r.entries))
 	for _, e := range r.entries {
 		if e.state != Dead {
-			out = append(out, e.rec.raw)
+			out = append(out, e.rec.Proto())
 		}
 	}
 	return out

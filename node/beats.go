@@ -255,7 +255,7 @@ func (b *beats) connect(p peer.ID) bool {
 	}
 	ctx, cancel := context.WithTimeout(b.n.ctx, b.n.cfg.AdmissionTimeout)
 	defer cancel()
-	return b.n.Connect(ctx, peer.AddrInfo{ID: p, Addrs: rec.Addrs}) == nil
+	return b.n.Connect(ctx, peer.AddrInfo{ID: p, Addrs: rec.Addrs()}) == nil
 }
 
 // handleStream accepts a link from a listed agent. A dead agent may link:

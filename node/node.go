@@ -160,11 +160,7 @@ func (n *Node) Start(ctx context.Context) error {
 		pubsub.WithLogger(slog.New(golog.SlogHandler()).With("logger", "pubsub")),
 		pubsub.WithGossipSubParams(gossipParams(n.cfg.HeartbeatInterval)),
 		pubsub.WithAppSpecificRpcInspector(n.inspectRPC),
-		// Duplicates are tracked for 30 s, not 2 minutes: gossip offers a
-		// message for 3 s, registry messages are ordered by sequence number
-		// and envelopes by the replay guard, and every tracked message
-		// costs memory in every node.
-		pubsub.WithSeenMessagesTTL(30*time.Second),
+		pubsub.WithSeenMessagesTTL(seenMessagesTTL),
 	)
 	if err != nil {
 		n.cancel()

@@ -67,7 +67,7 @@ func (n *Node) currentRecord() (*discovery.Record, error) {
 	defer n.live.mu.Unlock()
 	cred := n.credential()
 	h := n.Host()
-	if r := n.live.record; r != nil && r.Credential.Serial == cred.Serial && (h == nil || len(r.Addrs) == len(h.Addrs())) &&
+	if r := n.live.record; r != nil && r.Credential.Serial == cred.Serial && (h == nil || r.NumAddrs() == len(h.Addrs())) &&
 		(n.now().Sub(r.Timestamp) < n.cfg.HeartbeatInterval || n.frozen()) {
 		return r, nil
 	}

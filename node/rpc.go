@@ -150,7 +150,7 @@ func (n *Node) exchange(ctx context.Context, to peer.ID, toKey trust.PublicKey, 
 	if h.Network().Connectedness(to) != network.Connected {
 		// Not a neighbour: dial the addresses from its registry record.
 		if rec := n.registry.Record(toKey); rec != nil {
-			h.Peerstore().AddAddrs(to, rec.Addrs, peerstore.TempAddrTTL)
+			h.Peerstore().AddAddrs(to, rec.Addrs(), peerstore.TempAddrTTL)
 		}
 	}
 	if !n.members.isAdmitted(to) {

@@ -7,6 +7,13 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
+// seenMessagesTTL is how long pubsub tracks a message it has seen, for
+// duplicates and for the score's delivery records: 30 s, not 2 minutes.
+// Gossip offers a message for 3 s, registry messages are ordered by
+// sequence number and envelopes by the replay guard, and every tracked
+// message costs memory in every node.
+const seenMessagesTTL = 30 * time.Second
+
 // peerScoreParams lowers the score of a peer that forwards messages our
 // validator rejects (invalid-message deliveries), so that gossipsub prunes
 // and eventually graylists it.
@@ -16,6 +23,7 @@ func peerScoreParams() *pubsub.PeerScoreParams {
 		DecayInterval:               time.Second,
 		DecayToZero:                 0.01,
 		RetainScore:                 10 * time.Minute,
+		SeenMsgTTL:                  seenMessagesTTL,
 		IPColocationFactorThreshold: 1000, // many agents may share one IP
 		Topics:                      map[string]*pubsub.TopicScoreParams{},
 	}

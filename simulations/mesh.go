@@ -133,6 +133,9 @@ func (m *Mesh) start(ctx context.Context, name string, id *trust.Identity, cred 
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	n.SetAuditHook(func(r node.AuditRecord) {
+		if r.Kind == "liveness" {
+			return // N² of them in a big mesh; Node.OnEvent has them
+		}
 		m.mu.Lock()
 		m.audit = append(m.audit, r)
 		m.mu.Unlock()
@@ -187,7 +190,9 @@ func (m *Mesh) Grant(name string, scopes, delegatable []string, ttl time.Duratio
 	return t, nil
 }
 
-// Audit returns a copy of every audit record written so far by any node.
+// Audit returns a copy of every audit record written so far by any node,
+// except liveness changes (a mesh of N writes N² of them: watch them with
+// Node.OnEvent or the Audit option).
 func (m *Mesh) Audit() []node.AuditRecord {
 	m.mu.Lock()
 	defer m.mu.Unlock()
