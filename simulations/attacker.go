@@ -25,21 +25,28 @@ import (
 // attack (RunAttacker) instead of its main job.
 const AttackerEnv = "MESHAGENT_ATTACKER"
 
-// attackerSpec is what SeparateAttackScenario hands to the attacker
-// process. The identity is in identity.pem next to it (0600).
+// attackerSpec is what the scenario hands to an attacker process. The
+// identity is in identity.pem next to it (0600); tokens and envelopes are
+// in their wire form.
 type attackerSpec struct {
-	Anchor     string        `json:"anchor"`
-	Credential []byte        `json:"credential"`
-	Token      []byte        `json:"token"`  // its own read:metrics token
-	Stolen     []byte        `json:"stolen"` // an honest caller's token
-	Replayed   []byte        `json:"replayed"`
-	Target     string        `json:"target"` // multiaddr ending in /p2p/ID
-	For        time.Duration `json:"for"`
+	Attack      string        `json:"attack"`
+	Anchor      string        `json:"anchor"` // the anchor the attacker's credential is from
+	Credential  []byte        `json:"credential"`
+	Own         []byte        `json:"own"`    // its own read:metrics token
+	Stolen      []byte        `json:"stolen"` // an honest caller's token
+	Delegated   []byte        `json:"delegated,omitempty"`
+	Expired     []byte        `json:"expired,omitempty"`
+	NotYet      []byte        `json:"not_yet,omitempty"`
+	Revoked     []byte        `json:"revoked,omitempty"`
+	Replayed    []byte        `json:"replayed"`
+	Misdirected []byte        `json:"misdirected,omitempty"`
+	Target      string        `json:"target"` // multiaddr ending in /p2p/ID
+	For         time.Duration `json:"for"`
 }
 
 // RunAttacker runs the attack named by AttackerEnv, if it is set, and
-// reports whether it did. A program that calls SeparateAttackScenario must
-// call it first thing in main and exit when it returns true: the scenario
+// reports whether it did. A program that calls SeparateAttacks must call
+// it first thing in main and exit when it returns true: the scenario
 // starts the program itself again as the attacker.
 func RunAttacker() bool {
 	path := os.Getenv(AttackerEnv)
@@ -74,74 +81,131 @@ func runAttacker(path string) error {
 	if err != nil {
 		return err
 	}
-	own, err := trust.ParseToken(spec.Token, 1<<16)
-	if err != nil {
-		return err
-	}
-	stolen, err := trust.ParseToken(spec.Stolen, 1<<16)
-	if err != nil {
-		return err
-	}
 	target, err := peer.AddrInfoFromString(spec.Target)
 	if err != nil {
 		return err
 	}
+	k := &kit{id: id, tid: target.ID, addr: *target, skew: new(atomic.Int64), replayed: spec.Replayed, misdirected: spec.Misdirected}
+	for _, t := range []struct {
+		raw []byte
+		to  **trust.Token
+	}{{spec.Own, &k.own}, {spec.Stolen, &k.stolen}, {spec.Delegated, &k.delegated}, {spec.Expired, &k.expired}, {spec.NotYet, &k.notYet}, {spec.Revoked, &k.revoked}} {
+		if len(t.raw) == 0 {
+			continue
+		}
+		if *t.to, err = trust.ParseToken(t.raw, 1<<16); err != nil {
+			return err
+		}
+	}
 	cfg := node.LocalConfig()
 	cfg.Identity, cfg.Credential = id, cred
 	cfg.Policy = trust.DefaultPolicy(anchor)
-	cfg.Tokens = []*trust.Token{own}
+	if k.own != nil {
+		cfg.Tokens = []*trust.Token{k.own}
+	}
 	cfg.HeartbeatInterval, cfg.DeadAfter = 500*time.Millisecond, 5*time.Second
+	cfg.Clock = func() time.Time { return time.Now().Add(time.Duration(k.skew.Load())) }
 	ctx := context.Background()
-	n, err := node.New(cfg)
-	if err != nil {
+	if k.n, err = node.New(cfg); err != nil {
 		return err
 	}
-	if err := n.Start(ctx); err != nil {
+	if err := k.n.Start(ctx); err != nil {
 		return err
 	}
-	defer n.Close()
-	if err := n.Connect(ctx, *target); err != nil {
-		return err
+	defer k.n.Close()
+	if spec.Attack != "outsider" {
+		if err := k.n.Connect(ctx, *target); err != nil {
+			return err
+		}
 	}
 	fmt.Println("ready")
 	stop := make(chan struct{})
 	time.AfterFunc(spec.For, func() { close(stop) })
 	var attempts atomic.Int64
-	flood(ctx, n, id, target.ID, stolen, spec.Replayed, stop, &attempts)
+	if err := k.run(ctx, spec.Attack, stop, &attempts); err != nil {
+		return err
+	}
 	fmt.Println("attempts", attempts.Load())
 	return nil
 }
 
 // SeparateAttackScenario is AttackScenario with the attacker in a process
+// of its own: SeparateAttacks with the mixed flood only.
+func SeparateAttackScenario(ctx context.Context, n int, d time.Duration) (AttackResult, error) {
+	mixed, _ := AttackNamed("mixed")
+	rs, err := SeparateAttacks(ctx, n, d, []Attack{mixed})
+	if err != nil {
+		return AttackResult{N: n, Attack: mixed}, err
+	}
+	return rs[0], nil
+}
+
+// SeparateAttacks plays each attack against one target of n honest agents
+// (the stage of AttackScenario), each from a fresh attacker in a process
 // of its own, started from this program's executable at the lowest CPU
 // priority (nice 19), as an attacker on another machine would be: the
 // honest agents' process keeps the cores, and what the target spends on
-// the attack is all that the measurement counts. The program must call
-// RunAttacker first in main.
-func SeparateAttackScenario(ctx context.Context, n int, d time.Duration) (AttackResult, error) {
-	res := AttackResult{N: n}
+// the attack is what the measurement counts. For each attack the honest
+// load is measured for d without it, then for d under it. The program must
+// call RunAttacker first in main.
+func SeparateAttacks(ctx context.Context, n int, d time.Duration, attacks []Attack) ([]AttackResult, error) {
 	st, err := newAttackStage(ctx, n, nil)
 	if err != nil {
-		return res, err
+		return nil, err
 	}
 	defer st.m.Close()
-	m := st.m
+	if err := WaitFor(30*time.Second, func() error { return st.m.Converged("alive") }); err != nil {
+		return nil, err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	var out []AttackResult
+	for _, a := range attacks {
+		res, err := st.separate(ctx, self, a, d)
+		if err != nil {
+			return out, fmt.Errorf("%s: %w", a.Name, err)
+		}
+		out = append(out, res)
+	}
+	return out, nil
+}
+
+// lead is how long an attack runs before and after the honest load is
+// measured under it: a second, or d when shorter.
+func lead(d time.Duration) time.Duration { return min(d, time.Second) }
+
+// separate plays one attack from a process of its own.
+func (st *attackStage) separate(ctx context.Context, self string, a Attack, d time.Duration) (AttackResult, error) {
+	res := AttackResult{N: len(st.m.Agents), Attack: a}
 	id, err := trust.GenerateIdentity(rand.Reader)
 	if err != nil {
 		return res, err
 	}
-	now := time.Now()
-	cred, err := trust.IssueCredential(m.Anchor, id.Public(), "mallory", now.Add(-time.Minute), time.Hour)
+	issuer := st.m.Anchor
+	if a.Name == "outsider" {
+		if issuer, err = trust.GenerateAnchorKey(nil); err != nil {
+			return res, err
+		}
+	}
+	cred, err := trust.IssueCredential(issuer, id.Public(), "mallory", time.Now().Add(-time.Minute), time.Hour)
 	if err != nil {
 		return res, err
 	}
-	own, err := trust.IssueToken(m.Anchor, id.Public(), trust.Grant{Scopes: []string{"read:metrics"}, NotBefore: now.Add(-time.Minute), Expires: now.Add(time.Hour)}, now)
-	if err != nil {
+	k := &kit{id: id, tid: st.tid()}
+	if err := st.arm(ctx, k); err != nil {
 		return res, err
 	}
-	if err := st.baseline(ctx, &res, d); err != nil {
-		return res, err
+	spec := attackerSpec{Attack: a.Name, Anchor: issuer.Public().String(), Credential: cred.Bytes(),
+		Replayed: k.replayed, Misdirected: k.misdirected, Target: st.m.Agents[st.target].Node.Addrs()[0].String(), For: d + 2*lead(d)}
+	for _, t := range []struct {
+		tok *trust.Token
+		to  *[]byte
+	}{{k.own, &spec.Own}, {k.stolen, &spec.Stolen}, {k.delegated, &spec.Delegated}, {k.expired, &spec.Expired}, {k.notYet, &spec.NotYet}, {k.revoked, &spec.Revoked}} {
+		*t.to = t.tok.Bytes()
 	}
+	res.Baseline = st.m.HonestLoad(ctx, st.callers, st.target, "read:logs", d)
 
 	dir, err := os.MkdirTemp("", "meshagent-attacker-")
 	if err != nil {
@@ -151,14 +215,9 @@ func SeparateAttackScenario(ctx context.Context, n int, d time.Duration) (Attack
 	if err := id.Save(filepath.Join(dir, "identity.pem")); err != nil {
 		return res, err
 	}
-	spec, _ := json.Marshal(attackerSpec{Anchor: m.Anchor.Public().String(), Credential: cred.Bytes(), Token: own.Bytes(),
-		Stolen: st.stolen.Bytes(), Replayed: st.replayed(), Target: m.Agents[st.target].Node.Addrs()[0].String(), For: d + 2*time.Second})
+	raw, _ := json.Marshal(spec)
 	specPath := filepath.Join(dir, "spec.json")
-	if err := os.WriteFile(specPath, spec, 0o600); err != nil {
-		return res, err
-	}
-	self, err := os.Executable()
-	if err != nil {
+	if err := os.WriteFile(specPath, raw, 0o600); err != nil {
 		return res, err
 	}
 	cmd := exec.CommandContext(ctx, "nice", "-n", "19", self)
@@ -177,8 +236,8 @@ func SeparateAttackScenario(ctx context.Context, n int, d time.Duration) (Attack
 		_ = cmd.Wait()
 		return res, fmt.Errorf("attacker did not start")
 	}
-	time.Sleep(time.Second) // the attack is under way when the honest load starts
-	res.Under = m.HonestLoad(ctx, st.callers, st.target, "read:logs", d)
+	time.Sleep(lead(d)) // the attack is under way when the honest load starts
+	res.Under = st.m.HonestLoad(ctx, st.callers, st.target, "read:logs", d)
 	for lines.Scan() {
 		if f := strings.Fields(lines.Text()); len(f) == 2 && f[0] == "attempts" {
 			res.Attempts, _ = strconv.ParseInt(f[1], 10, 64)

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
-	"github.com/libp2p/go-msgio"
 
 	"github.com/meshagent/meshagent/node"
 	"github.com/meshagent/meshagent/protocol"
@@ -61,30 +60,35 @@ func (m *Mesh) HonestLoad(ctx context.Context, callers []string, target, action 
 	return res
 }
 
-// AttackResult compares honest traffic with and without an attacker.
+// AttackResult compares honest traffic with and without one attack.
 type AttackResult struct {
 	N               int
+	Attack          Attack
 	Baseline, Under LoadResult
-	Attempts        int64 // attack requests the attacker sent
-	Rejected        int64 // of which the target audited as rejected
+	Attempts        int64 // attempts the attacker made
+	Rejected        int64 // of which the target audited as rejected (requests and admissions)
+	WithCode        int64 // of those, rejections with the attack's code
+	CutOff          bool  // the target refused the attacker for flooding
 	HandlerRuns     int64 // honest handler runs caused by the attacker: must be 0
 }
 
+// Ratio is honest throughput under the attack over throughput without it.
+func (r AttackResult) Ratio() float64 { return r.Under.PerSecond() / r.Baseline.PerSecond() }
+
 // AttackScenario starts n honest agents and an enrolled attacker, measures
 // honest calls to one target for d, then again for d while the attacker
-// floods the same target with forged, replayed, stolen-token, escalated
-// and garbage requests from 4 goroutines (see flood). The attacker runs in
-// the same process: its own work shares the CPU with the honest agents.
-// SeparateAttackScenario runs it in a process of its own.
+// floods the same target with the mixed attack (forged, re-sent,
+// stolen-token, escalated and garbage requests) from 4 goroutines. The
+// attacker runs in the same process: its own work shares the CPU with the
+// honest agents. SeparateAttacks runs each attack from a process of its
+// own.
 func AttackScenario(ctx context.Context, n int, d time.Duration) (AttackResult, error) {
-	res := AttackResult{N: n}
+	mixed, _ := AttackNamed("mixed")
+	res := AttackResult{N: n, Attack: mixed}
 	var mal *Agent
 	st, err := newAttackStage(ctx, n, func(m *Mesh) (err error) {
 		opts := Options{HeartbeatInterval: 500 * time.Millisecond, DeadAfter: 5 * time.Second}
-		if mal, err = m.Add(ctx, "mallory", true, opts); err != nil {
-			return err
-		}
-		_, err = m.Grant("mallory", []string{"read:metrics"}, nil, time.Hour)
+		mal, err = m.Add(ctx, "mallory", true, opts)
 		return err
 	})
 	if err != nil {
@@ -94,19 +98,23 @@ func AttackScenario(ctx context.Context, n int, d time.Duration) (AttackResult, 
 	if err := st.m.Connect(ctx, "mallory", st.target); err != nil {
 		return res, err
 	}
-	if err := st.baseline(ctx, &res, d); err != nil {
+	if err := WaitFor(30*time.Second, func() error { return st.m.Converged("alive") }); err != nil {
 		return res, err
 	}
+	k := &kit{n: mal.Node, id: mal.Identity, tid: st.tid(), skew: new(atomic.Int64)}
+	if err := st.arm(ctx, k); err != nil {
+		return res, err
+	}
+	res.Baseline = st.m.HonestLoad(ctx, st.callers, st.target, "read:logs", d)
 	stop := make(chan struct{})
 	var attempts atomic.Int64
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		flood(ctx, mal.Node, mal.Identity, st.tid(), st.stolen, st.replayed(), stop, &attempts)
-	}()
+	done := make(chan error, 1)
+	go func() { done <- k.run(ctx, mixed.Name, stop, &attempts) }()
 	res.Under = st.m.HonestLoad(ctx, st.callers, st.target, "read:logs", d)
 	close(stop)
-	<-done
+	if err := <-done; err != nil {
+		return res, err
+	}
 	res.Attempts = attempts.Load()
 	st.tally(&res, mal.ID())
 	return res, nil
@@ -163,29 +171,77 @@ func newAttackStage(ctx context.Context, n int, enrol func(m *Mesh) error) (*att
 
 func (st *attackStage) tid() peer.ID { return st.m.Agents[st.target].ID() }
 
-// replayed is an honest caller's sealed request, for the attacker to re-send.
-func (st *attackStage) replayed() []byte {
-	raw, _ := st.m.Agents[st.callers[0]].Node.SealRequest(st.tid(), "read:logs", nil, nil)
-	return raw
-}
-
-// baseline waits for the registry to converge and measures the honest load
-// without the attack.
-func (st *attackStage) baseline(ctx context.Context, res *AttackResult, d time.Duration) error {
-	if err := WaitFor(30*time.Second, func() error { return st.m.Converged("alive") }); err != nil {
+// arm gives the attacker k (its id and target set) the material of every
+// attack: its own read:metrics token; an honest caller's token; a
+// delegation from that caller, to forge on; expired, not-yet-valid and
+// revoked tokens (the revocation reached the target); an honest caller's
+// request to the target and one to another node.
+func (st *attackStage) arm(ctx context.Context, k *kit) error {
+	m, now, mal := st.m, time.Now(), k.id.Public()
+	issue := func(from, until time.Time) (*trust.Token, error) {
+		return trust.IssueToken(m.Anchor, mal, trust.Grant{Scopes: []string{"read:logs"}, NotBefore: from, Expires: until}, now)
+	}
+	var err error
+	if k.own, err = trust.IssueToken(m.Anchor, mal, trust.Grant{Scopes: []string{"read:metrics"}, NotBefore: now.Add(-time.Minute), Expires: now.Add(time.Hour)}, now); err != nil {
 		return err
 	}
-	res.Baseline = st.m.HonestLoad(ctx, st.callers, st.target, "read:logs", d)
-	return nil
+	if k.n != nil {
+		k.n.AddToken(k.own)
+	}
+	k.stolen = st.stolen
+	holder := m.Agents[st.callers[len(st.callers)-1]]
+	if k.delegated, err = st.stolen.Delegate(holder.Identity, mal, trust.Grant{Scopes: []string{"read:logs"}, Delegatable: []string{"read:logs"}, Expires: now.Add(30 * time.Minute)}, now); err != nil {
+		return err
+	}
+	if k.expired, err = issue(now.Add(-2*time.Hour), now.Add(-time.Hour)); err != nil {
+		return err
+	}
+	if k.notYet, err = issue(now.Add(time.Hour), now.Add(2*time.Hour)); err != nil {
+		return err
+	}
+	if k.revoked, err = issue(now.Add(-time.Minute), now.Add(time.Hour)); err != nil {
+		return err
+	}
+	rev, err := trust.RevokeLink(m.Anchor, k.revoked.Links[0].ID, now, time.Hour)
+	if err != nil {
+		return err
+	}
+	target := m.Agents[st.target].Node
+	before := target.Verifier().Revocations()
+	if err := target.Revoke(ctx, rev.Bytes()); err != nil {
+		return err
+	}
+	if err := WaitFor(10*time.Second, func() error {
+		if target.Verifier().Revocations() == before {
+			return fmt.Errorf("revocation not applied at the target")
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	caller := m.Agents[st.callers[0]].Node
+	if k.replayed, err = caller.SealRequest(st.tid(), "read:logs", nil, nil); err != nil {
+		return err
+	}
+	k.misdirected, err = caller.SealRequest(m.Agents[m.Names()[len(m.Names())-1]].ID(), "read:logs", nil, nil)
+	return err
 }
 
-// tally counts the target's audited rejections of the attacker and the
-// handler runs it caused.
+// tally counts the target's audited rejections of the attacker (those with
+// the attack's code apart), whether it cut the attacker off, and the
+// handler runs the attacker caused.
 func (st *attackStage) tally(res *AttackResult, attacker peer.ID) {
-	tid := st.tid().String()
+	tid, from := st.tid().String(), attacker.String()
 	for _, a := range st.m.Audit() {
-		if a.Direction == "in" && a.Sender == attacker.String() && a.Recipient == tid && a.Decision == "reject" && a.Kind == "request" {
-			res.Rejected++
+		if a.Direction != "in" || a.Sender != from || a.Recipient != tid || a.Decision != "reject" {
+			continue
+		}
+		res.Rejected++
+		if a.Reason == string(res.Attack.Code) {
+			res.WithCode++
+		}
+		if a.Reason == string(protocol.CodeFlood) {
+			res.CutOff = true
 		}
 	}
 	res.HandlerRuns = st.foreign.Load()
@@ -297,46 +353,4 @@ func PartitionScenario(ctx context.Context, n int, hb time.Duration) (PartitionR
 	}
 	res.Heal = time.Since(start)
 	return res, nil
-}
-
-// flood sends, from 4 goroutines until stop closes, forged envelopes (a
-// flipped signature bit), an honest agent's envelope re-sent, calls with a
-// stolen token, calls with an escalated chain, and garbage frames to
-// target, counting attempts.
-func flood(ctx context.Context, mal *node.Node, id *trust.Identity, tid peer.ID, stolen *trust.Token, replayed []byte, stop <-chan struct{}, attempts *atomic.Int64) {
-	now := time.Now()
-	escalated := mal.Tokens()[0].ForgeDelegation(id, id.Public(), trust.Grant{Scopes: []string{"read:logs"}, Expires: now.Add(time.Minute)}, now)
-	var wg sync.WaitGroup
-	for w := 0; w < 4; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				attempts.Add(1)
-				switch i % 5 {
-				case 0: // forged: flip a signature bit
-					raw, _ := mal.SealRequest(tid, "read:logs", nil, stolen)
-					raw[len(raw)-1] ^= 1
-					_, _ = mal.SendRaw(ctx, tid, raw)
-				case 1: // an honest agent's envelope, re-sent
-					_, _ = mal.SendRaw(ctx, tid, replayed)
-				case 2: // a stolen token
-					_, _ = mal.Call(ctx, tid, "read:logs", nil, &node.CallOptions{Token: stolen})
-				case 3: // an escalated chain
-					_, _ = mal.Call(ctx, tid, "read:logs", nil, &node.CallOptions{Token: escalated})
-				case 4: // garbage
-					if s, err := mal.Host().NewStream(ctx, tid, protocol.ProtocolRPC); err == nil {
-						_ = msgio.NewVarintWriter(s).WriteMsg([]byte("garbage"))
-						_ = s.Reset()
-					}
-				}
-			}
-		}()
-	}
-	wg.Wait()
 }
