@@ -248,3 +248,31 @@ func TestHolds(t *testing.T) {
 		t.Fatal("holds a different record")
 	}
 }
+
+// A new record that carries the credential already held skips the
+// credential's signature check, but not its revocation or expiry.
+func TestHeldCredentialIsRechecked(t *testing.T) {
+	f := newFx(t, 1)
+	r := f.registry()
+	if _, err := r.Announce(f.record(t, 0, 1, t0), Direct, t0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Announce(f.record(t, 0, 2, t0), Direct, t0); err != nil {
+		t.Fatal(err)
+	}
+	rev, _ := trust.RevokeAgent(f.anchor, f.agents[0].Public(), t0, t0, time.Hour)
+	if err := f.v.AddRevocation(rev, t0); err != nil {
+		t.Fatal(err)
+	}
+	_, err := r.Announce(f.record(t, 0, 3, t0), Direct, t0)
+	want(t, err, trust.CodeRevoked)
+
+	g := newFx(t, 1)
+	r = g.registry()
+	if _, err := r.Announce(g.record(t, 0, 1, t0), Direct, t0); err != nil {
+		t.Fatal(err)
+	}
+	later := t0.Add(30 * time.Hour)
+	_, err = r.Announce(g.record(t, 0, 2, later), Direct, later)
+	want(t, err, trust.CodeExpired)
+}

@@ -34,11 +34,14 @@ type members struct {
 	n       *Node
 	mu      sync.RWMutex
 	refused map[peer.ID]time.Time
-	// rejections limits how many rejected requests and messages one peer
-	// may cause: a peer that keeps sending what the decision function
-	// refuses is disconnected and refused for refuseFor, so that a flood
+	// rejections is each peer's rejection budget: every request or
+	// message the decision function refuses spends one. A peer that has
+	// spent it is cut off (disconnected and refused for refuseFor) when the
+	// rejection is hostile, and throttled otherwise: its requests are then
+	// refused before any check until the budget refills, so that a flood
 	// costs the node one check per request only up to the burst.
-	rejections map[peer.ID]*rate.Limiter
+	rejections map[peer.ID]*budget
+	throttles  int64 // requests refused unchecked (Node.Throttled)
 	admitting  singleflight.Group
 }
 
@@ -50,43 +53,81 @@ const (
 )
 
 func newMembers(n *Node) *members {
-	return &members{n: n, refused: map[peer.ID]time.Time{}, rejections: map[peer.ID]*rate.Limiter{}}
+	return &members{n: n, refused: map[peer.ID]time.Time{}, rejections: map[peer.ID]*budget{}}
 }
 
 // hostile are the rejections that an honest agent does not cause by
-// retrying (forgeries, tampering, impersonation, escalation, garbage). Only
-// they count towards the flood limit: a dead, late or misconfigured agent
-// that retries is refused each time, not cut off.
+// retrying (forgeries, tampering, impersonation, escalation, garbage). A
+// peer past its budget is cut off for them; a dead, late or misconfigured
+// agent that retries is only throttled.
 var hostile = map[trust.Code]bool{
 	trust.CodeBadSignature: true, trust.CodeMalformed: true, trust.CodeTooLarge: true, trust.CodeTooDeep: true,
 	trust.CodeEscalation: true, trust.CodeWildcard: true, trust.CodeNotHolder: true, trust.CodeUntrustedRoot: true,
 	protocol.CodeImpersonation: true, protocol.CodeReplay: true, protocol.CodeWrongRecipient: true, protocol.CodeVersion: true,
 }
 
-// penalize counts one rejection caused by p if its code is hostile, and
-// refuses p when it has caused too many. It reports whether p was refused.
+// budget is one peer's rejection budget.
+type budget struct {
+	*rate.Limiter
+	audited time.Time // when a throttle of this peer was last audited
+}
+
+// penalize spends one of p's rejection budget for a rejection with code.
+// When that spends the budget, a hostile code cuts p off, and any other
+// throttles it (audited at most once a second). It reports whether p was
+// cut off.
 func (m *members) penalize(p peer.ID, code trust.Code) bool {
-	if !hostile[code] {
-		return false
-	}
 	m.mu.Lock()
-	l, ok := m.rejections[p]
+	b, ok := m.rejections[p]
 	if !ok {
 		if len(m.rejections) > 10000 { // bounded: forget idle peers
-			for q, ql := range m.rejections {
-				if ql.Tokens() >= rejectBurst {
+			for q, qb := range m.rejections {
+				if qb.Tokens() >= rejectBurst {
 					delete(m.rejections, q)
 				}
 			}
 		}
-		l = rate.NewLimiter(rejectRate, rejectBurst)
-		m.rejections[p] = l
+		b = &budget{Limiter: rate.NewLimiter(rejectRate, rejectBurst)}
+		m.rejections[p] = b
+	}
+	b.Allow()
+	spent := b.Tokens() < 1
+	now := m.n.now()
+	audit := spent && !hostile[code] && now.Sub(b.audited) >= time.Second
+	if audit {
+		b.audited = now
 	}
 	m.mu.Unlock()
-	if l.Allow() {
+	if spent && hostile[code] {
+		m.refuse(p, protocol.Reject(protocol.CodeFlood, "more than %d rejected requests at once or %d per second", rejectBurst, rejectRate))
+		return true
+	}
+	if audit {
+		m.n.audit.write(AuditRecord{Time: now, Direction: "in", Kind: "request", Sender: p.String(), Recipient: m.n.ID().String(),
+			Decision: "reject", Reason: string(protocol.CodeFlood),
+			Detail: fmt.Sprintf("throttled: more than %d rejected requests at once or %d per second; its requests are refused unchecked until fewer", rejectBurst, rejectRate)})
+	}
+	return false
+}
+
+// Throttled returns how many requests this node refused unchecked because
+// their sender had spent its rejection budget.
+func (n *Node) Throttled() int64 {
+	n.members.mu.Lock()
+	defer n.members.mu.Unlock()
+	return n.members.throttles
+}
+
+// throttled reports whether p has spent its rejection budget: its request
+// is then refused before any check (and counted, not audited one by one).
+func (m *members) throttled(p peer.ID) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b, ok := m.rejections[p]
+	if !ok || b.Tokens() >= 1 {
 		return false
 	}
-	m.refuse(p, protocol.Reject(protocol.CodeFlood, "more than %d rejected requests at once or %d per second", rejectBurst, rejectRate))
+	m.throttles++
 	return true
 }
 

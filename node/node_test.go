@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -336,36 +338,85 @@ func TestCloseIsIdempotent(t *testing.T) {
 	}
 }
 
-// Only hostile rejections count towards the flood limit: an agent that
-// keeps retrying a call it has no token for is refused each time but stays
-// connected; one that keeps sending forgeries is cut off.
-func TestFloodLimitCountsOnlyHostileRejections(t *testing.T) {
+// Every rejection spends the sender's budget. An agent that keeps retrying
+// a call it has no token for is throttled past the budget (its requests are
+// refused unchecked, and the throttle is audited) but stays connected and
+// is served checks again once the budget refills; one that keeps sending
+// forgeries is cut off.
+func TestRejectionBudget(t *testing.T) {
 	m, runs := testMesh(t, "tcp")
 	ctx := context.Background()
 	mal, worker := m.Agents["mallory"].Node, m.Agents["worker"].ID()
-	for i := 0; i < 150; i++ {
-		if _, err := mal.Call(ctx, worker, "read:logs", nil, nil); trust.CodeOf(err) != protocol.CodeNoToken {
-			t.Fatalf("call %d: %v", i, err)
+	var refused, throttled atomic.Int32
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 75; i++ {
+				_, err := mal.Call(ctx, worker, "read:logs", nil, nil)
+				switch trust.CodeOf(err) {
+				case protocol.CodeNoToken:
+					refused.Add(1)
+				default:
+					throttled.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if refused.Load() < 100 || throttled.Load() == 0 || m.Agents["worker"].Node.Throttled() == 0 {
+		t.Fatalf("300 calls without a token: %d refused after the checks, %d otherwise, %d throttled at the worker",
+			refused.Load(), throttled.Load(), m.Agents["worker"].Node.Throttled())
+	}
+	malID := m.Agents["mallory"].ID().String()
+	var throttleAudited bool
+	for _, a := range m.Audit() {
+		if a.Sender == malID && a.Reason == string(protocol.CodeFlood) {
+			if a.Kind == "admission" {
+				t.Fatal("mallory was cut off for calls without a token")
+			}
+			throttleAudited = true
 		}
 	}
-	var last error
-	for i := 0; i < 150; i++ {
+	if !throttleAudited {
+		t.Fatal("the throttle was not audited")
+	}
+	if err := simulations.WaitFor(10*time.Second, func() error {
+		_, err := mal.Call(ctx, worker, "read:logs", nil, nil)
+		if trust.CodeOf(err) != protocol.CodeNoToken {
+			return fmt.Errorf("still throttled: %v", err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// Forgeries: the first one checked once the budget is spent cuts
+	// mallory off (until then they are refused unchecked).
+	cutOff := func() bool {
+		for _, a := range m.Audit() {
+			if a.Kind == "admission" && a.Reason == string(protocol.CodeFlood) && a.Sender == malID {
+				return true
+			}
+		}
+		return false
+	}
+	if err := simulations.WaitFor(10*time.Second, func() error {
 		raw, _ := mal.SealRequest(worker, "read:logs", nil, nil)
 		raw[len(raw)-1] ^= 1
-		_, last = mal.SendRaw(ctx, worker, raw)
+		_, _ = mal.SendRaw(ctx, worker, raw)
+		if !cutOff() {
+			return fmt.Errorf("not cut off")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
-	if trust.CodeOf(last) != protocol.CodeUnavailable {
-		t.Fatalf("after 150 forgeries: %v, want the connection refused", last)
+	if _, err := mal.Call(ctx, worker, "read:logs", nil, nil); trust.CodeOf(err) != protocol.CodeUnavailable {
+		t.Fatalf("after the forgeries: %v, want the connection refused", err)
 	}
 	if runs.Load() != 0 {
 		t.Fatal("handler ran")
-	}
-	found := false
-	for _, a := range m.Audit() {
-		found = found || (a.Kind == "admission" && a.Reason == string(protocol.CodeFlood) && a.Sender == m.Agents["mallory"].ID().String())
-	}
-	if !found {
-		t.Fatal("the flood was not audited")
 	}
 	// Honest traffic still flows.
 	if _, err := call(m, "orchestrator", "worker", "read:logs"); err != nil {

@@ -93,7 +93,12 @@ func (n *Node) validator(topic string) pubsub.ValidatorEx {
 		if err != nil {
 			rec.Decision, rec.Reason, rec.Detail = "reject", string(codeOrDefault(err, trust.CodeMalformed)), err.Error()
 			n.audit.write(rec)
-			n.members.penalize(m.ReceivedFrom, codeOrDefault(err, trust.CodeMalformed))
+			// The forwarder spends its budget only for what it should
+			// have refused itself: a relay that sees an author alive, or
+			// a message as fresh, when this node does not is not hostile.
+			if code := codeOrDefault(err, trust.CodeMalformed); hostile[code] {
+				n.members.penalize(m.ReceivedFrom, code)
+			}
 			return pubsub.ValidationReject
 		}
 		rec.Decision = "accept"

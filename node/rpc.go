@@ -194,6 +194,10 @@ func (n *Node) exchange(ctx context.Context, to peer.ID, toKey trust.PublicKey, 
 func (n *Node) handleRPC(s network.Stream) {
 	start := time.Now()
 	remote := s.Conn().RemotePeer()
+	if n.members.throttled(remote) {
+		s.Reset() // unchecked: it spent its rejection budget
+		return
+	}
 	_ = s.SetDeadline(start.Add(n.cfg.HandlerTimeout + time.Second))
 	raw, err := msgio.NewVarintReaderSize(s, n.cfg.MaxEnvelopeSize).ReadMsg()
 	if err != nil {

@@ -52,7 +52,7 @@ func TestSeparateAttacks(t *testing.T) {
 // The mixed flood from inside the honest agents' process: refused, cut
 // off, no honest handler run, honest calls still served.
 func TestAttackInProcess(t *testing.T) {
-	r, err := simulations.AttackScenario(context.Background(), 6, 300*time.Millisecond)
+	r, err := simulations.AttackScenario(context.Background(), 6, 500*time.Millisecond*raceScale)
 	if err != nil {
 		t.Fatal(err)
 	}

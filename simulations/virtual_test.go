@@ -192,6 +192,10 @@ func TestVirtualTimeScenario(t *testing.T) {
 				_ = pprof.WriteHeapProfile(f)
 				_ = f.Close()
 			}
+			if f, err := os.Create(path + ".goroutines"); err == nil { // and what the goroutines are
+				_ = pprof.Lookup("goroutine").WriteTo(f, 1)
+				_ = f.Close()
+			}
 		}
 
 		// Steady liveness traffic.

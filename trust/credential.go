@@ -127,6 +127,12 @@ func credentialFromSigned(s *trustpb.Signed) (*Credential, error) {
 	return c, nil
 }
 
+// Equal reports whether c and o are the same signed credential, byte for
+// byte.
+func (c *Credential) Equal(o *Credential) bool {
+	return o != nil && string(c.body) == string(o.body) && string(c.sig) == string(o.sig)
+}
+
 // Proto returns the wire form.
 func (c *Credential) Proto() *trustpb.Signed { return &trustpb.Signed{Body: c.body, Signature: c.sig} }
 

@@ -44,6 +44,9 @@ func (m *daemonMetrics) watch(n *node.Node) {
 				}
 				return 0
 			}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshagent_throttled_requests_total",
+			Help: "Requests refused unchecked because their sender had spent its budget of rejected requests."},
+			func() float64 { return float64(n.Throttled()) }),
 	)
 	for _, st := range []discovery.State{discovery.Alive, discovery.Suspect, discovery.Dead} {
 		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshagent_registry_agents",
