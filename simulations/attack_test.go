@@ -44,8 +44,8 @@ func TestSeparateAttacks(t *testing.T) {
 		if r.Under.Calls-r.Under.Failures == 0 {
 			t.Errorf("%s: no honest call served during the attack", a.Name)
 		}
-		t.Logf("%-14s honest calls/s %5.0f without, %5.0f under (%.2f ×); %6d attempts, %5d rejections (%d with %s), cut off %v",
-			a.Name, r.Baseline.PerSecond(), r.Under.PerSecond(), r.Ratio(), r.Attempts, r.Rejected, r.WithCode, a.Code, r.CutOff)
+		t.Logf("%-14s honest calls/s %5.0f without, %5.0f under (%.2f ×); %6d attempts, %5d rejections (%d with %s), cut off %v, throttled %v",
+			a.Name, r.Baseline.PerSecond(), r.Under.PerSecond(), r.Ratio(), r.Attempts, r.Rejected, r.WithCode, a.Code, r.CutOff, r.Throttled)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -118,11 +119,31 @@ func runAttacker(path string) error {
 			return err
 		}
 	}
-	fmt.Println("ready")
+	// The scenario switches the attack on and off with lines on stdin
+	// ("on", "off") and ends it with "end" or by closing stdin; For is a
+	// safety net.
+	var on atomic.Bool
 	stop := make(chan struct{})
-	time.AfterFunc(spec.For, func() { close(stop) })
+	var once sync.Once
+	end := func() { once.Do(func() { close(stop) }) }
+	time.AfterFunc(spec.For, end)
+	go func() {
+		defer end()
+		in := bufio.NewScanner(os.Stdin)
+		for in.Scan() {
+			switch in.Text() {
+			case "on":
+				on.Store(true)
+			case "off":
+				on.Store(false)
+			case "end":
+				return
+			}
+		}
+	}()
+	fmt.Println("ready")
 	var attempts atomic.Int64
-	if err := k.run(ctx, spec.Attack, stop, &attempts); err != nil {
+	if err := k.run(ctx, spec.Attack, &on, stop, &attempts); err != nil {
 		return err
 	}
 	fmt.Println("attempts", attempts.Load())
@@ -146,8 +167,9 @@ func SeparateAttackScenario(ctx context.Context, n int, d time.Duration) (Attack
 // priority (nice 19), as an attacker on another machine would be: the
 // honest agents' process keeps the cores, and what the target spends on
 // the attack is what the measurement counts. For each attack the honest
-// load is measured for d without it, then for d under it. The program must
-// call RunAttacker first in main.
+// load is measured for d without it and for d under it, in four
+// alternating windows each. The program must call RunAttacker first in
+// main.
 func SeparateAttacks(ctx context.Context, n int, d time.Duration, attacks []Attack) ([]AttackResult, error) {
 	st, err := newAttackStage(ctx, n, nil)
 	if err != nil {
@@ -172,10 +194,6 @@ func SeparateAttacks(ctx context.Context, n int, d time.Duration, attacks []Atta
 	return out, nil
 }
 
-// lead is how long an attack runs before and after the honest load is
-// measured under it: a second, or d when shorter.
-func lead(d time.Duration) time.Duration { return min(d, time.Second) }
-
 // separate plays one attack from a process of its own.
 func (st *attackStage) separate(ctx context.Context, self string, a Attack, d time.Duration) (AttackResult, error) {
 	res := AttackResult{N: len(st.m.Agents), Attack: a}
@@ -198,15 +216,13 @@ func (st *attackStage) separate(ctx context.Context, self string, a Attack, d ti
 		return res, err
 	}
 	spec := attackerSpec{Attack: a.Name, Anchor: issuer.Public().String(), Credential: cred.Bytes(),
-		Replayed: k.replayed, Misdirected: k.misdirected, Target: st.m.Agents[st.target].Node.Addrs()[0].String(), For: d + 2*lead(d)}
+		Replayed: k.replayed, Misdirected: k.misdirected, Target: st.m.Agents[st.target].Node.Addrs()[0].String(), For: 2*d + time.Minute}
 	for _, t := range []struct {
 		tok *trust.Token
 		to  *[]byte
 	}{{k.own, &spec.Own}, {k.stolen, &spec.Stolen}, {k.delegated, &spec.Delegated}, {k.expired, &spec.Expired}, {k.notYet, &spec.NotYet}, {k.revoked, &spec.Revoked}} {
 		*t.to = t.tok.Bytes()
 	}
-	res.Baseline = st.m.HonestLoad(ctx, st.callers, st.target, "read:logs", d)
-
 	dir, err := os.MkdirTemp("", "meshagent-attacker-")
 	if err != nil {
 		return res, err
@@ -223,6 +239,10 @@ func (st *attackStage) separate(ctx context.Context, self string, a Attack, d ti
 	cmd := exec.CommandContext(ctx, "nice", "-n", "19", self)
 	cmd.Env = append(os.Environ(), AttackerEnv+"="+specPath)
 	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return res, err
+	}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return res, err
@@ -236,8 +256,21 @@ func (st *attackStage) separate(ctx context.Context, self string, a Attack, d ti
 		_ = cmd.Wait()
 		return res, fmt.Errorf("attacker did not start")
 	}
-	time.Sleep(lead(d)) // the attack is under way when the honest load starts
-	res.Under = st.m.HonestLoad(ctx, st.callers, st.target, "read:logs", d)
+	// Windows without and with the attack alternate, so that the machine's
+	// drift over the run weighs on both alike.
+	const rounds = 4
+	w, settle := d/rounds, d/(4*rounds)
+	res.Baseline, res.Under = LoadResult{Errors: map[trust.Code]int{}}, LoadResult{Errors: map[trust.Code]int{}}
+	for i := 0; i < rounds; i++ {
+		res.Baseline.add(st.m.HonestLoad(ctx, st.callers, st.target, "read:logs", w))
+		_, _ = fmt.Fprintln(in, "on")
+		time.Sleep(settle) // the attack is under way when the window starts
+		res.Under.add(st.m.HonestLoad(ctx, st.callers, st.target, "read:logs", w))
+		_, _ = fmt.Fprintln(in, "off")
+		time.Sleep(settle)
+	}
+	_, _ = fmt.Fprintln(in, "end")
+	_ = in.Close()
 	for lines.Scan() {
 		if f := strings.Fields(lines.Text()); len(f) == 2 && f[0] == "attempts" {
 			res.Attempts, _ = strconv.ParseInt(f[1], 10, 64)

@@ -199,9 +199,9 @@ func (k *kit) attempt(ctx context.Context, a string) (func(), error) {
 	return nil, fmt.Errorf("no attack named %q", a)
 }
 
-// run makes attempts of attack a from 4 goroutines until stop closes,
-// counting them.
-func (k *kit) run(ctx context.Context, a string, stop <-chan struct{}, attempts *atomic.Int64) error {
+// run makes attempts of attack a from 4 goroutines while on is set, until
+// stop closes, counting them.
+func (k *kit) run(ctx context.Context, a string, on *atomic.Bool, stop <-chan struct{}, attempts *atomic.Int64) error {
 	f, err := k.attempt(ctx, a)
 	if err != nil {
 		return err
@@ -216,6 +216,10 @@ func (k *kit) run(ctx context.Context, a string, stop <-chan struct{}, attempts 
 				case <-stop:
 					return
 				default:
+				}
+				if !on.Load() {
+					time.Sleep(time.Millisecond) // paused
+					continue
 				}
 				attempts.Add(1)
 				f()

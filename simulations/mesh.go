@@ -51,11 +51,12 @@ func (a *Agent) ID() peer.ID { return a.Identity.PeerID() }
 
 // Mesh is a set of running agents sharing one trust anchor.
 type Mesh struct {
-	Anchor *trust.AnchorKey
-	Agents map[string]*Agent
-	order  []string
-	mu     sync.Mutex
-	audit  []node.AuditRecord
+	Anchor   *trust.AnchorKey
+	Agents   map[string]*Agent
+	order    []string
+	mu       sync.Mutex
+	audit    []node.AuditRecord
+	accepted int // accepted records in audit
 
 	netMu sync.RWMutex
 	group map[peer.ID]int // partition group per agent; nil: no partition
@@ -137,7 +138,12 @@ func (m *Mesh) start(ctx context.Context, name string, id *trust.Identity, cred 
 			return // N² of them in a big mesh; Node.OnEvent has them
 		}
 		m.mu.Lock()
-		m.audit = append(m.audit, r)
+		if r.Decision != "accept" || m.accepted < maxAcceptedAudit {
+			m.audit = append(m.audit, r)
+			if r.Decision == "accept" {
+				m.accepted++
+			}
+		}
 		m.mu.Unlock()
 	})
 	ag := &Agent{Name: name, Identity: id, Credential: cred, Node: n, cfg: cfg}
@@ -190,9 +196,15 @@ func (m *Mesh) Grant(name string, scopes, delegatable []string, ttl time.Duratio
 	return t, nil
 }
 
-// Audit returns a copy of every audit record written so far by any node,
-// except liveness changes (a mesh of N writes N² of them: watch them with
-// Node.OnEvent or the Audit option).
+// maxAcceptedAudit bounds the accepted records a Mesh keeps: a load run
+// accepts thousands of calls a second, and a slice of millions of records
+// costs memory and, when it grows, pauses the whole process.
+const maxAcceptedAudit = 10000
+
+// Audit returns a copy of the audit records written so far by any node:
+// every rejection, and the first 10 000 acceptances. Liveness changes are
+// left out (a mesh of N writes N² of them: watch them with Node.OnEvent or
+// the Audit option).
 func (m *Mesh) Audit() []node.AuditRecord {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -397,6 +409,8 @@ type Stats struct {
 	// LiveHeapMiB is the heap in use after a second GC, which also frees
 	// what sync.Pool caches kept from the first (QUIC's packet buffers).
 	LiveHeapMiB float64
+	// StackMiB is the goroutines' stacks, which the heap figures leave out.
+	StackMiB float64
 }
 
 // Stats returns the number of running nodes, goroutines and heap in use
@@ -408,7 +422,7 @@ func (m *Mesh) Stats() Stats {
 	st := Stats{Nodes: len(m.Names()), Goroutines: runtime.NumGoroutine(), HeapInUseMiB: float64(ms.HeapInuse) / (1 << 20)}
 	runtime.GC()
 	runtime.ReadMemStats(&ms)
-	st.LiveHeapMiB = float64(ms.HeapInuse) / (1 << 20)
+	st.LiveHeapMiB, st.StackMiB = float64(ms.HeapInuse)/(1<<20), float64(ms.StackInuse)/(1<<20)
 	return st
 }
 

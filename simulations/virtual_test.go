@@ -186,7 +186,7 @@ func TestVirtualTimeScenario(t *testing.T) {
 		t.Logf("N=%d: wiring (32 dials at a time) took %s, convergence %s more (virtual)", n,
 			wired.Round(time.Millisecond), (time.Since(start) - wired).Round(time.Second))
 		st := m.Stats()
-		t.Logf("N=%d: %.2f MiB heap (%.2f after a second GC) and %d goroutines per node", n, st.HeapInUseMiB/float64(n), st.LiveHeapMiB/float64(n), st.Goroutines/n)
+		t.Logf("N=%d: %.2f MiB heap (%.2f after a second GC), %d goroutines and %.2f MiB of their stacks per node", n, st.HeapInUseMiB/float64(n), st.LiveHeapMiB/float64(n), st.Goroutines/n, st.StackMiB/float64(n))
 		if path := os.Getenv("MESHAGENT_HEAP_PROFILE"); path != "" { // where the memory goes, once converged
 			if f, err := os.Create(path); err == nil {
 				_ = pprof.WriteHeapProfile(f)
@@ -348,7 +348,7 @@ func TestVirtualTimeScenario(t *testing.T) {
 		}
 		t.Logf("N=%d: every crash seen by every live node within %s (virtual)", n, worst.Round(time.Millisecond))
 		st = m.Stats()
-		t.Logf("N=%d: at the end %.2f MiB heap per node (%.2f after a second GC); peak RSS %.0f MiB", n, st.HeapInUseMiB/float64(st.Nodes), st.LiveHeapMiB/float64(st.Nodes), peakRSSMiB())
+		t.Logf("N=%d: at the end %.2f MiB heap per node (%.2f after a second GC), %.2f MiB of stacks; peak RSS %.0f MiB", n, st.HeapInUseMiB/float64(st.Nodes), st.LiveHeapMiB/float64(st.Nodes), st.StackMiB/float64(st.Nodes), peakRSSMiB())
 	})
 	t.Logf("N=%d: wall time %s on %d CPUs", n, time.Since(wall).Round(100*time.Millisecond), runtime.NumCPU())
 }
