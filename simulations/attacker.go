@@ -163,13 +163,13 @@ func SeparateAttackScenario(ctx context.Context, n int, d time.Duration) (Attack
 
 // SeparateAttacks plays each attack against one target of n honest agents
 // (the stage of AttackScenario), each from a fresh attacker in a process
-// of its own, started from this program's executable at the lowest CPU
-// priority (nice 19), as an attacker on another machine would be: the
-// honest agents' process keeps the cores, and what the target spends on
-// the attack is what the measurement counts. For each attack the honest
-// load is measured for d without it and for d under it, in four
-// alternating windows each. The program must call RunAttacker first in
-// main.
+// of its own, started from this program's executable under the idle CPU
+// scheduling class (chrt --idle; nice 19 where chrt is missing), so that
+// it runs only on CPU time the honest agents leave, as an attacker on
+// another machine would: what the target spends on the attack is what the
+// measurement counts. For each attack the honest load is measured for d
+// without it and for d under it, in four alternating windows each. The
+// program must call RunAttacker first in main.
 func SeparateAttacks(ctx context.Context, n int, d time.Duration, attacks []Attack) ([]AttackResult, error) {
 	st, err := newAttackStage(ctx, n, nil)
 	if err != nil {
@@ -236,7 +236,10 @@ func (st *attackStage) separate(ctx context.Context, self string, a Attack, d ti
 	if err := os.WriteFile(specPath, raw, 0o600); err != nil {
 		return res, err
 	}
-	cmd := exec.CommandContext(ctx, "nice", "-n", "19", self)
+	cmd := exec.CommandContext(ctx, "chrt", "--idle", "0", self)
+	if _, err := exec.LookPath("chrt"); err != nil {
+		cmd = exec.CommandContext(ctx, "nice", "-n", "19", self)
+	}
 	cmd.Env = append(os.Environ(), AttackerEnv+"="+specPath)
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()

@@ -104,8 +104,8 @@ func run(out, sizeList string) error {
 	if err != nil {
 		return fmt.Errorf("attacks: %w", err)
 	}
-	fmt.Fprintf(&md, "## Honest traffic during each attack\n\n20 honest agents. For each row of the threat model, a fresh attacker (enrolled, except the outsider) runs in a process of its own at the lowest CPU priority (`nice -n 19`), as an attacker on another machine, and repeats the attack from 4 goroutines; the frames are built once and re-sent, so it spends its CPU on sending. Four honest callers call the target back to back for %s without the attack, then for %s under it (`simulations.SeparateAttacks`).\n\n", attackFor, attackFor)
-	md.WriteString("| attack | what the attacker sends | honest calls/s without | under | ratio | p99 without / under | attempts | rejections (with the code) | cut off | handler runs |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&md, "## Honest traffic during each attack\n\n20 honest agents. For each row of the threat model, a fresh attacker (enrolled, except the outsider) runs in a process of its own under the idle CPU scheduling class (`chrt --idle`: it gets only the CPU time the honest agents leave, as an attacker on another machine would), and repeats the attack from 4 goroutines; its frames are built once and re-sent, so it spends its CPU on sending. Four honest callers call the target back to back; windows of %s without the attack and %s under it alternate four times each, %s in all for each (`simulations.SeparateAttacks`). A call still in flight at the end of a window is not counted.\n\n", attackFor/4, attackFor/4, attackFor)
+	md.WriteString("| attack | what the attacker sends | honest calls/s without | under | ratio | p99 without / under | attempts | rejections (with the code) | the target | handler runs |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	var mixed simulations.AttackResult
 	low, met := math.Inf(1), 0
 	for _, r := range rs {
@@ -118,11 +118,18 @@ func run(out, sizeList string) error {
 		if r.Ratio() >= 0.9 {
 			met++
 		}
-		fmt.Fprintf(&md, "| %s | %s | %.0f | %.0f | %.2f | %s / %s | %d | %d (%d %s) | %v | **%d** |\n", a.Name, a.What,
+		did := "refused at admission, then by the gater"
+		switch {
+		case r.CutOff:
+			did = "cut it off"
+		case r.Throttled:
+			did = "throttled it"
+		}
+		fmt.Fprintf(&md, "| %s | %s | %.0f | %.0f | %.2f | %s / %s | %d | %d (%d %s) | %s | **%d** |\n", a.Name, a.What,
 			r.Baseline.PerSecond(), r.Under.PerSecond(), r.Ratio(), ms(pctDur(r.Baseline.Latencies, 0.99)), ms(pctDur(r.Under.Latencies, 0.99)),
-			r.Attempts, r.Rejected, r.WithCode, code, map[bool]string{true: "yes", false: "no"}[r.CutOff], r.HandlerRuns)
+			r.Attempts, r.Rejected, r.WithCode, code, did, r.HandlerRuns)
 	}
-	fmt.Fprintf(&md, "\nHonest throughput at least 0.9 × the run without the attack (the goal) in **%d of %d** attacks; lowest %.2f ×. Windows of %s on two shared cores vary by about ±10 %% from one to the next: a ratio above 1 is that noise. Hostile attacks (forgery, tampering, impersonation, replay, escalation, stolen or foreign tokens, garbage) get the attacker cut off after about 100 rejections; those an honest agent can cause by mistake (expired, not yet valid, revoked, stale) are refused every time and never cut off; the outsider is refused at admission, then by the connection gater.\n\n", met, len(rs), low, attackFor)
+	fmt.Fprintf(&md, "\nHonest throughput at least 0.9 × the run without the attack (the goal) in **%d of %d** attacks; lowest %.2f ×. Every rejection spends the sender's budget (100 at once, 20 a second). When a hostile rejection spends it (forgery, tampering, impersonation, replay, escalation, a stolen or foreign token, garbage), the target cuts the attacker off: disconnects it and refuses it for a minute. When one an honest agent can cause by mistake spends it (expired, not yet valid, revoked, stale), the target throttles the attacker: its requests are refused unchecked, and audited once a second, until the budget refills. The outsider is refused at admission, then by the connection gater. Rejections counted include those audits.\n\n", met, len(rs), low)
 
 	fmt.Fprintln(os.Stderr, "attack in the same process...")
 	a, err := simulations.AttackScenario(ctx, 20, 3*time.Second)
