@@ -7,7 +7,7 @@ PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.11
 GOBIN         := $(shell $(GO) env GOPATH)/bin
 PROTOS        := trust/trustpb/trust.proto protocol/protocolpb/protocol.proto
 
-.PHONY: help demo test check lint race build bench fuzz proto tidy sim
+.PHONY: help demo test check lint race build bench fuzz proto tidy sim sim500
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ proto: ## regenerate the protobuf code (needs protoc: apt-get install protobuf-c
 tidy: ## fail when go.mod or go.sum drift
 	$(GO) mod tidy
 	git diff --exit-code go.mod go.sum
+
+sim500: ## the seeded 500-node release scenario in virtual time (about 9 minutes, under 2 GiB)
+	GOMEMLIMIT=1850MiB MESHAGENT_VIRTUAL_N=500 $(GO) test -count=1 -timeout 30m -run TestVirtualTimeScenario -v ./simulations
 
 sim: ## run the large simulation scenarios and write docs/simulation-report.md (several minutes)
 	$(GO) run ./simulations/report -out docs

@@ -194,15 +194,12 @@ func (m *members) check(p peer.ID, raw []byte) error {
 	if !rec.Agent.Equal(k) {
 		return protocol.Reject(protocol.CodeImpersonation, "record is for %s, presented by %s", rec.Agent, p)
 	}
-	evs, err := m.n.registry.Announce(rec, discovery.Direct, m.n.now())
-	if err != nil && trust.CodeOf(err) != protocol.CodeReplay {
+	if err := m.n.learn(rec, discovery.Direct); err != nil && trust.CodeOf(err) != protocol.CodeReplay {
 		return err
 	}
 	m.mu.Lock()
 	delete(m.refused, p)
 	m.mu.Unlock()
-	m.n.emit(evs)
-	m.n.beats.pushRecords(evs)
 	m.n.live.announceSoon.Store(true)
 	m.n.audit.write(AuditRecord{Time: m.n.now(), Direction: "in", Kind: "admission", Sender: p.String(),
 		Recipient: m.n.ID().String(), Decision: "accept"})

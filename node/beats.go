@@ -371,12 +371,9 @@ func (b *beats) applyRecord(a *protocolpb.Announcement) trust.Code {
 		return ""
 	}
 	rec, err := discovery.ParseRecord(a)
-	var evs []discovery.Event
 	if err == nil {
-		evs, err = b.n.registry.Announce(rec, discovery.Relayed, b.n.now())
+		err = b.n.learn(rec, discovery.Relayed)
 	}
-	b.n.emit(evs)
-	b.pushRecords(evs)
 	return trust.CodeOf(err)
 }
 

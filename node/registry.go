@@ -168,6 +168,16 @@ func (n *Node) publishRegistry(m *protocolpb.RegistryMessage) error {
 	return t.Publish(ctx, b)
 }
 
+// learn enters a verified record from src in the registry, tells the
+// listeners, and hands the records of agents that just joined to the beat
+// overlay (the second path for what every node must learn at once).
+func (n *Node) learn(rec *discovery.Record, src discovery.Source) error {
+	evs, err := n.registry.Announce(rec, src, n.now())
+	n.emit(evs)
+	n.beats.pushRecords(evs)
+	return err
+}
+
 // announce publishes this node's current record.
 func (n *Node) announce() error {
 	rec, err := n.currentRecord()
@@ -283,8 +293,7 @@ func (n *Node) registryValidator(_ context.Context, from peer.ID, m *pubsub.Mess
 			perr = protocol.Reject(protocol.CodeImpersonation, "record of %s published by %s", rec.Agent, author)
 		}
 		if perr == nil {
-			evs, perr = n.registry.Announce(rec, discovery.Direct, now)
-			n.beats.pushRecords(evs)
+			perr = n.learn(rec, discovery.Direct)
 		}
 		err = perr
 	case *protocolpb.RegistryMessage_Leave:
