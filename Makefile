@@ -10,7 +10,7 @@ PROTOS        := trust/trustpb/trust.proto protocol/protocolpb/protocol.proto
 .PHONY: help demo test check lint race build bench fuzz proto tidy sim sim500
 
 help: ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
 
 demo: ## run a small mesh on 127.0.0.1: calls that pass, attacks that fail
 	$(GO) run ./cmd/meshagent demo
