@@ -259,18 +259,31 @@ func (st *attackStage) separate(ctx context.Context, self string, a Attack, d ti
 		_ = cmd.Wait()
 		return res, fmt.Errorf("attacker did not start")
 	}
-	// Windows without and with the attack alternate, so that the machine's
-	// drift over the run weighs on both alike.
+	// The attack runs until the target has rejected it once (an
+	// idle-class process may wait for CPU time), then windows with and
+	// without it alternate, so that the machine's drift over the run weighs
+	// on both alike.
+	_, _ = fmt.Fprintln(in, "on")
+	if err := WaitFor(30*time.Second, func() error {
+		if st.rejections(id.PeerID()) == 0 {
+			return fmt.Errorf("the target has not rejected the attacker yet")
+		}
+		return nil
+	}); err != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return res, err
+	}
 	const rounds = 4
 	w, settle := d/rounds, d/(4*rounds)
 	res.Baseline, res.Under = LoadResult{Errors: map[trust.Code]int{}}, LoadResult{Errors: map[trust.Code]int{}}
 	for i := 0; i < rounds; i++ {
-		res.Baseline.add(st.m.HonestLoad(ctx, st.callers, st.target, "read:logs", w))
-		_, _ = fmt.Fprintln(in, "on")
-		time.Sleep(settle) // the attack is under way when the window starts
 		res.Under.add(st.m.HonestLoad(ctx, st.callers, st.target, "read:logs", w))
 		_, _ = fmt.Fprintln(in, "off")
 		time.Sleep(settle)
+		res.Baseline.add(st.m.HonestLoad(ctx, st.callers, st.target, "read:logs", w))
+		_, _ = fmt.Fprintln(in, "on")
+		time.Sleep(settle) // the attack is under way when the window starts
 	}
 	_, _ = fmt.Fprintln(in, "end")
 	_ = in.Close()

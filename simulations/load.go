@@ -258,6 +258,17 @@ func (st *attackStage) arm(ctx context.Context, k *kit) error {
 	return err
 }
 
+// rejections counts the target's audited rejections of p.
+func (st *attackStage) rejections(p peer.ID) int {
+	tid, from, n := st.tid().String(), p.String(), 0
+	for _, a := range st.m.Audit() {
+		if a.Direction == "in" && a.Sender == from && a.Recipient == tid && a.Decision == "reject" {
+			n++
+		}
+	}
+	return n
+}
+
 // tally counts the target's audited rejections of the attacker (those with
 // the attack's code apart), whether it cut the attacker off, and the
 // handler runs the attacker caused.
