@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/control"
@@ -41,7 +42,7 @@ type members struct {
 	// refused before any check until the budget refills, so that a flood
 	// costs the node one check per request only up to the burst.
 	rejections map[peer.ID]*budget
-	throttles  int64 // requests refused unchecked (Node.Throttled)
+	throttles  atomic.Int64 // requests refused unchecked (Node.Throttled)
 	admitting  singleflight.Group
 }
 
@@ -112,22 +113,18 @@ func (m *members) penalize(p peer.ID, code trust.Code) bool {
 
 // Throttled returns how many requests this node refused unchecked because
 // their sender had spent its rejection budget.
-func (n *Node) Throttled() int64 {
-	n.members.mu.Lock()
-	defer n.members.mu.Unlock()
-	return n.members.throttles
-}
+func (n *Node) Throttled() int64 { return n.members.throttles.Load() }
 
 // throttled reports whether p has spent its rejection budget: its request
 // is then refused before any check (and counted, not audited one by one).
 func (m *members) throttled(p peer.ID) bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	m.mu.RLock()
 	b, ok := m.rejections[p]
+	m.mu.RUnlock()
 	if !ok || b.Tokens() >= 1 {
 		return false
 	}
-	m.throttles++
+	m.throttles.Add(1)
 	return true
 }
 
