@@ -8,7 +8,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	"github.com/libp2p/go-msgio"
 	"google.golang.org/protobuf/proto"
 
@@ -253,5 +257,57 @@ func TestForgedLeaveAndRecordOnTheOverlay(t *testing.T) {
 	}
 	if st := m.StateOf("worker", "orchestrator"); st != "alive" {
 		t.Fatalf("worker sees the orchestrator as %q after the forged leave", st)
+	}
+}
+
+// A peer that finished the TLS handshake but not admission (it never sends
+// a hello) cannot open a beat link: the handler resets the stream before it
+// reads a byte, while an admitted agent's link stands.
+func TestBeatLinkNeedsAdmission(t *testing.T) {
+	m, _ := testMesh(t, "tcp")
+	w := m.Agents["worker"].Node
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.Security(libp2ptls.ID, libp2ptls.New),
+		libp2p.Transport(tcp.NewTCPTransport), libp2p.DisableRelay())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if err := h.Connect(ctx, peer.AddrInfo{ID: w.ID(), Addrs: w.Addrs()}); err != nil {
+		t.Fatalf("TLS connection refused before admission: %v", err)
+	}
+	// The same beat batch an admitted agent sends.
+	frame, _ := proto.Marshal(&protocolpb.BeatBatch{})
+	read := func(s network.Stream) error {
+		_ = s.SetDeadline(time.Now().Add(5 * time.Second))
+		if err := msgio.NewVarintWriter(s).WriteMsg(frame); err != nil {
+			return err
+		}
+		_, err := s.Read(make([]byte, 1))
+		return err
+	}
+	s, err := h.NewStream(ctx, w.ID(), node.ProtocolBeat)
+	if err == nil {
+		err = read(s)
+	}
+	if !errors.Is(err, network.ErrReset) {
+		t.Fatalf("beat stream of a peer not admitted: %v, want it reset", err)
+	}
+	for _, e := range w.Peers() {
+		if e.PeerID == h.ID() {
+			t.Fatal("the peer that never sent a hello is listed")
+		}
+	}
+	// Control: the same frame from an admitted agent keeps the link open
+	// (the read waits for beats until the deadline).
+	s2, _ := beatStream(t, m, "orchestrator", "worker")
+	_ = s2.SetDeadline(time.Now().Add(300 * time.Millisecond))
+	if err := msgio.NewVarintWriter(s2).WriteMsg(frame); err != nil {
+		t.Fatal(err)
+	}
+	var timeout interface{ Timeout() bool }
+	if _, err := s2.Read(make([]byte, 1)); !errors.As(err, &timeout) || !timeout.Timeout() {
+		t.Fatalf("admitted agent's beat link: %v, want it open until the deadline", err)
 	}
 }
