@@ -51,12 +51,12 @@ func (a *Agent) ID() peer.ID { return a.Identity.PeerID() }
 
 // Mesh is a set of running agents sharing one trust anchor.
 type Mesh struct {
-	Anchor   *trust.AnchorKey
-	Agents   map[string]*Agent
-	order    []string
-	mu       sync.Mutex
-	audit    []node.AuditRecord
-	accepted int // accepted records in audit
+	Anchor *trust.AnchorKey
+	Agents map[string]*Agent
+	order  []string
+	mu     sync.Mutex
+	audit  []node.AuditRecord
+	others int // records in audit that are not inbound rejections
 
 	netMu sync.RWMutex
 	group map[peer.ID]int // partition group per agent; nil: no partition
@@ -138,10 +138,10 @@ func (m *Mesh) start(ctx context.Context, name string, id *trust.Identity, cred 
 			return // N² of them in a big mesh; Node.OnEvent has them
 		}
 		m.mu.Lock()
-		if r.Decision != "accept" || m.accepted < maxAcceptedAudit {
+		if refused := r.Direction == "in" && r.Decision != "accept"; refused || m.others < maxOtherAudit {
 			m.audit = append(m.audit, r)
-			if r.Decision == "accept" {
-				m.accepted++
+			if !refused {
+				m.others++
 			}
 		}
 		m.mu.Unlock()
@@ -196,15 +196,17 @@ func (m *Mesh) Grant(name string, scopes, delegatable []string, ttl time.Duratio
 	return t, nil
 }
 
-// maxAcceptedAudit bounds the accepted records a Mesh keeps: a load run
-// accepts thousands of calls a second, and a slice of millions of records
-// costs memory and, when it grows, pauses the whole process.
-const maxAcceptedAudit = 10000
+// maxOtherAudit bounds the records a Mesh keeps besides the rejections of
+// what nodes received: a load run accepts thousands of calls a second, an
+// attacker records thousands of failed sends, and a slice of millions of
+// records costs memory and, when it grows, pauses the whole process.
+const maxOtherAudit = 10000
 
 // Audit returns a copy of the audit records written so far by any node:
-// every rejection, and the first 10 000 acceptances. Liveness changes are
-// left out (a mesh of N writes N² of them: watch them with Node.OnEvent or
-// the Audit option).
+// every rejection of something a node received, and the first 10 000 of
+// the others (acceptances, failed sends). Liveness changes are left out (a
+// mesh of N writes N² of them: watch them with Node.OnEvent or the Audit
+// option).
 func (m *Mesh) Audit() []node.AuditRecord {
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -143,7 +143,8 @@ func peakRSSMiB() float64 {
 // every node sees every live agent alive again; and a tenth of the nodes
 // crashing at once at 5 % loss, each seen dead by every live node within
 // the timeout plus one heartbeat with no live node declared dead. N is 30
-// in make test; MESHAGENT_VIRTUAL_N sets it (make sim runs 100 and 200).
+// in make test; MESHAGENT_VIRTUAL_N sets it (make sim runs 100, make
+// sim500 runs 500 under a soft memory limit of 1850 MiB).
 func TestVirtualTimeScenario(t *testing.T) {
 	n := 30
 	if v, err := strconv.Atoi(os.Getenv("MESHAGENT_VIRTUAL_N")); err == nil {
