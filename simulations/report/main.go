@@ -199,6 +199,7 @@ simnet QUIC + TLS inside ` + "`testing/synctest`" + `, 30 s heartbeats and 25 ms
 steady liveness traffic, a registration, a leave and a revocation with and
 without 10 % loss, a tenth of the nodes frozen for 10 s, a partition healed,
 and a tenth of the nodes crashing at once under 5 % loss), whose figures it
-prints; those for N = 30, 100, 200 and 500 are in BENCHMARKS.md. Real-TCP figures at N = 100
+prints; those for N = 30, 100, 200 and 500 are in BENCHMARKS.md (` + "`make sim500`" + `
+runs the 500-node release scenario in about 9 minutes). Real-TCP figures at N = 100
 vary from run to run by a heartbeat or more: 100 nodes compete for two cores.
 `
