@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -104,6 +105,29 @@ func (o *observed) all(subject string, names []string, start time.Time, timeout 
 		return nil
 	})
 	return last, err
+}
+
+// latest returns, slowest first, the k observers in names that saw subject
+// last, with how long after start each did.
+func (o *observed) latest(subject string, names []string, start time.Time, k int) []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	type seen struct {
+		name string
+		d    time.Duration
+	}
+	var all []seen
+	for _, nm := range names {
+		if at, ok := o.at[subject][nm]; ok {
+			all = append(all, seen{nm, at.Sub(start)})
+		}
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].d > all[j].d })
+	var out []string
+	for _, x := range all[:min(k, len(all))] {
+		out = append(out, fmt.Sprintf("%s after %s", x.name, x.d.Round(time.Millisecond)))
+	}
+	return out
 }
 
 func without(names []string, drop ...string) []string {
@@ -233,6 +257,13 @@ func TestVirtualTimeScenario(t *testing.T) {
 			reg, err := joined.all(newcomer, names, t0, 2*time.Minute)
 			if err != nil {
 				t.Fatal(err)
+			}
+			if reg > time.Second { // who was late, and how connected it was
+				for _, l := range joined.latest(newcomer, names, t0, 3) {
+					nm := strings.Fields(l)[0]
+					a := m.Agents[nm].Node
+					t.Logf("N=%d, loss %.0f%%: late registration: %s (%d beat links, %d connections)", n, 100*loss, l, a.BeatLinks(), len(a.Host().Network().Peers()))
+				}
 			}
 			leaver := names[len(names)-1-round]
 			names = without(names, leaver)
