@@ -37,6 +37,11 @@ func FuzzParseRecord(f *testing.F) {
 		if err != nil || again.Seq != rec.Seq || !again.Agent.Equal(rec.Agent) {
 			t.Fatalf("re-encoded record does not parse: %v", err)
 		}
+		// What the record keeps aliases its own buffer: the credential and
+		// the addresses read back the same.
+		if !again.Credential.Equal(rec.Credential) || again.NumAddrs() != rec.NumAddrs() || len(again.Addrs()) != rec.NumAddrs() {
+			t.Fatalf("re-encoded record differs: credential %v, %d/%d addresses", again.Credential.Equal(rec.Credential), again.NumAddrs(), rec.NumAddrs())
+		}
 	})
 }
 
