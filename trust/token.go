@@ -143,6 +143,13 @@ func newLink(to PublicKey, g Grant, now time.Time, i int) (*Link, error) {
 		}
 		mask |= 1 << uint(j)
 	}
+	return linkOf(to, g, mask, now)
+}
+
+// linkOf builds the unsigned link of g for to, delegatable scopes given as
+// a mask over g.Scopes, without any check: newLink checks g first,
+// ForgeDelegation on purpose does not.
+func linkOf(to PublicKey, g Grant, mask uint64, now time.Time) (*Link, error) {
 	nb := g.NotBefore
 	if nb.IsZero() {
 		nb = now
@@ -375,20 +382,13 @@ func encodeLinkBody(l *Link, mask uint64) []byte {
 // exists for attack simulations and tests: every verifier rejects what it
 // makes unless the link happens to obey the rules.
 func (t *Token) ForgeDelegation(signer *Identity, to PublicKey, g Grant, now time.Time) *Token {
-	nb := g.NotBefore
-	if nb.IsZero() {
-		nb = now
-	}
-	l := &Link{Holder: to, Scopes: g.Scopes, NotBefore: nb.Truncate(time.Second), Expires: g.Expires.Truncate(time.Second)}
 	var mask uint64
 	for _, d := range g.Delegatable {
 		if j := indexOf(g.Scopes, d); j >= 0 {
 			mask |= 1 << uint(j)
 		}
 	}
-	l.Delegatable = maskScopes(l.Scopes, mask)
-	_, _ = rand.Read(l.ID[:])
-	l.body = encodeLinkBody(l, mask)
+	l, _ := linkOf(to, g, mask, now) // its only error is crypto/rand's, which since Go 1.24 crashes instead
 	l.sig = signer.kp.sign(DomainLink, linkMessage(t.chainHash(), l.body))
 	return &Token{Anchor: t.Anchor, Links: append(append([]*Link(nil), t.Links...), l)}
 }
