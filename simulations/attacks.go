@@ -68,7 +68,7 @@ type kit struct {
 	id   *trust.Identity
 	tid  peer.ID
 	addr peer.AddrInfo // the target's address, for the outsider's redials
-	skew *atomic.Int64 // the attacker's clock offset
+	skew *atomic.Int64 // the offset of n's clock (its Config.Clock must read it: "stale" needs it)
 
 	own, stolen, delegated, expired, notYet, revoked *trust.Token
 	replayed, misdirected                            []byte
