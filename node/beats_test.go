@@ -65,12 +65,7 @@ func TestForgedAndReplayedBeatsDoNotRevive(t *testing.T) {
 	orch := m.Agents["orchestrator"]
 	old := discovery.SignBeat(orch.Identity, 1, time.Now()) // genuine, but seq 1 is long superseded
 	m.Crash("orchestrator")
-	if err := simulations.WaitFor(10*time.Second, func() error {
-		if st := m.StateOf("worker", "orchestrator"); st != "dead" {
-			return errors.New(st)
-		}
-		return nil
-	}); err != nil {
+	if err := m.WaitState("worker", "orchestrator", "dead", 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	_, w := beatStream(t, m, "mallory", "worker")

@@ -94,12 +94,7 @@ func TestRenewalRefusals(t *testing.T) {
 	// A dead requester (frozen past the timeout: no sign of life) is
 	// refused, whether it still reaches the issuer (dead) or not.
 	mal.Node.Freeze(time.Minute)
-	if err := simulations.WaitFor(20*time.Second, func() error {
-		if st := m.StateOf("issuer", "mallory"); st != "dead" {
-			return errors.New(st)
-		}
-		return nil
-	}); err != nil {
+	if err := m.WaitState("issuer", "mallory", "dead", 20*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	code, err := tryRenew(m, "mallory", "issuer", renewRequest(mal.Credential))

@@ -45,6 +45,18 @@ type attackerSpec struct {
 	For         time.Duration `json:"for"`
 }
 
+// tokens pairs each token field of the spec with the kit's token it
+// carries, for the scenario to fill and the attacker to read.
+func (s *attackerSpec) tokens(k *kit) []struct {
+	raw *[]byte
+	tok **trust.Token
+} {
+	return []struct {
+		raw *[]byte
+		tok **trust.Token
+	}{{&s.Own, &k.own}, {&s.Stolen, &k.stolen}, {&s.Delegated, &k.delegated}, {&s.Expired, &k.expired}, {&s.NotYet, &k.notYet}, {&s.Revoked, &k.revoked}}
+}
+
 // RunAttacker runs the attack named by AttackerEnv, if it is set, and
 // reports whether it did. A program that calls SeparateAttacks must call
 // it first thing in main and exit when it returns true: the scenario
@@ -87,14 +99,11 @@ func runAttacker(path string) error {
 		return err
 	}
 	k := &kit{id: id, tid: target.ID, addr: *target, skew: new(atomic.Int64), replayed: spec.Replayed, misdirected: spec.Misdirected}
-	for _, t := range []struct {
-		raw []byte
-		to  **trust.Token
-	}{{spec.Own, &k.own}, {spec.Stolen, &k.stolen}, {spec.Delegated, &k.delegated}, {spec.Expired, &k.expired}, {spec.NotYet, &k.notYet}, {spec.Revoked, &k.revoked}} {
-		if len(t.raw) == 0 {
+	for _, t := range spec.tokens(k) {
+		if len(*t.raw) == 0 {
 			continue
 		}
-		if *t.to, err = trust.ParseToken(t.raw, 1<<16); err != nil {
+		if *t.tok, err = trust.ParseToken(*t.raw, 1<<16); err != nil {
 			return err
 		}
 	}
@@ -217,11 +226,8 @@ func (st *attackStage) separate(ctx context.Context, self string, a Attack, d ti
 	}
 	spec := attackerSpec{Attack: a.Name, Anchor: issuer.Public().String(), Credential: cred.Bytes(),
 		Replayed: k.replayed, Misdirected: k.misdirected, Target: st.m.Agents[st.target].Node.Addrs()[0].String(), For: 2*d + time.Minute}
-	for _, t := range []struct {
-		tok *trust.Token
-		to  *[]byte
-	}{{k.own, &spec.Own}, {k.stolen, &spec.Stolen}, {k.delegated, &spec.Delegated}, {k.expired, &spec.Expired}, {k.notYet, &spec.NotYet}, {k.revoked, &spec.Revoked}} {
-		*t.to = t.tok.Bytes()
+	for _, t := range spec.tokens(k) {
+		*t.raw = (*t.tok).Bytes()
 	}
 	dir, err := os.MkdirTemp("", "meshagent-attacker-")
 	if err != nil {
@@ -265,7 +271,7 @@ func (st *attackStage) separate(ctx context.Context, self string, a Attack, d ti
 	// on both alike.
 	_, _ = fmt.Fprintln(in, "on")
 	if err := WaitFor(30*time.Second, func() error {
-		if st.rejections(id.PeerID()) == 0 {
+		if len(st.rejectionsOf(id.PeerID())) == 0 {
 			return fmt.Errorf("the target has not rejected the attacker yet")
 		}
 		return nil

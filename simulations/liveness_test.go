@@ -2,7 +2,6 @@ package simulations_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -162,12 +161,7 @@ func TestDeadAgentRefusedUntilItHeartbeats(t *testing.T) {
 		t.Fatal(err)
 	}
 	caller.Node.Freeze(2 * time.Second) // a long pause: no heartbeats
-	if err := simulations.WaitFor(3*time.Second, func() error {
-		if st := m.StateOf("agent-00", "agent-01"); st != "dead" {
-			return errors.New(st)
-		}
-		return nil
-	}); err != nil {
+	if err := m.WaitState("agent-00", "agent-01", "dead", 3*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	before := runs.Load()
@@ -188,12 +182,7 @@ func TestDeadAgentRefusedUntilItHeartbeats(t *testing.T) {
 	// After the pause it heartbeats, and is served again. (Wait for the
 	// verdict rather than retry the call: a peer that keeps sending what is
 	// refused is cut off as a flood.)
-	if err := simulations.WaitFor(5*time.Second, func() error {
-		if st := m.StateOf("agent-00", "agent-01"); st != "alive" {
-			return errors.New(st)
-		}
-		return nil
-	}); err != nil {
+	if err := m.WaitState("agent-00", "agent-01", "alive", 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := caller.Node.Call(ctx, worker.ID(), "read:logs", nil, nil); err != nil {

@@ -258,26 +258,23 @@ func (st *attackStage) arm(ctx context.Context, k *kit) error {
 	return err
 }
 
-// rejections counts the target's audited rejections of p.
-func (st *attackStage) rejections(p peer.ID) int {
-	tid, from, n := st.tid().String(), p.String(), 0
+// rejectionsOf returns the target's audited rejections of p.
+func (st *attackStage) rejectionsOf(p peer.ID) []node.AuditRecord {
+	tid, from := st.tid().String(), p.String()
+	var out []node.AuditRecord
 	for _, a := range st.m.Audit() {
 		if a.Direction == "in" && a.Sender == from && a.Recipient == tid && a.Decision == "reject" {
-			n++
+			out = append(out, a)
 		}
 	}
-	return n
+	return out
 }
 
 // tally counts the target's audited rejections of the attacker (those with
 // the attack's code apart), whether it cut the attacker off, and the
 // handler runs the attacker caused.
 func (st *attackStage) tally(res *AttackResult, attacker peer.ID) {
-	tid, from := st.tid().String(), attacker.String()
-	for _, a := range st.m.Audit() {
-		if a.Direction != "in" || a.Sender != from || a.Recipient != tid || a.Decision != "reject" {
-			continue
-		}
+	for _, a := range st.rejectionsOf(attacker) {
 		res.Rejected++
 		if a.Reason == string(res.Attack.Code) {
 			res.WithCode++

@@ -363,6 +363,17 @@ func (m *Mesh) Converged(want string, except ...string) error {
 	return nil
 }
 
+// WaitState waits up to timeout until observer sees subject in state want
+// ("alive", "suspect", "dead"), polling.
+func (m *Mesh) WaitState(observer, subject, want string, timeout time.Duration) error {
+	return WaitFor(timeout, func() error {
+		if st := m.StateOf(observer, subject); st != want {
+			return fmt.Errorf("%s sees %s as %q, want %q", observer, subject, st, want)
+		}
+		return nil
+	})
+}
+
 // StateOf returns how observer sees subject ("" when unlisted).
 func (m *Mesh) StateOf(observer, subject string) string {
 	id := m.Agents[subject].ID()

@@ -284,12 +284,7 @@ func TestThreatModelInAMeshOfTwenty(t *testing.T) {
 			return err
 		}
 		mal.Node.Freeze(12 * time.Second * raceScale) // outlasts the verdict and the retries below
-		if err := simulations.WaitFor(10*time.Second*raceScale, func() error {
-			if st := tm.m.StateOf(target, "mallory"); st != "dead" {
-				return fmt.Errorf("%s sees mallory as %s", target, st)
-			}
-			return nil
-		}); err != nil {
+		if err := tm.m.WaitState(target, "mallory", "dead", 10*time.Second*raceScale); err != nil {
 			t.Fatal(err)
 		}
 		before := tm.runs.Load()
