@@ -7,6 +7,7 @@ package simulations
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
 	mrand "math/rand/v2"
@@ -14,7 +15,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 
 	"github.com/meshagent/meshagent/node"
 	"github.com/meshagent/meshagent/trust"
@@ -176,11 +179,25 @@ func (m *Mesh) ConnectAll(ctx context.Context) error {
 func (m *Mesh) Connect(ctx context.Context, a, b string) error {
 	from, to := m.Agents[a], m.Agents[b]
 	ai := peer.AddrInfo{ID: to.ID(), Addrs: to.Node.Host().Addrs()}
-	if err := from.Node.Connect(ctx, ai); err != nil {
+	err := from.Node.Connect(ctx, ai)
+	// A dial that meets one from the other side on loopback TCP can become
+	// a TCP simultaneous open, where both ends start the TLS handshake as
+	// clients and it fails (go-libp2p#2925). The nodes' own dials (beat
+	// links, reconnection) make that likely while a mesh is wired: dial
+	// again, past the swarm's backoff. Refusals are not retried.
+	for try := 0; try < 3 && isDialError(err); try++ {
+		err = from.Node.Connect(network.WithForceDirectDial(ctx, "simultaneous open"), ai)
+	}
+	if err != nil {
 		return fmt.Errorf("connect %s -> %s: %w", a, b, err)
 	}
 	from.Node.KeepConnected(ai)
 	return nil
+}
+
+func isDialError(err error) bool {
+	var de *swarm.DialError
+	return errors.As(err, &de)
 }
 
 // Grant issues a root token from the anchor to the named agent and adds it
