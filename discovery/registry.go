@@ -302,6 +302,29 @@ func (r *Registry) Tick(now time.Time) []Event {
 	return evs
 }
 
+// Excuse tells the registry that this node itself was paused (a long GC
+// or VM pause, CPU starvation) for d until now: silence that fell in the
+// pause is not the agents' fault, since their heartbeats waited in this
+// node's buffers. Every agent's silence is shortened by d (never below
+// zero), so that the node does not declare the whole mesh dead as it
+// resumes. It delays the detection of a real death by at most d.
+func (r *Registry) Excuse(d time.Duration, now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, e := range r.entries {
+		if e.state != Dead {
+			e.lastHeard = minTime(e.lastHeard.Add(d), now)
+		}
+	}
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
 // Admit implements protocol.Membership: the sender must be listed, not
 // dead, and hold a credential valid now.
 func (r *Registry) Admit(sender trust.PublicKey, now time.Time) error {

@@ -276,3 +276,43 @@ func TestHeldCredentialIsRechecked(t *testing.T) {
 	_, err = r.Announce(g.record(t, 0, 2, later), Direct, later)
 	want(t, err, trust.CodeExpired)
 }
+
+// A node that was paused excuses the silence that fell in its pause: an
+// agent heard just before it is not declared dead when the node resumes,
+// but one silent for longer than the timeout before the pause still is.
+func TestExcuseOwnPause(t *testing.T) {
+	f := newFx(t, 2)
+	r := f.registry()
+	quiet, heard := f.agents[0].Public(), f.agents[1].Public()
+	for i := range 2 {
+		if _, err := r.Announce(f.record(t, i, 10, t0), Direct, t0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	paused := t0.Add(3*hb + 10*time.Millisecond)
+	if _, err := r.Heartbeat(heard, 11, paused, paused); err != nil {
+		t.Fatal(err)
+	}
+	resumed := paused.Add(5 * hb)
+	r.Excuse(5*hb, resumed)
+	evs := r.Tick(resumed)
+	if len(evs) != 1 || evs[0].Agent != quiet || evs[0].To != Dead {
+		t.Fatalf("after the pause: %+v", evs)
+	}
+	want(t, r.Admit(heard, resumed), "")
+	// The excuse is spent: the silence after the pause counts.
+	if evs := r.Tick(resumed.Add(3*hb + time.Millisecond)); len(evs) != 1 || evs[0].Agent != heard || evs[0].To != Dead {
+		t.Fatalf("after the pause and a timeout: %+v", evs)
+	}
+	// An excuse never puts a sign of life in the future.
+	r.Excuse(time.Hour, resumed)
+	if _, err := r.Heartbeat(heard, 12, resumed, resumed); err != nil {
+		t.Fatal(err)
+	}
+	r.Excuse(time.Hour, resumed)
+	for _, e := range r.Entries() {
+		if e.LastHeartbeat.After(resumed) {
+			t.Fatalf("%s heard in the future: %s", e.Name, e.LastHeartbeat)
+		}
+	}
+}

@@ -208,11 +208,19 @@ func (n *Node) heartbeatLoop() {
 	defer poll.Stop()
 	announced := false // a record went out to at least one neighbour
 	lastAnnounce := -announceMinGap
+	missed := false // a beat fell due while frozen
 	for beat := 0; ; {
 		select {
 		case <-n.ctx.Done():
 			return
 		case <-poll.C:
+			if missed && !n.frozen() {
+				// The pause is over: the beat that fell due during it goes
+				// out now, as a paused process's ticker fires at once when
+				// it resumes.
+				missed = false
+				break
+			}
 			if announced || n.frozen() || n.leaving.Load() {
 				continue
 			}
@@ -227,7 +235,11 @@ func (n *Node) heartbeatLoop() {
 		case <-t.C:
 			beat++
 		}
-		if n.frozen() || n.leaving.Load() {
+		if n.leaving.Load() {
+			continue
+		}
+		if n.frozen() {
+			missed = true
 			continue
 		}
 		if beat%announceEvery == 0 || (beat-lastAnnounce >= announceMinGap && n.live.announceSoon.CompareAndSwap(true, false)) {
@@ -252,6 +264,7 @@ func (n *Node) tickLoop() {
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()
+	last := n.now()
 	for {
 		select {
 		case <-n.ctx.Done():
@@ -261,7 +274,14 @@ func (n *Node) tickLoop() {
 		if n.frozen() {
 			continue
 		}
-		n.emit(n.registry.Tick(n.now()))
+		now := n.now()
+		// A tick more than an interval late means this node was paused
+		// (or starved): the others' silence during the pause is excused.
+		if late := now.Sub(last) - every; late > every {
+			n.registry.Excuse(late, now)
+		}
+		last = now
+		n.emit(n.registry.Tick(now))
 	}
 }
 
@@ -579,7 +599,9 @@ func (n *Node) handleLeave(s network.Stream) {
 }
 
 // Freeze stops this node's heartbeats and liveness processing for d, as a
-// long GC or VM pause would (simulations use it). Calls still work.
+// long GC or VM pause would (simulations use it). Calls still work. As
+// with a real pause, a heartbeat that fell due during it goes out as soon
+// as it ends, not at the next interval.
 func (n *Node) Freeze(d time.Duration) {
 	n.frozenUntil.Store(time.Now().Add(d).UnixNano())
 }

@@ -384,3 +384,59 @@ func TestVirtualTimeScenario(t *testing.T) {
 	})
 	t.Logf("N=%d: wall time %s on %d CPUs", n, time.Since(wall).Round(100*time.Millisecond), runtime.NumCPU())
 }
+
+// A pause shorter than the timeout is not a death: the beat that fell due
+// during the pause goes out when it ends. In virtual time the pause starts
+// just before the subject's next beat and ends six seconds before its
+// silence reaches the timeout (74 s of silence, dead after 80 s); had the
+// subject waited for its next interval, the silence would have been 90 s.
+func TestPauseUnderTheTimeoutIsNoDeath(t *testing.T) {
+	const deadAfter = 80 * time.Second
+	virtualMesh(t, 5, func(_ string, c *node.Config) { c.DeadAfter = deadAfter }, func(m *simulations.Mesh, opts simulations.Options) {
+		if err := m.ConnectAll(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if err := simulations.WaitForEvery(5*time.Minute, time.Second, func() error { return m.Converged("alive") }); err != nil {
+			t.Fatal(err)
+		}
+		d := watchDeaths(m)
+		const observer, subject = "agent-00", "agent-01"
+		heard := func() time.Time {
+			for _, e := range m.Agents[observer].Node.Peers() {
+				if e.Name == subject {
+					return e.LastHeartbeat
+				}
+			}
+			return time.Time{}
+		}
+		// Catch a beat as it arrives: the subject's next one falls due an
+		// interval later.
+		before := heard()
+		if err := simulations.WaitForEvery(time.Minute, 10*time.Millisecond, func() error {
+			if !heard().After(before) {
+				return fmt.Errorf("%s has heard no new beat of %s", observer, subject)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(opts.HeartbeatInterval - time.Second)
+		m.Agents[subject].Node.Freeze(45 * time.Second)
+		var longest time.Duration // the observer's longest silence of the subject
+		end := time.Now().Add(2 * deadAfter)
+		for time.Now().Before(end) {
+			longest = max(longest, time.Since(heard()))
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Logf("longest silence %s at %s (dead after %s)", longest.Round(10*time.Millisecond), observer, deadAfter)
+		if n := d.count(); n > 0 {
+			t.Fatalf("%d false dead verdicts: %+v", n, d.by)
+		}
+		if longest >= deadAfter-5*time.Second {
+			t.Fatalf("longest silence %s: the beat after the pause did not go out when it ended", longest)
+		}
+		if err := m.Converged("alive"); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
