@@ -160,7 +160,7 @@ func TestDeadAgentRefusedUntilItHeartbeats(t *testing.T) {
 	if _, err := caller.Node.Call(ctx, worker.ID(), "read:logs", nil, nil); err != nil {
 		t.Fatal(err)
 	}
-	caller.Node.Freeze(2 * time.Second) // a long pause: no heartbeats
+	caller.Node.Freeze(2*time.Second + 2*dead) // a long pause: no heartbeats
 	if err := m.WaitState("agent-00", "agent-01", "dead", 3*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -198,6 +198,12 @@ func TestNoFalseDeaths(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		t.Fatal(err)
+	}
+	// The verdicts above may rest on the records of admission: wait until
+	// heartbeats flow, so that the freeze below starts in steady state.
+	converged := time.Now()
+	if err := simulations.WaitFor(10*time.Second, func() error { return m.HeardSince(converged) }); err != nil {
 		t.Fatal(err)
 	}
 	d := watchDeaths(m)

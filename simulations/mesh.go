@@ -380,6 +380,25 @@ func (m *Mesh) Converged(want string, except ...string) error {
 	return nil
 }
 
+// HeardSince reports nil when every running agent has heard from every
+// other running agent after t (a heartbeat, say, where Converged may still
+// rest on the records that listed them), or an error naming one that has
+// not.
+func (m *Mesh) HeardSince(t time.Time) error {
+	for _, on := range m.Names() {
+		heard := map[peer.ID]time.Time{}
+		for _, e := range m.Agents[on].Node.Peers() {
+			heard[e.PeerID] = e.LastHeartbeat
+		}
+		for _, of := range m.Names() {
+			if at := heard[m.Agents[of].ID()]; of != on && !at.After(t) {
+				return fmt.Errorf("%s last heard %s at %s, not after %s", on, of, at.Format(time.StampMilli), t.Format(time.StampMilli))
+			}
+		}
+	}
+	return nil
+}
+
 // WaitState waits up to timeout until observer sees subject in state want
 // ("alive", "suspect", "dead"), polling.
 func (m *Mesh) WaitState(observer, subject, want string, timeout time.Duration) error {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/libp2p/go-msgio"
 
+	"github.com/meshagent/meshagent/discovery"
 	"github.com/meshagent/meshagent/node"
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/simulations"
@@ -283,8 +284,31 @@ func TestThreatModelInAMeshOfTwenty(t *testing.T) {
 			_, err := mal.Node.Call(ctx, tid, "read:logs", nil, opts)
 			return err
 		}
+		var seen struct { // what the target concludes of mallory, for a failure
+			sync.Mutex
+			evs []string
+		}
+		tm.m.Agents[target].Node.OnEvent(func(e discovery.Event) {
+			if e.Name == "mallory" {
+				seen.Lock()
+				seen.evs = append(seen.evs, fmt.Sprintf("%s %s→%s (%s)", e.At.Format(time.StampMilli), e.From, e.To, e.Reason))
+				seen.Unlock()
+			}
+		})
+		frozen := time.Now()
 		mal.Node.Freeze(12 * time.Second * raceScale) // outlasts the verdict and the retries below
-		if err := tm.m.WaitState(target, "mallory", "dead", 10*time.Second*raceScale); err != nil {
+		// Dead at the target, and every sign of life mallory signed before
+		// the freeze too old to count: a record it signed just before (in
+		// a hello to another node, say) would otherwise still revive it.
+		if err := simulations.WaitFor(10*time.Second*raceScale, func() error {
+			if d := time.Since(frozen); d <= (3*time.Second+250*time.Millisecond)*raceScale {
+				return fmt.Errorf("frozen for only %s", d)
+			}
+			if st := tm.m.StateOf(target, "mallory"); st != "dead" {
+				return fmt.Errorf("%s sees mallory as %q", target, st)
+			}
+			return nil
+		}); err != nil {
 			t.Fatal(err)
 		}
 		before := tm.runs.Load()
@@ -297,7 +321,9 @@ func TestThreatModelInAMeshOfTwenty(t *testing.T) {
 			return nil
 		})
 		if trust.CodeOf(err) != protocol.CodeDead {
-			t.Fatalf("want dead, got %v", err)
+			seen.Lock()
+			defer seen.Unlock()
+			t.Fatalf("want dead, got %v; %s saw mallory go %v", err, target, seen.evs)
 		}
 		if tm.runs.Load() != before {
 			t.Fatal("an honest handler ran")
