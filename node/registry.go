@@ -67,8 +67,8 @@ func (n *Node) currentRecord() (*discovery.Record, error) {
 	defer n.live.mu.Unlock()
 	cred := n.credential()
 	h := n.Host()
-	if r := n.live.record; r != nil && r.Credential.Serial == cred.Serial && (h == nil || r.NumAddrs() == len(h.Addrs())) &&
-		(n.now().Sub(r.Timestamp) < n.cfg.HeartbeatInterval || n.frozen()) {
+	if r := n.live.record; r != nil && (n.frozen() || r.Credential.Serial == cred.Serial && (h == nil || r.NumAddrs() == len(h.Addrs())) &&
+		n.now().Sub(r.Timestamp) < n.cfg.HeartbeatInterval) {
 		return r, nil
 	}
 	var addrs = n.listenAddrs()

@@ -93,8 +93,9 @@ func TestRenewalRefusals(t *testing.T) {
 	}
 	// A dead requester (frozen past the timeout: no sign of life) is
 	// refused, whether it still reaches the issuer (dead) or not.
+	frozen := time.Now()
 	mal.Node.Freeze(time.Minute)
-	if err := m.WaitState("issuer", "mallory", "dead", 20*time.Second); err != nil {
+	if err := m.WaitSilentDead("issuer", "mallory", frozen, 3*time.Second+250*time.Millisecond, 20*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	code, err := tryRenew(m, "mallory", "issuer", renewRequest(mal.Credential))

@@ -160,8 +160,9 @@ func TestDeadAgentRefusedUntilItHeartbeats(t *testing.T) {
 	if _, err := caller.Node.Call(ctx, worker.ID(), "read:logs", nil, nil); err != nil {
 		t.Fatal(err)
 	}
+	frozen := time.Now()
 	caller.Node.Freeze(2*time.Second + 2*dead) // a long pause: no heartbeats
-	if err := m.WaitState("agent-00", "agent-01", "dead", 3*time.Second); err != nil {
+	if err := m.WaitSilentDead("agent-00", "agent-01", frozen, dead+hb, 3*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	before := runs.Load()

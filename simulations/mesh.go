@@ -410,6 +410,24 @@ func (m *Mesh) WaitState(observer, subject, want string, timeout time.Duration) 
 	})
 }
 
+// WaitSilentDead waits up to timeout until observer sees subject dead and
+// subject, silent since since (a freeze, say), has been so for more than
+// silence. A test that then checks how a dead agent is refused passes the
+// observer's DeadAfter plus a heartbeat as silence: a record subject
+// signed just before going silent, which the observer has not seen yet,
+// is a sign of life fresh enough to revive it until then.
+func (m *Mesh) WaitSilentDead(observer, subject string, since time.Time, silence, timeout time.Duration) error {
+	return WaitFor(timeout, func() error {
+		if d := time.Since(since); d <= silence {
+			return fmt.Errorf("%s silent for only %s", subject, d)
+		}
+		if st := m.StateOf(observer, subject); st != "dead" {
+			return fmt.Errorf("%s sees %s as %q, want dead", observer, subject, st)
+		}
+		return nil
+	})
+}
+
 // StateOf returns how observer sees subject ("" when unlisted).
 func (m *Mesh) StateOf(observer, subject string) string {
 	id := m.Agents[subject].ID()

@@ -297,18 +297,7 @@ func TestThreatModelInAMeshOfTwenty(t *testing.T) {
 		})
 		frozen := time.Now()
 		mal.Node.Freeze(12 * time.Second * raceScale) // outlasts the verdict and the retries below
-		// Dead at the target, and every sign of life mallory signed before
-		// the freeze too old to count: a record it signed just before (in
-		// a hello to another node, say) would otherwise still revive it.
-		if err := simulations.WaitFor(10*time.Second*raceScale, func() error {
-			if d := time.Since(frozen); d <= (3*time.Second+250*time.Millisecond)*raceScale {
-				return fmt.Errorf("frozen for only %s", d)
-			}
-			if st := tm.m.StateOf(target, "mallory"); st != "dead" {
-				return fmt.Errorf("%s sees mallory as %q", target, st)
-			}
-			return nil
-		}); err != nil {
+		if err := tm.m.WaitSilentDead(target, "mallory", frozen, (3*time.Second+250*time.Millisecond)*raceScale, 10*time.Second*raceScale); err != nil {
 			t.Fatal(err)
 		}
 		before := tm.runs.Load()
