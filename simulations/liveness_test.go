@@ -47,6 +47,30 @@ func newMesh(t *testing.T, n int, opts simulations.Options) *simulations.Mesh {
 	return m
 }
 
+// converge waits until every agent of m sees every other alive.
+func converge(t *testing.T, m *simulations.Mesh, timeout time.Duration) {
+	t.Helper()
+	if err := simulations.WaitFor(timeout, func() error { return m.Converged("alive") }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// wiredMesh is newMesh with every pair of agents connected (ring: a ring
+// only), returned once every agent sees every other alive.
+func wiredMesh(t *testing.T, n int, opts simulations.Options, ring bool) *simulations.Mesh {
+	t.Helper()
+	m := newMesh(t, n, opts)
+	connect := m.ConnectAll
+	if ring {
+		connect = m.ConnectRing
+	}
+	if err := connect(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	converge(t, m, 10*time.Second)
+	return m
+}
+
 // deaths collects, per observer, the dead verdicts it reaches.
 type deaths struct {
 	mu sync.Mutex
@@ -77,27 +101,15 @@ func (d *deaths) count() int {
 	return n
 }
 
+// Each node is connected to two others only: the rest it learns from the
+// join-time exchange and the gossip of records.
 func TestRegistryConvergesOnARing(t *testing.T) {
-	m := newMesh(t, 10, simulations.Options{})
-	if err := m.ConnectRing(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	// Each node is connected to two others only: the rest it learns from
-	// the join-time exchange and the gossip of records.
-	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
-		t.Fatal(err)
-	}
+	wiredMesh(t, 10, simulations.Options{}, true)
 }
 
 func TestCrashIsDetectedAndRestartRevives(t *testing.T) {
-	m := newMesh(t, 6, simulations.Options{})
+	m := wiredMesh(t, 6, simulations.Options{}, false)
 	ctx := context.Background()
-	if err := m.ConnectAll(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
-		t.Fatal(err)
-	}
 	victim := "agent-03"
 	start := time.Now()
 	m.Crash(victim)
@@ -115,19 +127,11 @@ func TestCrashIsDetectedAndRestartRevives(t *testing.T) {
 	if _, err := m.Restart(ctx, victim, "agent-00"); err != nil {
 		t.Fatal(err)
 	}
-	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
-		t.Fatal(err)
-	}
+	converge(t, m, 10*time.Second)
 }
 
 func TestGracefulLeaveDropsAtOnce(t *testing.T) {
-	m := newMesh(t, 5, simulations.Options{HeartbeatInterval: 200 * time.Millisecond, DeadAfter: 30 * time.Second})
-	if err := m.ConnectAll(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
-		t.Fatal(err)
-	}
+	m := wiredMesh(t, 5, simulations.Options{HeartbeatInterval: 200 * time.Millisecond, DeadAfter: 30 * time.Second}, false)
 	m.Agents["agent-04"].Node.Close()
 	// Far sooner than the 30 s timeout: the leave itself says so.
 	if err := simulations.WaitFor(10*time.Second, func() error {
@@ -194,13 +198,7 @@ func TestDeadAgentRefusedUntilItHeartbeats(t *testing.T) {
 // No live agent is declared dead under 10 % random loss of registry
 // messages, nor when one freezes for less than the timeout.
 func TestNoFalseDeaths(t *testing.T) {
-	m := newMesh(t, 6, simulations.Options{})
-	if err := m.ConnectAll(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
-		t.Fatal(err)
-	}
+	m := wiredMesh(t, 6, simulations.Options{}, false)
 	// The verdicts above may rest on the records of admission: wait until
 	// heartbeats flow, so that the freeze below starts in steady state.
 	converged := time.Now()
@@ -224,14 +222,8 @@ func TestNoFalseDeaths(t *testing.T) {
 }
 
 func TestRevocationReachesEveryNode(t *testing.T) {
-	m := newMesh(t, 6, simulations.Options{})
+	m := wiredMesh(t, 6, simulations.Options{}, true)
 	ctx := context.Background()
-	if err := m.ConnectRing(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
-		t.Fatal(err)
-	}
 	tok, _ := m.Grant("agent-01", []string{"read:logs"}, nil, time.Hour)
 	holder := m.Agents["agent-01"].Identity.Public()
 	rev, err := trust.RevokeLink(m.Anchor, tok.Links[0].ID, time.Now(), time.Hour)
@@ -305,14 +297,8 @@ func TestRotationUnderLoad(t *testing.T) {
 }
 
 func TestPartitionHeals(t *testing.T) {
-	m := newMesh(t, 6, simulations.Options{})
+	m := wiredMesh(t, 6, simulations.Options{}, false)
 	ctx := context.Background()
-	if err := m.ConnectAll(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
-		t.Fatal(err)
-	}
 	left, right := m.Names()[:3], m.Names()[3:]
 	m.Partition(left, right)
 	// Wait until each side sees the whole other side dead (each dead
@@ -337,9 +323,7 @@ func TestPartitionHeals(t *testing.T) {
 	if err := m.Connect(ctx, left[0], right[0]); err != nil {
 		t.Fatal(err)
 	}
-	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
-		t.Fatal(err)
-	}
+	converge(t, m, 10*time.Second)
 	t.Logf("re-converged %s after healing", time.Since(start))
 }
 
@@ -351,9 +335,7 @@ func TestChurn(t *testing.T) {
 	if err := m.ConnectSparse(ctx, 1, 3); err != nil {
 		t.Fatal(err)
 	}
-	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
-		t.Fatal(err)
-	}
+	converge(t, m, 10*time.Second)
 	churned, err := m.Churn(ctx, 2*dead, 5, 99)
 	if err != nil {
 		t.Fatal(err)
