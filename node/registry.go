@@ -275,9 +275,11 @@ func (n *Node) tickLoop() {
 			continue
 		}
 		now := n.now()
-		// A tick more than an interval late means this node was paused
-		// (or starved): the others' silence during the pause is excused.
-		if late := now.Sub(last) - every; late > every {
+		// A tick half a heartbeat late means this node was paused (or
+		// starved): the others' silence during the pause is excused.
+		// Shorter delays are scheduling noise, which the timeout's margin
+		// of a heartbeat absorbs; excusing them would delay detection.
+		if late := now.Sub(last) - every; late > n.cfg.HeartbeatInterval/2 {
 			n.registry.Excuse(late, now)
 		}
 		last = now
