@@ -218,6 +218,27 @@ func (b *beats) maintain() {
 	}
 }
 
+// linkSoon lets the flush loop look for links at once, rather than up to a
+// quarter heartbeat later, when this node has fewer than BeatDegree: a
+// newcomer that just learned the registry from its first contact links to
+// several agents within a flush, not a quarter heartbeat (7.5 s at the
+// default), during which its one link would be the only path of every
+// beat, record and leave the mesh sends it.
+func (b *beats) linkSoon() {
+	b.mu.Lock()
+	short := len(b.links)+len(b.dialing) < b.n.cfg.BeatDegree
+	if short {
+		b.lastMaintain = time.Time{}
+	}
+	b.mu.Unlock()
+	if short {
+		select {
+		case b.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
 // open opens a beat link to p; when p is far (not a neighbour yet) it
 // first connects to it at the addresses of its record.
 func (b *beats) open(p peer.ID, far bool) {

@@ -516,6 +516,7 @@ func (n *Node) fetch(p peer.ID, which p2pprotocol.ID) {
 		_ = n.applyRevocation(r)
 	}
 	now := n.now()
+	learned := false
 	for _, a := range resp.Announcements {
 		if n.registry.Holds(a) {
 			continue
@@ -526,6 +527,10 @@ func (n *Node) fetch(p peer.ID, which p2pprotocol.ID) {
 		}
 		evs, _ := n.registry.Announce(rec, discovery.Relayed, now)
 		n.emit(evs)
+		learned = learned || len(evs) > 0
+	}
+	if learned {
+		n.beats.linkSoon() // agents to link to, if this node has too few links
 	}
 }
 

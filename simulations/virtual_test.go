@@ -87,6 +87,14 @@ func (o *observed) see(subject, observer string) {
 	}
 }
 
+// when returns when observer saw subject, if it did.
+func (o *observed) when(subject, observer string) (time.Time, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	at, ok := o.at[subject][observer]
+	return at, ok
+}
+
 // all waits until every observer in names saw subject, and returns how
 // long after start the last one did.
 func (o *observed) all(subject string, names []string, start time.Time, timeout time.Duration) (time.Duration, error) {
@@ -273,6 +281,12 @@ func TestVirtualTimeScenario(t *testing.T) {
 			}
 			lv, err := left.all(leaver, names, t0, 2*time.Minute)
 			if err != nil {
+				for _, nm := range names { // how those that missed it see the leaver
+					if _, ok := left.when(leaver, nm); !ok {
+						a := m.Agents[nm].Node
+						t.Logf("%s sees %s as %q; it has %d beat links, %d connections", nm, leaver, m.StateOf(nm, leaver), a.BeatLinks(), len(a.Host().Network().Peers()))
+					}
+				}
 				t.Fatal(err)
 			}
 			tok, err := m.Grant(names[0], []string{"read:logs"}, nil, time.Hour)
