@@ -69,6 +69,7 @@ type beats struct {
 	dialing      map[peer.ID]bool
 	wake         chan struct{}
 	lastMaintain time.Time
+	soon         bool // linkSoon asked for a second link before the next look
 	bytesIn      atomic.Int64
 }
 
@@ -164,18 +165,24 @@ func (b *beats) loop() {
 func (b *beats) maintain() {
 	now := time.Now()
 	b.mu.Lock()
-	if now.Sub(b.lastMaintain) < b.n.cfg.HeartbeatInterval/4 {
+	degree := b.n.cfg.BeatDegree
+	switch {
+	case b.soon:
+		b.soon = false
+		degree = min(degree, 2)
+	case now.Sub(b.lastMaintain) < b.n.cfg.HeartbeatInterval/4:
 		b.mu.Unlock()
 		return
+	default:
+		b.lastMaintain = now
 	}
-	b.lastMaintain = now
 	out := len(b.dialing)
 	for _, l := range b.links {
 		if l.outbound {
 			out++
 		}
 	}
-	need := b.n.cfg.BeatDegree - out
+	need := degree - out
 	var cands []peer.ID
 	if need > 0 && len(b.links) < maxBeatLinks {
 		for _, p := range b.n.host.Network().Peers() {
@@ -196,7 +203,7 @@ func (b *beats) maintain() {
 	// (a newcomer that knows one member): dial alive agents from the
 	// registry, at the addresses in their records.
 	var far []peer.ID
-	if short := b.n.cfg.BeatDegree - len(b.links) - len(b.dialing) - len(cands); short > 0 {
+	if short := degree - len(b.links) - len(b.dialing) - len(cands); short > 0 {
 		for _, e := range b.n.registry.Entries() {
 			if e.State == discovery.Alive.String() && b.links[e.PeerID] == nil && !b.dialing[e.PeerID] &&
 				!slices.Contains(cands, e.PeerID) && b.n.host.Network().Connectedness(e.PeerID) != network.Connected {
@@ -218,17 +225,19 @@ func (b *beats) maintain() {
 	}
 }
 
-// linkSoon lets the flush loop look for links at once, rather than up to a
-// quarter heartbeat later, when this node has fewer than BeatDegree: a
-// newcomer that just learned the registry from its first contact links to
-// several agents within a flush, not a quarter heartbeat (7.5 s at the
-// default), during which its one link would be the only path of every
-// beat, record and leave the mesh sends it.
+// linkSoon makes the flush loop look for a second link at once when this
+// node has only one: a newcomer that just learned the registry from its
+// first contact has two paths within a flush, not a quarter heartbeat
+// later (7.5 s at the default), during which its one link would be the
+// only path of every beat, record and leave the mesh sends it. The rest
+// wait for the regular look, so that nodes wiring up at a cold start do
+// not dial far agents their wiring would have given them anyway (each
+// link more costs every node's relay traffic).
 func (b *beats) linkSoon() {
 	b.mu.Lock()
-	short := len(b.links)+len(b.dialing) < b.n.cfg.BeatDegree
+	short := len(b.links)+len(b.dialing) < min(b.n.cfg.BeatDegree, 2)
 	if short {
-		b.lastMaintain = time.Time{}
+		b.soon = true
 	}
 	b.mu.Unlock()
 	if short {

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -58,6 +59,8 @@ type liveness struct {
 
 func (n *Node) nextSeq() uint64 { return n.live.seq.Add(1) }
 
+var errLeaving = errors.New("node: leaving: no new record after the leave")
+
 // currentRecord returns this node's signed record, making a new one when
 // the credential or the addresses changed, or when it is more than a
 // heartbeat old: a node that admits this one takes a record as a sign of
@@ -67,12 +70,18 @@ func (n *Node) currentRecord() (*discovery.Record, error) {
 	defer n.live.mu.Unlock()
 	cred := n.credential()
 	h := n.Host()
-	if r := n.live.record; r != nil && (n.frozen() || r.Credential.Serial == cred.Serial && (h == nil || r.NumAddrs() == len(h.Addrs())) &&
+	r := n.live.record
+	if r != nil && (n.frozen() || n.leaving.Load() || r.Credential.Serial == cred.Serial && (h == nil || r.NumAddrs() == len(h.Addrs())) &&
 		n.now().Sub(r.Timestamp) < n.cfg.HeartbeatInterval) {
 		return r, nil
 	}
-	var addrs = n.listenAddrs()
-	r, err := discovery.NewRecord(n.cfg.Identity, cred, addrs, n.nextSeq(), n.cfg.HeartbeatInterval, n.now())
+	if n.leaving.Load() {
+		// A record signed now would carry a sequence number above the
+		// leave's, and every node that got it first would refuse the
+		// leave as a replay.
+		return nil, errLeaving
+	}
+	r, err := discovery.NewRecord(n.cfg.Identity, cred, n.listenAddrs(), n.nextSeq(), n.cfg.HeartbeatInterval, n.now())
 	if err != nil {
 		return nil, err
 	}

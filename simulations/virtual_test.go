@@ -220,6 +220,12 @@ func TestVirtualTimeScenario(t *testing.T) {
 			wired.Round(time.Millisecond), (time.Since(start) - wired).Round(time.Second))
 		st := m.Stats()
 		t.Logf("N=%d: %.2f MiB heap (%.2f after a second GC), %d goroutines and %.2f MiB of their stacks per node", n, st.HeapInUseMiB/float64(n), st.LiveHeapMiB/float64(n), st.Goroutines/n, st.StackMiB/float64(n))
+		links, conns := 0, 0
+		for _, a := range m.Agents {
+			links += a.Node.BeatLinks()
+			conns += len(a.Node.Host().Network().Peers())
+		}
+		t.Logf("N=%d: %.1f beat links and %.1f connections per node", n, float64(links)/float64(n), float64(conns)/float64(n))
 		if path := os.Getenv("MESHAGENT_HEAP_PROFILE"); path != "" { // where the memory goes, once converged
 			if f, err := os.Create(path); err == nil {
 				_ = pprof.WriteHeapProfile(f)

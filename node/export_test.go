@@ -1,0 +1,7 @@
+package node
+
+import "github.com/meshagent/meshagent/discovery"
+
+// CurrentRecord lets the external tests see the record a node would send
+// in its next hello.
+func CurrentRecord(n *Node) (*discovery.Record, error) { return n.currentRecord() }
