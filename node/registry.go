@@ -273,7 +273,7 @@ func (n *Node) tickLoop() {
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()
-	last := n.now()
+	last := time.Now() // the pause is measured on the monotonic clock, not the (skewable) Clock
 	for {
 		select {
 		case <-n.ctx.Done():
@@ -283,15 +283,15 @@ func (n *Node) tickLoop() {
 		if n.frozen() {
 			continue
 		}
-		now := n.now()
+		now, mono := n.now(), time.Now()
 		// A tick half a heartbeat late means this node was paused (or
 		// starved): the others' silence during the pause is excused.
 		// Shorter delays are scheduling noise, which the timeout's margin
 		// of a heartbeat absorbs; excusing them would delay detection.
-		if late := now.Sub(last) - every; late > n.cfg.HeartbeatInterval/2 {
+		if late := mono.Sub(last) - every; late > n.cfg.HeartbeatInterval/2 {
 			n.registry.Excuse(late, now)
 		}
-		last = now
+		last = mono
 		n.emit(n.registry.Tick(now))
 	}
 }
