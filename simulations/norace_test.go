@@ -3,3 +3,5 @@
 package simulations_test
 
 const raceScale = 1
+
+const raceEnabled = false
