@@ -69,7 +69,7 @@ type beats struct {
 	dialing      map[peer.ID]bool
 	wake         chan struct{}
 	lastMaintain time.Time
-	soon         bool // linkSoon asked for a second link before the next look
+	soon         bool // linkSoon asked for soonLinks links before the next look
 	bytesIn      atomic.Int64
 }
 
@@ -169,7 +169,7 @@ func (b *beats) maintain() {
 	switch {
 	case b.soon:
 		b.soon = false
-		degree = min(degree, 2)
+		degree = min(degree, soonLinks)
 	case now.Sub(b.lastMaintain) < b.n.cfg.HeartbeatInterval/4:
 		b.mu.Unlock()
 		return
@@ -225,6 +225,10 @@ func (b *beats) maintain() {
 	}
 }
 
+// soonLinks is how many links a node with fewer looks for at once, when a
+// sync taught it agents (linkSoon); the rest wait for the regular look.
+const soonLinks = 2
+
 // linkSoon makes the flush loop look for a second link at once when this
 // node has only one: a newcomer that just learned the registry from its
 // first contact has two paths within a flush, not a quarter heartbeat
@@ -235,7 +239,7 @@ func (b *beats) maintain() {
 // link more costs every node's relay traffic).
 func (b *beats) linkSoon() {
 	b.mu.Lock()
-	short := len(b.links)+len(b.dialing) < min(b.n.cfg.BeatDegree, 2)
+	short := len(b.links)+len(b.dialing) < min(b.n.cfg.BeatDegree, soonLinks)
 	if short {
 		b.soon = true
 	}

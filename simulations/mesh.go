@@ -19,6 +19,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 
+	"github.com/meshagent/meshagent/discovery"
 	"github.com/meshagent/meshagent/node"
 	"github.com/meshagent/meshagent/trust"
 )
@@ -364,15 +365,12 @@ func (m *Mesh) Converged(want string, except ...string) error {
 		if skip[on] {
 			continue
 		}
-		seen := map[string]string{}
-		for _, e := range m.Agents[on].Node.Peers() {
-			seen[e.PeerID.String()] = e.State
-		}
+		seen := m.view(on)
 		for _, of := range m.Names() {
 			if of == on || skip[of] {
 				continue
 			}
-			if st := seen[m.Agents[of].ID().String()]; st != want {
+			if st := seen[m.Agents[of].ID()].State; st != want {
 				return fmt.Errorf("%s sees %s as %q, want %q", on, of, st, want)
 			}
 		}
@@ -386,12 +384,9 @@ func (m *Mesh) Converged(want string, except ...string) error {
 // not.
 func (m *Mesh) HeardSince(t time.Time) error {
 	for _, on := range m.Names() {
-		heard := map[peer.ID]time.Time{}
-		for _, e := range m.Agents[on].Node.Peers() {
-			heard[e.PeerID] = e.LastHeartbeat
-		}
+		seen := m.view(on)
 		for _, of := range m.Names() {
-			if at := heard[m.Agents[of].ID()]; of != on && !at.After(t) {
+			if at := seen[m.Agents[of].ID()].LastHeartbeat; of != on && !at.After(t) {
 				return fmt.Errorf("%s last heard %s at %s, not after %s", on, of, at.Format(time.StampMilli), t.Format(time.StampMilli))
 			}
 		}
@@ -430,13 +425,16 @@ func (m *Mesh) WaitSilentDead(observer, subject string, since time.Time, silence
 
 // StateOf returns how observer sees subject ("" when unlisted).
 func (m *Mesh) StateOf(observer, subject string) string {
-	id := m.Agents[subject].ID()
+	return m.view(observer)[m.Agents[subject].ID()].State
+}
+
+// view returns observer's registry entries by agent.
+func (m *Mesh) view(observer string) map[peer.ID]discovery.Entry {
+	out := map[peer.ID]discovery.Entry{}
 	for _, e := range m.Agents[observer].Node.Peers() {
-		if e.PeerID == id {
-			return e.State
-		}
+		out[e.PeerID] = e
 	}
-	return ""
+	return out
 }
 
 // Close stops every node, all at once.
