@@ -172,7 +172,10 @@ func TestThreatsOverTheWire(t *testing.T) {
 	t.Run("stale", func(t *testing.T) {
 		m, runs := testMesh(t, "tcp")
 		var skew atomic.Int64
-		m2, err := m.Add(ctx, "late", true, simulations.Options{Configure: func(_ string, c *node.Config) {
+		// A DeadAfter longer than the jump: otherwise its own liveness
+		// tick, reading the jumped clock, may declare the worker dead and
+		// close the connection before the call (seen once in CI).
+		m2, err := m.Add(ctx, "late", true, simulations.Options{DeadAfter: time.Hour, Configure: func(_ string, c *node.Config) {
 			c.Clock = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
 		}})
 		if err != nil {
