@@ -350,18 +350,19 @@ func (r *Registry) Admit(sender trust.PublicKey, now time.Time) error {
 	return nil
 }
 
-// AdmitHolder implements protocol.Membership: a chain may not name a dead
-// agent as a holder. Agents the registry does not know are not refused
-// here (a delegator may be offline); the chain itself was verified.
+// AdmitHolder implements protocol.Membership: every holder of a chain (the
+// delegators and the leaf) must be listed here, not dead, with a credential
+// valid now, as a sender must. A holder this node does not list is refused
+// too: a dead agent's credential runs out and the registry forgets it,
+// and its dead verdict must not lapse into acceptance then. The cost: a
+// chain through an agent that never joined the mesh, or left it for good,
+// is refused until that agent joins again (or the token is re-issued).
 func (r *Registry) AdmitHolder(holder trust.PublicKey, now time.Time) error {
-	r.mu.RLock()
-	e, ok := r.entries[holder]
-	dead := ok && e.state == Dead
-	r.mu.RUnlock()
-	if dead {
-		return protocol.Reject(protocol.CodeDead, "chain holder %s is dead", holder)
+	err := r.Admit(holder, now)
+	if te, ok := err.(*trust.Error); ok {
+		te.Detail = "chain holder: " + te.Detail
 	}
-	return nil
+	return err
 }
 
 // State returns the agent's state, 0 if unlisted.

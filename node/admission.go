@@ -44,6 +44,11 @@ type members struct {
 	rejections map[peer.ID]*budget
 	throttles  atomic.Int64 // requests refused unchecked (Node.Throttled)
 	admitting  singleflight.Group
+	// admitted is closed (and replaced) at every admission, to wake the
+	// streams waiting at the gate.
+	admitted chan struct{}
+	gated    atomic.Int64 // streams refused at the gate (Node.Gated)
+	src      *sources
 }
 
 // Flood limits: a peer may cause rejectBurst rejections at once and
@@ -54,7 +59,8 @@ const (
 )
 
 func newMembers(n *Node) *members {
-	return &members{n: n, refused: map[peer.ID]time.Time{}, rejections: map[peer.ID]*budget{}}
+	return &members{n: n, refused: map[peer.ID]time.Time{}, rejections: map[peer.ID]*budget{},
+		admitted: make(chan struct{}), src: newSources()}
 }
 
 // hostile are the rejections that an honest agent does not cause by
@@ -65,6 +71,18 @@ var hostile = map[trust.Code]bool{
 	trust.CodeBadSignature: true, trust.CodeMalformed: true, trust.CodeTooLarge: true, trust.CodeTooDeep: true,
 	trust.CodeEscalation: true, trust.CodeWildcard: true, trust.CodeNotHolder: true, trust.CodeUntrustedRoot: true,
 	protocol.CodeImpersonation: true, protocol.CodeReplay: true, protocol.CodeWrongRecipient: true, protocol.CodeVersion: true,
+}
+
+// forwarderFault are the rejections of a relayed item that its forwarder
+// could and should have refused itself, whatever its own configuration:
+// the item is broken or forged in itself. A verdict that rests on the
+// receiver's own anchors, policy limits, clock, revocations or state
+// (untrusted_root, too_large, too_deep, expired, revoked, stale, dead,
+// unlisted, replay, version) is not the forwarder's doing: such an item is
+// ignored, and no forwarder is ever blamed for it.
+var forwarderFault = map[trust.Code]bool{
+	trust.CodeBadSignature: true, trust.CodeMalformed: true, trust.CodeEscalation: true, trust.CodeWildcard: true,
+	trust.CodeNotHolder: true, protocol.CodeImpersonation: true, protocol.CodeWrongRecipient: true,
 }
 
 // budget is one peer's rejection budget.
@@ -114,6 +132,10 @@ func (m *members) penalize(p peer.ID, code trust.Code) bool {
 // Throttled returns how many requests this node refused unchecked because
 // their sender had spent its rejection budget.
 func (n *Node) Throttled() int64 { return n.members.throttles.Load() }
+
+// Gated returns how many streams this node refused, unread, because their
+// peer had not been admitted.
+func (n *Node) Gated() int64 { return n.members.gated.Load() }
 
 // throttled reports whether p has spent its rejection budget: its request
 // is then refused before any check (and counted, not audited one by one).
@@ -197,6 +219,10 @@ func (m *members) check(p peer.ID, raw []byte) error {
 	m.mu.Lock()
 	delete(m.refused, p)
 	m.mu.Unlock()
+	if h := m.n.Host(); h != nil {
+		m.src.admittedConns(h.Network().ConnsToPeer(p))
+	}
+	m.wakeWaiters()
 	m.n.live.announceSoon.Store(true)
 	m.n.audit.write(AuditRecord{Time: m.n.now(), Direction: "in", Kind: "admission", Sender: p.String(),
 		Recipient: m.n.ID().String(), Decision: "accept"})
@@ -286,10 +312,10 @@ func (m *members) handleAdmission(s network.Stream) {
 }
 
 // notifiee starts admission on every new connection: the dialer initiates,
-// always;
-// on an inbound connection the node waits AdmissionTimeout for the peer's
-// hello and then closes the connection of a peer that has not proved
-// itself.
+// always; on an inbound connection the node waits AdmissionTimeout for the
+// peer's hello and then closes the connection of a peer that has not
+// proved itself. An inbound connection that ends without admission spends
+// its source's budget (gate.go).
 func (m *members) notifiee() network.Notifiee {
 	return &network.NotifyBundle{ConnectedF: func(_ network.Network, c network.Conn) {
 		p := c.RemotePeer()
@@ -299,6 +325,11 @@ func (m *members) notifiee() network.Notifiee {
 			return
 		}
 		if m.isAdmitted(p) {
+			return
+		}
+		if !m.src.open(c) {
+			m.src.fail(c.RemoteMultiaddr())
+			_ = c.Close()
 			return
 		}
 		go func() {
@@ -313,17 +344,31 @@ func (m *members) notifiee() network.Notifiee {
 				m.refuse(p, protocol.Reject(protocol.CodeUnlisted, "no credential within %s", m.n.cfg.AdmissionTimeout))
 			}
 		}()
+	}, DisconnectedF: func(_ network.Network, c network.Conn) {
+		if m.src.done(c) { // closed before its peer was admitted
+			m.src.fail(c.RemoteMultiaddr())
+		}
 	}}
 }
 
-// Connection gater: a peer that failed admission is refused at dial time
-// and right after the TLS handshake, where its peer ID is authenticated.
-func (m *members) InterceptPeerDial(p peer.ID) bool                                { return !m.isRefused(p) }
-func (m *members) InterceptAddrDial(peer.ID, ma.Multiaddr) bool                    { return true }
-func (m *members) InterceptAccept(network.ConnMultiaddrs) bool                     { return true }
+// Connection gater: a source that spent its budget of failed admissions is
+// refused before the handshake; a peer that failed admission is refused at
+// dial time and right after the TLS handshake, where its peer ID is
+// authenticated.
+func (m *members) InterceptPeerDial(p peer.ID) bool             { return !m.isRefused(p) }
+func (m *members) InterceptAddrDial(peer.ID, ma.Multiaddr) bool { return true }
+func (m *members) InterceptAccept(c network.ConnMultiaddrs) bool {
+	return m.src.allow(c.RemoteMultiaddr())
+}
 func (m *members) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) { return true, 0 }
-func (m *members) InterceptSecured(_ network.Direction, p peer.ID, _ network.ConnMultiaddrs) bool {
-	return !m.isRefused(p)
+func (m *members) InterceptSecured(dir network.Direction, p peer.ID, c network.ConnMultiaddrs) bool {
+	if m.isRefused(p) {
+		if dir == network.DirInbound {
+			m.src.fail(c.RemoteMultiaddr())
+		}
+		return false
+	}
+	return true
 }
 
 func codeOrDefault(err error, def trust.Code) trust.Code {

@@ -85,7 +85,7 @@ func flushEvery(hb time.Duration) time.Duration {
 }
 
 func (b *beats) start() {
-	b.n.host.SetStreamHandler(ProtocolBeat, b.handleStream)
+	b.n.host.SetStreamHandler(ProtocolBeat, b.n.members.gate(b.handleStream))
 	go b.loop()
 }
 
@@ -386,11 +386,13 @@ func (b *beats) apply(p peer.ID, batch *protocolpb.BeatBatch) (cut bool) {
 	return false
 }
 
-// reject audits a hostile code caused by p and counts it towards p's flood
-// limit; it reports whether p was cut off. Other codes (a replay that lost
-// a race, an expired credential) are not p's doing and pass.
+// reject audits a code that p, which relayed the item, should have refused
+// itself (forwarderFault) and counts it towards p's flood limit; it reports
+// whether p was cut off. Other codes (a replay that lost a race, an
+// expired credential, an anchor this node does not trust) are not p's
+// doing and pass.
 func (b *beats) reject(p peer.ID, kind string, code trust.Code) bool {
-	if !hostile[code] {
+	if !forwarderFault[code] {
 		return false
 	}
 	b.n.audit.write(AuditRecord{Time: b.n.now(), Direction: "in", Kind: kind, Sender: p.String(),
@@ -398,31 +400,17 @@ func (b *beats) reject(p peer.ID, kind string, code trust.Code) bool {
 	return b.n.members.penalize(p, code)
 }
 
-// applyRecord applies a record relayed on the overlay and relays it on
-// when it named a new agent.
+// applyRecord applies a record relayed on the overlay (which relays it on
+// when it named a new agent).
 func (b *beats) applyRecord(a *protocolpb.Announcement) trust.Code {
-	if b.n.registry.Holds(a) {
-		return ""
-	}
-	rec, err := discovery.ParseRecord(a)
-	if err == nil {
-		err = b.n.learn(rec, discovery.Relayed)
-	}
-	return trust.CodeOf(err)
+	return trust.CodeOf(b.n.applyRecord(a, discovery.Relayed, trust.PublicKey{}))
 }
 
 // applyLeave applies a leave relayed on the overlay and relays it on when
 // it was news.
 func (b *beats) applyLeave(l *protocolpb.Leave) trust.Code {
-	agent, err := discovery.VerifyLeave(l)
-	if err != nil {
-		return trust.CodeOf(err)
-	}
-	if evs, err := b.n.registry.Leave(agent, l.Seq, b.n.now()); err == nil && len(evs) > 0 {
-		b.n.emit(evs)
-		b.pushLeave(l)
-	}
-	return ""
+	_, err := b.n.applyLeave(l)
+	return trust.CodeOf(err)
 }
 
 // receive applies one beat relayed by from and queues it for the other
@@ -436,11 +424,17 @@ func (b *beats) receive(from peer.ID, beat *protocolpb.Beat) trust.Code {
 		b.seen(from, agent, beat.Seq)
 		return ""
 	}
+	if b.n.registry.State(agent) == 0 {
+		// Not listed here: the beat would be dropped, so its signature is
+		// not checked; learn the agent from whoever relayed it.
+		b.n.syncSoon(from)
+		return ""
+	}
 	_, ts, err := discovery.VerifyBeat(beat)
 	if err != nil {
 		return trust.CodeOf(err)
 	}
-	if beat.Revocations != b.n.live.revDigest.Load() && agent.Equal(b.linkKey(from)) {
+	if beat.Revocations != b.n.revs.sum() && agent.Equal(b.linkKey(from)) {
 		b.n.pullSoon(from) // a neighbour holds other revocations
 	}
 	evs, err := b.n.registry.Heartbeat(agent, beat.Seq, ts, b.n.now())

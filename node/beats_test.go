@@ -21,6 +21,7 @@ import (
 	"github.com/meshagent/meshagent/protocol/protocolpb"
 	"github.com/meshagent/meshagent/simulations"
 	"github.com/meshagent/meshagent/trust"
+	"github.com/meshagent/meshagent/trust/trustpb"
 )
 
 // beatStream opens a raw beat link from one agent to another.
@@ -84,8 +85,10 @@ func TestForgedAndReplayedBeatsDoNotRevive(t *testing.T) {
 	if !audited(m, "beat", "mallory", "worker", trust.CodeBadSignature) {
 		t.Fatal("the forged beat was not audited")
 	}
-	// A revocation from an anchor the mesh does not trust, relayed on the
-	// overlay, is refused and audited.
+	// A revocation from an anchor the worker does not trust, relayed on the
+	// overlay, is refused without blaming mallory (whether an anchor is
+	// trusted is the receiver's configuration); one of the mesh's anchor
+	// with a zeroed signature is forged in itself: refused and audited.
 	rogue, err := trust.GenerateAnchorKey(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -94,17 +97,33 @@ func TestForgedAndReplayedBeatsDoNotRevive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw, _ := proto.Marshal(&protocolpb.BeatBatch{Revocations: [][]byte{rev.Bytes()}})
+	genuine, err := trust.RevokeAgent(m.Anchor, m.Agents["worker"].Identity.Public(), time.Now(), time.Now(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var signed trustpb.Signed
+	if err := proto.Unmarshal(genuine.Bytes(), &signed); err != nil {
+		t.Fatal(err)
+	}
+	signed.Signature = make([]byte, 64)
+	zeroed, _ := proto.Marshal(&signed)
+	raw, _ := proto.Marshal(&protocolpb.BeatBatch{Revocations: [][]byte{rev.Bytes(), zeroed}})
 	if err := w.WriteMsg(raw); err != nil {
 		t.Fatal(err)
 	}
 	if err := simulations.WaitFor(5*time.Second, func() error {
-		if !audited(m, "revocation", "mallory", "worker", trust.CodeUntrustedRoot) {
-			return errors.New("the rogue revocation was not audited")
+		if !audited(m, "revocation", "mallory", "worker", trust.CodeBadSignature) {
+			return errors.New("the forged revocation was not audited")
 		}
 		return nil
 	}); err != nil {
 		t.Fatal(err)
+	}
+	if audited(m, "revocation", "mallory", "worker", trust.CodeUntrustedRoot) {
+		t.Fatal("mallory was blamed for relaying a revocation of an anchor the worker does not trust")
+	}
+	if n := m.Agents["worker"].Node.Revocations(); n != 0 {
+		t.Fatalf("the worker holds %d revocations, want 0", n)
 	}
 	// Garbage ends the link: the worker resets the stream.
 	s, w := beatStream(t, m, "mallory", "worker")

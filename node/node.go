@@ -51,6 +51,8 @@ type Node struct {
 	live     liveness
 	beats    *beats
 	audit    *auditor
+	revs     *revStore // applied revocations, encoded
+	bad      *refusals // relayed items refused, by hash
 
 	credMu      sync.RWMutex
 	cred        *trust.Credential
@@ -94,8 +96,8 @@ func New(cfg Config) (*Node, error) {
 	n.registry = discovery.NewRegistry(discovery.Config{Verifier: v, Self: n.self, SuspectMissed: cfg.SuspectMissed,
 		DeadAfter: cfg.DeadAfter, Allowlist: cfg.Allowlist})
 	n.live.seq.Store(uint64(time.Now().UnixNano()))
-	n.live.revs = map[[16]byte][]byte{}
-	n.live.lastSync, n.live.lastPull = map[peer.ID]time.Time{}, map[peer.ID]time.Time{}
+	n.revs, n.bad = newRevStore(v.Policy().MaxRevocations), newRefusals()
+	n.live.lastSync, n.live.lastPull, n.live.lastRenew = map[peer.ID]time.Time{}, map[peer.ID]time.Time{}, map[peer.ID]time.Time{}
 	for _, raw := range cfg.Revocations {
 		if err := n.applyRevocation(raw); err != nil {
 			return nil, fmt.Errorf("node: revocation: %w", err)
@@ -151,8 +153,11 @@ func (n *Node) Start(ctx context.Context) error {
 		return fmt.Errorf("node: libp2p host: %w", err)
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
-	ps, err := pubsub.NewGossipSub(n.ctx, h,
+	// The router sees the host through the admission gate: it opens and
+	// reads pubsub streams only with admitted peers.
+	ps, err := pubsub.NewGossipSub(n.ctx, gatedHost{Host: h, m: n.members},
 		pubsub.WithMessageSignaturePolicy(pubsub.StrictSign),
+		pubsub.WithMessageIdFn(messageID),
 		pubsub.WithFloodPublish(true),
 		pubsub.WithPeerExchange(false),
 		pubsub.WithMaxMessageSize(n.cfg.MaxEnvelopeSize+4096),
@@ -168,10 +173,10 @@ func (n *Node) Start(ctx context.Context) error {
 		return fmt.Errorf("node: pubsub: %w", err)
 	}
 	n.host, n.ps = h, ps
-	h.SetStreamHandler(protocol.ProtocolAdmission, n.members.handleAdmission)
-	h.SetStreamHandler(protocol.ProtocolRPC, n.handleRPC)
+	h.SetStreamHandler(protocol.ProtocolAdmission, n.members.handleAdmission) // the one protocol open before admission
+	h.SetStreamHandler(protocol.ProtocolRPC, n.members.gate(n.handleRPC))
 	if n.cfg.Issuer != nil {
-		h.SetStreamHandler(ProtocolRenew, n.handleRenew)
+		h.SetStreamHandler(ProtocolRenew, n.members.gate(n.handleRenew))
 	}
 	h.Network().Notify(n.members.notifiee())
 	if err := n.startRegistry(); err != nil {
@@ -383,9 +388,15 @@ func (n *Node) PubsubBytesIn() int64 { return n.pubsubIn.Load() }
 // (and of application pubsub, when there is any).
 func (n *Node) GossipBytesIn() int64 { return n.pubsubIn.Load() + n.beats.bytesIn.Load() }
 
-// inspectRPC counts received pubsub bytes and applies Config.DropMessage to
-// every received message.
+// inspectRPC drops every RPC of a peer that is not admitted (the gate
+// keeps such peers out of pubsub; this holds if one ever got in), counts
+// received pubsub bytes and applies Config.DropMessage to every received
+// message.
 func (n *Node) inspectRPC(from peer.ID, rpc *pubsub.RPC) error {
+	if !n.members.isAdmitted(from) {
+		n.members.gated.Add(1)
+		return errNotAdmitted
+	}
 	n.pubsubIn.Add(int64(proto.Size(&rpc.RPC)))
 	if n.cfg.DropMessage == nil || len(rpc.Publish) == 0 {
 		return nil

@@ -2,10 +2,12 @@ package node
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	pubsubpb "github.com/libp2p/go-libp2p-pubsub/pb"
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/meshagent/meshagent/protocol"
@@ -72,7 +74,11 @@ func (n *Node) join(name string) (*pubsub.Topic, error) {
 
 // validator runs the decision function on every message of the topic, and
 // requires the pubsub author (whose signature pubsub has checked) to be the
-// envelope's sender. A rejection lowers the forwarding peer's score.
+// envelope's sender. A message broken or forged in itself is rejected,
+// which lowers the forwarder's score and spends its budget: an honest
+// forwarder would have refused it. A message refused for what rests on
+// this node's own anchors, clock, revocations or state is ignored: the
+// forwarder, which accepted it, is not to blame.
 func (n *Node) validator(topic string) pubsub.ValidatorEx {
 	return func(_ context.Context, _ peer.ID, m *pubsub.Message) pubsub.ValidationResult {
 		start := time.Now()
@@ -91,14 +97,13 @@ func (n *Node) validator(topic string) pubsub.ValidatorEx {
 		}
 		rec.LatencyMS = float64(time.Since(start).Microseconds()) / 1000
 		if err != nil {
-			rec.Decision, rec.Reason, rec.Detail = "reject", string(codeOrDefault(err, trust.CodeMalformed)), err.Error()
+			code := codeOrDefault(err, trust.CodeMalformed)
+			rec.Decision, rec.Reason, rec.Detail = "reject", string(code), err.Error()
 			n.audit.write(rec)
-			// The forwarder spends its budget only for what it should
-			// have refused itself: a relay that sees an author alive, or
-			// a message as fresh, when this node does not is not hostile.
-			if code := codeOrDefault(err, trust.CodeMalformed); hostile[code] {
-				n.members.penalize(m.ReceivedFrom, code)
+			if !forwarderFault[code] {
+				return pubsub.ValidationIgnore
 			}
+			n.members.penalize(m.ReceivedFrom, code)
 			return pubsub.ValidationReject
 		}
 		rec.Decision = "accept"
@@ -106,6 +111,18 @@ func (n *Node) validator(topic string) pubsub.ValidatorEx {
 		m.ValidatorData = e
 		return pubsub.ValidationAccept
 	}
+}
+
+// messageID names a pubsub message by its author and the hash of its data,
+// not by the author's pubsub sequence number: one envelope wrapped in two
+// pubsub messages is one message to gossipsub, so that two honest nodes
+// that each got a copy never refuse each other's forward as a replay. The
+// author is part of the ID because the verdict depends on it (a record or
+// an envelope must be its author's): a copy re-wrapped by someone else is
+// another message, and its rejection never marks the original invalid.
+func messageID(m *pubsubpb.Message) string {
+	d := sha256.Sum256(m.Data)
+	return string(m.From) + string(d[:])
 }
 
 // Subscribe joins topic and returns its verified messages.

@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"slices"
 	"sync"
@@ -51,10 +50,8 @@ type liveness struct {
 	// this node), at most every announceMinGap beats.
 	announceSoon atomic.Bool
 	resynced     atomic.Bool // resyncOnce ran
-	revDigest    atomic.Uint64
 	lastPull     map[peer.ID]time.Time
-	revMu        sync.Mutex
-	revs         map[[16]byte][]byte // raw revocations, for the join-time exchange
+	lastRenew    map[peer.ID]time.Time // renewals served, rate-limited per agent
 }
 
 func (n *Node) nextSeq() uint64 { return n.live.seq.Add(1) }
@@ -152,9 +149,9 @@ func (n *Node) startRegistry() error {
 			}
 		}()
 	}
-	n.host.SetStreamHandler(ProtocolSync, n.handleSync)
-	n.host.SetStreamHandler(ProtocolRevocations, n.handleSync)
-	n.host.SetStreamHandler(ProtocolLeave, n.handleLeave)
+	n.host.SetStreamHandler(ProtocolSync, n.members.gate(n.handleSync))
+	n.host.SetStreamHandler(ProtocolRevocations, n.members.gate(n.handleSync))
+	n.host.SetStreamHandler(ProtocolLeave, n.members.gate(n.handleLeave))
 	n.beats.start()
 	go n.heartbeatLoop()
 	go n.tickLoop()
@@ -259,10 +256,11 @@ func (n *Node) heartbeatLoop() {
 			_ = n.announce()
 		} else {
 			beat := discovery.SignBeat(n.cfg.Identity, n.nextSeq(), n.now())
-			beat.Revocations = n.live.revDigest.Load()
+			beat.Revocations = n.revs.sum()
 			n.beats.originate(beat)
 		}
 		n.maybeRenew()
+		n.pruneRevocations(n.now())
 	}
 }
 
@@ -315,107 +313,100 @@ func (n *Node) registryValidator(_ context.Context, from peer.ID, m *pubsub.Mess
 	if err := proto.Unmarshal(m.Data, &rm); err != nil {
 		return pubsub.ValidationReject
 	}
-	now := n.now()
-	var evs []discovery.Event
 	switch x := rm.Msg.(type) {
 	case *protocolpb.RegistryMessage_Announce:
-		rec, perr := discovery.ParseRecord(x.Announce)
-		if perr == nil && !rec.Agent.Equal(author) {
-			perr = protocol.Reject(protocol.CodeImpersonation, "record of %s published by %s", rec.Agent, author)
-		}
-		if perr == nil {
-			perr = n.learn(rec, discovery.Direct)
-		}
-		err = perr
+		err = n.applyRecord(x.Announce, discovery.Direct, author)
 	case *protocolpb.RegistryMessage_Leave:
 		// Signed by the leaving agent; any node may relay it.
-		var agent trust.PublicKey
-		if agent, err = discovery.VerifyLeave(x.Leave); err == nil {
-			evs, err = n.registry.Leave(agent, x.Leave.Seq, now)
-			if err == nil && len(evs) > 0 {
-				n.beats.pushLeave(x.Leave)
-			}
-		}
+		_, err = n.applyLeave(x.Leave)
 	default:
 		return pubsub.ValidationReject
 	}
+	return verdict(err)
+}
+
+// checkRecord is the part of applying a record a peer sent or relayed that
+// comes before the registry: a record the registry holds already is
+// nothing new (nil, nil); one whose bytes were refused before is refused
+// again for the cost of a hash; otherwise its structure and self-signature
+// are checked, and that it is author's when author is set (a pubsub
+// author must publish only its own record). key names the bytes for
+// remembering a refusal.
+func (n *Node) checkRecord(a *protocolpb.Announcement, author trust.PublicKey) (rec *discovery.Record, key [32]byte, err error) {
+	if n.registry.Holds(a) {
+		return nil, key, nil
+	}
+	key = itemKey("record", author[:], a.GetBody(), a.GetSignature())
+	if err := n.bad.get(key); err != nil {
+		return nil, key, err
+	}
+	rec, err = discovery.ParseRecord(a)
+	if err == nil && !author.IsZero() && !rec.Agent.Equal(author) {
+		err = protocol.Reject(protocol.CodeImpersonation, "record of %s published by %s", rec.Agent, author)
+	}
+	if err != nil {
+		n.bad.add(key, err)
+		return nil, key, err
+	}
+	return rec, key, nil
+}
+
+// applyRecord checks a record (checkRecord) and enters it in the registry
+// (learn), remembering a final refusal.
+func (n *Node) applyRecord(a *protocolpb.Announcement, src discovery.Source, author trust.PublicKey) error {
+	rec, key, err := n.checkRecord(a, author)
+	if err != nil || rec == nil {
+		return err
+	}
+	if err := n.learn(rec, src); err != nil {
+		n.bad.add(key, err)
+		return err
+	}
+	return nil
+}
+
+// applyLeave applies a leave, and relays it on the beat overlay when it
+// was news. A leave of an agent this node does not list, or one not newer
+// than the agent's last sequence number, changes nothing and is dropped
+// before its signature is checked.
+func (n *Node) applyLeave(l *protocolpb.Leave) (news bool, err error) {
+	agent, err := trust.PublicKeyFromBytes(l.GetAgent())
+	if err != nil {
+		return false, err
+	}
+	if n.registry.State(agent) == 0 {
+		return false, protocol.Reject(protocol.CodeUnlisted, "leave of %s, which this node does not list", agent)
+	}
+	if seq := n.registry.Seq(agent); l.GetSeq() <= seq {
+		return false, protocol.Reject(protocol.CodeReplay, "leave of %s has seq %d, already at %d", agent, l.GetSeq(), seq)
+	}
+	if _, err := discovery.VerifyLeave(l); err != nil {
+		return false, err
+	}
+	evs, err := n.registry.Leave(agent, l.Seq, n.now())
 	n.emit(evs)
-	switch trust.CodeOf(err) {
-	case "":
+	if err == nil && len(evs) > 0 {
+		n.beats.pushLeave(l)
+	}
+	return len(evs) > 0, err
+}
+
+// verdict maps the result of applying a relayed item to pubsub's: accept,
+// reject what the forwarder should have refused itself, ignore the rest.
+func verdict(err error) pubsub.ValidationResult {
+	switch code := trust.CodeOf(err); {
+	case err == nil:
 		return pubsub.ValidationAccept
-	case protocol.CodeReplay, protocol.CodeStale, protocol.CodeUnlisted, trust.CodeExpired, trust.CodeFull:
-		return pubsub.ValidationIgnore
-	default:
+	case forwarderFault[code] || code == "":
 		return pubsub.ValidationReject
+	default:
+		return pubsub.ValidationIgnore
 	}
 }
 
 // revocationValidator verifies and applies a revocation, then forwards it.
 func (n *Node) revocationValidator(_ context.Context, _ peer.ID, m *pubsub.Message) pubsub.ValidationResult {
-	err := n.applyRevocation(m.Data)
-	switch trust.CodeOf(err) {
-	case "":
-		return pubsub.ValidationAccept
-	case trust.CodeFull:
-		return pubsub.ValidationIgnore
-	default:
-		return pubsub.ValidationReject
-	}
-}
-
-// applyRevocation verifies and applies one encoded revocation, remembers it
-// for the join-time exchange, and drops the agents it revokes.
-func (n *Node) applyRevocation(raw []byte) error {
-	r, err := trust.ParseRevocation(raw)
-	if err != nil {
-		return err
-	}
-	n.live.revMu.Lock()
-	_, seen := n.live.revs[r.ID]
-	n.live.revMu.Unlock()
-	if seen {
-		return nil
-	}
-	if err := n.verifier.AddRevocation(r, n.now()); err != nil {
-		return err
-	}
-	own := append([]byte(nil), raw...)
-	n.live.revMu.Lock()
-	n.live.revs[r.ID] = own
-	n.live.revDigest.Store(n.live.revDigest.Load() ^ binary.BigEndian.Uint64(r.ID[:8]))
-	n.live.revMu.Unlock()
-	n.audit.write(AuditRecord{Time: n.now(), Direction: "in", Kind: "revocation", Sender: r.Issuer.String(), Recipient: n.ID().String(), Decision: "accept"})
-	if n.cfg.OnRevocation != nil {
-		n.cfg.OnRevocation(raw)
-	}
-	n.beats.pushRevocation(own)
-	n.emit(n.registry.Tick(n.now()))
-	return nil
-}
-
-// Revoke applies an encoded revocation locally and publishes it to the
-// mesh, where every node verifies and applies it.
-func (n *Node) Revoke(ctx context.Context, raw []byte) error {
-	if err := n.applyRevocation(raw); err != nil {
-		return err
-	}
-	n.mu.Lock()
-	t := n.topics[RevocationTopic]
-	n.mu.Unlock()
-	if t == nil {
-		return ErrNotStarted
-	}
-	return t.Publish(ctx, raw)
-}
-
-func (n *Node) revocations() [][]byte {
-	n.live.revMu.Lock()
-	defer n.live.revMu.Unlock()
-	out := make([][]byte, 0, len(n.live.revs))
-	for _, r := range n.live.revs {
-		out = append(out, r)
-	}
-	return out
+	return verdict(n.applyRevocation(m.Data))
 }
 
 // handleSync answers the join-time exchange, and the revocations pull
@@ -521,20 +512,33 @@ func (n *Node) fetch(p peer.ID, which p2pprotocol.ID) {
 	if err := proto.Unmarshal(raw, &resp); err != nil {
 		return
 	}
+	// An item broken or forged in itself is the responder's doing (an
+	// honest node serves only what it verified): it is charged for it and
+	// the rest of the answer is dropped.
+	fault := func(err error) bool {
+		if code := trust.CodeOf(err); forwarderFault[code] {
+			n.members.penalize(p, code)
+			return true
+		}
+		return false
+	}
 	for _, r := range resp.Revocations {
-		_ = n.applyRevocation(r)
+		if fault(n.applyRevocation(r)) {
+			return
+		}
 	}
 	now := n.now()
 	learned := false
 	for _, a := range resp.Announcements {
-		if n.registry.Holds(a) {
+		rec, key, err := n.checkRecord(a, trust.PublicKey{})
+		if fault(err) {
+			return
+		}
+		if err != nil || rec == nil {
 			continue
 		}
-		rec, err := discovery.ParseRecord(a)
-		if err != nil {
-			continue
-		}
-		evs, _ := n.registry.Announce(rec, discovery.Relayed, now)
+		evs, err := n.registry.Announce(rec, discovery.Relayed, now)
+		n.bad.add(key, err)
 		n.emit(evs)
 		learned = learned || len(evs) > 0
 	}
@@ -600,15 +604,13 @@ func (n *Node) handleLeave(s network.Stream) {
 			l = x.Leave
 		}
 	}
-	agent, err := discovery.VerifyLeave(l)
-	if err != nil {
+	news, err := n.applyLeave(l)
+	if code := trust.CodeOf(err); forwarderFault[code] {
+		n.members.penalize(s.Conn().RemotePeer(), code)
 		s.Reset()
 		return
 	}
-	evs, err := n.registry.Leave(agent, l.Seq, n.now())
-	n.emit(evs)
-	if err == nil && len(evs) > 0 {
-		n.beats.pushLeave(l)
+	if news {
 		go func() { _ = n.publishRegistry(&rm) }()
 	}
 	_, _ = s.Write([]byte{1})

@@ -33,6 +33,9 @@ func (n *Node) handleRenew(s network.Stream) {
 	}
 	resp := &protocolpb.RenewResponse{}
 	cred, err := n.renewFor(remote, raw)
+	if code := trust.CodeOf(err); forwarderFault[code] {
+		n.members.penalize(remote, code)
+	}
 	if err != nil {
 		resp.ErrorCode, resp.ErrorDetail = string(codeOrDefault(err, trust.CodeMalformed)), rejectionDetail(err)
 	} else {
@@ -62,11 +65,20 @@ func (n *Node) renewFor(remote peer.ID, raw []byte) (*trust.Credential, error) {
 	if !old.Subject.Equal(k) {
 		return nil, protocol.Reject(protocol.CodeImpersonation, "credential is for %s, presented by %s", old.Subject, remote)
 	}
+	// Renewal keeps the issuer: a credential of another anchor (a
+	// partner's, or one removed from the policy after a compromise) is
+	// never laundered into one of this issuer's anchor.
+	if own := n.cfg.Issuer.Public(); !old.Issuer.Equal(own) {
+		return nil, protocol.Reject(trust.CodeUntrustedRoot, "credential issued by anchor %s; this issuer renews only credentials of its own anchor %s", old.Issuer, own)
+	}
 	now := n.now()
-	if err := n.verifier.VerifyCredential(old, now); err != nil {
+	if err := n.registry.Admit(k, now); err != nil && trust.CodeOf(err) == protocol.CodeDead {
 		return nil, err
 	}
-	if err := n.registry.Admit(k, now); err != nil && trust.CodeOf(err) == protocol.CodeDead {
+	if !n.due(n.live.lastRenew, remote) {
+		return nil, protocol.Reject(protocol.CodeFlood, "at most one renewal a heartbeat (%s) per agent", n.cfg.HeartbeatInterval)
+	}
+	if err := n.verifier.VerifyCredential(old, now); err != nil {
 		return nil, err
 	}
 	return trust.IssueCredential(n.cfg.Issuer, k, old.Name, now, old.Expires.Sub(old.NotBefore))

@@ -1,0 +1,245 @@
+package node_test
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/meshagent/meshagent/node"
+	"github.com/meshagent/meshagent/protocol"
+	"github.com/meshagent/meshagent/simulations"
+	"github.com/meshagent/meshagent/trust"
+)
+
+func peerInfo(n *node.Node) peer.AddrInfo { return peer.AddrInfo{ID: n.ID(), Addrs: n.Host().Addrs()} }
+
+// delivery publishes count messages from n1 on topic and returns the
+// fraction that n2's subscription received, while during() runs beside.
+func delivery(t *testing.T, n1, n2 *node.Node, topic string, count int, during func(i int)) float64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sub, err := n2.Subscribe(topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Cancel()
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	go func() {
+		for {
+			msg, err := sub.Next(ctx)
+			if err != nil {
+				return
+			}
+			if msg.From == n1.ID() {
+				mu.Lock()
+				seen[string(msg.Body)] = true
+				mu.Unlock()
+			}
+		}
+	}()
+	// Wait until the two are gossipsub neighbours on the topic.
+	if err := simulations.WaitFor(10*time.Second, func() error {
+		_ = n1.Publish(ctx, topic, "publish:tasks", []byte("warm-up"))
+		mu.Lock()
+		defer mu.Unlock()
+		if !seen["warm-up"] {
+			return fmt.Errorf("n2 does not get n1's messages yet")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range count {
+		during(i)
+		if err := n1.Publish(ctx, topic, "publish:tasks", []byte(strconv.Itoa(i))); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// Give the last ones time to arrive.
+	_ = simulations.WaitFor(3*time.Second, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if !seen[strconv.Itoa(count-1)] {
+			return fmt.Errorf("last message not in")
+		}
+		return nil
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	got := 0
+	for i := range count {
+		if seen[strconv.Itoa(i)] {
+			got++
+		}
+	}
+	return float64(got) / float64(count)
+}
+
+// An enrolled insider wraps each of its envelopes in two pubsub messages
+// (two hosts with its one identity, so two pubsub sequence numbers) and
+// hands one to n1 and one to n2. The copies are one message to gossipsub:
+// neither honest node refuses the other's forward as a replay, and n1's own
+// messages keep reaching n2. (Before, n1→n2 delivery fell to 0–1 %.)
+func TestOneEnvelopeTwoPubsubMessages(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	oneLink := simulations.Options{Configure: func(_ string, c *node.Config) { c.BeatDegree = 1 }}
+	m, err := simulations.NewMesh(ctx, []string{"n1", "n2", "mallory"}, oneLink)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	mal := m.Agents["mallory"]
+	// mallory's second host: the same identity and credential.
+	cfg := node.LocalConfig()
+	cfg.Identity, cfg.Credential, cfg.Policy = mal.Identity, mal.Credential, trust.DefaultPolicy(m.Anchor.Public())
+	cfg.ListenAddrs, cfg.BeatDegree = []string{"/ip4/127.0.0.1/tcp/0"}, 1
+	twin, err := node.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := twin.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = twin.Close() })
+	if err := m.Connect(ctx, "n1", "n2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Connect(ctx, "mallory", "n1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := twin.Connect(ctx, peerInfo(m.Agents["n2"].Node)); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"n1", "mallory"} {
+		if _, err := m.Grant(name, []string{"publish:tasks"}, nil, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tok := mal.Node.Tokens()[0]
+	twin.AddToken(tok)
+	n1, n2 := m.Agents["n1"].Node, m.Agents["n2"].Node
+	if _, err := n1.Subscribe("tasks"); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until n1 forwards mallory's messages to n2 (gossipsub grafted
+	// n2 into n1's mesh): only then do the two copies meet.
+	sub2, err := n2.Subscribe("tasks")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := simulations.WaitFor(10*time.Second, func() error {
+		_ = mal.Node.Publish(ctx, "tasks", "publish:tasks", []byte("once"))
+		c, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		defer cancel()
+		for {
+			msg, err := sub2.Next(c)
+			if err != nil {
+				return fmt.Errorf("n1 does not forward mallory's messages to n2 yet")
+			}
+			if msg.From == mal.ID() {
+				return nil
+			}
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	sub2.Cancel()
+	wrapped := 0
+	ratio := delivery(t, n1, n2, "tasks", 200, func(i int) {
+		if i%3 != 0 {
+			return
+		}
+		raw, err := mal.Node.SealMessage("tasks", "publish:tasks", []byte("twice"), tok)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = mal.Node.PublishRaw(ctx, "tasks", raw) // reaches n1
+		_ = twin.PublishRaw(ctx, "tasks", raw)     // reaches n2
+		wrapped++
+	})
+	replays := 0
+	for _, a := range m.Audit() {
+		if a.Kind == "message" && a.Reason == string(protocol.CodeReplay) {
+			replays++
+		}
+	}
+	t.Logf("n1→n2 delivery %.2f with %d envelopes wrapped twice; %d replay rejections", ratio, wrapped, replays)
+	if ratio < 0.95 {
+		t.Fatalf("n1→n2 delivery %.2f under the double wrap, want ≥ 0.95", ratio)
+	}
+	if replays != 0 {
+		t.Fatalf("%d replay rejections: the two copies were taken for two messages", replays)
+	}
+}
+
+// During an anchor rotation, n1 already trusts the new anchor and n2 not
+// yet: n1 forwards a sender's new-anchor messages to n2, which refuses
+// them (untrusted_root) but must not blame n1 for it: n1's own messages
+// keep reaching n2. (Before, delivery fell from 20/20 to 14/30.)
+func TestRotationDoesNotBlameTheForwarder(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	next, err := trust.GenerateAnchorKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := simulations.NewMesh(ctx, []string{"sender", "n1", "n2"}, simulations.Options{Configure: func(name string, c *node.Config) {
+		c.BeatDegree = 1
+		if name != "n2" { // n2 has not taken the new anchor yet
+			c.Policy.Anchors = append(c.Policy.Anchors, next.Public())
+		}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	if err := m.Connect(ctx, "sender", "n1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Connect(ctx, "n1", "n2"); err != nil {
+		t.Fatal(err)
+	}
+	snd := m.Agents["sender"]
+	now := time.Now()
+	newTok, err := trust.IssueToken(next, snd.Identity.Public(), trust.Grant{Scopes: []string{"publish:tasks"}, Expires: now.Add(time.Hour)}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snd.Node.AddToken(newTok)
+	if _, err := m.Grant("n1", []string{"publish:tasks"}, nil, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	n1, n2 := m.Agents["n1"].Node, m.Agents["n2"].Node
+	if _, err := n1.Subscribe("tasks"); err != nil {
+		t.Fatal(err)
+	}
+	sent := 0
+	ratio := delivery(t, n1, n2, "tasks", 100, func(int) {
+		if snd.Node.Publish(ctx, "tasks", "publish:tasks", []byte("new anchor")) == nil {
+			sent++
+		}
+	})
+	untrusted := 0
+	for _, a := range m.Audit() {
+		if a.Kind == "message" && a.Reason == string(trust.CodeUntrustedRoot) {
+			untrusted++
+		}
+	}
+	t.Logf("n1→n2 delivery %.2f; %d new-anchor messages sent, %d refused by n2 as untrusted_root", ratio, sent, untrusted)
+	if untrusted == 0 {
+		t.Fatal("n2 refused no new-anchor message: the test did not play the rotation")
+	}
+	if ratio < 0.95 {
+		t.Fatalf("n1→n2 delivery %.2f during the rotation, want ≥ 0.95", ratio)
+	}
+}

@@ -1,0 +1,209 @@
+package node_test
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	p2pprotocol "github.com/libp2p/go-libp2p/core/protocol"
+	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	"github.com/libp2p/go-msgio"
+
+	"github.com/meshagent/meshagent/node"
+	"github.com/meshagent/meshagent/protocol"
+	"github.com/meshagent/meshagent/simulations"
+)
+
+// outsiderHost is a plain TLS 1.3 libp2p host with a fresh key: it can
+// complete the handshake with any node but holds no credential.
+func outsiderHost(t testing.TB) host.Host {
+	t.Helper()
+	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.Security(libp2ptls.ID, libp2ptls.New),
+		libp2p.Transport(tcp.NewTCPTransport), libp2p.DisableRelay(), libp2p.DisableMetrics())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	return h
+}
+
+// An outsider that runs gossipsub, connects, subscribes to every topic and
+// never sends a hello receives nothing of the mesh until it is closed at
+// the admission deadline, and nothing it publishes is processed; every
+// other protocol resets its streams unread. (Before the gate it received
+// about 2 500 envelopes in 1.5 s, registry records included.)
+func TestOutsiderGetsNothingBeforeAdmission(t *testing.T) {
+	m, _ := testMesh(t, "tcp")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Grant("orchestrator", []string{"publish:tasks"}, nil, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	worker, orch := m.Agents["worker"].Node, m.Agents["orchestrator"].Node
+	wsub, err := worker.Subscribe("tasks")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := orch.Subscribe("tasks"); err != nil {
+		t.Fatal(err)
+	}
+	// The mesh's traffic: the orchestrator publishes all along; the
+	// worker counts what reaches it (the control).
+	var honest atomic.Int64
+	go func() {
+		for {
+			if _, err := wsub.Next(ctx); err != nil {
+				return
+			}
+			honest.Add(1)
+		}
+	}()
+	go func() {
+		for ctx.Err() == nil {
+			_ = orch.Publish(ctx, "tasks", "publish:tasks", []byte("job"))
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	if err := simulations.WaitFor(10*time.Second, func() error {
+		if honest.Load() < 10 {
+			return errors.New("no traffic on tasks yet")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	out := outsiderHost(t)
+	ps, err := pubsub.NewGossipSub(ctx, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got atomic.Int64
+	for _, name := range []string{"tasks", node.RegistryTopic, node.RevocationTopic} {
+		topic, err := ps.Join(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sub, err := topic.Subscribe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			for {
+				msg, err := sub.Next(ctx)
+				if err != nil {
+					return
+				}
+				if msg.ReceivedFrom != out.ID() { // not its own
+					got.Add(1)
+				}
+			}
+		}()
+		go func() { // what it sends must not be processed either
+			for ctx.Err() == nil {
+				_ = topic.Publish(ctx, []byte("outsider"))
+				time.Sleep(5 * time.Millisecond)
+			}
+		}()
+	}
+	gatedBefore := worker.Gated()
+	before := honest.Load()
+	if err := out.Connect(ctx, peer.AddrInfo{ID: worker.ID(), Addrs: worker.Host().Addrs()}); err != nil {
+		t.Fatalf("TLS connection refused before admission: %v", err)
+	}
+	// Every other protocol the node serves: a frame in, nothing out.
+	for _, pid := range []p2pprotocol.ID{protocol.ProtocolRPC, node.ProtocolSync, node.ProtocolRevocations, node.ProtocolLeave, node.ProtocolBeat} {
+		go func() {
+			s, err := out.NewStream(ctx, worker.ID(), pid)
+			if err != nil {
+				return
+			}
+			_ = s.SetDeadline(time.Now().Add(10 * time.Second))
+			_ = msgio.NewVarintWriter(s).WriteMsg([]byte("outsider frame"))
+			if n, _ := s.Read(make([]byte, 64)); n > 0 {
+				got.Add(1)
+			}
+		}()
+	}
+	// Until the worker closes it at the admission deadline (2 s).
+	if err := simulations.WaitFor(10*time.Second, func() error {
+		if out.Network().Connectedness(worker.ID()) == network.Connected {
+			return errors.New("outsider still connected")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if honest.Load()-before < 10 {
+		t.Fatalf("the worker got %d messages while the outsider was connected: the test saw no traffic", honest.Load()-before)
+	}
+	if n := got.Load(); n != 0 {
+		t.Fatalf("the outsider received %d messages or replies before admission", n)
+	}
+	for _, a := range m.Audit() {
+		if a.Sender == out.ID().String() && a.Kind != "admission" {
+			t.Fatalf("the worker processed what the outsider sent: %+v", a)
+		}
+	}
+	if worker.Gated() <= gatedBefore {
+		t.Fatal("no stream of the outsider was refused at the gate")
+	}
+	t.Logf("outsider: 0 messages while the worker got %d; %d streams refused at the gate", honest.Load()-before, worker.Gated()-gatedBefore)
+}
+
+// An outsider that re-dials with a fresh key each time and sends a bad
+// hello costs the node a handshake per attempt only up to its source's
+// budget; past it, its connections are refused before the handshake,
+// while an admitted agent's calls go on.
+func TestFreshIdentityDialLoopIsBounded(t *testing.T) {
+	m, runs := testMesh(t, "tcp")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	worker := m.Agents["worker"].Node
+	addrs := peer.AddrInfo{ID: worker.ID(), Addrs: worker.Host().Addrs()}
+	const attempts = 200
+	secured := 0
+	start := time.Now()
+	for range attempts {
+		h, err := libp2p.New(libp2p.NoListenAddrs, libp2p.Security(libp2ptls.ID, libp2ptls.New),
+			libp2p.Transport(tcp.NewTCPTransport), libp2p.DisableRelay(), libp2p.DisableMetrics())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Connect(ctx, addrs) == nil {
+			if s, err := h.NewStream(ctx, worker.ID(), protocol.ProtocolAdmission); err == nil {
+				secured++
+				_ = msgio.NewVarintWriter(s).WriteMsg([]byte("not a hello"))
+				_, _ = s.Read(make([]byte, 1)) // reset once refused
+			}
+		}
+		h.Close()
+	}
+	elapsed := time.Since(start)
+	// The budget: 64 at once plus 16 a second.
+	if limit := 64 + int(16*elapsed.Seconds()) + 8; secured > limit {
+		t.Fatalf("%d of %d fresh identities reached admission in %s; the bound is %d", secured, attempts, elapsed.Round(time.Millisecond), limit)
+	}
+	if secured == 0 {
+		t.Fatal("no attempt reached admission: the test measured nothing")
+	}
+	// The honest pair is untouched.
+	if _, err := call(m, "orchestrator", "worker", "read:logs"); err != nil {
+		t.Fatalf("honest call during the dial loop: %v", err)
+	}
+	if runs.Load() == 0 {
+		t.Fatal("the handler did not run for the honest call")
+	}
+	t.Logf("%d of %d fresh identities reached admission in %s", secured, attempts, elapsed.Round(time.Millisecond))
+}

@@ -1,0 +1,76 @@
+package node
+
+import (
+	"crypto/sha256"
+	"sync"
+
+	"github.com/meshagent/meshagent/protocol"
+	"github.com/meshagent/meshagent/trust"
+)
+
+// refusals remembers what this node refused of the records, leaves and
+// revocations peers relayed, by the hash of their bytes, so that the same
+// bytes sent again cost a hash instead of their signature checks. Only
+// verdicts that cannot turn into acceptance are kept (a bad signature
+// stays bad, an expired credential stays expired, a sequence number once
+// passed stays passed, the anchors do not change while the node runs);
+// not-yet-valid, stale, unlisted and full are checked again. Bounded:
+// past maxRefusals the oldest are forgotten.
+type refusals struct {
+	mu   sync.Mutex
+	m    map[[32]byte]*trust.Error
+	ring [][32]byte
+	next int
+}
+
+const maxRefusals = 8192 // about 1 MiB
+
+func newRefusals() *refusals { return &refusals{m: map[[32]byte]*trust.Error{}} }
+
+// itemKey hashes an item's bytes with its kind.
+func itemKey(kind string, b ...[]byte) [32]byte {
+	h := sha256.New()
+	h.Write([]byte(kind))
+	h.Write([]byte{0})
+	for _, x := range b {
+		h.Write(x)
+	}
+	var k [32]byte
+	h.Sum(k[:0])
+	return k
+}
+
+// get returns the remembered refusal of key, or nil.
+func (r *refusals) get(key [32]byte) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e, ok := r.m[key]; ok {
+		return e
+	}
+	return nil
+}
+
+// add remembers err for key when it is a final verdict.
+func (r *refusals) add(key [32]byte, err error) {
+	te, ok := err.(*trust.Error)
+	if !ok {
+		return
+	}
+	switch te.Code {
+	case trust.CodeNotYetValid, protocol.CodeStale, protocol.CodeUnlisted, trust.CodeFull, protocol.CodeDead, "":
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.m[key]; ok {
+		return
+	}
+	if len(r.ring) < maxRefusals {
+		r.ring = append(r.ring, key)
+	} else {
+		delete(r.m, r.ring[r.next])
+		r.ring[r.next] = key
+		r.next = (r.next + 1) % maxRefusals
+	}
+	r.m[key] = te
+}
