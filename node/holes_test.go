@@ -223,3 +223,56 @@ func TestRenewalKeepsTheIssuer(t *testing.T) {
 		t.Fatal("the verifier, which trusts only A, admitted B's agent")
 	}
 }
+
+// The revocations a node keeps are bounded by Policy.MaxRevocations (past
+// it a new one is refused as full rather than forgetting one that still
+// matters) and forgotten once what they revoke has expired, which makes
+// room again.
+func TestStoredRevocationsAreBoundedAndPruned(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	m, err := simulations.NewMesh(ctx, []string{"a"}, simulations.Options{Configure: func(_ string, c *node.Config) {
+		c.Policy.MaxRevocations = 4
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	n := m.Agents["a"].Node
+	revoke := func(keep time.Duration) error {
+		var id trust.LinkID
+		_, _ = rand.Read(id[:])
+		r, err := trust.RevokeLink(m.Anchor, id, time.Now(), keep)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n.Revoke(ctx, r.Bytes())
+	}
+	for i := range 4 {
+		keep := time.Hour
+		if i < 2 {
+			keep = 2 * time.Second
+		}
+		if err := revoke(keep); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := revoke(time.Hour); trust.CodeOf(err) != trust.CodeFull {
+		t.Fatalf("a fifth revocation past the bound of 4: %v, want full", err)
+	}
+	if got := n.Revocations(); got != 4 {
+		t.Fatalf("the node holds %d revocations, want 4", got)
+	}
+	// The two short-lived ones expire and are forgotten.
+	if err := simulations.WaitFor(10*time.Second, func() error {
+		if got := n.Revocations(); got != 2 {
+			return fmt.Errorf("the node holds %d revocations, want 2", got)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := revoke(time.Hour); err != nil {
+		t.Fatalf("a revocation once expired ones were forgotten: %v", err)
+	}
+}
