@@ -67,9 +67,10 @@ var (
 	ErrFull            = &Error{Code: CodeFull, Link: -1}
 )
 
-// ErrKeyPermissions is returned when a private key file can be read by group
-// or others.
-var ErrKeyPermissions = errors.New("trust: key file is accessible by group or others")
+// ErrKeyPermissions is returned when a private key file could be read or
+// replaced by someone else: group or others can access it, another user
+// owns it or its directory, or group or others can write its directory.
+var ErrKeyPermissions = errors.New("trust: unsafe key file")
 
 func fail(code Code, link int, format string, args ...any) *Error {
 	return &Error{Code: code, Link: link, Detail: fmt.Sprintf(format, args...)}

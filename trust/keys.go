@@ -196,8 +196,9 @@ func (i *Identity) Save(path string) error { return saveKey(path, pemIdentity, i
 // an existing file.
 func (a *AnchorKey) Save(path string) error { return saveKey(path, pemAnchor, a.kp) }
 
-// LoadIdentity reads an identity key file written by Save. A file that group
-// or others can access is refused, as ssh does.
+// LoadIdentity reads an identity key file written by Save. It refuses
+// (ErrKeyPermissions) a file that others could read or replace: see
+// checkKeyFile.
 func LoadIdentity(path string) (*Identity, error) {
 	kp, err := loadKey(path, pemIdentity)
 	if err != nil {
@@ -206,8 +207,8 @@ func LoadIdentity(path string) (*Identity, error) {
 	return &Identity{kp}, nil
 }
 
-// LoadAnchorKey reads an anchor key file written by Save, refusing one that
-// group or others can access.
+// LoadAnchorKey reads an anchor key file written by Save, refusing
+// (ErrKeyPermissions) one that others could read or replace.
 func LoadAnchorKey(path string) (*AnchorKey, error) {
 	kp, err := loadKey(path, pemAnchor)
 	if err != nil {
@@ -273,8 +274,8 @@ func loadKey(path, typ string) (keyPair, error) {
 	if err != nil {
 		return keyPair{}, fmt.Errorf("trust: %w", err)
 	}
-	if st.Mode().Perm()&0o077 != 0 {
-		return keyPair{}, fmt.Errorf("%w: %s has mode %04o; run: chmod 600 %s", ErrKeyPermissions, path, st.Mode().Perm(), path)
+	if err := checkKeyFile(path, st); err != nil {
+		return keyPair{}, err
 	}
 	data, err := io.ReadAll(io.LimitReader(f, 64<<10))
 	if err != nil {
@@ -292,6 +293,38 @@ func loadKey(path, typ string) (keyPair, error) {
 		return keyPair{}, fmt.Errorf("trust: %s: %w", path, err)
 	}
 	return fromLibp2p(k)
+}
+
+// checkKeyFile refuses, as ssh's StrictModes does, a key file that others
+// could read or replace: one that group or others can access, one owned by
+// another user than the one this process runs as (euid), and one in a
+// directory that another user owns or that group or others can write (who
+// can write the directory can swap the file). A directory owned by root is
+// accepted: root can read the key anyway. st is the opened file's, so
+// what is checked is what is read.
+func checkKeyFile(path string, st os.FileInfo) error {
+	if st.Mode().Perm()&0o077 != 0 {
+		return fmt.Errorf("%w: %s has mode %04o, group or others can access it; run: chmod 600 %s", ErrKeyPermissions, path, st.Mode().Perm(), path)
+	}
+	euid, unix := processOwner()
+	if !unix {
+		return nil
+	}
+	if uid := fileOwner(st); uid != euid {
+		return fmt.Errorf("%w: %s is owned by uid %d, not by uid %d that runs this process; run: sudo chown %d %s", ErrKeyPermissions, path, uid, euid, euid, path)
+	}
+	dir := filepath.Dir(path)
+	dst, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("trust: %w", err)
+	}
+	if uid := fileOwner(dst); uid != euid && uid != 0 {
+		return fmt.Errorf("%w: directory %s of key %s is owned by uid %d, not by uid %d that runs this process or root; run: sudo chown %d %s", ErrKeyPermissions, dir, filepath.Base(path), uid, euid, euid, dir)
+	}
+	if dst.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("%w: directory %s of key %s has mode %04o, group or others can replace the key; run: chmod go-w %s (or move the key into a directory only you can write)", ErrKeyPermissions, dir, filepath.Base(path), dst.Mode().Perm(), dir)
+	}
+	return nil
 }
 
 // DecodePEM returns the bytes of the first PEM block of type typ in data; if
