@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -55,8 +56,16 @@ func (s *sse) send(v any) error {
 
 // hub hands inbound requests for an action to the one local process that
 // streams them from /v1/handle, and waits for its reply on /v1/reply.
+//
+// An action has at most one handler: while a process streams an action's
+// requests, another /v1/handle for that action is refused (409), so that no
+// holder of the socket can take over what another process serves. The
+// action is free again as soon as the first one's stream ends (it
+// disconnected, or the daemon could not write to it). The daemon's built-in
+// actions are never free.
 type hub struct {
 	n       *node.Node
+	builtin map[string]bool
 	mu      sync.Mutex
 	actions map[string]chan *pendingCall
 	waiting map[string]*pendingCall
@@ -65,6 +74,7 @@ type hub struct {
 type pendingCall struct {
 	req   *node.Request
 	reply chan callResult
+	id    string // set once handed to the local process (under hub.mu)
 }
 
 type callResult struct {
@@ -72,15 +82,35 @@ type callResult struct {
 	err  string
 }
 
-func newHub(n *node.Node) *hub {
-	return &hub{n: n, actions: map[string]chan *pendingCall{}, waiting: map[string]*pendingCall{}}
+// errHandled is the refusal of a second handler for an action.
+type errHandled struct {
+	action  string
+	builtin bool
+}
+
+func (e errHandled) Error() string {
+	if e.builtin {
+		return fmt.Sprintf("%s is served by the daemon itself and cannot be handled by a local process", e.action)
+	}
+	return fmt.Sprintf("%s is already handled by another local process (one handler per action, until its stream ends)", e.action)
+}
+
+func newHub(n *node.Node, builtin []string) *hub {
+	h := &hub{n: n, builtin: map[string]bool{}, actions: map[string]chan *pendingCall{}, waiting: map[string]*pendingCall{}}
+	for _, a := range builtin {
+		h.builtin[a] = true
+	}
+	return h
 }
 
 func (h *hub) register(action string) (chan *pendingCall, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.builtin[action] {
+		return nil, errHandled{action, true}
+	}
 	if _, ok := h.actions[action]; ok {
-		return nil, fmt.Errorf("another process already handles %s", action)
+		return nil, errHandled{action, false}
 	}
 	q := make(chan *pendingCall, 64)
 	if err := h.n.Handle(action, func(ctx context.Context, r *node.Request) ([]byte, error) {
@@ -97,6 +127,7 @@ func (h *hub) register(action string) (chan *pendingCall, error) {
 			}
 			return res.body, nil
 		case <-ctx.Done():
+			h.forget(p)
 			return nil, fmt.Errorf("the local handler of %s did not reply in time", action)
 		}
 	}); err != nil {
@@ -106,11 +137,23 @@ func (h *hub) register(action string) (chan *pendingCall, error) {
 	return q, nil
 }
 
-func (h *hub) unregister(action string) {
+// unregister frees action, once the stream that registered q ended, and
+// fails the calls still queued for it.
+func (h *hub) unregister(action string, q chan *pendingCall) {
 	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.n.RemoveHandler(action)
-	delete(h.actions, action)
+	if h.actions[action] == q {
+		h.n.RemoveHandler(action)
+		delete(h.actions, action)
+	}
+	h.mu.Unlock()
+	for {
+		select {
+		case p := <-q:
+			p.reply <- callResult{err: "local handler went away"}
+		default:
+			return
+		}
+	}
 }
 
 func (h *hub) park(p *pendingCall) string {
@@ -118,9 +161,20 @@ func (h *hub) park(p *pendingCall) string {
 	_, _ = rand.Read(b[:])
 	id := hex.EncodeToString(b[:])
 	h.mu.Lock()
+	p.id = id
 	h.waiting[id] = p
 	h.mu.Unlock()
 	return id
+}
+
+// forget drops a call whose caller stopped waiting, so that waiting holds
+// only calls that can still be answered.
+func (h *hub) forget(p *pendingCall) {
+	h.mu.Lock()
+	if p.id != "" && h.waiting[p.id] == p {
+		delete(h.waiting, p.id)
+	}
+	h.mu.Unlock()
 }
 
 func (h *hub) resolve(id string, res callResult) bool {
@@ -134,9 +188,21 @@ func (h *hub) resolve(id string, res callResult) bool {
 	return ok
 }
 
+// streamRequest refuses a long-lived GET (subscribe, handle) that has a
+// body: the server lifts its read deadline and notices the client going
+// away (ending the stream and freeing its action) only once the request is
+// read to its end, and a stream never reads a body.
+func streamRequest(w http.ResponseWriter, r *http.Request) bool {
+	if r.ContentLength != 0 {
+		writeJSON(w, 400, apiError{Error: "a stream request has no body"})
+		return false
+	}
+	return true
+}
+
 // addStreamingRoutes adds publish, subscribe, handle, reply and tokens.
-func addStreamingRoutes(mux *http.ServeMux, n *node.Node) {
-	h := newHub(n)
+func addStreamingRoutes(mux *http.ServeMux, n *node.Node, builtin []string) {
+	h := newHub(n, builtin)
 	mux.HandleFunc("GET /v1/tokens", func(w http.ResponseWriter, r *http.Request) {
 		out := []trust.TokenInfo{}
 		for _, t := range n.Tokens() {
@@ -150,7 +216,11 @@ func addStreamingRoutes(mux *http.ServeMux, n *node.Node) {
 			Action string          `json:"action"`
 			Body   json.RawMessage `json:"body"`
 		}
-		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil || req.Topic == "" {
+		data, ok := readBody(w, r, 1<<20)
+		if !ok {
+			return
+		}
+		if err := json.Unmarshal(data, &req); err != nil || req.Topic == "" {
 			writeJSON(w, 400, apiError{Error: "want JSON {topic, action, body}"})
 			return
 		}
@@ -165,6 +235,9 @@ func addStreamingRoutes(mux *http.ServeMux, n *node.Node) {
 		writeJSON(w, 200, map[string]string{"topic": req.Topic, "status": "published"})
 	})
 	mux.HandleFunc("GET /v1/subscribe", func(w http.ResponseWriter, r *http.Request) {
+		if !streamRequest(w, r) {
+			return
+		}
 		topic := r.URL.Query().Get("topic")
 		if topic == "" {
 			writeJSON(w, 400, apiError{Error: "topic is required"})
@@ -192,17 +265,25 @@ func addStreamingRoutes(mux *http.ServeMux, n *node.Node) {
 		}
 	})
 	mux.HandleFunc("GET /v1/handle", func(w http.ResponseWriter, r *http.Request) {
+		if !streamRequest(w, r) {
+			return
+		}
 		action := r.URL.Query().Get("action")
 		if err := trust.ValidateScope(action); err != nil {
 			writeJSON(w, 400, apiError{Error: err.Error(), Code: string(trust.CodeOf(err))})
 			return
 		}
 		q, err := h.register(action)
-		if err != nil {
-			writeJSON(w, 409, apiError{Error: err.Error()})
+		var taken errHandled
+		if errors.As(err, &taken) {
+			writeJSON(w, 409, apiError{Error: err.Error(), Code: "already_handled"})
 			return
 		}
-		defer h.unregister(action)
+		if err != nil {
+			writeJSON(w, 400, apiError{Error: err.Error(), Code: string(trust.CodeOf(err))})
+			return
+		}
+		defer h.unregister(action, q)
 		s, ok := newSSE(w)
 		if !ok {
 			return
@@ -234,7 +315,11 @@ func addStreamingRoutes(mux *http.ServeMux, n *node.Node) {
 			Body  json.RawMessage `json:"body"`
 			Error string          `json:"error"`
 		}
-		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
+		data, ok := readBody(w, r, 1<<20)
+		if !ok {
+			return
+		}
+		if err := json.Unmarshal(data, &req); err != nil {
 			writeJSON(w, 400, apiError{Error: "bad JSON: " + err.Error()})
 			return
 		}

@@ -31,6 +31,12 @@ func events(ctx context.Context, home, path string, f func(data []byte) (bool, e
 	if resp.StatusCode != 200 {
 		var e apiError
 		_ = json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&e)
+		switch {
+		case e.Error == "":
+			return fmt.Errorf("local API: %s", resp.Status)
+		case e.Code != "":
+			return fmt.Errorf("%s: %s", e.Code, e.Error)
+		}
 		return fmt.Errorf("%s", e.Error)
 	}
 	sc := bufio.NewScanner(resp.Body)

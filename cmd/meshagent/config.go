@@ -38,7 +38,8 @@ tokens: []
 audit_log: audit.log
 
 # Local API: HTTP + JSON on this Unix socket (mode 0600), relative to this
-# directory or absolute.
+# directory or absolute. Its directory must be owned by this user and
+# writable by no one else.
 api_socket: api.sock
 
 # Liveness: one signed heartbeat per interval; an agent silent for

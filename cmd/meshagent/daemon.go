@@ -109,7 +109,7 @@ func newRunCmd() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return runDaemon(ctx, home, fc, nil)
+			return serveDaemon(ctx, home, fc, nil, cmd.ErrOrStderr())
 		}),
 	}
 	f := cmd.Flags()
@@ -126,10 +126,24 @@ func newRunCmd() *cobra.Command {
 	return cmd
 }
 
-// runDaemon builds the node from the config, checking every field before
-// anything starts, serves the local API, and runs until ctx ends. ready, if
-// not nil, is called once the API socket is listening.
+// runDaemon is serveDaemon logging to stderr.
 func runDaemon(ctx context.Context, home string, fc *fileConfig, ready func(*node.Node)) error {
+	return serveDaemon(ctx, home, fc, ready, os.Stderr)
+}
+
+// apiReadTimeout bounds the reading of one local API request, headers and
+// body (at most 1 MiB, from a local process): a client that sends half a
+// request is disconnected. net/http lifts the deadline once the body has
+// been read to its end, so calls and streams that last longer are not cut
+// (TestAPIReadTimeout checks both).
+var apiReadTimeout = 10 * time.Second
+
+// serveDaemon builds the node from the config, checking every field before
+// anything starts, serves the local API, and runs until ctx ends. ready, if
+// not nil, is called once the API socket is listening. What the daemon does
+// not stop for (a persisted revocation it drops, a renewed credential it
+// could not save) is said on logw, one line each.
+func serveDaemon(ctx context.Context, home string, fc *fileConfig, ready func(*node.Node), logw io.Writer) error {
 	id, err := trust.LoadIdentity(filepath.Join(home, identityFile))
 	if err != nil {
 		return err
@@ -191,19 +205,26 @@ func runDaemon(ctx context.Context, home string, fc *fileConfig, ready func(*nod
 			return fmt.Errorf("config: issuer_key: %v", err)
 		}
 	}
+	sock := inHome(home, fc.APISocket)
+	if sock == "" {
+		sock = filepath.Join(home, "api.sock")
+	}
+	if err := checkSocketDir(filepath.Dir(sock)); err != nil {
+		return fmt.Errorf("api socket: %v", err)
+	}
 	credPath := inHome(home, fc.Credential)
 	cfg.OnCredential = func(c *trust.Credential) {
 		if err := replaceFile(credPath, trust.EncodePEM(c.Bytes(), trust.PEMCredential)); err != nil {
-			fmt.Fprintf(os.Stderr, "meshagent: saving renewed credential: %v\n", err)
+			fmt.Fprintf(logw, "meshagent: saving renewed credential: %v\n", err)
 		}
 	}
 	revDir := filepath.Join(home, "revocations")
-	if cfg.Revocations, err = loadRevocations(revDir); err != nil {
+	if cfg.Revocations, err = loadRevocations(revDir, cfg.Policy, time.Now(), logw); err != nil {
 		return fmt.Errorf("revocations: %v", err)
 	}
 	cfg.OnRevocation = func(raw []byte) {
 		if err := saveRevocation(revDir, raw); err != nil {
-			fmt.Fprintf(os.Stderr, "meshagent: saving revocation: %v\n", err)
+			fmt.Fprintf(logw, "meshagent: saving revocation: %v\n", err)
 		}
 	}
 	if fc.AuditLog != "" {
@@ -226,33 +247,24 @@ func runDaemon(ctx context.Context, home string, fc *fileConfig, ready func(*nod
 		if err != nil {
 			return fmt.Errorf("config: metrics_listen: %v", err)
 		}
-		msrv := &http.Server{Handler: metrics.handler(), ReadHeaderTimeout: 5 * time.Second}
+		msrv := &http.Server{Handler: metrics.handler(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: apiReadTimeout}
 		go func() { <-ctx.Done(); msrv.Close() }()
 		go func() { _ = msrv.Serve(ml) }()
 	}
-	_ = n.Handle("ping:agent", func(context.Context, *node.Request) ([]byte, error) {
+	_ = n.Handle(pingAction, func(context.Context, *node.Request) ([]byte, error) {
 		return json.Marshal(map[string]string{"pong": n.Name()})
 	})
 	if err := n.Start(ctx); err != nil {
 		return err
 	}
 	defer n.Close()
-	sock := inHome(home, fc.APISocket)
-	if sock == "" {
-		sock = filepath.Join(home, "api.sock")
-	}
-	_ = os.Remove(sock)
-	ln, err := net.Listen("unix", sock)
+	ln, err := listenAPI(sock)
 	if err != nil {
-		return fmt.Errorf("api socket: %w", err)
+		return fmt.Errorf("api socket: %v", err)
 	}
-	if err := os.Chmod(sock, 0o600); err != nil {
-		ln.Close()
-		return err
-	}
-	api := apiHandler(n)
+	api := apiHandler(n, pingAction)
 	api.Handle("GET /metrics", metrics.handler())
-	srv := &http.Server{Handler: api, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: api, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: apiReadTimeout}
 	go func() { <-ctx.Done(); srv.Close() }()
 	if ready != nil {
 		ready(n)
@@ -275,8 +287,27 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// apiHandler serves the local API. See docs/local-api.md.
-func apiHandler(n *node.Node) *http.ServeMux {
+// readBody reads the whole request body, at most max bytes, within the
+// server's read timeout. Reading it to its end is what lets the server lift
+// the read deadline and watch for the client going away (which cancels the
+// request's context) while the handler works. On failure it answers the
+// request and returns false.
+func readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, bool) {
+	data, err := io.ReadAll(io.LimitReader(r.Body, max+1))
+	if err != nil {
+		writeJSON(w, 400, apiError{Error: "reading the request: " + err.Error()})
+		return nil, false
+	}
+	if int64(len(data)) > max {
+		writeJSON(w, 413, apiError{Error: fmt.Sprintf("request body over %d bytes", max)})
+		return nil, false
+	}
+	return data, true
+}
+
+// apiHandler serves the local API. See docs/local-api.md. builtin are the
+// actions the daemon serves itself: no local process may handle them.
+func apiHandler(n *node.Node, builtin ...string) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		var addrs []string
@@ -296,7 +327,11 @@ func apiHandler(n *node.Node) *http.ServeMux {
 			Body    json.RawMessage `json:"body"`
 			Timeout string          `json:"timeout"`
 		}
-		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
+		data, ok := readBody(w, r, 1<<20)
+		if !ok {
+			return
+		}
+		if err := json.Unmarshal(data, &req); err != nil {
 			writeJSON(w, 400, apiError{Error: "bad JSON: " + err.Error()})
 			return
 		}
@@ -326,9 +361,8 @@ func apiHandler(n *node.Node) *http.ServeMux {
 		writeJSON(w, 200, map[string]any{"from": rep.From.String(), "correlation_id": rep.CorrelationID.String(), "body": body})
 	})
 	mux.HandleFunc("POST /v1/revoke", func(w http.ResponseWriter, r *http.Request) {
-		data, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
-		if err != nil {
-			writeJSON(w, 400, apiError{Error: err.Error()})
+		data, ok := readBody(w, r, 64<<10)
+		if !ok {
 			return
 		}
 		raw, err := trust.DecodePEM(data, trust.PEMRevocation)
@@ -341,7 +375,7 @@ func apiHandler(n *node.Node) *http.ServeMux {
 		}
 		writeJSON(w, 200, map[string]string{"status": "applied and published"})
 	})
-	addStreamingRoutes(mux, n)
+	addStreamingRoutes(mux, n, builtin)
 	return mux
 }
 
@@ -358,6 +392,87 @@ func apiClient(home string) (*http.Client, error) {
 	return &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
 	}}}, nil
+}
+
+// pingAction is served by every daemon itself; no local process can take
+// it over.
+const pingAction = "ping:agent"
+
+// checkSocketDir refuses a directory for the API socket that another user
+// could write to (and so replace the socket under its clients) or that
+// another user owns.
+func checkSocketDir(dir string) error {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("%s is not a directory", dir)
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok && int(sys.Uid) != os.Geteuid() {
+		return fmt.Errorf("directory %s is owned by uid %d, not by this user (uid %d)", dir, sys.Uid, os.Geteuid())
+	}
+	if m := st.Mode().Perm(); m&0o022 != 0 {
+		return fmt.Errorf("directory %s is writable by group or others (mode %04o): make it 0700 or 0755", dir, m)
+	}
+	return nil
+}
+
+// testHookSocketBound, when set by a test, is called with the path the API
+// socket was bound at, before anything else is done with it.
+var testHookSocketBound func(path string)
+
+// listenAPI listens on the Unix socket sock so that no other user can ever
+// connect to it, whatever the umask: the socket is bound inside a fresh
+// directory of mode 0700 next to sock, made 0600 there, and only then
+// renamed to sock. sock's directory must pass checkSocketDir. An existing
+// sock is replaced only if it is a socket that no daemon serves.
+func listenAPI(sock string) (*net.UnixListener, error) {
+	dir := filepath.Dir(sock)
+	if err := checkSocketDir(dir); err != nil {
+		return nil, err
+	}
+	if st, err := os.Lstat(sock); err == nil {
+		if st.Mode().Type() != os.ModeSocket {
+			return nil, fmt.Errorf("%s exists and is not a socket", sock)
+		}
+		if c, err := net.DialTimeout("unix", sock, 2*time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%s: another daemon is serving it", sock)
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp(dir, ".api")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	// MkdirTemp made it 0700 (less if the umask says so); make sure.
+	if err := os.Chmod(tmp, 0o700); err != nil {
+		return nil, err
+	}
+	bound := filepath.Join(tmp, "s")
+	if len(bound) >= 104 { // sun_path: 108 bytes on Linux, 104 on BSDs
+		return nil, fmt.Errorf("%s: path too long for a Unix socket (its directory's name is %d bytes)", sock, len(dir))
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: bound, Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	ln.SetUnlinkOnClose(false) // it will not be at bound; serveDaemon removes sock
+	if testHookSocketBound != nil {
+		testHookSocketBound(bound)
+	}
+	if err := os.Chmod(bound, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	if err := os.Rename(bound, sock); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
 }
 
 // replaceFile atomically replaces path with data, mode 0600.
@@ -383,12 +498,25 @@ func replaceFile(path string, data []byte) error {
 	return os.Rename(tmp.Name(), path)
 }
 
-// loadRevocations reads every persisted revocation in dir.
-func loadRevocations(dir string) ([][]byte, error) {
+// loadRevocations reads the revocations persisted in dir and returns those
+// that apply under policy (its anchors) at now, so that the node is only
+// ever given revocations it accepts. A file it leaves out (not a revocation,
+// a format this version no longer reads, an issuer that is no longer a
+// trusted anchor, a bad signature, expired) is named on logw with the
+// reason, one line each, and left on disk: the operator decides. An error
+// reading the directory or a file stops the daemon: a revocation it could
+// not read may be one that applies.
+func loadRevocations(dir string, policy trust.Policy, now time.Time, logw io.Writer) ([][]byte, error) {
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
+	if err != nil {
+		return nil, err
+	}
+	// A scratch verifier with the configured anchors checks each one as
+	// the node will, without touching the node.
+	scratch, err := trust.NewVerifier(policy)
 	if err != nil {
 		return nil, err
 	}
@@ -397,13 +525,65 @@ func loadRevocations(dir string) ([][]byte, error) {
 		if e.IsDir() || filepath.Ext(e.Name()) != ".pem" {
 			continue
 		}
-		raw, err := readPEMFile(filepath.Join(dir, e.Name()), trust.PEMRevocation, trust.MaxRevocationSize)
+		path := filepath.Join(dir, e.Name())
+		if !e.Type().IsRegular() {
+			fmt.Fprintf(logw, "meshagent: dropped revocation %s: not a regular file\n", path)
+			continue
+		}
+		const max = 2*trust.MaxRevocationSize + 1024 // base64 and PEM lines
+		data, err := readLimited(path, max)
 		if err != nil {
 			return nil, err
+		}
+		why := ""
+		var raw []byte
+		var r *trust.Revocation
+		if len(data) > max {
+			err = fmt.Errorf("over %d bytes", max)
+		} else if raw, err = trust.DecodePEM(data, trust.PEMRevocation); err == nil {
+			r, err = trust.ParseRevocation(raw)
+		}
+		switch {
+		case err != nil:
+			why = fmt.Sprintf("it no longer parses (%v)", err)
+		case !scratch.IsAnchor(r.Issuer):
+			why = fmt.Sprintf("issuer %s is no longer a trusted anchor", r.Issuer)
+		case !now.Before(r.KeepUntil):
+			// AddRevocation would accept it and keep nothing.
+			if err := scratch.AddRevocation(r, now); err != nil {
+				why = fmt.Sprintf("it does not verify (%v)", err)
+			} else {
+				why = fmt.Sprintf("it expired at %s (what it revoked has expired too)", r.KeepUntil.UTC().Format(time.RFC3339))
+			}
+		default:
+			if err := scratch.AddRevocation(r, now); err != nil {
+				if trust.CodeOf(err) == trust.CodeFull {
+					return nil, fmt.Errorf("%s: %v", path, err)
+				}
+				why = fmt.Sprintf("it does not verify (%v)", err)
+			}
+		}
+		if why != "" {
+			fmt.Fprintf(logw, "meshagent: dropped revocation %s: %s\n", path, why)
+			continue
 		}
 		out = append(out, raw)
 	}
 	return out, nil
+}
+
+// readLimited reads at most max+1 bytes of path.
+func readLimited(path string, max int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return data, nil
 }
 
 // saveRevocation persists one revocation, named by its hash.
