@@ -3,6 +3,7 @@ module github.com/meshagent/meshagent
 go 1.26.6
 
 require (
+	filippo.io/edwards25519 v1.2.0
 	github.com/ipfs/go-log/v2 v2.9.2
 	github.com/libp2p/go-libp2p v0.51.0
 	github.com/libp2p/go-libp2p-pubsub v0.19.0

@@ -54,6 +54,9 @@ func IssueCredential(a *AnchorKey, subject PublicKey, name string, notBefore tim
 	if subject.IsZero() {
 		return nil, fail(CodeMalformed, -1, "no subject")
 	}
+	if err := subject.checkWeak(); err != nil {
+		return nil, err
+	}
 	if ttl < time.Second {
 		return nil, fail(CodeMalformed, -1, "credential lifetime %s is too short", ttl)
 	}

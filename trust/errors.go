@@ -72,6 +72,13 @@ var (
 // owns it or its directory, or group or others can write its directory.
 var ErrKeyPermissions = errors.New("trust: unsafe key file")
 
+// withLink returns err, an *Error, with its link index set to i.
+func withLink(err error, i int) error {
+	e := err.(*Error)
+	e.Link = i
+	return e
+}
+
 func fail(code Code, link int, format string, args ...any) *Error {
 	return &Error{Code: code, Link: link, Detail: fmt.Sprintf(format, args...)}
 }

@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"filippo.io/edwards25519"
+	"filippo.io/edwards25519/field"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
@@ -34,17 +36,22 @@ const ed25519PeerIDPrefix = "\x00\x24\x08\x01\x12\x20"
 // text form is the libp2p peer ID ("12D3KooW..."), which carries the key.
 type PublicKey [PublicKeySize]byte
 
-// PublicKeyFromBytes copies a 32-byte raw key.
+// PublicKeyFromBytes copies a 32-byte raw key. It refuses (CodeMalformed) a
+// small-order key: see PublicKey.Weak.
 func PublicKeyFromBytes(b []byte) (PublicKey, error) {
 	var k PublicKey
 	if len(b) != PublicKeySize {
 		return k, fail(CodeMalformed, -1, "public key is %d bytes, want %d", len(b), PublicKeySize)
 	}
 	copy(k[:], b)
+	if err := k.checkWeak(); err != nil {
+		return PublicKey{}, err
+	}
 	return k, nil
 }
 
-// PublicKeyFromPeerID extracts the key from an Ed25519 peer ID.
+// PublicKeyFromPeerID extracts the key from an Ed25519 peer ID. It refuses
+// (CodeMalformed) a small-order key: see PublicKey.Weak.
 func PublicKeyFromPeerID(id peer.ID) (PublicKey, error) {
 	var k PublicKey
 	s := string(id)
@@ -52,16 +59,85 @@ func PublicKeyFromPeerID(id peer.ID) (PublicKey, error) {
 		return k, fail(CodeMalformed, -1, "peer ID %q is not an Ed25519 peer ID", id.String())
 	}
 	copy(k[:], s[len(ed25519PeerIDPrefix):])
+	if err := k.checkWeak(); err != nil {
+		return PublicKey{}, err
+	}
 	return k, nil
 }
 
-// ParsePublicKey parses the text form of a key: an Ed25519 peer ID.
+// ParsePublicKey parses the text form of a key: an Ed25519 peer ID. Text
+// comes from operators (flags, config files), so besides what
+// PublicKeyFromPeerID refuses it also refuses a key that is not a point on
+// the curve, which could never verify a signature.
 func ParsePublicKey(s string) (PublicKey, error) {
 	id, err := peer.Decode(s)
 	if err != nil {
 		return PublicKey{}, fail(CodeMalformed, -1, "not a peer ID: %q", s)
 	}
-	return PublicKeyFromPeerID(id)
+	k, err := PublicKeyFromPeerID(id)
+	if err != nil {
+		return PublicKey{}, err
+	}
+	if err := k.checkPoint(); err != nil {
+		return PublicKey{}, err
+	}
+	return k, nil
+}
+
+// smallOrderY holds the canonical encodings (little-endian) of the y
+// coordinates of the eight points of order 1, 2, 4 and 8 of edwards25519:
+// 1 (the identity), p-1 (order 2), 0 (the two points of order 4) and the
+// two y of the four points of order 8. No other point has one of these y,
+// so a key that decodes is small-order exactly when its y, reduced mod p,
+// is among them, whatever its sign bit. It is the libsodium blocklist
+// (crypto_sign_ed25519 has_small_order) with p and p+1 folded into 0 and 1
+// by the reduction.
+var smallOrderY = [5][32]byte{
+	{},  // 0: order 4
+	{1}, // 1: the identity
+	{0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+		0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f}, // p-1: order 2
+	{0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98, 0xf0,
+		0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53, 0xfc, 0x05}, // order 8
+	{0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67, 0x0f,
+		0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac, 0x03, 0x7a}, // order 8
+}
+
+// Weak reports whether k is a small-order point (8·k is the identity), in
+// any of its encodings, canonical or not. For such a key a signature with
+// S = 0 and a small-order R verifies for a good share of all messages
+// (for the identity, for every message), so anyone can sign as it: it is
+// refused wherever a key is accepted, and Verify fails for it. Keys that
+// merely have a small-order component (mixed order) are not weak: signing
+// for them still needs the discrete log of the prime-order part.
+func (k PublicKey) Weak() bool {
+	var y field.Element
+	y.SetBytes(k[:]) // cannot fail on 32 bytes; ignores the sign bit and reduces mod p
+	c := [32]byte(y.Bytes())
+	for i := range smallOrderY {
+		if c == smallOrderY[i] {
+			return true
+		}
+	}
+	return false
+}
+
+func (k PublicKey) checkWeak() error {
+	if k.Weak() {
+		return fail(CodeMalformed, -1, "public key %s is a small-order Ed25519 point, for which anyone can sign", k)
+	}
+	return nil
+}
+
+// checkPoint refuses a key that does not decode as a curve point (and a
+// weak one). Decoding costs a square root, about 5 µs, which is why only
+// operator input and policies pay it: for the keys that come over the wire
+// the signature check refuses such a key anyway.
+func (k PublicKey) checkPoint() error {
+	if _, err := new(edwards25519.Point).SetBytes(k[:]); err != nil {
+		return fail(CodeMalformed, -1, "public key %s is not a point on the Ed25519 curve", k)
+	}
+	return k.checkWeak()
 }
 
 // PeerID returns the libp2p peer ID of the key.
@@ -76,9 +152,10 @@ func (k PublicKey) Equal(o PublicKey) bool { return subtle.ConstantTimeCompare(k
 // IsZero reports whether k is the zero key (unset).
 func (k PublicKey) IsZero() bool { return k == PublicKey{} }
 
-// Verify checks sig over domain||msg.
+// Verify checks sig over domain||msg. It fails for a weak key (see Weak),
+// however the key got into a PublicKey.
 func (k PublicKey) Verify(domain string, msg, sig []byte) bool {
-	if len(sig) != ed25519.SignatureSize {
+	if len(sig) != ed25519.SignatureSize || k.Weak() {
 		return false
 	}
 	buf := make([]byte, 0, len(domain)+len(msg))

@@ -48,6 +48,9 @@ func RevokeAgent(a *AnchorKey, agent PublicKey, before, now time.Time, keep time
 	if agent.IsZero() {
 		return nil, fail(CodeMalformed, -1, "no agent")
 	}
+	if err := agent.checkWeak(); err != nil {
+		return nil, err
+	}
 	return signRevocation(a, &Revocation{Agent: agent, Before: before, IssuedAt: now, KeepUntil: before.Add(keep)})
 }
 

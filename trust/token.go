@@ -127,6 +127,9 @@ func newLink(to PublicKey, g Grant, now time.Time, i int) (*Link, error) {
 	if to.IsZero() {
 		return nil, fail(CodeMalformed, i, "no holder")
 	}
+	if err := to.checkWeak(); err != nil {
+		return nil, withLink(err, i)
+	}
 	if err := validateScopeList(g.Scopes, i); err != nil {
 		return nil, err
 	}
@@ -135,9 +138,7 @@ func newLink(to PublicKey, g Grant, now time.Time, i int) (*Link, error) {
 		j := indexOf(g.Scopes, d)
 		if j < 0 {
 			if err := ValidateScope(d); err != nil {
-				e := err.(*Error)
-				e.Link = i
-				return nil, e
+				return nil, withLink(err, i)
 			}
 			return nil, fail(CodeEscalation, i, "delegatable scope %q is not among the link's own scopes", d)
 		}

@@ -69,6 +69,9 @@ func NewVerifier(p Policy) (*Verifier, error) {
 		if a.IsZero() {
 			return nil, fmt.Errorf("trust: zero anchor key")
 		}
+		if err := a.checkPoint(); err != nil {
+			return nil, fmt.Errorf("trust: anchor: %w", err)
+		}
 		v.anchors[a] = struct{}{}
 	}
 	return v, nil
