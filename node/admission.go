@@ -342,7 +342,9 @@ func (m *members) notifiee() network.Notifiee {
 			}
 			if !m.isAdmitted(p) {
 				m.refuse(p, protocol.Reject(protocol.CodeUnlisted, "no credential within %s", m.n.cfg.AdmissionTimeout))
+				return
 			}
+			m.src.done(c) // listed meanwhile (a record from gossip): not a failure
 		}()
 	}, DisconnectedF: func(_ network.Network, c network.Conn) {
 		if m.src.done(c) { // closed before its peer was admitted
