@@ -148,6 +148,18 @@ func (c *Credential) Bytes() []byte {
 // SerialString returns the serial in hex.
 func (c *Credential) SerialString() string { return hex.EncodeToString(c.Serial[:]) }
 
+// ParseSerial parses the hex form of a credential serial (SerialString, the
+// "serial" of CredentialInfo).
+func ParseSerial(s string) ([16]byte, error) {
+	var serial [16]byte
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != len(serial) {
+		return serial, fail(CodeMalformed, -1, "credential serial %q is not 32 hex digits", s)
+	}
+	copy(serial[:], b)
+	return serial, nil
+}
+
 // CredentialInfo is the JSON view of a credential.
 type CredentialInfo struct {
 	Issuer    string    `json:"issuer"`

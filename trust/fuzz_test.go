@@ -59,8 +59,15 @@ func FuzzParseRevocation(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r, err := ParseRevocation(data)
 		if err != nil {
+			if CodeOf(err) == "" {
+				t.Fatalf("untyped error %v", err)
+			}
 			return
 		}
 		_ = v.AddRevocation(r, t0.Add(time.Minute))
+		again, err := ParseRevocation(r.Bytes())
+		if err != nil || again.LinkID != r.LinkID || again.Serial != r.Serial || again.Agent != r.Agent {
+			t.Fatalf("re-encoded revocation does not decode the same: %v", err)
+		}
 	})
 }

@@ -12,17 +12,22 @@ import (
 // Revocation limits.
 const (
 	MaxRevocationSize = 512
-	revocationVersion = 1
+	revocationVersion = 2 // 1 named links and credential serials alike: refused
 	PEMRevocation     = "MESHAGENT REVOCATION"
 )
 
-// Revocation is an anchor-signed record that revokes either one token link
-// (or credential) by ID, or everything held or issued by one agent with a
-// not-before earlier than Before (key compromise). It is kept until
-// KeepUntil, after which everything it could revoke has expired anyway.
+// Revocation is an anchor-signed record that revokes exactly one of: one
+// token link by its LinkID (and so every chain built on it), one credential
+// by its serial, or everything held or issued by one agent with a
+// not-before earlier than Before (key compromise). Link IDs and serials are
+// separate namespaces: a link revocation never matches a credential and a
+// credential revocation never matches a link, whatever their bytes. It is
+// kept until KeepUntil, after which everything it could revoke has expired
+// anyway.
 type Revocation struct {
 	Issuer    PublicKey
-	LinkID    LinkID    // zero unless revoking one link or credential serial
+	LinkID    LinkID    // zero unless revoking one token link
+	Serial    [16]byte  // zero unless revoking one credential
 	Agent     PublicKey // zero unless revoking an agent
 	Before    time.Time
 	IssuedAt  time.Time
@@ -32,14 +37,26 @@ type Revocation struct {
 	body, sig []byte
 }
 
-// RevokeLink signs a revocation of one link (or credential serial). keep
-// must be at least the longest lifetime that the mesh accepts
-// (Policy.MaxTokenLifetime); DefaultMaxTokenLife is a safe choice.
+// RevokeLink signs a revocation of one token link, named by its derived
+// Link.ID (the "id" that `meshagent token inspect` shows), and so of every
+// chain built on that link. keep must be at least the longest lifetime that
+// the mesh accepts (Policy.MaxTokenLifetime); DefaultMaxTokenLife is a safe
+// choice.
 func RevokeLink(a *AnchorKey, id LinkID, now time.Time, keep time.Duration) (*Revocation, error) {
 	if id == (LinkID{}) {
 		return nil, fail(CodeMalformed, -1, "no link ID")
 	}
 	return signRevocation(a, &Revocation{LinkID: id, IssuedAt: now, KeepUntil: now.Add(keep)})
+}
+
+// RevokeCredential signs a revocation of the credential with this serial
+// (Credential.Serial). keep must be at least the longest credential
+// lifetime that the mesh accepts (Policy.MaxCredentialLifetime).
+func RevokeCredential(a *AnchorKey, serial [16]byte, now time.Time, keep time.Duration) (*Revocation, error) {
+	if serial == ([16]byte{}) {
+		return nil, fail(CodeMalformed, -1, "no credential serial")
+	}
+	return signRevocation(a, &Revocation{Serial: serial, IssuedAt: now, KeepUntil: now.Add(keep)})
 }
 
 // RevokeAgent signs a revocation of every credential and link held or
@@ -61,9 +78,12 @@ func signRevocation(a *AnchorKey, r *Revocation) (*Revocation, error) {
 	}
 	b := &trustpb.RevocationBody{Version: revocationVersion, Issuer: r.Issuer[:], IssuedAt: r.IssuedAt.Unix(),
 		KeepUntil: r.KeepUntil.Unix(), Id: r.ID[:]}
-	if r.LinkID != (LinkID{}) {
+	switch {
+	case r.LinkID != (LinkID{}):
 		b.LinkId = r.LinkID[:]
-	} else {
+	case r.Serial != ([16]byte{}):
+		b.CredentialSerial = r.Serial[:]
+	default:
 		b.Agent = r.Agent[:]
 		b.Before = r.Before.Unix()
 	}
@@ -89,8 +109,12 @@ func ParseRevocation(data []byte) (*Revocation, error) {
 	if err := proto.Unmarshal(s.Body, &b); err != nil {
 		return nil, fail(CodeMalformed, -1, "revocation body: %v", err)
 	}
-	if b.Version != revocationVersion {
-		return nil, fail(CodeMalformed, -1, "revocation version %d not supported", b.Version)
+	switch b.Version {
+	case revocationVersion:
+	case 1:
+		return nil, fail(CodeMalformed, -1, "revocation version 1 is refused: it named a token link and a credential serial alike; sign a version %d one (meshagent ca revoke --token, --credential or --agent)", revocationVersion)
+	default:
+		return nil, fail(CodeMalformed, -1, "revocation version %d not supported, want %d", b.Version, revocationVersion)
 	}
 	iss, err := PublicKeyFromBytes(b.Issuer)
 	if err != nil {
@@ -99,13 +123,23 @@ func ParseRevocation(data []byte) (*Revocation, error) {
 	r := &Revocation{Issuer: iss, IssuedAt: time.Unix(b.IssuedAt, 0), KeepUntil: time.Unix(b.KeepUntil, 0), body: s.Body, sig: s.Signature}
 	copy(r.ID[:], b.Id)
 	switch {
-	case len(b.LinkId) == 16 && len(b.Agent) == 0:
-		copy(r.LinkID[:], b.LinkId)
-	case len(b.LinkId) == 0 && len(b.Agent) == PublicKeySize:
-		copy(r.Agent[:], b.Agent)
+	case len(b.LinkId) > 0 && len(b.CredentialSerial) == 0 && len(b.Agent) == 0:
+		if len(b.LinkId) != len(r.LinkID) || LinkID(b.LinkId) == (LinkID{}) {
+			return nil, fail(CodeMalformed, -1, "revocation names a link ID of %d bytes, or the zero one", len(b.LinkId))
+		}
+		r.LinkID = LinkID(b.LinkId)
+	case len(b.LinkId) == 0 && len(b.CredentialSerial) > 0 && len(b.Agent) == 0:
+		if len(b.CredentialSerial) != len(r.Serial) || [16]byte(b.CredentialSerial) == ([16]byte{}) {
+			return nil, fail(CodeMalformed, -1, "revocation names a credential serial of %d bytes, or the zero one", len(b.CredentialSerial))
+		}
+		r.Serial = [16]byte(b.CredentialSerial)
+	case len(b.LinkId) == 0 && len(b.CredentialSerial) == 0 && len(b.Agent) > 0:
+		if r.Agent, err = PublicKeyFromBytes(b.Agent); err != nil {
+			return nil, err
+		}
 		r.Before = time.Unix(b.Before, 0)
 	default:
-		return nil, fail(CodeMalformed, -1, "revocation must name exactly one link ID or one agent")
+		return nil, fail(CodeMalformed, -1, "revocation must name exactly one of a link ID, a credential serial or an agent")
 	}
 	return r, nil
 }
@@ -140,22 +174,42 @@ type agentRevocation struct {
 	before, keep time.Time
 }
 
+// revokedID names one revoked thing by ID: a link or a credential. The
+// kind keeps the two namespaces apart, so that equal bytes in both never
+// match each other.
+type revokedID struct {
+	credential bool // false: id is a LinkID; true: a credential serial
+	id         [16]byte
+}
+
+// idOf returns the revokedID that r names, and false for an agent
+// revocation.
+func idOf(r *Revocation) (revokedID, bool) {
+	switch {
+	case r.LinkID != (LinkID{}):
+		return revokedID{id: r.LinkID}, true
+	case r.Serial != ([16]byte{}):
+		return revokedID{credential: true, id: r.Serial}, true
+	}
+	return revokedID{}, false
+}
+
 // revocationSet holds what is revoked, bounded to max entries.
 type revocationSet struct {
 	mu     sync.RWMutex
 	max    int
-	links  map[LinkID]time.Time // link ID -> keep until
+	ids    map[revokedID]time.Time // link or credential -> keep until
 	agents map[PublicKey]agentRevocation
 }
 
 func newRevocationSet(max int) *revocationSet {
-	return &revocationSet{max: max, links: map[LinkID]time.Time{}, agents: map[PublicKey]agentRevocation{}}
+	return &revocationSet{max: max, ids: map[revokedID]time.Time{}, agents: map[PublicKey]agentRevocation{}}
 }
 
 func (s *revocationSet) len() int {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return len(s.links) + len(s.agents)
+	return len(s.ids) + len(s.agents)
 }
 
 func (s *revocationSet) add(r *Revocation, now time.Time) error {
@@ -164,10 +218,11 @@ func (s *revocationSet) add(r *Revocation, now time.Time) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if r.LinkID != (LinkID{}) {
-		if k, ok := s.links[r.LinkID]; ok {
+	id, byID := idOf(r)
+	if byID {
+		if k, ok := s.ids[id]; ok {
 			if r.KeepUntil.After(k) {
-				s.links[r.LinkID] = r.KeepUntil
+				s.ids[id] = r.KeepUntil
 			}
 			return nil
 		}
@@ -181,14 +236,14 @@ func (s *revocationSet) add(r *Revocation, now time.Time) error {
 		s.agents[r.Agent] = a
 		return nil
 	}
-	if len(s.links)+len(s.agents) >= s.max {
+	if len(s.ids)+len(s.agents) >= s.max {
 		s.pruneLocked(now)
-		if len(s.links)+len(s.agents) >= s.max {
+		if len(s.ids)+len(s.agents) >= s.max {
 			return fail(CodeFull, -1, "revocation set holds %d records, its limit", s.max)
 		}
 	}
-	if r.LinkID != (LinkID{}) {
-		s.links[r.LinkID] = r.KeepUntil
+	if byID {
+		s.ids[id] = r.KeepUntil
 	} else {
 		s.agents[r.Agent] = agentRevocation{before: r.Before, keep: r.KeepUntil}
 	}
@@ -202,9 +257,9 @@ func (s *revocationSet) prune(now time.Time) {
 }
 
 func (s *revocationSet) pruneLocked(now time.Time) {
-	for id, k := range s.links {
+	for id, k := range s.ids {
 		if !now.Before(k) {
-			delete(s.links, id)
+			delete(s.ids, id)
 		}
 	}
 	for a, r := range s.agents {
@@ -224,11 +279,11 @@ func (s *revocationSet) agentRevokedLocked(agent PublicKey, notBefore time.Time)
 func (s *revocationSet) chainRevoked(t *Token, now time.Time) error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	if len(s.links) == 0 && len(s.agents) == 0 {
+	if len(s.ids) == 0 && len(s.agents) == 0 {
 		return nil
 	}
 	for i, l := range t.Links {
-		if _, ok := s.links[l.ID]; ok {
+		if _, ok := s.ids[revokedID{id: l.ID}]; ok {
 			return fail(CodeRevoked, i, "link %s is revoked", l.ID)
 		}
 		if s.agentRevokedLocked(l.Holder, l.NotBefore) {
@@ -244,7 +299,7 @@ func (s *revocationSet) chainRevoked(t *Token, now time.Time) error {
 func (s *revocationSet) credentialRevoked(c *Credential, now time.Time) error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	if _, ok := s.links[LinkID(c.Serial)]; ok {
+	if _, ok := s.ids[revokedID{credential: true, id: c.Serial}]; ok {
 		return fail(CodeRevoked, -1, "credential %s is revoked", c.SerialString())
 	}
 	if s.agentRevokedLocked(c.Subject, c.NotBefore) {

@@ -18,11 +18,22 @@ const (
 	tokenVersion        = 1
 	PEMToken            = "MESHAGENT TOKEN"
 	rootDomain          = "meshagent/v1/root\x00"
+	linkIDDomain        = "meshagent/v1/link-id\x00"
 	DefaultTokenTTL     = time.Hour
 	DefaultMaxTokenLife = 30 * 24 * time.Hour
 )
 
-// LinkID identifies one link, for revocation.
+// LinkID identifies one link, for revocation. It is derived, never chosen:
+// the first 16 bytes of SHA-256 over a domain string, the key that must
+// sign the link (the anchor for link 0, the previous link's holder after)
+// and the message that key signs (the chain hash of every link before it,
+// then the link's body). So it names exactly one grant by one signer at one
+// place in one chain: a signer cannot give its link the ID of another's
+// link (copying the body under another signature or onto another chain
+// gives another ID), nor of a credential serial, which revocations keep in
+// a namespace of their own. Revoking it revokes that link and every chain
+// built on it, nothing else. The 16 random bytes in the body are a nonce
+// that makes two otherwise equal grants differ; they identify nothing.
 type LinkID [16]byte
 
 // String returns the ID in hex.
@@ -47,9 +58,10 @@ type Link struct {
 	Delegatable []string // a subset of Scopes
 	NotBefore   time.Time
 	Expires     time.Time
-	ID          LinkID
+	ID          LinkID // derived from the signer's key and the signed bytes: see LinkID
 
-	body, sig []byte // exactly as signed / received
+	nonce     [16]byte // the body's random bytes
+	body, sig []byte   // exactly as signed / received
 }
 
 // Token is a capability token: a chain of links rooted in Anchor. Its value
@@ -83,7 +95,9 @@ func IssueToken(a *AnchorKey, to PublicKey, g Grant, now time.Time) (*Token, err
 		return nil, err
 	}
 	t := &Token{Anchor: a.Public()}
-	l.sig = a.kp.sign(DomainLink, linkMessage(rootHash(t.Anchor), l.body))
+	prev := rootHash(t.Anchor)
+	l.ID = deriveLinkID(t.Anchor, prev, l.body)
+	l.sig = a.kp.sign(DomainLink, linkMessage(prev, l.body))
 	t.Links = []*Link{l}
 	return t, nil
 }
@@ -115,7 +129,9 @@ func (t *Token) Delegate(holder *Identity, to PublicKey, g Grant, now time.Time)
 	if err := checkNarrowing(parent, l, i); err != nil {
 		return nil, err
 	}
-	l.sig = holder.kp.sign(DomainLink, linkMessage(t.chainHash(), l.body))
+	prev := t.chainHash()
+	l.ID = deriveLinkID(parent.Holder, prev, l.body)
+	l.sig = holder.kp.sign(DomainLink, linkMessage(prev, l.body))
 	nt := &Token{Anchor: t.Anchor, Links: append(append([]*Link(nil), t.Links...), l)}
 	if n := len(nt.Bytes()); n > DefaultMaxTokenSize {
 		return nil, fail(CodeTooLarge, i, "token would be %d bytes, at most %d", n, DefaultMaxTokenSize)
@@ -157,7 +173,7 @@ func linkOf(to PublicKey, g Grant, mask uint64, now time.Time) (*Link, error) {
 	}
 	l := &Link{Holder: to, Scopes: append([]string(nil), g.Scopes...), NotBefore: nb.Truncate(time.Second), Expires: g.Expires.Truncate(time.Second)}
 	l.Delegatable = maskScopes(l.Scopes, mask)
-	if _, err := rand.Read(l.ID[:]); err != nil {
+	if _, err := rand.Read(l.nonce[:]); err != nil {
 		return nil, err
 	}
 	l.body = encodeLinkBody(l, mask)
@@ -240,6 +256,19 @@ func nextHash(prev [32]byte, body, sig []byte) [32]byte {
 	return out
 }
 
+// deriveLinkID returns the ID of a link with body that issuer must sign
+// after the chain hash prev: see LinkID.
+func deriveLinkID(issuer PublicKey, prev [32]byte, body []byte) LinkID {
+	h := sha256.New()
+	h.Write([]byte(linkIDDomain))
+	h.Write(issuer[:])
+	h.Write(prev[:])
+	h.Write(body)
+	var sum [32]byte
+	h.Sum(sum[:0])
+	return LinkID(sum[:16])
+}
+
 // linkMessage is what a link's signature covers (after DomainLink): the
 // chain hash of everything before it, then its body. A link therefore
 // cannot be cut out of one chain and spliced into another.
@@ -301,6 +330,7 @@ func TokenFromProto(p *trustpb.Token) (*Token, error) {
 		return nil, fail(CodeMalformed, -1, "token has no links")
 	}
 	t := &Token{Anchor: anchor, Links: make([]*Link, len(p.Links))}
+	prev, issuer := rootHash(anchor), anchor
 	for i, s := range p.Links {
 		if s == nil {
 			return nil, fail(CodeMalformed, i, "empty link")
@@ -309,7 +339,9 @@ func TokenFromProto(p *trustpb.Token) (*Token, error) {
 		if err != nil {
 			return nil, err
 		}
+		l.ID = deriveLinkID(issuer, prev, l.body)
 		t.Links[i] = l
+		prev, issuer = nextHash(prev, l.body, l.sig), l.Holder
 	}
 	return t, nil
 }
@@ -324,7 +356,7 @@ func parseLink(body, sig []byte, i int) (*Link, error) {
 		return nil, fail(CodeMalformed, i, "holder: %v", err)
 	}
 	if len(b.Id) != len(LinkID{}) {
-		return nil, fail(CodeMalformed, i, "link ID is %d bytes, want 16", len(b.Id))
+		return nil, fail(CodeMalformed, i, "link nonce is %d bytes, want 16", len(b.Id))
 	}
 	if len(b.Scopes) > MaxScopes {
 		return nil, fail(CodeMalformed, i, "%d scopes, at most %d", len(b.Scopes), MaxScopes)
@@ -334,7 +366,7 @@ func parseLink(body, sig []byte, i int) (*Link, error) {
 	}
 	l := &Link{Holder: holder, Scopes: b.Scopes, Delegatable: maskScopes(b.Scopes, b.Delegatable),
 		NotBefore: time.Unix(b.NotBefore, 0), Expires: time.Unix(b.Expires, 0), body: body, sig: sig}
-	copy(l.ID[:], b.Id)
+	copy(l.nonce[:], b.Id)
 	return l, nil
 }
 
@@ -348,7 +380,7 @@ type TokenInfo struct {
 
 // LinkInfo is the JSON view of a link.
 type LinkInfo struct {
-	ID          string    `json:"id"`
+	ID          string    `json:"id"` // the derived LinkID: what `meshagent ca revoke --token` takes
 	Holder      string    `json:"holder"`
 	Scopes      []string  `json:"scopes"`
 	Delegatable []string  `json:"delegatable"`
@@ -372,7 +404,7 @@ func (t *Token) Info() TokenInfo {
 func encodeLinkBody(l *Link, mask uint64) []byte {
 	body, _ := proto.MarshalOptions{Deterministic: true}.Marshal(&trustpb.LinkBody{
 		Holder: l.Holder[:], Scopes: l.Scopes, Delegatable: mask,
-		NotBefore: l.NotBefore.Unix(), Expires: l.Expires.Unix(), Id: l.ID[:],
+		NotBefore: l.NotBefore.Unix(), Expires: l.Expires.Unix(), Id: l.nonce[:],
 	})
 	return body
 }
@@ -390,6 +422,8 @@ func (t *Token) ForgeDelegation(signer *Identity, to PublicKey, g Grant, now tim
 		}
 	}
 	l, _ := linkOf(to, g, mask, now) // its only error is crypto/rand's, which since Go 1.24 crashes instead
-	l.sig = signer.kp.sign(DomainLink, linkMessage(t.chainHash(), l.body))
+	prev := t.chainHash()
+	l.ID = deriveLinkID(t.Leaf().Holder, prev, l.body) // the ID a verifier derives, whoever signed
+	l.sig = signer.kp.sign(DomainLink, linkMessage(prev, l.body))
 	return &Token{Anchor: t.Anchor, Links: append(append([]*Link(nil), t.Links...), l)}
 }

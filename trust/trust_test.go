@@ -183,7 +183,7 @@ func TestCredential(t *testing.T) {
 	}
 
 	// Revocation by serial and by agent.
-	r, _ := RevokeLink(a, LinkID(c.Serial), t0, DefaultMaxTokenLife)
+	r, _ := RevokeCredential(a, c.Serial, t0, DefaultMaxTokenLife)
 	v2 := testVerifier(t, a.Public())
 	wantCode(t, v2.AddRevocation(r, t0), "")
 	wantCode(t, v2.VerifyCredential(parsed, t0.Add(time.Minute)), CodeRevoked)
@@ -308,6 +308,7 @@ func craft(t *testing.T, tok *Token, signer func([]byte) []byte, to PublicKey, g
 	l.NotBefore, l.Expires = g.NotBefore, g.Expires
 	body := encodeLinkBody(l, mask)
 	l.body = body
+	l.ID = deriveLinkID(tok.Leaf().Holder, tok.chainHash(), body)
 	l.sig = signer(linkMessage(tok.chainHash(), body))
 	return &Token{Anchor: tok.Anchor, Links: append(append([]*Link(nil), tok.Links...), l)}
 }

@@ -128,7 +128,7 @@ func TestCLIErrors(t *testing.T) {
 		{[]string{"token", "inspect"}, 2},                                  // missing argument
 		{[]string{"token", "inspect", filepath.Join(dir, "missing")}, 1},   // no such file
 		{[]string{"id", "--home", filepath.Join(dir, "nohome")}, 1},        // no identity
-		{[]string{"ca", "revoke", "--dir", dir, "--out", "x"}, 2},          // neither --token nor --agent
+		{[]string{"ca", "revoke", "--dir", dir, "--out", "x"}, 2},          // none of --token, --credential, --agent
 		{[]string{"token", "verify", "f", "--anchor", "not-a-peer-id"}, 2}, // bad anchor
 	} {
 		r := cli(t, c.args...)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -134,15 +135,50 @@ func newCACmd() *cobra.Command {
 	issue.Flags().StringVar(&out, "out", "", "output file (must not exist; written 0600)")
 	required(issue, "dir", "agent", "name", "out")
 
-	var linkID, before string
+	inspect := &cobra.Command{
+		Use:   "inspect FILE",
+		Short: "Decode a credential without any key and print it as JSON, serial included (nothing is verified)",
+		Args:  exactArgs(1),
+		RunE: action(func(cmd *cobra.Command, args []string) error {
+			b, err := readPEMFile(args[0], trust.PEMCredential, trust.MaxCredentialSize)
+			if err != nil {
+				return err
+			}
+			c, err := trust.ParseCredential(b)
+			if err != nil {
+				return err
+			}
+			enc := json.NewEncoder(cmd.OutOrStdout())
+			enc.SetIndent("", "  ")
+			return enc.Encode(c.Info())
+		}),
+	}
+
+	var linkID, serial, before string
 	var keep time.Duration
 	revoke := &cobra.Command{
-		Use:   "revoke --dir CADIR (--token LINKID | --agent PEERID) --out FILE",
-		Short: "Sign a revocation of one token link (or credential serial), or of everything an agent held or issued",
-		Args:  exactArgs(0),
+		Use:   "revoke --dir CADIR (--token LINKID | --credential SERIAL | --agent PEERID) --out FILE",
+		Short: "Sign a revocation of one token link, of one credential, or of everything an agent held or issued",
+		Long: `Sign a revocation of exactly one thing; 'meshagent revoke' then spreads it to the mesh.
+
+  --token LINKID       one token link, and every chain built on it: the "id" of that
+                       link as 'meshagent token inspect TOKENFILE' prints it
+  --credential SERIAL  one credential (agent certificate): its "serial" as
+                       'meshagent ca inspect CREDFILE' prints it
+  --agent PEERID       every credential and link the agent held or issued before --before
+                       (a compromised key)
+
+A link ID never matches a credential serial, nor the other way round.`,
+		Args: exactArgs(0),
 		RunE: action(func(cmd *cobra.Command, _ []string) error {
-			if (linkID == "") == (agent == "") {
-				return usagef("ca revoke: give exactly one of --token LINKID or --agent PEERID")
+			n := 0
+			for _, v := range []string{linkID, serial, agent} {
+				if v != "" {
+					n++
+				}
+			}
+			if n != 1 {
+				return usagef("ca revoke: give exactly one of --token LINKID, --credential SERIAL or --agent PEERID")
 			}
 			a, err := trust.LoadAnchorKey(filepath.Join(dir, anchorKeyFile))
 			if err != nil {
@@ -150,16 +186,24 @@ func newCACmd() *cobra.Command {
 			}
 			now := time.Now()
 			var r *trust.Revocation
-			if linkID != "" {
+			switch {
+			case linkID != "":
 				id, err := trust.ParseLinkID(linkID)
 				if err != nil {
 					return usagef("--token: %v", err)
 				}
-				r, err = trust.RevokeLink(a, id, now, keep)
-				if err != nil {
+				if r, err = trust.RevokeLink(a, id, now, keep); err != nil {
 					return err
 				}
-			} else {
+			case serial != "":
+				sn, err := trust.ParseSerial(serial)
+				if err != nil {
+					return usagef("--credential: %v", err)
+				}
+				if r, err = trust.RevokeCredential(a, sn, now, keep); err != nil {
+					return err
+				}
+			default:
 				k, err := parseKeyFlag("agent", agent)
 				if err != nil {
 					return err
@@ -178,14 +222,15 @@ func newCACmd() *cobra.Command {
 		}),
 	}
 	revoke.Flags().StringVar(&dir, "dir", "", "CA directory")
-	revoke.Flags().StringVar(&linkID, "token", "", "ID of the token link (or credential serial) to revoke")
+	revoke.Flags().StringVar(&linkID, "token", "", `ID of the token link to revoke (an "id" from 'meshagent token inspect')`)
+	revoke.Flags().StringVar(&serial, "credential", "", `serial of the credential to revoke (the "serial" from 'meshagent ca inspect')`)
 	revoke.Flags().StringVar(&agent, "agent", "", "peer ID of the agent whose key is compromised")
 	revoke.Flags().StringVar(&before, "before", "", "with --agent: revoke what was issued before this RFC 3339 time (default now)")
 	revoke.Flags().DurationVar(&keep, "keep", trust.DefaultMaxTokenLife, "how long nodes remember it; at least the mesh's longest token lifetime")
 	revoke.Flags().StringVar(&out, "out", "", "output file (must not exist)")
 	required(revoke, "dir", "out")
 
-	ca.AddCommand(initCmd, issue, revoke)
+	ca.AddCommand(initCmd, issue, inspect, revoke)
 	return ca
 }
 

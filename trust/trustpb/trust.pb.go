@@ -185,7 +185,7 @@ type LinkBody struct {
 	Delegatable   uint64                 `protobuf:"varint,3,opt,name=delegatable,proto3" json:"delegatable,omitempty"`              // bit i set: scopes[i] may be delegated
 	NotBefore     int64                  `protobuf:"varint,4,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"` // Unix seconds
 	Expires       int64                  `protobuf:"varint,5,opt,name=expires,proto3" json:"expires,omitempty"`                      // Unix seconds
-	Id            []byte                 `protobuf:"bytes,6,opt,name=id,proto3" json:"id,omitempty"`                                 // 16 random bytes, unique per link
+	Id            []byte                 `protobuf:"bytes,6,opt,name=id,proto3" json:"id,omitempty"`                                 // 16 random bytes: a nonce, so that two otherwise
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -323,20 +323,23 @@ func (x *Token) GetLinks() []*Signed {
 	return nil
 }
 
-// RevocationBody revokes one link by ID, or everything held or issued by one
-// agent before a given time.
+// RevocationBody revokes exactly one of: one token link by its derived ID,
+// one credential by its serial, or everything held or issued by one agent
+// before a given time. Version 2; version 1 (where link_id named a link or a
+// credential serial alike) is refused.
 type RevocationBody struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
-	Issuer        []byte                 `protobuf:"bytes,2,opt,name=issuer,proto3" json:"issuer,omitempty"`                         // 32-byte anchor public key
-	LinkId        []byte                 `protobuf:"bytes,3,opt,name=link_id,json=linkId,proto3" json:"link_id,omitempty"`           // set: revoke this token link
-	Agent         []byte                 `protobuf:"bytes,4,opt,name=agent,proto3" json:"agent,omitempty"`                           // set: revoke this agent's credentials and links
-	Before        int64                  `protobuf:"varint,5,opt,name=before,proto3" json:"before,omitempty"`                        // with agent: revoke what was issued before this (Unix seconds)
-	IssuedAt      int64                  `protobuf:"varint,6,opt,name=issued_at,json=issuedAt,proto3" json:"issued_at,omitempty"`    // Unix seconds
-	KeepUntil     int64                  `protobuf:"varint,7,opt,name=keep_until,json=keepUntil,proto3" json:"keep_until,omitempty"` // Unix seconds; after it, what is revoked has expired
-	Id            []byte                 `protobuf:"bytes,8,opt,name=id,proto3" json:"id,omitempty"`                                 // 16 random bytes
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Version          uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	Issuer           []byte                 `protobuf:"bytes,2,opt,name=issuer,proto3" json:"issuer,omitempty"`                                             // 32-byte anchor public key
+	LinkId           []byte                 `protobuf:"bytes,3,opt,name=link_id,json=linkId,proto3" json:"link_id,omitempty"`                               // set: revoke this token link (its derived ID, 16 bytes)
+	Agent            []byte                 `protobuf:"bytes,4,opt,name=agent,proto3" json:"agent,omitempty"`                                               // set: revoke this agent's credentials and links
+	Before           int64                  `protobuf:"varint,5,opt,name=before,proto3" json:"before,omitempty"`                                            // with agent: revoke what was issued before this (Unix seconds)
+	IssuedAt         int64                  `protobuf:"varint,6,opt,name=issued_at,json=issuedAt,proto3" json:"issued_at,omitempty"`                        // Unix seconds
+	KeepUntil        int64                  `protobuf:"varint,7,opt,name=keep_until,json=keepUntil,proto3" json:"keep_until,omitempty"`                     // Unix seconds; after it, what is revoked has expired
+	Id               []byte                 `protobuf:"bytes,8,opt,name=id,proto3" json:"id,omitempty"`                                                     // 16 random bytes
+	CredentialSerial []byte                 `protobuf:"bytes,9,opt,name=credential_serial,json=credentialSerial,proto3" json:"credential_serial,omitempty"` // set: revoke the credential with this serial (16 bytes)
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *RevocationBody) Reset() {
@@ -425,6 +428,13 @@ func (x *RevocationBody) GetId() []byte {
 	return nil
 }
 
+func (x *RevocationBody) GetCredentialSerial() []byte {
+	if x != nil {
+		return x.CredentialSerial
+	}
+	return nil
+}
+
 var File_trust_trustpb_trust_proto protoreflect.FileDescriptor
 
 const file_trust_trustpb_trust_proto_rawDesc = "" +
@@ -453,7 +463,7 @@ const file_trust_trustpb_trust_proto_rawDesc = "" +
 	"\x05Token\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x16\n" +
 	"\x06anchor\x18\x02 \x01(\fR\x06anchor\x120\n" +
-	"\x05links\x18\x03 \x03(\v2\x1a.meshagent.trust.v1.SignedR\x05links\"\xd5\x01\n" +
+	"\x05links\x18\x03 \x03(\v2\x1a.meshagent.trust.v1.SignedR\x05links\"\x82\x02\n" +
 	"\x0eRevocationBody\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x16\n" +
 	"\x06issuer\x18\x02 \x01(\fR\x06issuer\x12\x17\n" +
@@ -463,7 +473,8 @@ const file_trust_trustpb_trust_proto_rawDesc = "" +
 	"\tissued_at\x18\x06 \x01(\x03R\bissuedAt\x12\x1d\n" +
 	"\n" +
 	"keep_until\x18\a \x01(\x03R\tkeepUntil\x12\x0e\n" +
-	"\x02id\x18\b \x01(\fR\x02idB.Z,github.com/meshagent/meshagent/trust/trustpbb\x06proto3"
+	"\x02id\x18\b \x01(\fR\x02id\x12+\n" +
+	"\x11credential_serial\x18\t \x01(\fR\x10credentialSerialB.Z,github.com/meshagent/meshagent/trust/trustpbb\x06proto3"
 
 var (
 	file_trust_trustpb_trust_proto_rawDescOnce sync.Once
