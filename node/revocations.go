@@ -16,7 +16,8 @@ import (
 // hash of the revocation's canonical encoding, made only after its
 // signature and issuer verified: bytes that are not the same as verified
 // ones are never taken for them. It holds at most max entries and forgets
-// each once its KeepUntil passed (what it revoked has expired by then).
+// each once the verifier's KeepUntil of it passed (what it revoked has
+// expired by then).
 type revStore struct {
 	mu     sync.Mutex
 	max    int
@@ -121,7 +122,8 @@ func (n *Node) applyRevocation(raw []byte) error {
 		return err
 	}
 	now := n.now()
-	if !now.Before(r.KeepUntil) {
+	keep := n.verifier.KeepUntil(r)
+	if !now.Before(keep) {
 		// What it revokes has expired: verified, nothing to keep.
 		err := n.verifier.AddRevocation(r, now)
 		n.bad.add(bad, err)
@@ -134,7 +136,7 @@ func (n *Node) applyRevocation(raw []byte) error {
 		n.bad.add(bad, err)
 		return err
 	}
-	if !n.revs.add(key, canon, r.KeepUntil) {
+	if !n.revs.add(key, canon, keep) {
 		return nil // applied concurrently
 	}
 	n.audit.write(AuditRecord{Time: now, Direction: "in", Kind: "revocation", Sender: r.Issuer.String(), Recipient: n.ID().String(), Decision: "accept"})
@@ -146,7 +148,7 @@ func (n *Node) applyRevocation(raw []byte) error {
 	return nil
 }
 
-// pruneRevocations forgets the revocations whose KeepUntil passed.
+// pruneRevocations forgets the revocations kept past their time.
 func (n *Node) pruneRevocations(now time.Time) {
 	n.revs.prune(now)
 	n.verifier.PruneRevocations(now)

@@ -16,9 +16,9 @@ const (
 	CodeWrongKind      trust.Code = "wrong_kind"      // e.g. a reply where a request was expected
 	CodeImpersonation  trust.Code = "impersonation"   // envelope sender differs from the authenticated peer
 	CodeNoToken        trust.Code = "no_token"        // a request or message without a capability chain
-	CodeVersion        trust.Code = "unsupported_version"
-	CodeUnlisted       trust.Code = "unlisted" // sender has no valid credential in the registry
-	CodeDead           trust.Code = "dead"     // sender stopped heartbeating
+	CodeVersion        trust.Code = trust.CodeVersion // "unsupported_version"
+	CodeUnlisted       trust.Code = "unlisted"        // sender has no valid credential in the registry
+	CodeDead           trust.Code = "dead"            // sender stopped heartbeating
 	CodeNoHandler      trust.Code = "no_handler"
 	CodeHandlerError   trust.Code = "handler_error"
 	CodeUnavailable    trust.Code = "unavailable"

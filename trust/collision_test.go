@@ -263,8 +263,12 @@ func TestRevocationWireFormat(t *testing.T) {
 			b := base()
 			c.edit(b)
 			_, err := ParseRevocation(sign(b))
-			if CodeOf(err) != CodeMalformed || !strings.Contains(err.Error(), c.detail) {
-				t.Fatalf("want malformed saying %q, got %v", c.detail, err)
+			want := CodeMalformed
+			if strings.HasPrefix(c.name, "version") {
+				want = CodeVersion // not the relaying node's fault in a mixed-version mesh
+			}
+			if CodeOf(err) != want || !strings.Contains(err.Error(), c.detail) {
+				t.Fatalf("want %s saying %q, got %v", want, c.detail, err)
 			}
 		})
 	}

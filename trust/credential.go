@@ -106,8 +106,11 @@ func credentialFromSigned(s *trustpb.Signed) (*Credential, error) {
 	if err := proto.Unmarshal(s.Body, &b); err != nil {
 		return nil, fail(CodeMalformed, -1, "credential body: %v", err)
 	}
+	if b.Version == 0 {
+		return nil, fail(CodeMalformed, -1, "credential has no version")
+	}
 	if b.Version != credentialVersion {
-		return nil, fail(CodeMalformed, -1, "credential version %d not supported", b.Version)
+		return nil, fail(CodeVersion, -1, "credential version %d not supported", b.Version)
 	}
 	iss, err := PublicKeyFromBytes(b.Issuer)
 	if err != nil {

@@ -11,20 +11,21 @@ type Code string
 
 // Reason codes. ONLY APPEND: these strings are part of the protocol.
 const (
-	CodeMalformed       Code = "malformed"         // does not decode or breaks a structural rule
-	CodeTooLarge        Code = "too_large"         // encoded size over the limit
-	CodeTooDeep         Code = "too_deep"          // chain longer than the depth limit
-	CodeBadSignature    Code = "bad_signature"     // a signature does not verify
-	CodeUntrustedRoot   Code = "untrusted_root"    // not rooted in a configured anchor
-	CodeExpired         Code = "expired"           // past its expiry (plus clock skew)
-	CodeNotYetValid     Code = "not_yet_valid"     // before its not-before (minus clock skew)
-	CodeEscalation      Code = "escalation"        // a link grants more than its parent allowed
-	CodeWildcard        Code = "wildcard"          // a scope with a wildcard character
-	CodeNotHolder       Code = "not_holder"        // presented by someone other than the holder
-	CodeScopeNotGranted Code = "scope_not_granted" // the action is not in the leaf's scopes
-	CodeRevoked         Code = "revoked"           // a link or credential is revoked
-	CodeLifetime        Code = "lifetime"          // a credential valid for longer than allowed
-	CodeFull            Code = "full"              // a bounded store is full and refuses more
+	CodeMalformed       Code = "malformed"           // does not decode or breaks a structural rule
+	CodeTooLarge        Code = "too_large"           // encoded size over the limit
+	CodeTooDeep         Code = "too_deep"            // chain longer than the depth limit
+	CodeBadSignature    Code = "bad_signature"       // a signature does not verify
+	CodeUntrustedRoot   Code = "untrusted_root"      // not rooted in a configured anchor
+	CodeExpired         Code = "expired"             // past its expiry (plus clock skew)
+	CodeNotYetValid     Code = "not_yet_valid"       // before its not-before (minus clock skew)
+	CodeEscalation      Code = "escalation"          // a link grants more than its parent allowed
+	CodeWildcard        Code = "wildcard"            // a scope with a wildcard character
+	CodeNotHolder       Code = "not_holder"          // presented by someone other than the holder
+	CodeScopeNotGranted Code = "scope_not_granted"   // the action is not in the leaf's scopes
+	CodeRevoked         Code = "revoked"             // a link or credential is revoked
+	CodeLifetime        Code = "lifetime"            // a credential valid for longer than allowed
+	CodeFull            Code = "full"                // a bounded store is full and refuses more
+	CodeVersion         Code = "unsupported_version" // a format version this node does not speak
 )
 
 // Error is a rejection: a Code, the index of the failing link (-1 when the

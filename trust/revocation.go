@@ -111,10 +111,12 @@ func ParseRevocation(data []byte) (*Revocation, error) {
 	}
 	switch b.Version {
 	case revocationVersion:
+	case 0:
+		return nil, fail(CodeMalformed, -1, "revocation has no version")
 	case 1:
-		return nil, fail(CodeMalformed, -1, "revocation version 1 is refused: it named a token link and a credential serial alike; sign a version %d one (meshagent ca revoke --token, --credential or --agent)", revocationVersion)
+		return nil, fail(CodeVersion, -1, "revocation version 1 is refused: it named a token link and a credential serial alike; sign a version %d one (meshagent ca revoke --token, --credential or --agent)", revocationVersion)
 	default:
-		return nil, fail(CodeMalformed, -1, "revocation version %d not supported, want %d", b.Version, revocationVersion)
+		return nil, fail(CodeVersion, -1, "revocation version %d not supported, want %d", b.Version, revocationVersion)
 	}
 	iss, err := PublicKeyFromBytes(b.Issuer)
 	if err != nil {
@@ -151,9 +153,9 @@ func (r *Revocation) Bytes() []byte {
 }
 
 // AddRevocation verifies r (signed by a configured anchor) and applies it.
-// A revocation whose KeepUntil has passed is accepted and dropped: what it
-// revokes has expired. When the set is full even after forgetting expired
-// records, r is refused with CodeFull.
+// A revocation kept past its time (KeepUntil) is accepted and dropped: what
+// it revokes has expired. When the set is full even after forgetting
+// expired records, r is refused with CodeFull.
 func (v *Verifier) AddRevocation(r *Revocation, now time.Time) error {
 	if !v.IsAnchor(r.Issuer) {
 		return fail(CodeUntrustedRoot, -1, "revocation issuer %s is not a trusted anchor", r.Issuer)
@@ -161,7 +163,29 @@ func (v *Verifier) AddRevocation(r *Revocation, now time.Time) error {
 	if !r.Issuer.Verify(DomainRevocation, r.body, r.sig) {
 		return fail(CodeBadSignature, -1, "revocation signature does not verify")
 	}
-	return v.revs.add(r, now)
+	return v.revs.add(r, v.KeepUntil(r), now)
+}
+
+// KeepUntil returns how long this verifier keeps r: its KeepUntil, but no
+// earlier than what it revokes can have expired under this policy (from
+// its issue time, or Before for an agent, plus the longest lifetime the
+// policy accepts). A revocation signed with too short a keep would
+// otherwise be forgotten while what it revokes is still valid, and the
+// refusal would lapse into acceptance. (A link or credential dated to
+// start after the revocation was issued is not covered by this floor.)
+func (v *Verifier) KeepUntil(r *Revocation) time.Time {
+	life := v.p.MaxTokenLifetime
+	from := r.IssuedAt
+	switch {
+	case r.Serial != ([16]byte{}):
+		life = v.p.MaxCredentialLifetime
+	case r.LinkID == (LinkID{}): // an agent: its credentials and links
+		life, from = max(v.p.MaxTokenLifetime, v.p.MaxCredentialLifetime), r.Before
+	}
+	if floor := from.Add(life + v.p.ClockSkew); floor.After(r.KeepUntil) {
+		return floor
+	}
+	return r.KeepUntil
 }
 
 // Revocations returns how many revocation records are held.
@@ -212,8 +236,8 @@ func (s *revocationSet) len() int {
 	return len(s.ids) + len(s.agents)
 }
 
-func (s *revocationSet) add(r *Revocation, now time.Time) error {
-	if !now.Before(r.KeepUntil) {
+func (s *revocationSet) add(r *Revocation, keep, now time.Time) error {
+	if !now.Before(keep) {
 		return nil
 	}
 	s.mu.Lock()
@@ -221,8 +245,8 @@ func (s *revocationSet) add(r *Revocation, now time.Time) error {
 	id, byID := idOf(r)
 	if byID {
 		if k, ok := s.ids[id]; ok {
-			if r.KeepUntil.After(k) {
-				s.ids[id] = r.KeepUntil
+			if keep.After(k) {
+				s.ids[id] = keep
 			}
 			return nil
 		}
@@ -230,8 +254,8 @@ func (s *revocationSet) add(r *Revocation, now time.Time) error {
 		if r.Before.After(a.before) {
 			a.before = r.Before
 		}
-		if r.KeepUntil.After(a.keep) {
-			a.keep = r.KeepUntil
+		if keep.After(a.keep) {
+			a.keep = keep
 		}
 		s.agents[r.Agent] = a
 		return nil
@@ -243,9 +267,9 @@ func (s *revocationSet) add(r *Revocation, now time.Time) error {
 		}
 	}
 	if byID {
-		s.ids[id] = r.KeepUntil
+		s.ids[id] = keep
 	} else {
-		s.agents[r.Agent] = agentRevocation{before: r.Before, keep: r.KeepUntil}
+		s.agents[r.Agent] = agentRevocation{before: r.Before, keep: keep}
 	}
 	return nil
 }

@@ -319,8 +319,11 @@ func TokenFromProto(p *trustpb.Token) (*Token, error) {
 	if p == nil {
 		return nil, fail(CodeMalformed, -1, "no token")
 	}
+	if p.Version == 0 {
+		return nil, fail(CodeMalformed, -1, "token has no version")
+	}
 	if p.Version != tokenVersion {
-		return nil, fail(CodeMalformed, -1, "token version %d not supported", p.Version)
+		return nil, fail(CodeVersion, -1, "token version %d not supported", p.Version)
 	}
 	anchor, err := PublicKeyFromBytes(p.Anchor)
 	if err != nil {

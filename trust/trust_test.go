@@ -436,6 +436,7 @@ func TestRevocations(t *testing.T) {
 	// Bounded: the set refuses rather than forgets, then frees expired records.
 	p := DefaultPolicy(f.anchor.Public())
 	p.MaxRevocations = 2
+	p.MaxTokenLifetime, p.ClockSkew = time.Hour, 0 // revocations of links are kept at least this long
 	v, _ := NewVerifier(p)
 	for i := 0; i < 2; i++ {
 		x, _ := RevokeLink(f.anchor, LinkID{byte(i + 1)}, now, time.Hour)
@@ -450,5 +451,25 @@ func TestRevocations(t *testing.T) {
 	}
 	if _, err := ParseRevocation([]byte("junk")); CodeOf(err) != CodeMalformed {
 		t.Fatalf("want malformed, got %v", err)
+	}
+}
+
+// A revocation signed with a keep shorter than the longest lifetime the
+// policy accepts (an operator mistake: --keep 1h) is still kept until what
+// it revokes has expired: the refusal does not lapse into acceptance.
+func TestShortKeepDoesNotLapse(t *testing.T) {
+	f := newFixture(t)
+	now := t0.Add(time.Minute)
+	long, err := IssueToken(f.anchor, f.alice.Public(), Grant{Scopes: []string{"read:logs"}, Expires: t0.Add(20 * 24 * time.Hour)}, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ := RevokeLink(f.anchor, long.Links[0].ID, now, time.Hour)
+	wantCode(t, f.v.AddRevocation(r, now), "")
+	later := now.Add(10 * 24 * time.Hour)
+	f.v.PruneRevocations(later)
+	wantCode(t, f.v.Authorize(long, f.alice.Public(), "read:logs", later), CodeRevoked)
+	if got, want := f.v.KeepUntil(r), now.Add(DefaultMaxTokenLife+30*time.Second); !got.Equal(want.Truncate(time.Second)) && !got.Equal(want) {
+		t.Fatalf("kept until %s, want %s", got, want)
 	}
 }

@@ -548,12 +548,12 @@ func loadRevocations(dir string, policy trust.Policy, now time.Time, logw io.Wri
 			why = fmt.Sprintf("it no longer parses (%v)", err)
 		case !scratch.IsAnchor(r.Issuer):
 			why = fmt.Sprintf("issuer %s is no longer a trusted anchor", r.Issuer)
-		case !now.Before(r.KeepUntil):
+		case !now.Before(scratch.KeepUntil(r)):
 			// AddRevocation would accept it and keep nothing.
 			if err := scratch.AddRevocation(r, now); err != nil {
 				why = fmt.Sprintf("it does not verify (%v)", err)
 			} else {
-				why = fmt.Sprintf("it expired at %s (what it revoked has expired too)", r.KeepUntil.UTC().Format(time.RFC3339))
+				why = fmt.Sprintf("it expired at %s (what it revoked has expired too)", scratch.KeepUntil(r).UTC().Format(time.RFC3339))
 			}
 		default:
 			if err := scratch.AddRevocation(r, now); err != nil {
