@@ -120,3 +120,67 @@ func TestRenewalRefusals(t *testing.T) {
 		t.Fatalf("revoked credential: %q, want revoked", code)
 	}
 }
+
+// The decision on a credential whose successor was revoked by serial: a
+// serial revocation revokes that one credential, so an agent that kept an
+// older credential of its own, still valid and unrevoked, can have it
+// renewed. Revoking the agent is what cuts it off: every credential of it
+// issued before the revocation is refused, renewal included.
+func TestRenewalAfterTheSuccessorWasRevoked(t *testing.T) {
+	m, err := simulations.NewMesh(context.Background(), []string{"agent"}, simulations.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	ctx := context.Background()
+	iss, err := m.Add(ctx, "issuer", true, simulations.Options{Configure: func(_ string, c *node.Config) { c.Issuer = m.Anchor }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.ConnectAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ag := m.Agents["agent"]
+	older := ag.Credential
+	successor, err := trust.IssueCredential(m.Anchor, ag.Identity.Public(), "agent", time.Now(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bySerial, err := trust.RevokeCredential(m.Anchor, successor.Serial, time.Now(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := iss.Node.Revoke(ctx, bySerial.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	if code := renew(t, m, "agent", "issuer", renewRequest(successor)); code != string(trust.CodeRevoked) {
+		t.Fatalf("the revoked successor: %q, want revoked", code)
+	}
+	// At most one renewal a heartbeat per agent: retry past the limit.
+	renewOnce := func(c *trust.Credential) string {
+		var code string
+		_ = simulations.WaitFor(5*time.Second, func() error {
+			code = renew(t, m, "agent", "issuer", renewRequest(c))
+			if code == string(protocol.CodeFlood) {
+				return errors.New("rate-limited")
+			}
+			return nil
+		})
+		return code
+	}
+	if code := renewOnce(older); code != "" {
+		t.Fatalf("the older, unrevoked credential: %q, want it renewed", code)
+	}
+	byAgent, err := trust.RevokeAgent(m.Anchor, ag.Identity.Public(), time.Now().Add(time.Second), time.Now(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := iss.Node.Revoke(ctx, byAgent.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	// The agent is dropped at once (its connection closed); the issuer's
+	// verdict on its credential is what the test checks.
+	if err := iss.Node.Verifier().VerifyCredential(older, time.Now()); trust.CodeOf(err) != trust.CodeRevoked {
+		t.Fatalf("the older credential after the agent's revocation: %v, want revoked", err)
+	}
+}

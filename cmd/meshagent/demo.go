@@ -177,6 +177,9 @@ func runDemo(ctx context.Context, w io.Writer) error {
 		var skew atomic.Int64
 		late, err := m.Add(ctx, "late-agent", true, simulations.Options{Configure: func(_ string, c *node.Config) {
 			c.Clock = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
+			// Longer than its clock's jump: its own liveness tick must not
+			// declare the log service dead and close the connection first.
+			c.DeadAfter = 10 * time.Minute
 		}})
 		if err != nil {
 			return "error: " + err.Error()
