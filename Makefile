@@ -7,10 +7,10 @@ PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.11
 GOBIN         := $(shell $(GO) env GOPATH)/bin
 PROTOS        := trust/trustpb/trust.proto protocol/protocolpb/protocol.proto
 
-.PHONY: help demo test check lint race build bench fuzz proto tidy sim sim500
+.PHONY: help demo test check lint race build bench bench-dialloop fuzz proto tidy sim sim500
 
 help: ## list targets
-	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
 demo: ## run a small mesh on 127.0.0.1: calls that pass, attacks that fail
 	$(GO) run ./cmd/meshagent demo
@@ -32,6 +32,9 @@ build: ## build the meshagent binary into ./bin
 
 bench: ## run the benchmarks recorded in BENCHMARKS.md
 	$(GO) test -run '^$$' -bench . -benchmem ./protocol/ ./node/
+
+bench-dialloop: ## what a fresh-identity dial loop costs a node (about two minutes; BENCHMARKS.md)
+	$(GO) test ./node -run '^$$' -bench FreshIdentityDialLoop -benchtime 1x -timeout 10m
 
 fuzz: ## fuzz every decoder for 30 s each
 	$(GO) test ./trust -run '^$$' -fuzz FuzzParseToken -fuzztime 30s
