@@ -48,6 +48,7 @@ type members struct {
 	// streams waiting at the gate.
 	admitted chan struct{}
 	gated    atomic.Int64 // streams refused at the gate (Node.Gated)
+	helloing sync.Map     // peers whose hello is being checked
 	src      *sources
 }
 
@@ -67,10 +68,15 @@ func newMembers(n *Node) *members {
 // retrying (forgeries, tampering, impersonation, escalation, garbage). A
 // peer past its budget is cut off for them; a dead, late or misconfigured
 // agent that retries is only throttled.
+//
+// A verdict that rests on the receiver's own configuration is not hostile:
+// an anchor it does not trust yet (during a rotation), a depth limit lower
+// than the sender's, a format version it does not speak (during an
+// upgrade). Such a sender is only throttled.
 var hostile = map[trust.Code]bool{
-	trust.CodeBadSignature: true, trust.CodeMalformed: true, trust.CodeTooLarge: true, trust.CodeTooDeep: true,
-	trust.CodeEscalation: true, trust.CodeWildcard: true, trust.CodeNotHolder: true, trust.CodeUntrustedRoot: true,
-	protocol.CodeImpersonation: true, protocol.CodeReplay: true, protocol.CodeWrongRecipient: true, protocol.CodeVersion: true,
+	trust.CodeBadSignature: true, trust.CodeMalformed: true, trust.CodeTooLarge: true,
+	trust.CodeEscalation: true, trust.CodeWildcard: true, trust.CodeNotHolder: true,
+	protocol.CodeImpersonation: true, protocol.CodeReplay: true, protocol.CodeWrongRecipient: true,
 }
 
 // forwarderFault are the rejections of a relayed item that its forwarder
@@ -83,6 +89,7 @@ var hostile = map[trust.Code]bool{
 var forwarderFault = map[trust.Code]bool{
 	trust.CodeBadSignature: true, trust.CodeMalformed: true, trust.CodeEscalation: true, trust.CodeWildcard: true,
 	trust.CodeNotHolder: true, protocol.CodeImpersonation: true, protocol.CodeWrongRecipient: true,
+	protocol.CodeNoToken: true, trust.CodeScopeNotGranted: true, protocol.CodeWrongKind: true,
 }
 
 // budget is one peer's rejection budget.
@@ -181,8 +188,16 @@ func (m *members) isRefused(p peer.ID) bool {
 
 // refuse closes p's connections and makes the gater refuse it for a while.
 func (m *members) refuse(p peer.ID, reason error) {
+	now := m.n.now()
 	m.mu.Lock()
-	m.refused[p] = m.n.now().Add(refuseFor)
+	if len(m.refused) >= 1024 { // forget refusals that lapsed: a fresh key per attempt leaves one each
+		for q, until := range m.refused {
+			if !now.Before(until) {
+				delete(m.refused, q)
+			}
+		}
+	}
+	m.refused[p] = now.Add(refuseFor)
 	m.mu.Unlock()
 	m.n.audit.write(AuditRecord{Time: m.n.now(), Direction: "in", Kind: "admission", Sender: p.String(),
 		Recipient: m.n.ID().String(), Decision: "reject", Reason: string(codeOrDefault(reason, protocol.CodeUnlisted)), Detail: errDetail(reason)})
@@ -202,16 +217,22 @@ func (m *members) check(p peer.ID, raw []byte) error {
 	if h.Version != protocol.Version {
 		return protocol.Reject(protocol.CodeVersion, "hello version %d", h.Version)
 	}
-	rec, err := discovery.ParseRecord(h.Announcement)
-	if err != nil {
-		return err
-	}
 	k, err := trust.PublicKeyFromPeerID(p)
 	if err != nil {
 		return err
 	}
-	if !rec.Agent.Equal(k) {
-		return protocol.Reject(protocol.CodeImpersonation, "record is for %s, presented by %s", rec.Agent, p)
+	// Whose record it is, before its signatures are checked: a copy of
+	// another agent's record costs the node a decode, not two checks.
+	var body protocolpb.AnnouncementBody
+	if h.Announcement == nil || proto.Unmarshal(h.Announcement.Body, &body) != nil {
+		return protocol.Reject(trust.CodeMalformed, "hello: no record")
+	}
+	if string(body.Agent) != string(k[:]) {
+		return protocol.Reject(protocol.CodeImpersonation, "record is for another agent, presented by %s", p)
+	}
+	rec, err := discovery.ParseRecord(h.Announcement)
+	if err != nil {
+		return err
 	}
 	if err := m.n.learn(rec, discovery.Direct); err != nil && trust.CodeOf(err) != protocol.CodeReplay {
 		return err
@@ -286,6 +307,18 @@ func (m *members) exchange(ctx context.Context, p peer.ID) error {
 // verify it, then send ours. An outsider learns nothing but a reset.
 func (m *members) handleAdmission(s network.Stream) {
 	p := s.Conn().RemotePeer()
+	// One hello at a time per peer, and none after a refusal (its
+	// connections are being closed): a peer that opens many admission
+	// streams at once gets one checked, not each of them.
+	if m.isRefused(p) {
+		s.Reset()
+		return
+	}
+	if _, busy := m.helloing.LoadOrStore(p, true); busy {
+		s.Reset()
+		return
+	}
+	defer m.helloing.Delete(p)
 	_ = s.SetDeadline(time.Now().Add(m.n.cfg.AdmissionTimeout))
 	raw, err := msgio.NewVarintReaderSize(s, maxHelloSize).ReadMsg()
 	if err != nil {
@@ -364,6 +397,9 @@ func (m *members) InterceptAccept(c network.ConnMultiaddrs) bool {
 }
 func (m *members) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) { return true, 0 }
 func (m *members) InterceptSecured(dir network.Direction, p peer.ID, c network.ConnMultiaddrs) bool {
+	if dir == network.DirInbound {
+		m.src.secured(c.RemoteMultiaddr()) // the handshake is done: no longer in flight
+	}
 	if m.isRefused(p) {
 		if dir == network.DirInbound {
 			m.src.fail(c.RemoteMultiaddr())

@@ -392,12 +392,20 @@ func (b *beats) apply(p peer.ID, batch *protocolpb.BeatBatch) (cut bool) {
 // expired credential, an anchor this node does not trust) are not p's
 // doing and pass.
 func (b *beats) reject(p peer.ID, kind string, code trust.Code) bool {
+	return b.n.blame(p, kind, code)
+}
+
+// blame audits a relayed item's refusal with a code that p, which sent it,
+// should have refused itself (forwarderFault), and spends p's rejection
+// budget; it reports whether p was cut off. Other codes are not p's doing
+// and pass.
+func (n *Node) blame(p peer.ID, kind string, code trust.Code) bool {
 	if !forwarderFault[code] {
 		return false
 	}
-	b.n.audit.write(AuditRecord{Time: b.n.now(), Direction: "in", Kind: kind, Sender: p.String(),
-		Recipient: b.n.ID().String(), Decision: "reject", Reason: string(code)})
-	return b.n.members.penalize(p, code)
+	n.audit.write(AuditRecord{Time: n.now(), Direction: "in", Kind: kind, Sender: p.String(),
+		Recipient: n.ID().String(), Decision: "reject", Reason: string(code)})
+	return n.members.penalize(p, code)
 }
 
 // applyRecord applies a record relayed on the overlay (which relays it on
@@ -429,6 +437,9 @@ func (b *beats) receive(from peer.ID, beat *protocolpb.Beat) trust.Code {
 		// not checked; learn the agent from whoever relayed it.
 		b.n.syncSoon(from)
 		return ""
+	}
+	if d := b.n.now().Sub(time.UnixMilli(beat.Timestamp)); d > b.n.cfg.DeadAfter || -d > b.n.cfg.DeadAfter {
+		return "" // stale: it would be refused after the signature check
 	}
 	_, ts, err := discovery.VerifyBeat(beat)
 	if err != nil {

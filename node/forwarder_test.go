@@ -10,9 +10,12 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/meshagent/meshagent/discovery"
 	"github.com/meshagent/meshagent/node"
 	"github.com/meshagent/meshagent/protocol"
+	"github.com/meshagent/meshagent/protocol/protocolpb"
 	"github.com/meshagent/meshagent/simulations"
 	"github.com/meshagent/meshagent/trust"
 )
@@ -242,4 +245,44 @@ func TestRotationDoesNotBlameTheForwarder(t *testing.T) {
 	if ratio < 0.95 {
 		t.Fatalf("n1→n2 delivery %.2f during the rotation, want ≥ 0.95", ratio)
 	}
+}
+
+// Forgeries an insider publishes on the registry topic (leaves of a listed
+// agent with a signature that does not verify) are audited and charged to
+// it, as on every other path, and lower its pubsub score on the topic: the
+// receiver soon ignores it (graylisted), so that a flood costs it a few
+// signature checks, not one per forgery.
+func TestRegistryTopicForgeriesAreCharged(t *testing.T) {
+	m, _ := testMesh(t, "tcp")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		t.Fatal(err)
+	}
+	mal := m.Agents["mallory"].Node
+	orch := m.Agents["orchestrator"]
+	const sent = 2000
+	for i := range sent {
+		l := discovery.SignLeave(orch.Identity, 1<<62+uint64(i), time.Now())
+		l.Signature[0] ^= 1 // forged
+		raw, _ := proto.Marshal(&protocolpb.RegistryMessage{Msg: &protocolpb.RegistryMessage_Leave{Leave: l}})
+		_ = mal.PublishRaw(ctx, node.RegistryTopic, raw)
+	}
+	var checked int
+	if err := simulations.WaitFor(10*time.Second, func() error {
+		checked = countAudited(m, "leave", "mallory", "worker", trust.CodeBadSignature)
+		if checked == 0 {
+			return fmt.Errorf("no forged leave audited yet")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if checked > sent/10 {
+		t.Fatalf("the worker checked %d of %d forged leaves: the forger was not cut off", checked, sent)
+	}
+	if st := m.StateOf("worker", "orchestrator"); st != "alive" {
+		t.Fatalf("the worker sees the orchestrator %s after forged leaves", st)
+	}
+	t.Logf("the worker checked %d of %d forged leaves", checked, sent)
 }

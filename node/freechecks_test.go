@@ -58,6 +58,9 @@ func TestRepeatedItemsCostNoSignatureChecks(t *testing.T) {
 		{"leave of an unlisted agent", func(n int) *protocolpb.BeatBatch {
 			return &protocolpb.BeatBatch{Leaves: repeat(discovery.SignLeave(stranger, 1<<40, now), n)}
 		}, 20000},
+		{"own beat, signed an hour ago, above every seq seen", func(n int) *protocolpb.BeatBatch {
+			return &protocolpb.BeatBatch{Beats: repeat(discovery.SignBeat(m.Agents["mallory"].Identity, 1<<62, now.Add(-time.Hour)), n)}
+		}, 20000},
 		{"record with an expired credential", func(n int) *protocolpb.BeatBatch {
 			return &protocolpb.BeatBatch{Records: repeat(rec.Proto(), n)}
 		}, 5000},

@@ -114,30 +114,47 @@ var errNotAdmitted error = gateError{}
 
 // Per-source budget of failed admissions. Each connection that ends
 // without admission (no hello, a refused hello) spends one of its source
-// IP's budget; an IP that spent it is refused before the TLS handshake
-// until the budget refills. An outsider that re-dials with fresh keys
-// thus costs the node at most sourceBurst handshakes at once and
-// sourceRate a second, whatever keys it uses; an honest agent, which is
-// admitted, spends nothing.
+// IP's budget; a source whose budget does not cover its connections in
+// flight (handshakes under way and connections awaiting admission, each of
+// which may yet fail) is refused before the TLS handshake. An outsider
+// that re-dials with fresh keys thus costs the node at most sourceBurst
+// handshakes at once and sourceRate a second, whatever keys it uses, in
+// sequence or in parallel; an honest agent, which is admitted, spends
+// nothing.
 const (
 	sourceBurst = 64
 	sourceRate  = 16
 	// pendingPerSource bounds the connections of one IP that have not
-	// been admitted yet; more are closed at once.
-	pendingPerSource = 128
+	// been admitted yet; more are closed at once. (allow keeps them under
+	// the budget before the handshake; this holds after it, for QUIC,
+	// whose listener asks the gater only once the handshake is done.)
+	pendingPerSource = sourceBurst
+	// handshakeFor is how long an accepted connection counts as a
+	// handshake under way when it never reports back (a failed handshake
+	// has no callback).
+	handshakeFor = 15 * time.Second
 )
 
-// sources tracks each source IP's failed admissions and pending
-// connections.
-type sources struct {
-	mu      sync.Mutex
-	budget  map[netip.Addr]*rate.Limiter
-	pending map[netip.Addr]int
-	conns   map[network.Conn]netip.Addr // pending inbound connections
+// source is what the node keeps of one IP.
+type source struct {
+	budget   *rate.Limiter // failed admissions
+	pending  int           // connections awaiting admission
+	inflight []time.Time   // handshakes accepted and not yet connected
 }
 
+// sources tracks each source IP's failed admissions and connections in
+// flight. Entries go once the source has nothing in flight and a full
+// budget; there are at most maxSources.
+type sources struct {
+	mu    sync.Mutex
+	m     map[netip.Addr]*source
+	conns map[network.Conn]netip.Addr // pending inbound connections
+}
+
+const maxSources = 4096
+
 func newSources() *sources {
-	return &sources{budget: map[netip.Addr]*rate.Limiter{}, pending: map[netip.Addr]int{}, conns: map[network.Conn]netip.Addr{}}
+	return &sources{m: map[netip.Addr]*source{}, conns: map[network.Conn]netip.Addr{}}
 }
 
 func sourceOf(a ma.Multiaddr) (netip.Addr, bool) {
@@ -156,7 +173,39 @@ func sourceOf(a ma.Multiaddr) (netip.Addr, bool) {
 	return addr, true
 }
 
-// allow reports whether a new connection from a may start its handshake.
+// getLocked returns ip's entry, making one (and forgetting idle ones when
+// there are too many); nil when the table is full of busy sources.
+func (s *sources) getLocked(ip netip.Addr) *source {
+	if e := s.m[ip]; e != nil {
+		return e
+	}
+	if len(s.m) >= maxSources {
+		now := time.Now()
+		for q, e := range s.m {
+			e.expireLocked(now)
+			if e.pending == 0 && len(e.inflight) == 0 && e.budget.Tokens() >= sourceBurst {
+				delete(s.m, q)
+			}
+		}
+		if len(s.m) >= maxSources {
+			return nil
+		}
+	}
+	e := &source{budget: rate.NewLimiter(sourceRate, sourceBurst)}
+	s.m[ip] = e
+	return e
+}
+
+func (e *source) expireLocked(now time.Time) {
+	i := 0
+	for i < len(e.inflight) && now.Sub(e.inflight[i]) > handshakeFor {
+		i++
+	}
+	e.inflight = e.inflight[i:]
+}
+
+// allow reports whether a new connection from a may start its handshake,
+// and counts it in flight if so.
 func (s *sources) allow(a ma.Multiaddr) bool {
 	ip, ok := sourceOf(a)
 	if !ok {
@@ -164,8 +213,17 @@ func (s *sources) allow(a ma.Multiaddr) bool {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	b := s.budget[ip]
-	return b == nil || b.Tokens() >= 1
+	e := s.getLocked(ip)
+	if e == nil {
+		return false // thousands of sources busy at once: refuse new ones until some settle
+	}
+	now := time.Now()
+	e.expireLocked(now)
+	if e.budget.Tokens()-float64(e.pending+len(e.inflight)) < 1 {
+		return false
+	}
+	e.inflight = append(e.inflight, now)
+	return true
 }
 
 // fail spends one of a's budget.
@@ -176,19 +234,23 @@ func (s *sources) fail(a ma.Multiaddr) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	b := s.budget[ip]
-	if b == nil {
-		if len(s.budget) >= 4096 { // bounded: forget sources that refilled
-			for q, qb := range s.budget {
-				if qb.Tokens() >= sourceBurst {
-					delete(s.budget, q)
-				}
-			}
-		}
-		b = rate.NewLimiter(sourceRate, sourceBurst)
-		s.budget[ip] = b
+	if e := s.getLocked(ip); e != nil {
+		e.budget.Allow()
 	}
-	b.Allow()
+}
+
+// secured notes that an inbound connection from a finished its handshake
+// (or was refused right after it): it is no longer in flight.
+func (s *sources) secured(a ma.Multiaddr) {
+	ip, ok := sourceOf(a)
+	if !ok {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e := s.m[ip]; e != nil && len(e.inflight) > 0 {
+		e.inflight = e.inflight[1:]
+	}
 }
 
 // open notes a new inbound connection awaiting admission; it reports false
@@ -200,10 +262,11 @@ func (s *sources) open(c network.Conn) bool {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.pending[ip] >= pendingPerSource {
+	e := s.getLocked(ip)
+	if e == nil || e.pending >= pendingPerSource {
 		return false
 	}
-	s.pending[ip]++
+	e.pending++
 	s.conns[c] = ip
 	return true
 }
@@ -218,8 +281,8 @@ func (s *sources) done(c network.Conn) bool {
 		return false
 	}
 	delete(s.conns, c)
-	if s.pending[ip]--; s.pending[ip] <= 0 {
-		delete(s.pending, ip)
+	if e := s.m[ip]; e != nil && e.pending > 0 {
+		e.pending--
 	}
 	return true
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	p2pprotocol "github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/p2p/security/noise"
 	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	"github.com/libp2p/go-msgio"
@@ -20,6 +21,7 @@ import (
 	"github.com/meshagent/meshagent/node"
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/simulations"
+	"github.com/meshagent/meshagent/trust"
 )
 
 // outsiderHost is a plain TLS 1.3 libp2p host with a fresh key: it can
@@ -207,3 +209,126 @@ func TestFreshIdentityDialLoopIsBounded(t *testing.T) {
 	}
 	t.Logf("%d of %d fresh identities reached admission in %s", secured, attempts, elapsed.Round(time.Millisecond))
 }
+
+// HostOptions cannot bring Noise (or no security) back.
+func TestHostOptionsKeepTLSOnly(t *testing.T) {
+	m, _ := testMesh(t, "tcp")
+	ag := m.Agents["worker"]
+	for name, opt := range map[string]libp2p.Option{"noise": libp2p.Security(noise.ID, noise.New), "insecure": libp2p.NoSecurity} {
+		cfg := node.LocalConfig()
+		cfg.Identity, cfg.Credential, cfg.Policy = ag.Identity, ag.Credential, trust.DefaultPolicy(m.Anchor.Public())
+		cfg.HostOptions = []libp2p.Option{opt}
+		n, err := node.New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := n.Start(context.Background()); err == nil {
+			n.Close()
+			t.Fatalf("a node started with %s in HostOptions", name)
+		}
+	}
+}
+
+// An outsider that opens many admission streams at once on one connection
+// gets one hello checked (and audited), not one per stream.
+func TestParallelHellosCheckedOnce(t *testing.T) {
+	m, _ := testMesh(t, "tcp")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	worker := m.Agents["worker"].Node
+	out := outsiderHost(t)
+	if err := out.Connect(ctx, peer.AddrInfo{ID: worker.ID(), Addrs: worker.Host().Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	var streams []network.Stream
+	for range 50 {
+		s, err := out.NewStream(ctx, worker.ID(), protocol.ProtocolAdmission)
+		if err != nil {
+			break
+		}
+		streams = append(streams, s)
+	}
+	if len(streams) < 10 {
+		t.Fatalf("only %d admission streams opened", len(streams))
+	}
+	start := make(chan struct{})
+	for _, s := range streams {
+		go func() {
+			<-start
+			_ = msgio.NewVarintWriter(s).WriteMsg([]byte("not a hello"))
+		}()
+	}
+	close(start)
+	if err := simulations.WaitFor(10*time.Second, func() error {
+		if out.Network().Connectedness(worker.ID()) == network.Connected {
+			return errors.New("outsider still connected")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	checked := 0
+	for _, a := range m.Audit() {
+		if a.Kind == "admission" && a.Sender == out.ID().String() {
+			checked++
+		}
+	}
+	if checked == 0 || checked > 2 {
+		t.Fatalf("%d hellos of %d streams checked, want 1", checked, len(streams))
+	}
+}
+
+// Fresh identities dialing all at once get the TLS handshake only within
+// their source's budget: connections pending admission count against it,
+// so 128 silent dials in parallel cost the node at most 64 handshakes
+// before the first of them fails.
+func TestParallelFreshDialsAreBounded(t *testing.T) {
+	m, _ := testMesh(t, "tcp")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	worker := m.Agents["worker"].Node
+	addrs := peer.AddrInfo{ID: worker.ID(), Addrs: worker.Host().Addrs()}
+	const attempts = 128
+	hosts := make([]host.Host, attempts)
+	for i := range hosts {
+		h, err := libp2p.New(libp2p.NoListenAddrs, libp2p.Security(libp2ptls.ID, libp2ptls.New),
+			libp2p.Transport(tcp.NewTCPTransport), libp2p.DisableRelay(), libp2p.DisableMetrics())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer h.Close()
+		hosts[i] = h
+	}
+	var handshakes atomic.Int64
+	start := make(chan struct{})
+	done := make(chan struct{}, attempts)
+	for _, h := range hosts {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			<-start
+			// A completed TLS handshake (the client finishes first); it
+			// then stays silent.
+			if h.Connect(ctx, addrs) == nil {
+				handshakes.Add(1)
+			}
+		}()
+	}
+	began := time.Now()
+	close(start)
+	for range attempts {
+		<-done
+	}
+	elapsed := time.Since(began)
+	if elapsed > 2*time.Second {
+		t.Logf("the dials took %s, past the admission deadline: the budget refilled meanwhile", elapsed)
+	}
+	if limit := int64(sourceBurstForTest + 16*elapsed.Seconds() + 4); handshakes.Load() > limit {
+		t.Fatalf("%d of %d parallel fresh identities got a handshake in %s; the bound is %d", handshakes.Load(), attempts, elapsed.Round(time.Millisecond), limit)
+	}
+	if handshakes.Load() == 0 {
+		t.Fatal("no handshake at all: the test measured nothing")
+	}
+	t.Logf("%d of %d parallel fresh identities got a handshake in %s", handshakes.Load(), attempts, elapsed.Round(time.Millisecond))
+}
+
+const sourceBurstForTest = 64

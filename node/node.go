@@ -148,6 +148,15 @@ func (n *Node) Start(ctx context.Context) error {
 		opts = append(opts, libp2p.DisableMetrics())
 	}
 	opts = append(opts, n.cfg.HostOptions...)
+	// HostOptions must not bring another security transport (or none):
+	// the host stays TLS 1.3 only.
+	var probe libp2p.Config
+	if err := probe.Apply(opts...); err != nil {
+		return fmt.Errorf("node: libp2p options: %w", err)
+	}
+	if probe.Insecure || len(probe.SecurityTransports) != 1 || probe.SecurityTransports[0].ID != libp2ptls.ID {
+		return fmt.Errorf("node: HostOptions may not change the security transport: the host is TLS 1.3 only")
+	}
 	h, err := libp2p.New(opts...)
 	if err != nil {
 		return fmt.Errorf("node: libp2p host: %w", err)
@@ -175,9 +184,10 @@ func (n *Node) Start(ctx context.Context) error {
 	n.host, n.ps = h, ps
 	h.SetStreamHandler(protocol.ProtocolAdmission, n.members.handleAdmission) // the one protocol open before admission
 	h.SetStreamHandler(protocol.ProtocolRPC, n.members.gate(n.handleRPC))
-	if n.cfg.Issuer != nil {
-		h.SetStreamHandler(ProtocolRenew, n.members.gate(n.handleRenew))
-	}
+	// Every node serves the renewal protocol (a node that is no issuer
+	// refuses), so that identify does not tell an outsider which hosts
+	// hold an anchor key.
+	h.SetStreamHandler(ProtocolRenew, n.members.gate(n.handleRenew))
 	h.Network().Notify(n.members.notifiee())
 	if err := n.startRegistry(); err != nil {
 		n.cancel()

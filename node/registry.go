@@ -136,6 +136,11 @@ func (n *Node) startRegistry() error {
 		if err != nil {
 			return err
 		}
+		// Score what the forwarders deliver here as on every topic: an
+		// invalid delivery lowers the forwarder's score.
+		if err := t.SetScoreParams(topicScoreParams()); err != nil {
+			return err
+		}
 		sub, err := t.Subscribe()
 		if err != nil {
 			return err
@@ -296,21 +301,26 @@ func (n *Node) tickLoop() {
 
 // registryValidator applies records and leaves. A record must be the
 // pubsub author's (signature checked by pubsub under StrictSign); a leave
-// carries the leaving agent's own signature, so any node may relay it. Replays and stale messages are ignored without penalty;
-// forgeries are rejected, which lowers the forwarder's score.
+// carries the leaving agent's own signature, so any node may relay it. An
+// item broken or forged in itself is rejected (which lowers the
+// forwarder's score) and charged to the forwarder's budget; replays, stale
+// items and what rests on this node's own anchors or state are ignored.
 func (n *Node) registryValidator(_ context.Context, from peer.ID, m *pubsub.Message) pubsub.ValidationResult {
 	if n.frozen() {
 		return pubsub.ValidationIgnore
 	}
 	author, err := trust.PublicKeyFromPeerID(m.GetFrom())
 	if err != nil {
+		n.blame(m.ReceivedFrom, "record", trust.CodeMalformed)
 		return pubsub.ValidationReject
 	}
 	if author.Equal(n.self) {
 		return pubsub.ValidationAccept
 	}
 	var rm protocolpb.RegistryMessage
+	kind := "record"
 	if err := proto.Unmarshal(m.Data, &rm); err != nil {
+		n.blame(m.ReceivedFrom, kind, trust.CodeMalformed)
 		return pubsub.ValidationReject
 	}
 	switch x := rm.Msg.(type) {
@@ -318,10 +328,12 @@ func (n *Node) registryValidator(_ context.Context, from peer.ID, m *pubsub.Mess
 		err = n.applyRecord(x.Announce, discovery.Direct, author)
 	case *protocolpb.RegistryMessage_Leave:
 		// Signed by the leaving agent; any node may relay it.
+		kind = "leave"
 		_, err = n.applyLeave(x.Leave)
 	default:
-		return pubsub.ValidationReject
+		err = protocol.Reject(trust.CodeMalformed, "empty registry message")
 	}
+	n.blame(m.ReceivedFrom, kind, trust.CodeOf(err))
 	return verdict(err)
 }
 
@@ -406,7 +418,9 @@ func verdict(err error) pubsub.ValidationResult {
 
 // revocationValidator verifies and applies a revocation, then forwards it.
 func (n *Node) revocationValidator(_ context.Context, _ peer.ID, m *pubsub.Message) pubsub.ValidationResult {
-	return verdict(n.applyRevocation(m.Data))
+	err := n.applyRevocation(m.Data)
+	n.blame(m.ReceivedFrom, "revocation", trust.CodeOf(err))
+	return verdict(err)
 }
 
 // handleSync answers the join-time exchange, and the revocations pull

@@ -50,6 +50,9 @@ func (n *Node) handleRenew(s network.Stream) {
 }
 
 func (n *Node) renewFor(remote peer.ID, raw []byte) (*trust.Credential, error) {
+	if n.cfg.Issuer == nil {
+		return nil, protocol.Reject(protocol.CodeUnavailable, "this node is not an issuer")
+	}
 	var req protocolpb.RenewRequest
 	if err := proto.Unmarshal(raw, &req); err != nil {
 		return nil, protocol.Reject(trust.CodeMalformed, "renew request: %v", err)

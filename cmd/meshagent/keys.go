@@ -166,7 +166,9 @@ func newCACmd() *cobra.Command {
   --credential SERIAL  one credential (agent certificate): its "serial" as
                        'meshagent ca inspect CREDFILE' prints it
   --agent PEERID       every credential and link the agent held or issued before --before
-                       (a compromised key)
+                       (a compromised key); --before defaults to a week from now, the
+                       longest credential lifetime, so that a renewal an issuer serves
+                       before the revocation reaches it is revoked too
 
 A link ID never matches a credential serial, nor the other way round.`,
 		Args: exactArgs(0),
@@ -208,7 +210,10 @@ A link ID never matches a credential serial, nor the other way round.`,
 				if err != nil {
 					return err
 				}
-				b := now
+				// By default a week ahead (the longest credential lifetime):
+				// a renewal an issuer serves before the revocation reaches it
+				// gets a later not-before, and must not escape it.
+				b := now.Add(trust.DefaultPolicy().MaxCredentialLifetime)
 				if before != "" {
 					if b, err = time.Parse(time.RFC3339, before); err != nil {
 						return usagef("--before: not an RFC 3339 time: %q", before)
@@ -225,7 +230,7 @@ A link ID never matches a credential serial, nor the other way round.`,
 	revoke.Flags().StringVar(&linkID, "token", "", `ID of the token link to revoke (an "id" from 'meshagent token inspect')`)
 	revoke.Flags().StringVar(&serial, "credential", "", `serial of the credential to revoke (the "serial" from 'meshagent ca inspect')`)
 	revoke.Flags().StringVar(&agent, "agent", "", "peer ID of the agent whose key is compromised")
-	revoke.Flags().StringVar(&before, "before", "", "with --agent: revoke what was issued before this RFC 3339 time (default now)")
+	revoke.Flags().StringVar(&before, "before", "", "with --agent: revoke what was issued before this RFC 3339 time (default: a week from now, so that no renewal escapes it)")
 	revoke.Flags().DurationVar(&keep, "keep", trust.DefaultMaxTokenLife, "how long nodes remember it; at least the mesh's longest token lifetime")
 	revoke.Flags().StringVar(&out, "out", "", "output file (must not exist)")
 	required(revoke, "dir", "out")

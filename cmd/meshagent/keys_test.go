@@ -152,3 +152,40 @@ func TestKeyDirectoryChecked(t *testing.T) {
 	}
 	mustOK(t, "id", "--home", home)
 }
+
+// TestAgentRevocationCoversRenewals: `ca revoke --agent` without --before
+// revokes what is issued up to a week later too, so that a renewal an
+// issuer serves before the revocation reaches it (a later not-before)
+// does not escape it.
+func TestAgentRevocationCoversRenewals(t *testing.T) {
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "ca")
+	anchorID := mustOK(t, "ca", "init", "--dir", ca)
+	subID := mustOK(t, "init", "--home", filepath.Join(dir, "sub"), "--name", "sub-agent")
+	out := filepath.Join(dir, "revoke.pem")
+	mustOK(t, "ca", "revoke", "--dir", ca, "--agent", subID, "--out", out)
+	data, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := trust.DecodePEM(data, trust.PEMRevocation)
+	r, err := trust.ParseRevocation(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	anchor, _ := trust.ParsePublicKey(anchorID)
+	v, _ := trust.NewVerifier(trust.DefaultPolicy(anchor))
+	now := time.Now()
+	if err := v.AddRevocation(r, now); err != nil {
+		t.Fatal(err)
+	}
+	a, err := trust.LoadAnchorKey(filepath.Join(ca, "anchor.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, _ := trust.ParsePublicKey(subID)
+	renewed, _ := trust.IssueCredential(a, sub, "sub-agent", now.Add(time.Minute), time.Hour) // served a minute after the revocation
+	if err := v.VerifyCredential(renewed, now.Add(2*time.Minute)); trust.CodeOf(err) != trust.CodeRevoked {
+		t.Fatalf("a renewal served after the agent's revocation: %v, want revoked", err)
+	}
+}
