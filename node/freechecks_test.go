@@ -1,15 +1,18 @@
 package node_test
 
 import (
+	"context"
 	"crypto/rand"
 	"errors"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-msgio"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/meshagent/meshagent/discovery"
+	"github.com/meshagent/meshagent/node"
 	"github.com/meshagent/meshagent/protocol/protocolpb"
 	"github.com/meshagent/meshagent/simulations"
 	"github.com/meshagent/meshagent/trust"
@@ -125,4 +128,39 @@ func countAudited(m *simulations.Mesh, kind, from, to string, code trust.Code) i
 		}
 	}
 	return n
+}
+
+// An insider that asks a node for the join-time exchange in a loop gets a
+// few answers and then one a heartbeat, not one per request: each answer
+// marshals the whole registry and every revocation.
+func TestSyncAnswersAreRateLimited(t *testing.T) {
+	m, _ := testMesh(t, "tcp")
+	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	mal, worker := m.Agents["mallory"].Node, m.Agents["worker"].Node
+	const asked = 50
+	answered := 0
+	start := time.Now()
+	for range asked {
+		s, err := mal.Host().NewStream(ctx, worker.ID(), node.ProtocolSync)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := msgio.NewVarintReaderSize(s, 32<<20).ReadMsg(); err == nil {
+			answered++
+		}
+		s.Close()
+	}
+	elapsed := time.Since(start)
+	// LocalConfig: a heartbeat of 250 ms; the join-time exchanges of the
+	// mesh's own admissions took some of the burst of 4.
+	if limit := 4 + int(elapsed/(250*time.Millisecond)) + 1; answered > limit {
+		t.Fatalf("%d of %d sync requests answered in %s; the bound is %d", answered, asked, elapsed.Round(time.Millisecond), limit)
+	}
+	if answered == 0 {
+		t.Fatal("no sync request answered at all")
+	}
 }

@@ -22,6 +22,7 @@ import (
 	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
+	"golang.org/x/time/rate"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/meshagent/meshagent/discovery"
@@ -98,6 +99,7 @@ func New(cfg Config) (*Node, error) {
 	n.live.seq.Store(uint64(time.Now().UnixNano()))
 	n.revs, n.bad = newRevStore(v.Policy().MaxRevocations), newRefusals()
 	n.live.lastSync, n.live.lastPull, n.live.lastRenew = map[peer.ID]time.Time{}, map[peer.ID]time.Time{}, map[peer.ID]time.Time{}
+	n.live.serving = map[string]*rate.Limiter{}
 	for _, raw := range cfg.Revocations {
 		if err := n.applyRevocation(raw); err != nil {
 			return nil, fmt.Errorf("node: revocation: %w", err)

@@ -13,6 +13,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	p2pprotocol "github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-msgio"
+	"golang.org/x/time/rate"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/meshagent/meshagent/discovery"
@@ -51,7 +52,8 @@ type liveness struct {
 	announceSoon atomic.Bool
 	resynced     atomic.Bool // resyncOnce ran
 	lastPull     map[peer.ID]time.Time
-	lastRenew    map[peer.ID]time.Time // renewals served, rate-limited per agent
+	lastRenew    map[peer.ID]time.Time    // renewals served, rate-limited per agent
+	serving      map[string]*rate.Limiter // sync answers per peer and protocol
 }
 
 func (n *Node) nextSeq() uint64 { return n.live.seq.Add(1) }
@@ -427,8 +429,9 @@ func (n *Node) revocationValidator(_ context.Context, _ peer.ID, m *pubsub.Messa
 // (the same response without records), to admitted peers only.
 func (n *Node) handleSync(s network.Stream) {
 	defer s.Close()
-	k, err := trust.PublicKeyFromPeerID(s.Conn().RemotePeer())
-	if err != nil || n.registry.Admit(k, n.now()) != nil {
+	p := s.Conn().RemotePeer()
+	k, err := trust.PublicKeyFromPeerID(p)
+	if err != nil || n.registry.Admit(k, n.now()) != nil || !n.serveAllowed(p, s.Protocol()) {
 		s.Reset()
 		return
 	}
@@ -444,6 +447,32 @@ func (n *Node) handleSync(s network.Stream) {
 	if err != nil || msgio.NewVarintWriter(s).WriteMsg(b) != nil {
 		s.Reset()
 	}
+}
+
+// serveBurst and serveEvery bound the sync answers (and revocation pulls)
+// one peer gets: an honest node asks at admission, once more three gossip
+// heartbeats later, and at most once a heartbeat after that, for each.
+const serveBurst = 4
+
+// serveAllowed reports whether p may have another answer of protocol
+// which now; past serveBurst it gets one a heartbeat.
+func (n *Node) serveAllowed(p peer.ID, which p2pprotocol.ID) bool {
+	n.live.mu.Lock()
+	defer n.live.mu.Unlock()
+	key := string(p) + string(which)
+	l := n.live.serving[key]
+	if l == nil {
+		if len(n.live.serving) >= 4096 { // bounded: forget peers whose budget refilled
+			for q, ql := range n.live.serving {
+				if ql.Tokens() >= serveBurst {
+					delete(n.live.serving, q)
+				}
+			}
+		}
+		l = rate.NewLimiter(rate.Every(n.cfg.HeartbeatInterval), serveBurst)
+		n.live.serving[key] = l
+	}
+	return l.Allow()
 }
 
 // resyncOnce asks p, the first peer that admitted this node, for its
