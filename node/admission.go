@@ -386,15 +386,13 @@ func (m *members) notifiee() network.Notifiee {
 	}}
 }
 
-// Connection gater: a source that spent its budget of failed admissions is
-// refused before the handshake; a peer that failed admission is refused at
-// dial time and right after the TLS handshake, where its peer ID is
-// authenticated.
-func (m *members) InterceptPeerDial(p peer.ID) bool             { return !m.isRefused(p) }
-func (m *members) InterceptAddrDial(peer.ID, ma.Multiaddr) bool { return true }
-func (m *members) InterceptAccept(c network.ConnMultiaddrs) bool {
-	return m.src.allow(c.RemoteMultiaddr())
-}
+// Connection gater: a peer that failed admission is refused at dial time
+// and right after the TLS handshake, where its peer ID is authenticated.
+// (A source that spent its budget of failed admissions is refused before
+// the handshake by the resource manager: gatedRcmgr.)
+func (m *members) InterceptPeerDial(p peer.ID) bool                                { return !m.isRefused(p) }
+func (m *members) InterceptAddrDial(peer.ID, ma.Multiaddr) bool                    { return true }
+func (m *members) InterceptAccept(network.ConnMultiaddrs) bool                     { return true } // the source budget is in gatedRcmgr, which QUIC asks before its handshake too
 func (m *members) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) { return true, 0 }
 func (m *members) InterceptSecured(dir network.Direction, p peer.ID, c network.ConnMultiaddrs) bool {
 	if dir == network.DirInbound {

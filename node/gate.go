@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"sync"
 	"time"
@@ -105,6 +106,33 @@ func (g gatedHost) SetStreamHandler(pid p2pprotocol.ID, h network.StreamHandler)
 func (g gatedHost) SetStreamHandlerMatch(pid p2pprotocol.ID, match func(p2pprotocol.ID) bool, h network.StreamHandler) {
 	g.Host.SetStreamHandlerMatch(pid, match, g.m.gate(h))
 }
+
+// gatedRcmgr is the resource manager with the per-source budget in front:
+// an inbound connection is opened (before its handshake, on TCP and on
+// QUIC alike) only while its source's budget covers it.
+type gatedRcmgr struct {
+	network.ResourceManager
+	m *members
+}
+
+func (g gatedRcmgr) OpenConnection(dir network.Direction, usefd bool, endpoint ma.Multiaddr) (network.ConnManagementScope, error) {
+	if dir == network.DirInbound && endpoint != nil && !g.m.src.allow(endpoint) {
+		g.m.gated.Add(1)
+		return nil, errSourceSpent
+	}
+	return g.ResourceManager.OpenConnection(dir, usefd, endpoint)
+}
+
+// GetConnLimit passes libp2p's check of the connection manager's limits
+// through to the wrapped manager.
+func (g gatedRcmgr) GetConnLimit() int {
+	if l, ok := g.ResourceManager.(interface{ GetConnLimit() int }); ok {
+		return l.GetConnLimit()
+	}
+	return 0
+}
+
+var errSourceSpent = errors.New("node: this source failed admission too often; try again later")
 
 type gateError struct{}
 

@@ -15,6 +15,7 @@ import (
 	p2pprotocol "github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
 	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
+	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	"github.com/libp2p/go-msgio"
 
@@ -283,16 +284,26 @@ func TestParallelHellosCheckedOnce(t *testing.T) {
 // so 128 silent dials in parallel cost the node at most 64 handshakes
 // before the first of them fails.
 func TestParallelFreshDialsAreBounded(t *testing.T) {
-	m, _ := testMesh(t, "tcp")
+	for _, transport := range []string{"tcp", "quic"} {
+		t.Run(transport, func(t *testing.T) { parallelFreshDials(t, transport) })
+	}
+}
+
+func parallelFreshDials(t *testing.T, transport string) {
+	m, _ := testMesh(t, transport)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	worker := m.Agents["worker"].Node
 	addrs := peer.AddrInfo{ID: worker.ID(), Addrs: worker.Host().Addrs()}
 	const attempts = 128
 	hosts := make([]host.Host, attempts)
+	tpt := libp2p.Transport(tcp.NewTCPTransport)
+	if transport == "quic" {
+		tpt = libp2p.Transport(quic.NewTransport)
+	}
 	for i := range hosts {
 		h, err := libp2p.New(libp2p.NoListenAddrs, libp2p.Security(libp2ptls.ID, libp2ptls.New),
-			libp2p.Transport(tcp.NewTCPTransport), libp2p.DisableRelay(), libp2p.DisableMetrics())
+			tpt, libp2p.DisableRelay(), libp2p.DisableMetrics())
 		if err != nil {
 			t.Fatal(err)
 		}

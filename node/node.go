@@ -141,7 +141,7 @@ func (n *Node) Start(ctx context.Context) error {
 		libp2p.Transport(quic.NewTransport), // QUIC is TLS 1.3 with the same key binding
 		libp2p.ListenAddrStrings(n.cfg.ListenAddrs...),
 		libp2p.ConnectionGater(n.members),
-		libp2p.ResourceManager(rm),
+		libp2p.ResourceManager(gatedRcmgr{ResourceManager: rm, m: n.members}),
 		libp2p.DisableRelay(),
 	}
 	if n.cfg.Prometheus != nil {
