@@ -69,13 +69,17 @@ func newMembers(n *Node) *members {
 // peer past its budget is cut off for them; a dead, late or misconfigured
 // agent that retries is only throttled.
 //
+// (weak_key is hostile from a direct sender, which built what it sends, but
+// no forwarder's fault: an older node, which accepts small-order keys,
+// relays in good faith.)
+//
 // A verdict that rests on the receiver's own configuration is not hostile:
 // an anchor it does not trust yet (during a rotation), a depth limit lower
 // than the sender's, a format version it does not speak (during an
 // upgrade). Such a sender is only throttled.
 var hostile = map[trust.Code]bool{
 	trust.CodeBadSignature: true, trust.CodeMalformed: true, trust.CodeTooLarge: true,
-	trust.CodeEscalation: true, trust.CodeWildcard: true, trust.CodeNotHolder: true,
+	trust.CodeEscalation: true, trust.CodeWildcard: true, trust.CodeNotHolder: true, trust.CodeWeakKey: true,
 	protocol.CodeImpersonation: true, protocol.CodeReplay: true, protocol.CodeWrongRecipient: true,
 }
 

@@ -26,6 +26,7 @@ const (
 	CodeLifetime        Code = "lifetime"            // a credential valid for longer than allowed
 	CodeFull            Code = "full"                // a bounded store is full and refuses more
 	CodeVersion         Code = "unsupported_version" // a format version this node does not speak
+	CodeWeakKey         Code = "weak_key"            // a small-order Ed25519 public key, for which anyone can sign
 )
 
 // Error is a rejection: a Code, the index of the failing link (-1 when the

@@ -36,7 +36,7 @@ const ed25519PeerIDPrefix = "\x00\x24\x08\x01\x12\x20"
 // text form is the libp2p peer ID ("12D3KooW..."), which carries the key.
 type PublicKey [PublicKeySize]byte
 
-// PublicKeyFromBytes copies a 32-byte raw key. It refuses (CodeMalformed) a
+// PublicKeyFromBytes copies a 32-byte raw key. It refuses (CodeWeakKey) a
 // small-order key: see PublicKey.Weak.
 func PublicKeyFromBytes(b []byte) (PublicKey, error) {
 	var k PublicKey
@@ -51,7 +51,7 @@ func PublicKeyFromBytes(b []byte) (PublicKey, error) {
 }
 
 // PublicKeyFromPeerID extracts the key from an Ed25519 peer ID. It refuses
-// (CodeMalformed) a small-order key: see PublicKey.Weak.
+// (CodeWeakKey) a small-order key: see PublicKey.Weak.
 func PublicKeyFromPeerID(id peer.ID) (PublicKey, error) {
 	var k PublicKey
 	s := string(id)
@@ -124,7 +124,7 @@ func (k PublicKey) Weak() bool {
 
 func (k PublicKey) checkWeak() error {
 	if k.Weak() {
-		return fail(CodeMalformed, -1, "public key %s is a small-order Ed25519 point, for which anyone can sign", k)
+		return fail(CodeWeakKey, -1, "public key %s is a small-order Ed25519 point, for which anyone can sign", k)
 	}
 	return nil
 }

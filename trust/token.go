@@ -356,7 +356,8 @@ func parseLink(body, sig []byte, i int) (*Link, error) {
 	}
 	holder, err := PublicKeyFromBytes(b.Holder)
 	if err != nil {
-		return nil, fail(CodeMalformed, i, "holder: %v", err)
+		e := err.(*Error) // malformed or weak_key
+		return nil, fail(e.Code, i, "holder: %s", e.Detail)
 	}
 	if len(b.Id) != len(LinkID{}) {
 		return nil, fail(CodeMalformed, i, "link nonce is %d bytes, want 16", len(b.Id))
