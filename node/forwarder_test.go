@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -285,4 +286,46 @@ func TestRegistryTopicForgeriesAreCharged(t *testing.T) {
 		t.Fatalf("the worker sees the orchestrator %s after forged leaves", st)
 	}
 	t.Logf("the worker checked %d of %d forged leaves", checked, sent)
+}
+
+// A token for publish:tasks publishes on topic tasks only: a message it
+// signs for topic payments is refused (topic_not_granted) by the
+// publisher's own node, and never reaches a subscriber. (Every receiver
+// runs the same decision function: TestDecideRejects has the case.)
+func TestTokenPublishesOnItsTopicOnly(t *testing.T) {
+	m, _ := testMesh(t, "tcp")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := m.Grant("mallory", []string{"publish:tasks"}, nil, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	mal := m.Agents["mallory"].Node
+	sub, err := m.Agents["worker"].Node.Subscribe("payments")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mal.Publish(ctx, "payments", "publish:tasks", []byte("pay me")); err == nil || !strings.Contains(err.Error(), string(protocol.CodeTopicNotGranted)) {
+		t.Fatalf("Publish on payments with publish:tasks: %v, want topic_not_granted", err)
+	}
+	// Sealed by hand and published anyway: the node's own check of what
+	// it publishes refuses it, audited.
+	raw, err := mal.SealMessage("payments", "publish:tasks", []byte("pay me"), mal.Tokens()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mal.PublishRaw(ctx, "payments", raw); err == nil {
+		t.Fatal("PublishRaw of a message its action does not grant on that topic succeeded")
+	}
+	refused := false
+	for _, a := range m.Audit() {
+		refused = refused || a.Kind == "message" && a.Recipient == "payments" && a.Reason == string(protocol.CodeTopicNotGranted)
+	}
+	if !refused {
+		t.Fatal("the refusal was not audited")
+	}
+	c, cancel2 := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel2()
+	if msg, err := sub.Next(c); err == nil {
+		t.Fatalf("the worker delivered %q from %s on payments", msg.Body, msg.From)
+	}
 }

@@ -139,8 +139,12 @@ func (n *Node) Subscribe(topic string) (*Subscription, error) {
 }
 
 // Publish signs an envelope for topic with the token that grants action
-// and publishes it.
+// and publishes it. action must be protocol.TopicAction(topic),
+// publish:TOPIC: a token publishes only on the topics its scopes name.
 func (n *Node) Publish(ctx context.Context, topic, action string, body []byte) error {
+	if want := protocol.TopicAction(topic); action != want {
+		return protocol.Reject(protocol.CodeTopicNotGranted, "a message on topic %q needs the action %q, not %q", topic, want, action)
+	}
 	raw, err := n.SealMessage(topic, action, body, nil)
 	if err != nil {
 		return err

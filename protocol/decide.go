@@ -68,6 +68,9 @@ func (d *Decider) check(e *Envelope, x Expect, now time.Time) error {
 	if x.Topic != "" && e.RecipientTopic != x.Topic {
 		return Reject(CodeWrongRecipient, "addressed to %s, not to topic %q", describeRecipient(e), x.Topic)
 	}
+	if e.Kind == KindMessage && e.Action != TopicAction(e.RecipientTopic) {
+		return Reject(CodeTopicNotGranted, "a message on topic %q needs the action %q, not %q", e.RecipientTopic, TopicAction(e.RecipientTopic), e.Action)
+	}
 	if err := d.Replay.CheckTime(e.Timestamp, now); err != nil {
 		return err
 	}
@@ -105,6 +108,11 @@ func (d *Decider) check(e *Envelope, x Expect, now time.Time) error {
 	}
 	return d.Replay.Record(e.Sender, e.Nonce, e.Timestamp, now)
 }
+
+// TopicAction is the action a message on topic must carry, and so the
+// scope a token needs to publish there: publish:TOPIC. Topics are named
+// like the resource part of a scope (1–31 characters of [a-z0-9._-]).
+func TopicAction(topic string) string { return "publish:" + topic }
 
 func kindIn(k Kind, ks []Kind) bool {
 	for _, x := range ks {

@@ -23,6 +23,9 @@ const (
 	CodeHandlerError   trust.Code = "handler_error"
 	CodeUnavailable    trust.Code = "unavailable"
 	CodeFlood          trust.Code = "flood" // too many rejected requests from one peer
+	// CodeTopicNotGranted: a message on topic T needs the action
+	// publish:T; a token for another action does not publish there.
+	CodeTopicNotGranted trust.Code = "topic_not_granted"
 )
 
 // Sentinels for errors.Is.

@@ -126,6 +126,11 @@ func TestDecideRejects(t *testing.T) {
 		{"wrong kind", mutate(t, good(), func(b *protocolpb.EnvelopeBody) { b.Kind = protocolpb.Kind_KIND_REPLY }, w.alice), w.expect(w.alice), CodeWrongKind},
 		{"topic where peer expected", mutate(t, good(), func(b *protocolpb.EnvelopeBody) { b.RecipientPeer = nil; b.RecipientTopic = "x" }, w.alice), w.expect(w.alice), CodeWrongRecipient},
 		{"version", mutate(t, good(), func(b *protocolpb.EnvelopeBody) { b.Version = 9 }, w.alice), w.expect(w.alice), CodeVersion},
+		// A message on topic payments signed for read:logs, which the token
+		// grants: the topic is not granted.
+		{"message on a topic its action does not name", mutate(t, good(), func(b *protocolpb.EnvelopeBody) {
+			b.Kind, b.RecipientPeer, b.RecipientTopic = protocolpb.Kind_KIND_MESSAGE, nil, "payments"
+		}, w.alice), Expect{Kinds: []Kind{KindMessage}, Topic: "payments", From: w.alice.Public()}, CodeTopicNotGranted},
 		{"short nonce", mutate(t, good(), func(b *protocolpb.EnvelopeBody) { b.Nonce = b.Nonce[:8] }, w.alice), w.expect(w.alice), trust.CodeMalformed},
 		{"garbage", []byte("\x0a\xff\xff\xff garbage"), w.expect(w.alice), trust.CodeMalformed},
 		{"empty", nil, w.expect(w.alice), trust.CodeMalformed},
