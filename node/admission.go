@@ -302,7 +302,7 @@ func (m *members) exchange(ctx context.Context, p peer.ID) error {
 		m.refuse(p, err)
 		return fmt.Errorf("node: admission of %s: %w", p, err)
 	}
-	go m.n.syncFrom(p)
+	m.n.syncSoon(p) // at most once a heartbeat per peer
 	m.n.resyncOnce(p)
 	return nil
 }
@@ -315,6 +315,13 @@ func (m *members) handleAdmission(s network.Stream) {
 	// connections are being closed): a peer that opens many admission
 	// streams at once gets one checked, not each of them.
 	if m.isRefused(p) {
+		s.Reset()
+		return
+	}
+	// An admitted peer that sends hello after hello on new streams gets a
+	// few checked and then one a heartbeat (each costs a signature check
+	// and an audit line).
+	if !m.n.serveAllowed(p, protocol.ProtocolAdmission) {
 		s.Reset()
 		return
 	}
@@ -344,7 +351,7 @@ func (m *members) handleAdmission(s network.Stream) {
 		return
 	}
 	s.Close()
-	go m.n.syncFrom(p) // both sides learn what the other knows
+	m.n.syncSoon(p) // both sides learn what the other knows (at most once a heartbeat per peer)
 	m.n.resyncOnce(p)
 }
 

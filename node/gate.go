@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"errors"
+	"net"
 	"net/netip"
 	"sync"
 	"time"
@@ -116,11 +117,27 @@ type gatedRcmgr struct {
 }
 
 func (g gatedRcmgr) OpenConnection(dir network.Direction, usefd bool, endpoint ma.Multiaddr) (network.ConnManagementScope, error) {
-	if dir == network.DirInbound && endpoint != nil && !g.m.src.allow(endpoint) {
+	if dir != network.DirInbound || endpoint == nil {
+		return g.ResourceManager.OpenConnection(dir, usefd, endpoint)
+	}
+	if !g.m.src.allow(endpoint) {
 		g.m.gated.Add(1)
 		return nil, errSourceSpent
 	}
-	return g.ResourceManager.OpenConnection(dir, usefd, endpoint)
+	scope, err := g.ResourceManager.OpenConnection(dir, usefd, endpoint)
+	if err != nil {
+		g.m.src.secured(endpoint) // not opened: not in flight either
+	}
+	return scope, err
+}
+
+// VerifySourceAddress makes QUIC validate a source's address (a Retry
+// round trip, before the connection is opened) whenever that source has
+// connections in flight or has failed admission: a QUIC Initial can carry
+// a forged source address, and without it one could spend an honest
+// agent's budget.
+func (g gatedRcmgr) VerifySourceAddress(addr net.Addr) bool {
+	return g.ResourceManager.VerifySourceAddress(addr) || g.m.src.busy(addr)
 }
 
 // GetConnLimit passes libp2p's check of the connection manager's limits
@@ -177,6 +194,7 @@ type sources struct {
 	mu    sync.Mutex
 	m     map[netip.Addr]*source
 	conns map[network.Conn]netip.Addr // pending inbound connections
+	swept time.Time                   // when a full table was last swept
 }
 
 const maxSources = 4096
@@ -201,17 +219,25 @@ func sourceOf(a ma.Multiaddr) (netip.Addr, bool) {
 	return addr, true
 }
 
-// getLocked returns ip's entry, making one (and forgetting idle ones when
-// there are too many); nil when the table is full of busy sources.
-func (s *sources) getLocked(ip netip.Addr) *source {
-	if e := s.m[ip]; e != nil {
+// getLocked returns ip's entry, making one; nil when the table is full of
+// busy sources (it then forgets idle ones at most once a second). A source
+// without an entry is not bounded per source, only by the node's
+// connection limits: with thousands of sources at once, the per-source
+// bound means little, and refusing every new source instead would lock
+// honest agents out.
+func (s *sources) getLocked(ip netip.Addr, create bool) *source {
+	if e := s.m[ip]; e != nil || !create {
 		return e
 	}
 	if len(s.m) >= maxSources {
 		now := time.Now()
+		if now.Sub(s.swept) < time.Second {
+			return nil
+		}
+		s.swept = now
 		for q, e := range s.m {
 			e.expireLocked(now)
-			if e.pending == 0 && len(e.inflight) == 0 && e.budget.Tokens() >= sourceBurst {
+			if e.idle() {
 				delete(s.m, q)
 			}
 		}
@@ -224,6 +250,10 @@ func (s *sources) getLocked(ip netip.Addr) *source {
 	return e
 }
 
+func (e *source) idle() bool {
+	return e.pending == 0 && len(e.inflight) == 0 && e.budget.Tokens() >= sourceBurst
+}
+
 func (e *source) expireLocked(now time.Time) {
 	i := 0
 	for i < len(e.inflight) && now.Sub(e.inflight[i]) > handshakeFor {
@@ -232,8 +262,10 @@ func (e *source) expireLocked(now time.Time) {
 	e.inflight = e.inflight[i:]
 }
 
-// allow reports whether a new connection from a may start its handshake,
-// and counts it in flight if so.
+// allow reports whether a new connection from a may start its handshake:
+// its source's budget must cover it and every connection of the source in
+// flight. If so, the connection counts in flight until its handshake is
+// done (secured) or handshakeFor passed.
 func (s *sources) allow(a ma.Multiaddr) bool {
 	ip, ok := sourceOf(a)
 	if !ok {
@@ -241,9 +273,9 @@ func (s *sources) allow(a ma.Multiaddr) bool {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	e := s.getLocked(ip)
+	e := s.getLocked(ip, true)
 	if e == nil {
-		return false // thousands of sources busy at once: refuse new ones until some settle
+		return true // untracked: the table is full of busy sources
 	}
 	now := time.Now()
 	e.expireLocked(now)
@@ -254,6 +286,31 @@ func (s *sources) allow(a ma.Multiaddr) bool {
 	return true
 }
 
+// busy reports whether the source of addr (a UDP address) has connections
+// in flight or awaiting admission, or has failed admission recently.
+func (s *sources) busy(addr net.Addr) bool {
+	u, ok := addr.(*net.UDPAddr)
+	if !ok {
+		return false
+	}
+	ip, ok := netip.AddrFromSlice(u.IP)
+	if !ok {
+		return false
+	}
+	ip = ip.Unmap()
+	if ip.Is6() {
+		ip = netip.PrefixFrom(ip, 64).Masked().Addr()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.m[ip]
+	if e == nil {
+		return false
+	}
+	e.expireLocked(time.Now())
+	return !e.idle()
+}
+
 // fail spends one of a's budget.
 func (s *sources) fail(a ma.Multiaddr) {
 	ip, ok := sourceOf(a)
@@ -262,7 +319,7 @@ func (s *sources) fail(a ma.Multiaddr) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e := s.getLocked(ip); e != nil {
+	if e := s.getLocked(ip, true); e != nil {
 		e.budget.Allow()
 	}
 }
@@ -290,8 +347,11 @@ func (s *sources) open(c network.Conn) bool {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	e := s.getLocked(ip)
-	if e == nil || e.pending >= pendingPerSource {
+	e := s.getLocked(ip, true)
+	if e == nil {
+		return true // untracked: the table is full of busy sources
+	}
+	if e.pending >= pendingPerSource {
 		return false
 	}
 	e.pending++

@@ -18,9 +18,11 @@ import (
 	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	"github.com/libp2p/go-msgio"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/meshagent/meshagent/node"
 	"github.com/meshagent/meshagent/protocol"
+	"github.com/meshagent/meshagent/protocol/protocolpb"
 	"github.com/meshagent/meshagent/simulations"
 	"github.com/meshagent/meshagent/trust"
 )
@@ -159,8 +161,15 @@ func TestOutsiderGetsNothingBeforeAdmission(t *testing.T) {
 			t.Fatalf("the worker processed what the outsider sent: %+v", a)
 		}
 	}
-	if worker.Gated() <= gatedBefore {
-		t.Fatal("no stream of the outsider was refused at the gate")
+	// The streams waiting at the gate see the connection closed within a
+	// poll of it.
+	if err := simulations.WaitFor(5*time.Second, func() error {
+		if worker.Gated() <= gatedBefore {
+			return errors.New("no stream of the outsider was refused at the gate")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 	t.Logf("outsider: 0 messages while the worker got %d; %d streams refused at the gate", honest.Load()-before, worker.Gated()-gatedBefore)
 }
@@ -343,3 +352,48 @@ func parallelFreshDials(t *testing.T, transport string) {
 }
 
 const sourceBurstForTest = 64
+
+// An admitted insider that sends its hello again and again on new
+// admission streams gets a few checked and then one a heartbeat, each
+// check a signature and an audit line.
+func TestRepeatedHellosAreRateLimited(t *testing.T) {
+	m, _ := testMesh(t, "tcp")
+	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	mal, worker := m.Agents["mallory"].Node, m.Agents["worker"].Node
+	rec, err := node.CurrentRecord(mal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hello, _ := proto.Marshal(&protocolpb.Hello{Version: protocol.Version, Announcement: rec.Proto()})
+	accepted := func() int {
+		n := 0
+		for _, a := range m.Audit() {
+			if a.Kind == "admission" && a.Decision == "accept" && a.Sender == mal.ID().String() && a.Recipient == worker.ID().String() {
+				n++
+			}
+		}
+		return n
+	}
+	before := accepted()
+	start := time.Now()
+	const sent = 50
+	for range sent {
+		s, err := mal.Host().NewStream(ctx, worker.ID(), protocol.ProtocolAdmission)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = msgio.NewVarintWriter(s).WriteMsg(hello)
+		_, _ = msgio.NewVarintReaderSize(s, 1<<16).ReadMsg()
+		s.Close()
+	}
+	elapsed := time.Since(start)
+	checked := accepted() - before
+	if limit := 4 + int(elapsed/(250*time.Millisecond)) + 1; checked > limit {
+		t.Fatalf("%d of %d hellos checked in %s; the bound is %d", checked, sent, elapsed.Round(time.Millisecond), limit)
+	}
+	t.Logf("%d of %d repeated hellos checked in %s", checked, sent, elapsed.Round(time.Millisecond))
+}

@@ -1,8 +1,11 @@
 package node
 
 import (
+	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
+	"io"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -313,8 +316,8 @@ func (n *Node) registryValidator(_ context.Context, from peer.ID, m *pubsub.Mess
 	}
 	author, err := trust.PublicKeyFromPeerID(m.GetFrom())
 	if err != nil {
-		n.blame(m.ReceivedFrom, "record", trust.CodeMalformed)
-		return pubsub.ValidationReject
+		n.blame(m.ReceivedFrom, "record", trust.CodeOf(err)) // weak_key is no forwarder's fault
+		return verdict(err)
 	}
 	if author.Equal(n.self) {
 		return pubsub.ValidationAccept
@@ -546,7 +549,7 @@ func (n *Node) fetch(p peer.ID, which p2pprotocol.ID) {
 	}
 	defer s.Close()
 	_ = s.SetDeadline(time.Now().Add(n.cfg.AdmissionTimeout))
-	raw, err := msgio.NewVarintReaderSize(s, maxSyncSize).ReadMsg()
+	raw, err := readGrowing(s, maxSyncSize)
 	if err != nil {
 		s.Reset()
 		return
@@ -588,6 +591,29 @@ func (n *Node) fetch(p peer.ID, which p2pprotocol.ID) {
 	if learned {
 		n.beats.linkSoon() // agents to link to, if this node has too few links
 	}
+}
+
+// readGrowing reads one length-prefixed frame of at most max bytes, its
+// buffer growing with the bytes that arrive: a peer that announces a large
+// frame and sends little makes the node hold what it sent, not what it
+// announced.
+func readGrowing(r io.Reader, max int) ([]byte, error) {
+	br := bufio.NewReaderSize(r, 4096)
+	n, err := binary.ReadUvarint(br)
+	if err != nil {
+		return nil, err
+	}
+	if n > uint64(max) {
+		return nil, msgio.ErrMsgTooLarge
+	}
+	buf, err := io.ReadAll(io.LimitReader(br, int64(n)))
+	if err != nil {
+		return nil, err
+	}
+	if uint64(len(buf)) != n {
+		return nil, io.ErrUnexpectedEOF
+	}
+	return buf, nil
 }
 
 // ProtocolLeave delivers a leave straight to each connected peer, which

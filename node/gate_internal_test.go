@@ -1,0 +1,73 @@
+package node
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"runtime"
+	"testing"
+
+	ma "github.com/multiformats/go-multiaddr"
+)
+
+// A table full of busy sources (each with a handshake in flight) does not
+// lock out a new source: it is let through untracked, bounded only by the
+// node's connection limits. (Before, every new source was refused for 15 s.)
+func TestFullSourceTableLocksNoOneOut(t *testing.T) {
+	s := newSources()
+	addr := func(i int) ma.Multiaddr {
+		return ma.StringCast(fmt.Sprintf("/ip4/10.%d.%d.%d/tcp/4001", i>>16&0xff, i>>8&0xff, i&0xff))
+	}
+	for i := range maxSources {
+		if !s.allow(addr(i)) {
+			t.Fatalf("source %d refused on its first connection", i)
+		}
+	}
+	if !s.allow(addr(maxSources + 1)) {
+		t.Fatal("a new source is refused while the table is full of busy ones")
+	}
+	// A known source keeps its bound.
+	for range sourceBurst {
+		s.allow(addr(7))
+	}
+	if s.allow(addr(7)) {
+		t.Fatal("a source past its budget in flight is let through")
+	}
+}
+
+type trickle struct{ b []byte }
+
+func (t *trickle) Read(p []byte) (int, error) {
+	if len(t.b) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, t.b)
+	t.b = t.b[n:]
+	return n, nil
+}
+
+// A sync answer that announces 32 MiB and sends 10 bytes makes the node
+// allocate about what arrived, not what was announced.
+func TestReadGrowingAllocatesWhatArrives(t *testing.T) {
+	frame := binary.AppendUvarint(nil, maxSyncSize)
+	frame = append(frame, bytes.Repeat([]byte{1}, 10)...)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	_, err := readGrowing(&trickle{b: frame}, maxSyncSize)
+	runtime.ReadMemStats(&after)
+	if err == nil {
+		t.Fatal("a short frame was read whole")
+	}
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 1<<20 {
+		t.Fatalf("reading a 10-byte frame that announced %d bytes allocated %d bytes", maxSyncSize, grew)
+	}
+	full := append(binary.AppendUvarint(nil, 5), "hello"...)
+	if got, err := readGrowing(&trickle{b: full}, maxSyncSize); err != nil || string(got) != "hello" {
+		t.Fatalf("a whole frame: %q, %v", got, err)
+	}
+	if _, err := readGrowing(&trickle{b: binary.AppendUvarint(nil, maxSyncSize+1)}, maxSyncSize); err == nil {
+		t.Fatal("a frame over the limit was accepted")
+	}
+}
