@@ -59,10 +59,7 @@ func audited(m *simulations.Mesh, kind, from, to string, code trust.Code) bool {
 // an old sequence number. The forgery is audited and counts towards the
 // flood limit; a batch that does not decode ends the link.
 func TestForgedAndReplayedBeatsDoNotRevive(t *testing.T) {
-	m, _ := testMesh(t, "tcp")
-	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
-		t.Fatal(err)
-	}
+	m, _ := convergedMesh(t)
 	orch := m.Agents["orchestrator"]
 	old := discovery.SignBeat(orch.Identity, 1, time.Now()) // genuine, but seq 1 is long superseded
 	m.Crash("orchestrator")
@@ -251,10 +248,7 @@ func TestNewcomerFindsTheRest(t *testing.T) {
 // pubsub: a leave signed by another key and a record with a broken
 // signature change nothing, and are audited.
 func TestForgedLeaveAndRecordOnTheOverlay(t *testing.T) {
-	m, _ := testMesh(t, "tcp")
-	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
-		t.Fatal(err)
-	}
+	m, _ := convergedMesh(t)
 	orch := m.Agents["orchestrator"]
 	leave := discovery.SignLeave(m.Agents["mallory"].Identity, 1<<62, time.Now())
 	leave.Agent = discovery.SignLeave(orch.Identity, 1, time.Now()).Agent // claims to be the orchestrator's

@@ -254,12 +254,9 @@ func TestRotationDoesNotBlameTheForwarder(t *testing.T) {
 // receiver soon ignores it (graylisted), so that a flood costs it a few
 // signature checks, not one per forgery.
 func TestRegistryTopicForgeriesAreCharged(t *testing.T) {
-	m, _ := testMesh(t, "tcp")
+	m, _ := convergedMesh(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
-		t.Fatal(err)
-	}
 	mal := m.Agents["mallory"].Node
 	orch := m.Agents["orchestrator"]
 	const sent = 2000

@@ -32,10 +32,7 @@ func cpuTime() time.Duration {
 // check), not a signature check each time. (Before: 40 000 copies of the
 // beat cost the target 2.4 s of CPU against 0.08 s for the control.)
 func TestRepeatedItemsCostNoSignatureChecks(t *testing.T) {
-	m, _ := testMesh(t, "tcp")
-	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
-		t.Fatal(err)
-	}
+	m, _ := convergedMesh(t)
 	stranger, _ := trust.GenerateIdentity(rand.Reader) // listed nowhere
 	now := time.Now()
 	expired, err := trust.IssueCredential(m.Anchor, stranger.Public(), "stranger", now.Add(-3*time.Hour), time.Hour)
@@ -134,10 +131,7 @@ func countAudited(m *simulations.Mesh, kind, from, to string, code trust.Code) i
 // few answers and then one a heartbeat, not one per request: each answer
 // marshals the whole registry and every revocation.
 func TestSyncAnswersAreRateLimited(t *testing.T) {
-	m, _ := testMesh(t, "tcp")
-	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
-		t.Fatal(err)
-	}
+	m, _ := convergedMesh(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	mal, worker := m.Agents["mallory"].Node, m.Agents["worker"].Node

@@ -27,6 +27,29 @@ import (
 	"github.com/meshagent/meshagent/trust"
 )
 
+// convergedMesh is testMesh once every agent sees every other alive.
+func convergedMesh(t testing.TB) (*simulations.Mesh, *atomic.Int32) {
+	t.Helper()
+	m, runs := testMesh(t, "tcp")
+	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		t.Fatal(err)
+	}
+	return m, runs
+}
+
+// waitClosed waits until h has no connection to p (the node closed it).
+func waitClosed(t testing.TB, h host.Host, p peer.ID) {
+	t.Helper()
+	if err := simulations.WaitFor(10*time.Second, func() error {
+		if h.Network().Connectedness(p) == network.Connected {
+			return errors.New("still connected")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // outsiderHost is a plain TLS 1.3 libp2p host with a fresh key: it can
 // complete the handshake with any node but holds no credential.
 func outsiderHost(t testing.TB) host.Host {
@@ -46,12 +69,9 @@ func outsiderHost(t testing.TB) host.Host {
 // other protocol resets its streams unread. (Before the gate it received
 // about 2 500 envelopes in 1.5 s, registry records included.)
 func TestOutsiderGetsNothingBeforeAdmission(t *testing.T) {
-	m, _ := testMesh(t, "tcp")
+	m, _ := convergedMesh(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
-		t.Fatal(err)
-	}
 	if _, err := m.Grant("orchestrator", []string{"publish:tasks"}, nil, time.Hour); err != nil {
 		t.Fatal(err)
 	}
@@ -142,14 +162,7 @@ func TestOutsiderGetsNothingBeforeAdmission(t *testing.T) {
 		}()
 	}
 	// Until the worker closes it at the admission deadline (2 s).
-	if err := simulations.WaitFor(10*time.Second, func() error {
-		if out.Network().Connectedness(worker.ID()) == network.Connected {
-			return errors.New("outsider still connected")
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	waitClosed(t, out, worker.ID())
 	if honest.Load()-before < 10 {
 		t.Fatalf("the worker got %d messages while the outsider was connected: the test saw no traffic", honest.Load()-before)
 	}
@@ -269,14 +282,7 @@ func TestParallelHellosCheckedOnce(t *testing.T) {
 		}()
 	}
 	close(start)
-	if err := simulations.WaitFor(10*time.Second, func() error {
-		if out.Network().Connectedness(worker.ID()) == network.Connected {
-			return errors.New("outsider still connected")
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	waitClosed(t, out, worker.ID())
 	checked := 0
 	for _, a := range m.Audit() {
 		if a.Kind == "admission" && a.Sender == out.ID().String() {
@@ -357,10 +363,7 @@ const sourceBurstForTest = 64
 // admission streams gets a few checked and then one a heartbeat, each
 // check a signature and an audit line.
 func TestRepeatedHellosAreRateLimited(t *testing.T) {
-	m, _ := testMesh(t, "tcp")
-	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
-		t.Fatal(err)
-	}
+	m, _ := convergedMesh(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	mal, worker := m.Agents["mallory"].Node, m.Agents["worker"].Node
