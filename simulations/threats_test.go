@@ -10,13 +10,21 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p"
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	"github.com/libp2p/go-msgio"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/meshagent/meshagent/discovery"
 	"github.com/meshagent/meshagent/node"
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/simulations"
 	"github.com/meshagent/meshagent/trust"
+	"github.com/meshagent/meshagent/trust/trustpb"
 )
 
 // threatMesh is 20 honest agents (ring plus chords) that all serve
@@ -316,6 +324,80 @@ func TestThreatModelInAMeshOfTwenty(t *testing.T) {
 		}
 		if tm.runs.Load() != before {
 			t.Fatal("an honest handler ran")
+		}
+		tm.honestCall(t)
+	})
+
+	t.Run("an outsider completes TLS, runs gossipsub and never sends a hello", func(t *testing.T) {
+		h, err := libp2p.New(libp2p.NoListenAddrs, libp2p.Security(libp2ptls.ID, libp2ptls.New),
+			libp2p.Transport(tcp.NewTCPTransport), libp2p.DisableRelay(), libp2p.DisableMetrics())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer h.Close()
+		cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		ps, err := pubsub.NewGossipSub(cctx, h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got atomic.Int64
+		for _, name := range []string{node.RegistryTopic, node.RevocationTopic, "tasks"} {
+			topic, _ := ps.Join(name)
+			sub, _ := topic.Subscribe()
+			go func() {
+				for {
+					if _, err := sub.Next(cctx); err != nil {
+						return
+					}
+					got.Add(1)
+				}
+			}()
+		}
+		victim := tm.m.Agents["agent-11"].Node
+		if err := h.Connect(cctx, peer.AddrInfo{ID: victim.ID(), Addrs: victim.Host().Addrs()}); err != nil {
+			t.Fatalf("TLS refused before admission: %v", err)
+		}
+		// Traffic while it listens: a record announced, a revocation spread.
+		_, _ = tm.m.Grant("agent-11", []string{"publish:tasks"}, nil, time.Hour)
+		if err := simulations.WaitFor(10*time.Second*raceScale, func() error {
+			_ = victim.Publish(cctx, "tasks", "publish:tasks", []byte("job"))
+			if h.Network().Connectedness(victim.ID()) == network.Connected {
+				return fmt.Errorf("the outsider is still connected")
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if n := got.Load(); n != 0 {
+			t.Fatalf("the outsider received %d messages before admission", n)
+		}
+		tm.honestCall(t)
+	})
+
+	t.Run("a revocation forged under the ID of a genuine one", func(t *testing.T) {
+		tok, _ := trust.IssueToken(tm.m.Anchor, mal.Identity.Public(), trust.Grant{Scopes: []string{"read:metrics"}, Expires: now.Add(time.Hour)}, now)
+		genuine, _ := trust.RevokeLink(tm.m.Anchor, tok.Links[0].ID, now, time.Hour)
+		if err := tm.m.Agents["agent-02"].Node.Revoke(ctx, genuine.Bytes()); err != nil {
+			t.Fatal(err)
+		}
+		var signed trustpb.Signed
+		_ = proto.Unmarshal(genuine.Bytes(), &signed)
+		var body trustpb.RevocationBody
+		_ = proto.Unmarshal(signed.Body, &body)
+		victim := tm.m.Agents["agent-03"].Identity.Public()
+		body.LinkId, body.Agent, body.Before = nil, victim[:], now.Add(time.Hour).Unix()
+		signed.Body, _ = proto.Marshal(&body)
+		forged, _ := proto.Marshal(&signed)
+		held := mal.Node.Revocations()
+		if err := mal.Node.Revoke(ctx, forged); trust.CodeOf(err) != trust.CodeBadSignature {
+			t.Fatalf("the forgery: %v, want bad_signature", err)
+		}
+		if mal.Node.Revocations() != held {
+			t.Fatal("the forgery was stored")
+		}
+		if st := tm.m.StateOf("agent-04", "agent-03"); st != "alive" {
+			t.Fatalf("agent-04 sees the victim %s", st)
 		}
 		tm.honestCall(t)
 	})
