@@ -11,9 +11,12 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p"
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
+	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	"github.com/spf13/cobra"
 
@@ -172,6 +175,50 @@ func runDemo(ctx context.Context, w io.Writer) error {
 			return "rejected: no connection"
 		}
 		return "accepted"
+	})
+	guard("outsider (TLS, no hello) listens to pubsub", "received nothing", func() string {
+		// A plain TLS libp2p host with gossipsub, subscribed to the mesh's
+		// topics, while the log service publishes, until it is closed at
+		// the admission deadline.
+		h, err := libp2p.New(libp2p.NoListenAddrs, libp2p.Security(libp2ptls.ID, libp2ptls.New), libp2p.Transport(tcp.NewTCPTransport),
+			libp2p.DisableRelay(), libp2p.DisableMetrics())
+		if err != nil {
+			return "error: " + err.Error()
+		}
+		defer h.Close()
+		lctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		defer cancel()
+		ps, err := pubsub.NewGossipSub(lctx, h)
+		if err != nil {
+			return "error: " + err.Error()
+		}
+		var got atomic.Int64
+		for _, name := range []string{node.RegistryTopic, node.RevocationTopic, "tasks"} {
+			t, _ := ps.Join(name)
+			sub, _ := t.Subscribe()
+			go func() {
+				for {
+					if _, err := sub.Next(lctx); err != nil {
+						return
+					}
+					got.Add(1)
+				}
+			}()
+		}
+		if _, err := m.Grant("log-service", []string{"publish:tasks"}, nil, time.Hour); err != nil {
+			return "error: " + err.Error()
+		}
+		if err := h.Connect(lctx, peer.AddrInfo{ID: to, Addrs: logs.Node.Host().Addrs()}); err != nil {
+			return "rejected: no connection"
+		}
+		for lctx.Err() == nil && h.Network().Connectedness(to) == network.Connected {
+			_ = logs.Node.Publish(lctx, "tasks", "publish:tasks", []byte(`{"job":43}`))
+			time.Sleep(20 * time.Millisecond)
+		}
+		if n := got.Load(); n > 0 {
+			return fmt.Sprintf("received %d messages", n)
+		}
+		return "received nothing"
 	})
 	guard("stale request: clock 6 minutes ahead", "rejected: stale", func() string {
 		var skew atomic.Int64
