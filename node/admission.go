@@ -321,7 +321,7 @@ func (m *members) handleAdmission(s network.Stream) {
 	// An admitted peer that sends hello after hello on new streams gets a
 	// few checked and then one a heartbeat (each costs a signature check
 	// and an audit line).
-	if !m.n.serveAllowed(p, protocol.ProtocolAdmission) {
+	if m.isAdmitted(p) && !m.n.serveAllowed(p, protocol.ProtocolAdmission) { // an outsider has one connection's worth anyway
 		s.Reset()
 		return
 	}

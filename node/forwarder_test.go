@@ -10,7 +10,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p"
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/peer"
+	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/meshagent/meshagent/discovery"
@@ -324,5 +328,104 @@ func TestTokenPublishesOnItsTopicOnly(t *testing.T) {
 	defer cancel2()
 	if msg, err := sub.Next(c); err == nil {
 		t.Fatalf("the worker delivered %q from %s on payments", msg.Body, msg.From)
+	}
+}
+
+// What an author sends itself is charged to it even when the refusal is
+// no forwarder's fault (here: stale envelopes, which are refused before
+// their signature check): a host with mallory's key, which passes the gate
+// as mallory, publishes them straight to the worker until the worker
+// throttles it.
+func TestAuthorIsChargedForWhatItSendsItself(t *testing.T) {
+	m, _ := convergedMesh(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	mal := m.Agents["mallory"]
+	tok, err := m.Grant("mallory", []string{"publish:tasks"}, nil, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	worker := m.Agents["worker"].Node
+	if _, err := worker.Subscribe("tasks"); err != nil {
+		t.Fatal(err)
+	}
+	// The host with mallory's key replaces mallory's node (pubsub keeps one
+	// stream per peer ID).
+	m.Crash("mallory")
+	if err := simulations.WaitFor(10*time.Second, func() error {
+		if len(worker.Host().Network().ConnsToPeer(mal.ID())) != 0 {
+			return fmt.Errorf("the worker is still connected to mallory's node")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	h, err := libp2p.New(libp2p.Identity(mal.Identity.Libp2pKey()), libp2p.NoListenAddrs, libp2p.Security(libp2ptls.ID, libp2ptls.New),
+		libp2p.Transport(tcp.NewTCPTransport), libp2p.DisableRelay(), libp2p.DisableMetrics())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	ps, err := pubsub.NewGossipSub(ctx, h, pubsub.WithFloodPublish(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	topic, err := ps.Join("tasks")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Connect(ctx, peerInfo(worker)); err != nil {
+		t.Fatal(err)
+	}
+	if err := simulations.WaitFor(20*time.Second, func() error {
+		for range 20 {
+			raw, err := protocol.Seal(mal.Identity, &protocol.Envelope{Kind: protocol.KindMessage, RecipientTopic: "tasks",
+				Action: "publish:tasks", Payload: []byte("old"), Token: tok}, time.Now().Add(-10*time.Minute))
+			if err != nil {
+				return err
+			}
+			_ = topic.Publish(ctx, raw)
+		}
+		for _, a := range m.Audit() {
+			if a.Reason == string(protocol.CodeFlood) && a.Sender == mal.ID().String() && a.Recipient == worker.ID().String() {
+				return nil
+			}
+		}
+		n := 0
+		for _, a := range m.Audit() {
+			if a.Kind == "message" && a.Sender == mal.ID().String() {
+				n++
+			}
+		}
+		return fmt.Errorf("mallory not throttled yet (%d messages audited)", n)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// Throttled, what it sends is dropped unchecked and unaudited.
+	audited := func() int {
+		n := 0
+		for _, a := range m.Audit() {
+			if a.Kind == "message" && a.Sender == mal.ID().String() {
+				n++
+			}
+		}
+		return n
+	}
+	before, throttled := audited(), worker.Throttled()
+	for range 200 {
+		raw, _ := protocol.Seal(mal.Identity, &protocol.Envelope{Kind: protocol.KindMessage, RecipientTopic: "tasks",
+			Action: "publish:tasks", Payload: []byte("old"), Token: tok}, time.Now().Add(-10*time.Minute))
+		_ = topic.Publish(ctx, raw)
+	}
+	if err := simulations.WaitFor(10*time.Second, func() error {
+		if worker.Throttled()-throttled < 100 {
+			return fmt.Errorf("%d of 200 dropped unchecked", worker.Throttled()-throttled)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got := audited() - before; got > 50 {
+		t.Fatalf("%d of 200 messages of a throttled author were checked and audited", got)
 	}
 }

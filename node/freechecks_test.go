@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-msgio"
 	"google.golang.org/protobuf/proto"
 
@@ -156,5 +157,59 @@ func TestSyncAnswersAreRateLimited(t *testing.T) {
 	}
 	if answered == 0 {
 		t.Fatal("no sync request answered at all")
+	}
+}
+
+// An insider that answers a node's sync fetch with records whose
+// credentials carry a forged anchor signature is audited and charged for
+// the first one, and the rest of its answer is dropped: the node checks
+// one, not thousands.
+func TestForgedCredentialsInASyncAnswerAreCharged(t *testing.T) {
+	m, _ := convergedMesh(t)
+	mal := m.Agents["mallory"].Node
+	var answers []*protocolpb.Announcement
+	for range 500 {
+		id, _ := trust.GenerateIdentity(rand.Reader)
+		good, err := trust.IssueCredential(m.Anchor, id.Public(), "forged", time.Now().Add(-time.Second), time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		signed := good.Proto()
+		signed.Signature = append([]byte(nil), signed.Signature...)
+		signed.Signature[0] ^= 1
+		forged, err := trust.CredentialFromProto(signed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec, err := discovery.NewRecord(id, forged, nil, 1, time.Second, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		answers = append(answers, rec.Proto())
+	}
+	answer, _ := proto.Marshal(&protocolpb.SyncResponse{Announcements: answers})
+	mal.Host().SetStreamHandler(node.ProtocolSync, func(s network.Stream) {
+		_ = msgio.NewVarintWriter(s).WriteMsg(answer)
+		s.Close()
+	})
+	// A beat of an agent the worker does not list makes it fetch from
+	// whoever relayed it.
+	stranger, _ := trust.GenerateIdentity(rand.Reader)
+	_, w := beatStream(t, m, "mallory", "worker")
+	if err := simulations.WaitFor(10*time.Second, func() error {
+		// (at most one fetch a heartbeat per peer: send until one is due)
+		if err := sendBeats(w, discovery.SignBeat(stranger, 1, time.Now())); err != nil {
+			return err
+		}
+		if countAudited(m, "record", "mallory", "worker", trust.CodeBadSignature) == 0 {
+			return errors.New("no forged credential audited yet")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// One per answer (the rest dropped); a second fetch may have been due.
+	if n := countAudited(m, "record", "mallory", "worker", trust.CodeBadSignature); n > 3 {
+		t.Fatalf("%d forged credentials audited from answers of 500 each: the rest of an answer was checked", n)
 	}
 }

@@ -131,14 +131,13 @@ func (g gatedRcmgr) OpenConnection(dir network.Direction, usefd bool, endpoint m
 	return scope, err
 }
 
-// VerifySourceAddress makes QUIC validate a source's address (a Retry
-// round trip, before the connection is opened) whenever that source has
-// connections in flight or has failed admission: a QUIC Initial can carry
-// a forged source address, and without it one could spend an honest
-// agent's budget.
-func (g gatedRcmgr) VerifySourceAddress(addr net.Addr) bool {
-	return g.ResourceManager.VerifySourceAddress(addr) || g.m.src.busy(addr)
-}
+// VerifySourceAddress makes QUIC validate every source's address (a Retry
+// round trip, before the connection is opened and counted): a QUIC
+// Initial can carry a forged source address, and without it one could
+// spend an honest agent's budget, or fill the table of sources, from
+// addresses it does not hold. The cost: one round trip more for each new
+// inbound QUIC connection.
+func (g gatedRcmgr) VerifySourceAddress(net.Addr) bool { return true }
 
 // GetConnLimit passes libp2p's check of the connection manager's limits
 // through to the wrapped manager.
@@ -284,31 +283,6 @@ func (s *sources) allow(a ma.Multiaddr) bool {
 	}
 	e.inflight = append(e.inflight, now)
 	return true
-}
-
-// busy reports whether the source of addr (a UDP address) has connections
-// in flight or awaiting admission, or has failed admission recently.
-func (s *sources) busy(addr net.Addr) bool {
-	u, ok := addr.(*net.UDPAddr)
-	if !ok {
-		return false
-	}
-	ip, ok := netip.AddrFromSlice(u.IP)
-	if !ok {
-		return false
-	}
-	ip = ip.Unmap()
-	if ip.Is6() {
-		ip = netip.PrefixFrom(ip, 64).Masked().Addr()
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	e := s.m[ip]
-	if e == nil {
-		return false
-	}
-	e.expireLocked(time.Now())
-	return !e.idle()
 }
 
 // fail spends one of a's budget.

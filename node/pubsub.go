@@ -81,6 +81,9 @@ func (n *Node) join(name string) (*pubsub.Topic, error) {
 // forwarder, which accepted it, is not to blame.
 func (n *Node) validator(topic string) pubsub.ValidatorEx {
 	return func(_ context.Context, _ peer.ID, m *pubsub.Message) pubsub.ValidationResult {
+		if n.members.throttled(m.ReceivedFrom) {
+			return pubsub.ValidationIgnore // unchecked, unaudited: it spent its rejection budget
+		}
 		start := time.Now()
 		author, err := trust.PublicKeyFromPeerID(m.GetFrom())
 		var e *protocol.Envelope
@@ -100,11 +103,19 @@ func (n *Node) validator(topic string) pubsub.ValidatorEx {
 			code := codeOrDefault(err, trust.CodeMalformed)
 			rec.Decision, rec.Reason, rec.Detail = "reject", string(code), err.Error()
 			n.audit.write(rec)
-			if !forwarderFault[code] {
-				return pubsub.ValidationIgnore
+			if forwarderFault[code] {
+				n.members.penalize(m.ReceivedFrom, code)
+				return pubsub.ValidationReject
 			}
-			n.members.penalize(m.ReceivedFrom, code)
-			return pubsub.ValidationReject
+			// Not the forwarder's fault, unless the forwarder is the
+			// author (pubsub verified its signature): what an author
+			// sends itself is charged to it, as a caller's refused
+			// requests are (a hostile code cuts it off, another
+			// throttles it), but for the receiver's own capacity.
+			if m.ReceivedFrom == m.GetFrom() && code != protocol.CodeReplayFull && code != trust.CodeFull {
+				n.members.penalize(m.ReceivedFrom, code)
+			}
+			return pubsub.ValidationIgnore
 		}
 		rec.Decision = "accept"
 		n.audit.write(rec)

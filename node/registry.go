@@ -311,7 +311,7 @@ func (n *Node) tickLoop() {
 // forwarder's score) and charged to the forwarder's budget; replays, stale
 // items and what rests on this node's own anchors or state are ignored.
 func (n *Node) registryValidator(_ context.Context, from peer.ID, m *pubsub.Message) pubsub.ValidationResult {
-	if n.frozen() {
+	if n.frozen() || n.members.throttled(m.ReceivedFrom) {
 		return pubsub.ValidationIgnore
 	}
 	author, err := trust.PublicKeyFromPeerID(m.GetFrom())
@@ -423,6 +423,9 @@ func verdict(err error) pubsub.ValidationResult {
 
 // revocationValidator verifies and applies a revocation, then forwards it.
 func (n *Node) revocationValidator(_ context.Context, _ peer.ID, m *pubsub.Message) pubsub.ValidationResult {
+	if n.members.throttled(m.ReceivedFrom) {
+		return pubsub.ValidationIgnore
+	}
 	err := n.applyRevocation(m.Data)
 	n.blame(m.ReceivedFrom, "revocation", trust.CodeOf(err))
 	return verdict(err)
@@ -561,15 +564,13 @@ func (n *Node) fetch(p peer.ID, which p2pprotocol.ID) {
 	// An item broken or forged in itself is the responder's doing (an
 	// honest node serves only what it verified): it is charged for it and
 	// the rest of the answer is dropped.
-	fault := func(err error) bool {
-		if code := trust.CodeOf(err); forwarderFault[code] {
-			n.members.penalize(p, code)
-			return true
-		}
-		return false
+	fault := func(kind string, err error) bool {
+		code := trust.CodeOf(err)
+		n.blame(p, kind, code) // audited and charged when it is p's fault
+		return forwarderFault[code]
 	}
 	for _, r := range resp.Revocations {
-		if fault(n.applyRevocation(r)) {
+		if fault("revocation", n.applyRevocation(r)) {
 			return
 		}
 	}
@@ -577,7 +578,7 @@ func (n *Node) fetch(p peer.ID, which p2pprotocol.ID) {
 	learned := false
 	for _, a := range resp.Announcements {
 		rec, key, err := n.checkRecord(a, trust.PublicKey{})
-		if fault(err) {
+		if fault("record", err) {
 			return
 		}
 		if err != nil || rec == nil {
@@ -587,6 +588,9 @@ func (n *Node) fetch(p peer.ID, which p2pprotocol.ID) {
 		n.bad.add(key, err)
 		n.emit(evs)
 		learned = learned || len(evs) > 0
+		if fault("record", err) { // a forged credential in the record
+			break
+		}
 	}
 	if learned {
 		n.beats.linkSoon() // agents to link to, if this node has too few links
