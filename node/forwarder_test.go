@@ -331,17 +331,19 @@ func TestTokenPublishesOnItsTopicOnly(t *testing.T) {
 	}
 }
 
-// What an author sends itself is charged to it even when the refusal is
-// no forwarder's fault (here: stale envelopes, which are refused before
-// their signature check): a host with mallory's key, which passes the gate
-// as mallory, publishes them straight to the worker until the worker
-// throttles it.
+// What an author delivers itself is charged to it when it could have
+// known better whatever the receiver's state, even if that is no
+// forwarder's fault (here: messages on topic tasks whose action is not
+// publish:tasks, which older relays do not refuse): a host with mallory's
+// key, which passes the gate as mallory, publishes them straight to the
+// worker until the worker throttles it; what it sends then is dropped
+// before any check.
 func TestAuthorIsChargedForWhatItSendsItself(t *testing.T) {
 	m, _ := convergedMesh(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	mal := m.Agents["mallory"]
-	tok, err := m.Grant("mallory", []string{"publish:tasks"}, nil, time.Hour)
+	tok, err := m.Grant("mallory", []string{"publish:tasks", "publish:reports"}, nil, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -380,7 +382,7 @@ func TestAuthorIsChargedForWhatItSendsItself(t *testing.T) {
 	if err := simulations.WaitFor(20*time.Second, func() error {
 		for range 20 {
 			raw, err := protocol.Seal(mal.Identity, &protocol.Envelope{Kind: protocol.KindMessage, RecipientTopic: "tasks",
-				Action: "publish:tasks", Payload: []byte("old"), Token: tok}, time.Now().Add(-10*time.Minute))
+				Action: "publish:reports", Payload: []byte("elsewhere"), Token: tok}, time.Now())
 			if err != nil {
 				return err
 			}
@@ -414,7 +416,7 @@ func TestAuthorIsChargedForWhatItSendsItself(t *testing.T) {
 	before, throttled := audited(), worker.Throttled()
 	for range 200 {
 		raw, _ := protocol.Seal(mal.Identity, &protocol.Envelope{Kind: protocol.KindMessage, RecipientTopic: "tasks",
-			Action: "publish:tasks", Payload: []byte("old"), Token: tok}, time.Now().Add(-10*time.Minute))
+			Action: "publish:reports", Payload: []byte("elsewhere"), Token: tok}, time.Now())
 		_ = topic.Publish(ctx, raw)
 	}
 	if err := simulations.WaitFor(10*time.Second, func() error {

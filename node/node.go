@@ -401,15 +401,22 @@ func (n *Node) PubsubBytesIn() int64 { return n.pubsubIn.Load() }
 func (n *Node) GossipBytesIn() int64 { return n.pubsubIn.Load() + n.beats.bytesIn.Load() }
 
 // inspectRPC drops every RPC of a peer that is not admitted (the gate
-// keeps such peers out of pubsub; this holds if one ever got in), counts
-// received pubsub bytes and applies Config.DropMessage to every received
-// message.
+// keeps such peers out of pubsub; this holds if one ever got in) and the
+// messages of a peer that is throttled, counts received pubsub bytes and
+// applies Config.DropMessage to every received message.
 func (n *Node) inspectRPC(from peer.ID, rpc *pubsub.RPC) error {
 	if !n.members.isAdmitted(from) {
 		n.members.gated.Add(1)
 		return errNotAdmitted
 	}
 	n.pubsubIn.Add(int64(proto.Size(&rpc.RPC)))
+	// A peer that spent its rejection budget gets its messages dropped
+	// here, before pubsub checks their signatures or marks them seen (a
+	// message dropped later would be taken as seen, and an honest copy
+	// from another peer as a duplicate); its gossip and subscriptions pass.
+	if len(rpc.Publish) > 0 && n.members.throttled(from) {
+		rpc.Publish = nil
+	}
 	if n.cfg.DropMessage == nil || len(rpc.Publish) == 0 {
 		return nil
 	}

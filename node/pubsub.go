@@ -81,9 +81,6 @@ func (n *Node) join(name string) (*pubsub.Topic, error) {
 // forwarder, which accepted it, is not to blame.
 func (n *Node) validator(topic string) pubsub.ValidatorEx {
 	return func(_ context.Context, _ peer.ID, m *pubsub.Message) pubsub.ValidationResult {
-		if n.members.throttled(m.ReceivedFrom) {
-			return pubsub.ValidationIgnore // unchecked, unaudited: it spent its rejection budget
-		}
 		start := time.Now()
 		author, err := trust.PublicKeyFromPeerID(m.GetFrom())
 		var e *protocol.Envelope
@@ -107,12 +104,12 @@ func (n *Node) validator(topic string) pubsub.ValidatorEx {
 				n.members.penalize(m.ReceivedFrom, code)
 				return pubsub.ValidationReject
 			}
-			// Not the forwarder's fault, unless the forwarder is the
-			// author (pubsub verified its signature): what an author
-			// sends itself is charged to it, as a caller's refused
-			// requests are (a hostile code cuts it off, another
-			// throttles it), but for the receiver's own capacity.
-			if m.ReceivedFrom == m.GetFrom() && code != protocol.CodeReplayFull && code != trust.CodeFull {
+			// Not the forwarder's fault. A message its author delivered
+			// itself (pubsub verified its signature) is charged to it when
+			// the author could have known better whatever this node's
+			// state: a topic its action does not name (older relays do
+			// not check that, so it is no forwarder's fault).
+			if m.ReceivedFrom == m.GetFrom() && authorFault[code] {
 				n.members.penalize(m.ReceivedFrom, code)
 			}
 			return pubsub.ValidationIgnore
@@ -123,6 +120,10 @@ func (n *Node) validator(topic string) pubsub.ValidatorEx {
 		return pubsub.ValidationAccept
 	}
 }
+
+// authorFault are the refusals charged to an author that delivered the
+// message itself, besides forwarderFault.
+var authorFault = map[trust.Code]bool{protocol.CodeTopicNotGranted: true}
 
 // messageID names a pubsub message by its author and the hash of its data,
 // not by the author's pubsub sequence number: one envelope wrapped in two

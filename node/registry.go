@@ -311,7 +311,7 @@ func (n *Node) tickLoop() {
 // forwarder's score) and charged to the forwarder's budget; replays, stale
 // items and what rests on this node's own anchors or state are ignored.
 func (n *Node) registryValidator(_ context.Context, from peer.ID, m *pubsub.Message) pubsub.ValidationResult {
-	if n.frozen() || n.members.throttled(m.ReceivedFrom) {
+	if n.frozen() {
 		return pubsub.ValidationIgnore
 	}
 	author, err := trust.PublicKeyFromPeerID(m.GetFrom())
@@ -423,9 +423,6 @@ func verdict(err error) pubsub.ValidationResult {
 
 // revocationValidator verifies and applies a revocation, then forwards it.
 func (n *Node) revocationValidator(_ context.Context, _ peer.ID, m *pubsub.Message) pubsub.ValidationResult {
-	if n.members.throttled(m.ReceivedFrom) {
-		return pubsub.ValidationIgnore
-	}
 	err := n.applyRevocation(m.Data)
 	n.blame(m.ReceivedFrom, "revocation", trust.CodeOf(err))
 	return verdict(err)
