@@ -161,6 +161,18 @@ func (m *members) throttled(p peer.ID) bool {
 	return true
 }
 
+// credit returns how many more rejections p may cause before it is
+// throttled, and false when it has never been charged (a full budget).
+func (m *members) credit(p peer.ID) (int, bool) {
+	m.mu.RLock()
+	b, ok := m.rejections[p]
+	m.mu.RUnlock()
+	if !ok {
+		return rejectBurst, false
+	}
+	return int(b.Tokens()), true
+}
+
 // Admit implements protocol.Membership by asking the registry.
 func (m *members) Admit(sender trust.PublicKey, now time.Time) error {
 	return m.n.registry.Admit(sender, now)

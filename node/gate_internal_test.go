@@ -2,13 +2,21 @@ package node
 
 import (
 	"bytes"
+	"crypto/rand"
 	"encoding/binary"
 	"fmt"
 	"io"
 	"runtime"
 	"testing"
+	"time"
 
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	pubsubpb "github.com/libp2p/go-libp2p-pubsub/pb"
 	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/meshagent/meshagent/discovery"
+	"github.com/meshagent/meshagent/protocol"
+	"github.com/meshagent/meshagent/trust"
 )
 
 // A table full of busy sources (each with a handshake in flight) does not
@@ -69,5 +77,60 @@ func TestReadGrowingAllocatesWhatArrives(t *testing.T) {
 	}
 	if _, err := readGrowing(&trickle{b: binary.AppendUvarint(nil, maxSyncSize+1)}, maxSyncSize); err == nil {
 		t.Fatal("a frame over the limit was accepted")
+	}
+}
+
+// A peer charged lately gets no more messages of one RPC checked than its
+// budget has left, and none once throttled; an uncharged peer's RPCs pass
+// whole.
+func TestInspectRPCCapsChargedPeers(t *testing.T) {
+	anchor, _ := trust.GenerateAnchorKey(rand.Reader)
+	now := time.Now()
+	ids := make([]*trust.Identity, 2)
+	creds := make([]*trust.Credential, 2)
+	for i := range ids {
+		ids[i], _ = trust.GenerateIdentity(rand.Reader)
+		creds[i], _ = trust.IssueCredential(anchor, ids[i].Public(), fmt.Sprintf("agent-%d", i), now.Add(-time.Second), time.Hour)
+	}
+	cfg := LocalConfig()
+	cfg.Identity, cfg.Credential, cfg.Policy = ids[0], creds[0], trust.DefaultPolicy(anchor.Public())
+	n, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := discovery.NewRecord(ids[1], creds[1], nil, 1, time.Second, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.registry.Announce(rec, discovery.Direct, now); err != nil {
+		t.Fatal(err)
+	}
+	from := ids[1].PeerID()
+	rpcOf := func(k int) *pubsub.RPC {
+		r := &pubsub.RPC{}
+		for range k {
+			r.Publish = append(r.Publish, &pubsubpb.Message{Data: []byte("x")})
+		}
+		return r
+	}
+	r := rpcOf(400)
+	if err := n.inspectRPC(from, r); err != nil || len(r.Publish) != 400 {
+		t.Fatalf("an uncharged peer's RPC: %d of 400 kept, %v", len(r.Publish), err)
+	}
+	for range rejectBurst - 5 {
+		n.members.penalize(from, protocol.CodeStale)
+	}
+	r = rpcOf(400)
+	_ = n.inspectRPC(from, r)
+	if len(r.Publish) > 6 {
+		t.Fatalf("a peer with about 5 rejections left: %d of 400 messages kept", len(r.Publish))
+	}
+	for range 10 {
+		n.members.penalize(from, protocol.CodeStale)
+	}
+	r = rpcOf(400)
+	_ = n.inspectRPC(from, r)
+	if len(r.Publish) != 0 {
+		t.Fatalf("a throttled peer: %d of 400 messages kept", len(r.Publish))
 	}
 }

@@ -417,6 +417,12 @@ func (n *Node) inspectRPC(from peer.ID, rpc *pubsub.RPC) error {
 	if len(rpc.Publish) > 0 && n.members.throttled(from) {
 		rpc.Publish = nil
 	}
+	// A peer that was charged lately gets no more messages checked from one
+	// RPC than its budget has left: one RPC of 400 arriving as a token
+	// refills is not 400 checks.
+	if credit, charged := n.members.credit(from); charged && len(rpc.Publish) > max(credit, 1) {
+		rpc.Publish = rpc.Publish[:max(credit, 1)]
+	}
 	if n.cfg.DropMessage == nil || len(rpc.Publish) == 0 {
 		return nil
 	}
