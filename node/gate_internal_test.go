@@ -134,3 +134,49 @@ func TestInspectRPCCapsChargedPeers(t *testing.T) {
 		t.Fatalf("a throttled peer: %d of 400 messages kept", len(r.Publish))
 	}
 }
+
+// New records of a listed agent are checked at most recordBurst at once
+// and one a heartbeat; past that they are refused before their signature
+// check (here the signatures are broken: the refusal says flood, not
+// bad_signature), so an insider's record flood costs each node little and
+// is not relayed.
+func TestRecordFloodRefusedBeforeTheCheck(t *testing.T) {
+	anchor, _ := trust.GenerateAnchorKey(rand.Reader)
+	now := time.Now()
+	ids := make([]*trust.Identity, 2)
+	creds := make([]*trust.Credential, 2)
+	for i := range ids {
+		ids[i], _ = trust.GenerateIdentity(rand.Reader)
+		creds[i], _ = trust.IssueCredential(anchor, ids[i].Public(), fmt.Sprintf("agent-%d", i), now.Add(-time.Second), time.Hour)
+	}
+	cfg := LocalConfig()
+	cfg.HeartbeatInterval = time.Hour // no refill during the test
+	cfg.DeadAfter = 3 * time.Hour
+	cfg.Identity, cfg.Credential, cfg.Policy = ids[0], creds[0], trust.DefaultPolicy(anchor.Public())
+	n, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _ := discovery.NewRecord(ids[1], creds[1], nil, 1, time.Second, now)
+	if _, err := n.registry.Announce(first, discovery.Direct, now); err != nil {
+		t.Fatal(err)
+	}
+	var codes []trust.Code
+	for i := range 10 {
+		rec, _ := discovery.NewRecord(ids[1], creds[1], nil, uint64(2+i), time.Second, now)
+		a := rec.Proto()
+		a.Signature = append([]byte(nil), a.Signature...)
+		a.Signature[0] ^= 1
+		_, _, err := n.checkRecord(a, ids[1].Public())
+		codes = append(codes, trust.CodeOf(err))
+	}
+	for i, c := range codes {
+		want := trust.CodeBadSignature
+		if i >= recordBurst {
+			want = protocol.CodeFlood
+		}
+		if c != want {
+			t.Fatalf("record %d: %s, want %s (all: %v)", i, c, want, codes)
+		}
+	}
+}

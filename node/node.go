@@ -99,7 +99,7 @@ func New(cfg Config) (*Node, error) {
 	n.live.seq.Store(uint64(time.Now().UnixNano()))
 	n.revs, n.bad = newRevStore(v.Policy().MaxRevocations), newRefusals()
 	n.live.lastSync, n.live.lastPull, n.live.lastRenew = map[peer.ID]time.Time{}, map[peer.ID]time.Time{}, map[peer.ID]time.Time{}
-	n.live.serving = map[string]*rate.Limiter{}
+	n.live.serving, n.live.records = map[string]*rate.Limiter{}, map[trust.PublicKey]*rate.Limiter{}
 	for _, raw := range cfg.Revocations {
 		if err := n.applyRevocation(raw); err != nil {
 			return nil, fmt.Errorf("node: revocation: %w", err)

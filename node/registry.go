@@ -55,8 +55,9 @@ type liveness struct {
 	announceSoon atomic.Bool
 	resynced     atomic.Bool // resyncOnce ran
 	lastPull     map[peer.ID]time.Time
-	lastRenew    map[peer.ID]time.Time    // renewals served, rate-limited per agent
-	serving      map[string]*rate.Limiter // sync answers per peer and protocol
+	lastRenew    map[peer.ID]time.Time             // renewals served, rate-limited per agent
+	serving      map[string]*rate.Limiter          // sync answers per peer and protocol
+	records      map[trust.PublicKey]*rate.Limiter // new records checked per listed agent
 }
 
 func (n *Node) nextSeq() uint64 { return n.live.seq.Add(1) }
@@ -357,6 +358,9 @@ func (n *Node) checkRecord(a *protocolpb.Announcement, author trust.PublicKey) (
 	if err := n.bad.get(key); err != nil {
 		return nil, key, err
 	}
+	if err := n.recordRate(a); err != nil {
+		return nil, key, err
+	}
 	rec, err = discovery.ParseRecord(a)
 	if err == nil && !author.IsZero() && !rec.Agent.Equal(author) {
 		err = protocol.Reject(protocol.CodeImpersonation, "record of %s published by %s", rec.Agent, author)
@@ -366,6 +370,47 @@ func (n *Node) checkRecord(a *protocolpb.Announcement, author trust.PublicKey) (
 		return nil, key, err
 	}
 	return rec, key, nil
+}
+
+// recordBurst and one a heartbeat bound the new records of one listed
+// agent that this node checks: an honest agent signs a new record when it
+// starts, renews, changes addresses, after admissions (at most every tenth
+// beat) and every sixtieth beat. Each new record costs a signature check
+// at every node it reaches; past the bound it is refused before the check
+// and not relayed. Records of agents not listed yet (joins) are not
+// limited here.
+const recordBurst = 4
+
+// recordRate refuses a new record of a listed agent past its rate, before
+// any signature check.
+func (n *Node) recordRate(a *protocolpb.Announcement) error {
+	var b protocolpb.AnnouncementBody
+	if proto.Unmarshal(a.GetBody(), &b) != nil || len(b.Agent) != trust.PublicKeySize {
+		return nil // ParseRecord says what is wrong
+	}
+	agent := trust.PublicKey(b.Agent)
+	if n.registry.State(agent) == 0 || b.Seq <= n.registry.Seq(agent) {
+		return nil // a join, or an old record: checked (and cached) as before
+	}
+	n.live.mu.Lock()
+	l := n.live.records[agent]
+	if l == nil {
+		if len(n.live.records) >= 4096 {
+			for k, kl := range n.live.records {
+				if kl.Tokens() >= recordBurst {
+					delete(n.live.records, k)
+				}
+			}
+		}
+		l = rate.NewLimiter(rate.Every(n.cfg.HeartbeatInterval), recordBurst)
+		n.live.records[agent] = l
+	}
+	ok := l.Allow()
+	n.live.mu.Unlock()
+	if !ok {
+		return protocol.Reject(protocol.CodeFlood, "new records of %s past %d at once and one a heartbeat", agent, recordBurst)
+	}
+	return nil
 }
 
 // applyRecord checks a record (checkRecord) and enters it in the registry
