@@ -84,28 +84,8 @@ func TestReadGrowingAllocatesWhatArrives(t *testing.T) {
 // budget has left, and none once throttled; an uncharged peer's RPCs pass
 // whole.
 func TestInspectRPCCapsChargedPeers(t *testing.T) {
-	anchor, _ := trust.GenerateAnchorKey(rand.Reader)
-	now := time.Now()
-	ids := make([]*trust.Identity, 2)
-	creds := make([]*trust.Credential, 2)
-	for i := range ids {
-		ids[i], _ = trust.GenerateIdentity(rand.Reader)
-		creds[i], _ = trust.IssueCredential(anchor, ids[i].Public(), fmt.Sprintf("agent-%d", i), now.Add(-time.Second), time.Hour)
-	}
-	cfg := LocalConfig()
-	cfg.Identity, cfg.Credential, cfg.Policy = ids[0], creds[0], trust.DefaultPolicy(anchor.Public())
-	n, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec, err := discovery.NewRecord(ids[1], creds[1], nil, 1, time.Second, now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := n.registry.Announce(rec, discovery.Direct, now); err != nil {
-		t.Fatal(err)
-	}
-	from := ids[1].PeerID()
+	n, other, _ := nodeListing(t, time.Second)
+	from := other.PeerID()
 	rpcOf := func(k int) *pubsub.RPC {
 		r := &pubsub.RPC{}
 		for range k {
@@ -141,33 +121,15 @@ func TestInspectRPCCapsChargedPeers(t *testing.T) {
 // bad_signature), so an insider's record flood costs each node little and
 // is not relayed.
 func TestRecordFloodRefusedBeforeTheCheck(t *testing.T) {
-	anchor, _ := trust.GenerateAnchorKey(rand.Reader)
+	n, other, cred := nodeListing(t, time.Hour) // a heartbeat of an hour: no refill during the test
 	now := time.Now()
-	ids := make([]*trust.Identity, 2)
-	creds := make([]*trust.Credential, 2)
-	for i := range ids {
-		ids[i], _ = trust.GenerateIdentity(rand.Reader)
-		creds[i], _ = trust.IssueCredential(anchor, ids[i].Public(), fmt.Sprintf("agent-%d", i), now.Add(-time.Second), time.Hour)
-	}
-	cfg := LocalConfig()
-	cfg.HeartbeatInterval = time.Hour // no refill during the test
-	cfg.DeadAfter = 3 * time.Hour
-	cfg.Identity, cfg.Credential, cfg.Policy = ids[0], creds[0], trust.DefaultPolicy(anchor.Public())
-	n, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	first, _ := discovery.NewRecord(ids[1], creds[1], nil, 1, time.Second, now)
-	if _, err := n.registry.Announce(first, discovery.Direct, now); err != nil {
-		t.Fatal(err)
-	}
 	var codes []trust.Code
 	for i := range 10 {
-		rec, _ := discovery.NewRecord(ids[1], creds[1], nil, uint64(2+i), time.Second, now)
+		rec, _ := discovery.NewRecord(other, cred, nil, uint64(2+i), time.Second, now)
 		a := rec.Proto()
 		a.Signature = append([]byte(nil), a.Signature...)
 		a.Signature[0] ^= 1
-		_, _, err := n.checkRecord(a, ids[1].Public())
+		_, _, err := n.checkRecord(a, other.Public())
 		codes = append(codes, trust.CodeOf(err))
 	}
 	for i, c := range codes {
@@ -179,4 +141,34 @@ func TestRecordFloodRefusedBeforeTheCheck(t *testing.T) {
 			t.Fatalf("record %d: %s, want %s (all: %v)", i, c, want, codes)
 		}
 	}
+}
+
+// nodeListing builds a node (not started) with the given heartbeat whose
+// registry lists one other agent, by a record of seq 1; it returns the
+// node and that agent's identity and credential.
+func nodeListing(t *testing.T, hb time.Duration) (*Node, *trust.Identity, *trust.Credential) {
+	t.Helper()
+	anchor, _ := trust.GenerateAnchorKey(rand.Reader)
+	now := time.Now()
+	ids := make([]*trust.Identity, 2)
+	creds := make([]*trust.Credential, 2)
+	for i := range ids {
+		ids[i], _ = trust.GenerateIdentity(rand.Reader)
+		creds[i], _ = trust.IssueCredential(anchor, ids[i].Public(), fmt.Sprintf("agent-%d", i), now.Add(-time.Second), time.Hour)
+	}
+	cfg := LocalConfig()
+	cfg.HeartbeatInterval, cfg.DeadAfter = hb, 3*hb
+	cfg.Identity, cfg.Credential, cfg.Policy = ids[0], creds[0], trust.DefaultPolicy(anchor.Public())
+	n, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := discovery.NewRecord(ids[1], creds[1], nil, 1, time.Second, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.registry.Announce(rec, discovery.Direct, now); err != nil {
+		t.Fatal(err)
+	}
+	return n, ids[1], creds[1]
 }
