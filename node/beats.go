@@ -348,7 +348,7 @@ func (b *beats) read(p peer.ID, s network.Stream) {
 		err = proto.Unmarshal(raw, &batch)
 		r.ReleaseMsg(raw)
 		if err != nil {
-			b.reject(p, "beat", trust.CodeMalformed)
+			b.n.blame(p, "beat", trust.CodeMalformed)
 			b.drop(p, s)
 			return
 		}
@@ -364,35 +364,26 @@ func (b *beats) read(p peer.ID, s network.Stream) {
 func (b *beats) apply(p peer.ID, batch *protocolpb.BeatBatch) (cut bool) {
 	lost := func() bool { d := b.n.cfg.DropMessage; return d != nil && d(p) }
 	for _, raw := range batch.Revocations {
-		if !lost() && b.reject(p, "revocation", trust.CodeOf(b.n.applyRevocation(raw))) {
+		if !lost() && b.n.blame(p, "revocation", trust.CodeOf(b.n.applyRevocation(raw))) {
 			return true
 		}
 	}
 	for _, a := range batch.Records {
-		if !lost() && b.reject(p, "record", b.applyRecord(a)) {
+		if !lost() && b.n.blame(p, "record", b.applyRecord(a)) {
 			return true
 		}
 	}
 	for _, l := range batch.Leaves {
-		if !lost() && b.reject(p, "leave", b.applyLeave(l)) {
+		if !lost() && b.n.blame(p, "leave", b.applyLeave(l)) {
 			return true
 		}
 	}
 	for _, beat := range batch.Beats {
-		if !lost() && b.reject(p, "beat", b.receive(p, beat)) {
+		if !lost() && b.n.blame(p, "beat", b.receive(p, beat)) {
 			return true
 		}
 	}
 	return false
-}
-
-// reject audits a code that p, which relayed the item, should have refused
-// itself (forwarderFault) and counts it towards p's flood limit; it reports
-// whether p was cut off. Other codes (a replay that lost a race, an
-// expired credential, an anchor this node does not trust) are not p's
-// doing and pass.
-func (b *beats) reject(p peer.ID, kind string, code trust.Code) bool {
-	return b.n.blame(p, kind, code)
 }
 
 // blame audits a relayed item's refusal with a code that p, which sent it,

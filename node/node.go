@@ -22,7 +22,6 @@ import (
 	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
-	"golang.org/x/time/rate"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/meshagent/meshagent/discovery"
@@ -98,8 +97,9 @@ func New(cfg Config) (*Node, error) {
 		DeadAfter: cfg.DeadAfter, Allowlist: cfg.Allowlist})
 	n.live.seq.Store(uint64(time.Now().UnixNano()))
 	n.revs, n.bad = newRevStore(v.Policy().MaxRevocations), newRefusals()
-	n.live.lastSync, n.live.lastPull, n.live.lastRenew = map[peer.ID]time.Time{}, map[peer.ID]time.Time{}, map[peer.ID]time.Time{}
-	n.live.serving, n.live.records = map[string]*rate.Limiter{}, map[trust.PublicKey]*rate.Limiter{}
+	n.live.lastSync, n.live.lastPull = map[peer.ID]time.Time{}, map[peer.ID]time.Time{}
+	hb := cfg.HeartbeatInterval
+	n.live.serving, n.live.records, n.live.renewals = newLimiters(hb, serveBurst), newLimiters(hb, recordBurst), newLimiters(hb, 1)
 	for _, raw := range cfg.Revocations {
 		if err := n.applyRevocation(raw); err != nil {
 			return nil, fmt.Errorf("node: revocation: %w", err)
@@ -414,14 +414,14 @@ func (n *Node) inspectRPC(from peer.ID, rpc *pubsub.RPC) error {
 	// here, before pubsub checks their signatures or marks them seen (a
 	// message dropped later would be taken as seen, and an honest copy
 	// from another peer as a duplicate); its gossip and subscriptions pass.
-	if len(rpc.Publish) > 0 && n.members.throttled(from) {
-		rpc.Publish = nil
-	}
 	// A peer that was charged lately gets no more messages checked from one
 	// RPC than its budget has left: one RPC of 400 arriving as a token
 	// refills is not 400 checks.
-	if credit, charged := n.members.credit(from); charged && len(rpc.Publish) > max(credit, 1) {
-		rpc.Publish = rpc.Publish[:max(credit, 1)]
+	if credit, charged := n.members.credit(from); charged && len(rpc.Publish) > credit {
+		if credit == 0 {
+			n.members.throttles.Add(1)
+		}
+		rpc.Publish = rpc.Publish[:credit]
 	}
 	if n.cfg.DropMessage == nil || len(rpc.Publish) == 0 {
 		return nil

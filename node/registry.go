@@ -16,7 +16,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	p2pprotocol "github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-msgio"
-	"golang.org/x/time/rate"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/meshagent/meshagent/discovery"
@@ -55,9 +54,10 @@ type liveness struct {
 	announceSoon atomic.Bool
 	resynced     atomic.Bool // resyncOnce ran
 	lastPull     map[peer.ID]time.Time
-	lastRenew    map[peer.ID]time.Time             // renewals served, rate-limited per agent
-	serving      map[string]*rate.Limiter          // sync answers per peer and protocol
-	records      map[trust.PublicKey]*rate.Limiter // new records checked per listed agent
+	// Per-key limits of what peers make this node do: answers per peer
+	// and protocol (sync, revocation pull, hello), new records per listed
+	// agent, renewals per agent.
+	serving, records, renewals *limiters
 }
 
 func (n *Node) nextSeq() uint64 { return n.live.seq.Add(1) }
@@ -392,21 +392,7 @@ func (n *Node) recordRate(a *protocolpb.Announcement) error {
 	if n.registry.State(agent) == 0 || b.Seq <= n.registry.Seq(agent) {
 		return nil // a join, or an old record: checked (and cached) as before
 	}
-	n.live.mu.Lock()
-	l := n.live.records[agent]
-	if l == nil {
-		if len(n.live.records) >= 4096 {
-			for k, kl := range n.live.records {
-				if kl.Tokens() >= recordBurst {
-					delete(n.live.records, k)
-				}
-			}
-		}
-		l = rate.NewLimiter(rate.Every(n.cfg.HeartbeatInterval), recordBurst)
-		n.live.records[agent] = l
-	}
-	ok := l.Allow()
-	n.live.mu.Unlock()
+	ok := n.live.records.allow(string(agent[:]))
 	if !ok {
 		return protocol.Reject(protocol.CodeFlood, "new records of %s past %d at once and one a heartbeat", agent, recordBurst)
 	}
@@ -505,22 +491,7 @@ const serveBurst = 4
 // serveAllowed reports whether p may have another answer of protocol
 // which now; past serveBurst it gets one a heartbeat.
 func (n *Node) serveAllowed(p peer.ID, which p2pprotocol.ID) bool {
-	n.live.mu.Lock()
-	defer n.live.mu.Unlock()
-	key := string(p) + string(which)
-	l := n.live.serving[key]
-	if l == nil {
-		if len(n.live.serving) >= 4096 { // bounded: forget peers whose budget refilled
-			for q, ql := range n.live.serving {
-				if ql.Tokens() >= serveBurst {
-					delete(n.live.serving, q)
-				}
-			}
-		}
-		l = rate.NewLimiter(rate.Every(n.cfg.HeartbeatInterval), serveBurst)
-		n.live.serving[key] = l
-	}
-	return l.Allow()
+	return n.live.serving.allow(string(p) + string(which))
 }
 
 // resyncOnce asks p, the first peer that admitted this node, for its
