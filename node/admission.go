@@ -50,6 +50,7 @@ type members struct {
 	gated    atomic.Int64 // streams refused at the gate (Node.Gated)
 	helloing sync.Map     // peers whose hello is being checked
 	src      *sources
+	streams  *streamCounts
 }
 
 // Flood limits: a peer may cause rejectBurst rejections at once and
@@ -61,7 +62,7 @@ const (
 
 func newMembers(n *Node) *members {
 	return &members{n: n, refused: map[peer.ID]time.Time{}, rejections: map[peer.ID]*budget{},
-		admitted: make(chan struct{}), src: newSources()}
+		admitted: make(chan struct{}), src: newSources(), streams: newStreamCounts()}
 }
 
 // hostile are the rejections that an honest agent does not cause by
@@ -383,7 +384,12 @@ func (m *members) notifiee() network.Notifiee {
 		if m.isAdmitted(p) {
 			return
 		}
-		if !m.src.open(c) {
+		evict, ok := m.src.open(c, m.n.cfg.AdmissionTimeout/10)
+		if evict != nil {
+			m.src.fail(evict.RemoteMultiaddr())
+			go evict.Close()
+		}
+		if !ok {
 			m.src.fail(c.RemoteMultiaddr())
 			_ = c.Close()
 			return
@@ -402,11 +408,39 @@ func (m *members) notifiee() network.Notifiee {
 			}
 			m.src.done(c) // listed meanwhile (a record from gossip): not a failure
 		}()
-	}, DisconnectedF: func(_ network.Network, c network.Conn) {
+	}, DisconnectedF: func(nw network.Network, c network.Conn) {
 		if m.src.done(c) { // closed before its peer was admitted
 			m.src.fail(c.RemoteMultiaddr())
 		}
+		if p := c.RemotePeer(); !m.isAdmitted(p) && nw.Connectedness(p) != network.Connected {
+			m.forget(p)
+		}
 	}}
+}
+
+// forget drops what the peerstore keeps of p (keys, addresses, protocols,
+// metadata): an outsider's fresh key per connection would else stay for
+// good.
+func (m *members) forget(p peer.ID) {
+	if h := m.n.Host(); h != nil {
+		h.Peerstore().RemovePeer(p)
+		h.Peerstore().ClearAddrs(p)
+	}
+}
+
+// forgetStrangers forgets every peer that is neither connected nor listed
+// (once a heartbeat: identify may store a peer's addresses and protocols
+// after its connection closed). Peers kept connected (bootstrap) stay.
+func (m *members) forgetStrangers() {
+	h := m.n.Host()
+	if h == nil {
+		return
+	}
+	for _, p := range h.Peerstore().Peers() {
+		if p != h.ID() && h.Network().Connectedness(p) != network.Connected && !m.isAdmitted(p) && !h.ConnManager().IsProtected(p, "") {
+			m.forget(p)
+		}
+	}
 }
 
 // Connection gater: a peer that failed admission is refused at dial time

@@ -131,6 +131,106 @@ func (g gatedRcmgr) OpenConnection(dir network.Direction, usefd bool, endpoint m
 	return scope, err
 }
 
+// Inbound stream bounds, kept before the resource manager's own: a peer
+// not admitted yet may hold unadmittedStreams inbound streams (an honest
+// newcomer opens admission and identify), and any peer unnegotiated
+// streams that have not named their protocol yet (they hold the
+// node-wide transient slots until they do, or until libp2p's 10 s
+// negotiation timeout).
+const (
+	unadmittedStreams = 8
+	unnegotiated      = 32
+)
+
+// streamCounts are the inbound streams of each peer that the bounds above
+// count.
+type streamCounts struct {
+	mu           sync.Mutex
+	unadmitted   map[peer.ID]int
+	unnegotiated map[peer.ID]int
+}
+
+func newStreamCounts() *streamCounts {
+	return &streamCounts{unadmitted: map[peer.ID]int{}, unnegotiated: map[peer.ID]int{}}
+}
+
+// OpenStream refuses an inbound stream past the bounds above (libp2p then
+// resets it unread), and counts the streams it lets through until they
+// negotiate a protocol, and, for a peer not admitted, until they end.
+func (g gatedRcmgr) OpenStream(p peer.ID, dir network.Direction) (network.StreamManagementScope, error) {
+	if dir != network.DirInbound {
+		return g.ResourceManager.OpenStream(p, dir)
+	}
+	c := g.m.streams
+	outsider := !g.m.isAdmitted(p)
+	c.mu.Lock()
+	if (outsider && c.unadmitted[p] >= unadmittedStreams) || c.unnegotiated[p] >= unnegotiated {
+		c.mu.Unlock()
+		g.m.gated.Add(1)
+		return nil, errStreamLimit
+	}
+	c.unnegotiated[p]++
+	if outsider {
+		c.unadmitted[p]++
+	}
+	c.mu.Unlock()
+	scope, err := g.ResourceManager.OpenStream(p, dir)
+	if err != nil {
+		c.release(p, true, outsider)
+		return nil, err
+	}
+	return &countedStream{StreamManagementScope: scope, c: c, p: p, pending: true, outsider: outsider}, nil
+}
+
+func (c *streamCounts) release(p peer.ID, negotiating, outsider bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	dec := func(m map[peer.ID]int) {
+		if m[p]--; m[p] <= 0 {
+			delete(m, p)
+		}
+	}
+	if negotiating {
+		dec(c.unnegotiated)
+	}
+	if outsider {
+		dec(c.unadmitted)
+	}
+}
+
+// countedStream is a stream's scope that reports its negotiation and its
+// end to the counts.
+type countedStream struct {
+	network.StreamManagementScope
+	c                 *streamCounts
+	p                 peer.ID
+	mu                sync.Mutex
+	pending, outsider bool
+}
+
+func (s *countedStream) SetProtocol(proto p2pprotocol.ID) error {
+	err := s.StreamManagementScope.SetProtocol(proto)
+	s.mu.Lock()
+	negotiated := s.pending
+	s.pending = false
+	s.mu.Unlock()
+	if negotiated {
+		s.c.release(s.p, true, false)
+	}
+	return err
+}
+
+func (s *countedStream) Done() {
+	s.mu.Lock()
+	pending, outsider := s.pending, s.outsider
+	s.pending, s.outsider = false, false
+	s.mu.Unlock()
+	s.c.release(s.p, pending, outsider)
+	s.StreamManagementScope.Done()
+}
+
+var errStreamLimit = errors.New("node: too many streams from this peer")
+
 // VerifySourceAddress makes QUIC validate every source's address (a Retry
 // round trip, before the connection is opened and counted): a QUIC
 // Initial can carry a forged source address, and without it one could
@@ -192,14 +292,29 @@ type source struct {
 type sources struct {
 	mu    sync.Mutex
 	m     map[netip.Addr]*source
-	conns map[network.Conn]netip.Addr // pending inbound connections
-	swept time.Time                   // when a full table was last swept
+	conns map[network.Conn]pendingConn // inbound connections awaiting admission
+	swept time.Time                    // when a full table was last swept
 }
+
+type pendingConn struct {
+	ip      netip.Addr
+	at      time.Time
+	tracked bool // counted in its source's entry
+}
+
+// maxPending bounds the inbound connections awaiting admission node-wide,
+// from any number of sources: far below the node's inbound connection
+// limit, so that admitted agents always find room. When it is reached, a
+// new connection takes the place of the oldest pending one that has had
+// pendingGrace to send its hello (an honest newcomer sends it within a
+// round trip; the oldest of the source with the most pending goes first),
+// else it is closed.
+const maxPending = 128
 
 const maxSources = 4096
 
 func newSources() *sources {
-	return &sources{m: map[netip.Addr]*source{}, conns: map[network.Conn]netip.Addr{}}
+	return &sources{m: map[netip.Addr]*source{}, conns: map[network.Conn]pendingConn{}}
 }
 
 func sourceOf(a ma.Multiaddr) (netip.Addr, bool) {
@@ -312,25 +427,52 @@ func (s *sources) secured(a ma.Multiaddr) {
 	}
 }
 
-// open notes a new inbound connection awaiting admission; it reports false
-// when its source already has pendingPerSource of them.
-func (s *sources) open(c network.Conn) bool {
+// open notes a new inbound connection awaiting admission. It reports false
+// when its source already has pendingPerSource of them, or when the node
+// has maxPending and none of them is older than grace; else it returns the
+// pending connection c takes the place of, if any, for the caller to close.
+func (s *sources) open(c network.Conn, grace time.Duration) (evict network.Conn, ok bool) {
 	ip, ok := sourceOf(c.RemoteMultiaddr())
 	if !ok {
-		return true
+		return nil, true
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	e := s.getLocked(ip, true)
-	if e == nil {
-		return true // untracked: the table is full of busy sources
+	now := time.Now()
+	e := s.getLocked(ip, true) // nil: untracked, the table is full of busy sources
+	if e != nil && e.pending >= pendingPerSource {
+		return nil, false
 	}
-	if e.pending >= pendingPerSource {
-		return false
+	if len(s.conns) >= maxPending {
+		// Of those past their grace, the oldest of the source with the
+		// most pending: a flood's, not a newcomer's from its own address.
+		var victim network.Conn
+		most := -1
+		for q, pc := range s.conns {
+			if now.Sub(pc.at) < grace {
+				continue
+			}
+			k := 0
+			if e := s.m[pc.ip]; pc.tracked && e != nil {
+				k = e.pending
+			}
+			if k > most || (k == most && pc.at.Before(s.conns[victim].at)) {
+				victim, most = q, k
+			}
+		}
+		if victim == nil {
+			return nil, false
+		}
+		evict = victim
+		s.doneLocked(victim) // the caller closes it: a failed admission of its source
 	}
-	e.pending++
-	s.conns[c] = ip
-	return true
+	pc := pendingConn{ip: ip, at: now}
+	if e != nil {
+		e.pending++
+		pc.tracked = true
+	}
+	s.conns[c] = pc
+	return evict, true
 }
 
 // done notes that c was admitted or closed; it reports whether c was
@@ -338,12 +480,16 @@ func (s *sources) open(c network.Conn) bool {
 func (s *sources) done(c network.Conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ip, ok := s.conns[c]
+	return s.doneLocked(c)
+}
+
+func (s *sources) doneLocked(c network.Conn) bool {
+	pc, ok := s.conns[c]
 	if !ok {
 		return false
 	}
 	delete(s.conns, c)
-	if e := s.m[ip]; e != nil && e.pending > 0 {
+	if e := s.m[pc.ip]; pc.tracked && e != nil && e.pending > 0 {
 		e.pending--
 	}
 	return true

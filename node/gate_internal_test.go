@@ -12,6 +12,7 @@ import (
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	pubsubpb "github.com/libp2p/go-libp2p-pubsub/pb"
+	"github.com/libp2p/go-libp2p/core/network"
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/meshagent/meshagent/discovery"
@@ -172,3 +173,57 @@ func nodeListing(t *testing.T, hb time.Duration) (*Node, *trust.Identity, *trust
 	}
 	return n, ids[1], creds[1]
 }
+
+// The node-wide bound on connections awaiting admission: past maxPending,
+// a new connection replaces the oldest pending one that had its grace,
+// else it is refused; each source keeps its own bound.
+func TestPendingConnectionsBoundedNodeWide(t *testing.T) {
+	s := newSources()
+	conns := make([]*fakeConn, 0, maxPending+1)
+	for i := range maxPending {
+		c := &fakeConn{addr: ma.StringCast(fmt.Sprintf("/ip4/10.0.%d.%d/tcp/1", i/250, i%250+1))}
+		if ev, ok := s.open(c, time.Hour); !ok || ev != nil {
+			t.Fatalf("connection %d: ok %v, evicted %v", i, ok, ev)
+		}
+		conns = append(conns, c)
+	}
+	late := &fakeConn{addr: ma.StringCast("/ip4/10.9.9.9/tcp/1")}
+	if _, ok := s.open(late, time.Hour); ok {
+		t.Fatal("a connection past maxPending was taken while every pending one is within its grace")
+	}
+	ev, ok := s.open(late, 0)
+	if !ok || ev != network.Conn(conns[0]) {
+		t.Fatalf("past the grace: ok %v, evicted %v, want the oldest", ok, ev)
+	}
+	if len(s.conns) != maxPending || s.done(conns[0]) {
+		t.Fatalf("%d pending; the evicted connection is still counted", len(s.conns))
+	}
+	// A source with many pending goes before a newcomer's older one.
+	flood := ma.StringCast("/ip4/10.8.8.8/tcp/1")
+	s.done(conns[1])
+	s.done(conns[2])
+	for range 2 {
+		if _, ok := s.open(&fakeConn{addr: flood}, time.Hour); !ok {
+			t.Fatal("refused with room")
+		}
+	}
+	if ev, _ := s.open(&fakeConn{addr: flood}, 0); ev == nil || !ev.RemoteMultiaddr().Equal(flood) {
+		t.Fatalf("evicted %v, want one of the source with the most pending", ev)
+	}
+	// One source alone stops at pendingPerSource.
+	s = newSources()
+	for i := range pendingPerSource + 1 {
+		_, ok := s.open(&fakeConn{addr: ma.StringCast("/ip4/10.1.1.1/tcp/1")}, 0)
+		if ok != (i < pendingPerSource) {
+			t.Fatalf("connection %d of one source: ok %v", i, ok)
+		}
+	}
+}
+
+// fakeConn is a network.Conn with only a remote address.
+type fakeConn struct {
+	network.Conn
+	addr ma.Multiaddr
+}
+
+func (c *fakeConn) RemoteMultiaddr() ma.Multiaddr { return c.addr }

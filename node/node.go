@@ -126,10 +126,18 @@ func (n *Node) Start(ctx context.Context) error {
 	}
 	limits := rcmgr.DefaultLimits
 	libp2p.SetDefaultServiceLimits(&limits)
-	limits.AddProtocolLimit(protocol.ProtocolRPC, rcmgr.BaseLimit{StreamsInbound: 256, StreamsOutbound: 256, Streams: 512, Memory: 64 << 20}, rcmgr.BaseLimitIncrease{})
+	limits.AddProtocolLimit(protocol.ProtocolRPC, rcmgr.BaseLimit{StreamsInbound: 1024, StreamsOutbound: 1024, Streams: 2048, Memory: 64 << 20}, rcmgr.BaseLimitIncrease{})
+	// Room for admitted agents whatever waits for admission: at most
+	// maxPending connections (gate.go) and unadmittedStreams streams each;
+	// room for handshakes in flight (transient) beyond a few sources' worth
+	// (sourceBurst each).
+	scaled := rcmgr.PartialLimitConfig{
+		System:    rcmgr.ResourceLimits{ConnsInbound: 1024, Conns: 2048},
+		Transient: rcmgr.ResourceLimits{StreamsInbound: 2048, Streams: 4096, ConnsInbound: 512, Conns: 1024},
+	}.Build(limits.AutoScale())
 	// Many agents may sit behind one IP (containers, one host): raise the
 	// per-subnet connection cap from 8.
-	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()),
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(scaled),
 		rcmgr.WithLimitPerSubnet([]rcmgr.ConnLimitPerSubnet{{PrefixLength: 32, ConnCount: 256}}, []rcmgr.ConnLimitPerSubnet{{PrefixLength: 56, ConnCount: 256}}))
 	if err != nil {
 		return fmt.Errorf("node: resource manager: %w", err)

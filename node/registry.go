@@ -283,6 +283,7 @@ func (n *Node) tickLoop() {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	last := time.Now() // the pause is measured on the monotonic clock, not the (skewable) Clock
+	ticks := 0
 	for {
 		select {
 		case <-n.ctx.Done():
@@ -302,6 +303,9 @@ func (n *Node) tickLoop() {
 		}
 		last = mono
 		n.emit(n.registry.Tick(now))
+		if ticks++; ticks%4 == 0 {
+			n.members.forgetStrangers()
+		}
 	}
 }
 

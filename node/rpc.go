@@ -169,7 +169,7 @@ func (n *Node) exchange(ctx context.Context, to peer.ID, toKey trust.PublicKey, 
 		return nil, protocol.Reject(protocol.CodeUnavailable, "send to %s: %v", to, err)
 	}
 	_ = s.CloseWrite()
-	resp, err := msgio.NewVarintReaderSize(s, n.cfg.MaxEnvelopeSize).ReadMsg()
+	resp, err := readGrowing(s, n.cfg.MaxEnvelopeSize)
 	if err != nil {
 		s.Reset()
 		return nil, protocol.Reject(protocol.CodeUnavailable, "no reply from %s: %v", to, err)
@@ -184,7 +184,11 @@ func (n *Node) exchange(ctx context.Context, to peer.ID, toKey trust.PublicKey, 
 		return nil, protocol.Reject(trust.CodeMalformed, "reply correlation ID %s does not match %s", re.CorrelationID, env.CorrelationID)
 	}
 	if re.Kind == protocol.KindError {
-		return nil, &trust.Error{Code: re.ErrorCode, Link: -1, Detail: "rejected by " + to.String() + ": " + re.ErrorDetail}
+		code, detail := re.ErrorCode, re.ErrorDetail
+		if !protocol.KnownCode(code) { // the callee's choice: not a new audit reason or metric series
+			code, detail = protocol.CodeUnknown, fmt.Sprintf("code %.64q: %s", re.ErrorCode, detail)
+		}
+		return nil, &trust.Error{Code: code, Link: -1, Detail: "rejected by " + to.String() + ": " + detail}
 	}
 	return &Reply{From: to, Body: re.Payload, ContentType: re.ContentType, CorrelationID: re.CorrelationID}, nil
 }
@@ -199,7 +203,7 @@ func (n *Node) handleRPC(s network.Stream) {
 		return
 	}
 	_ = s.SetDeadline(start.Add(n.cfg.HandlerTimeout + time.Second))
-	raw, err := msgio.NewVarintReaderSize(s, n.cfg.MaxEnvelopeSize).ReadMsg()
+	raw, err := readGrowing(s, n.cfg.MaxEnvelopeSize) // what arrives, not what the header claims
 	if err != nil {
 		s.Reset()
 		code := trust.CodeMalformed

@@ -26,7 +26,29 @@ const (
 	// CodeTopicNotGranted: a message on topic T needs the action
 	// publish:T; a token for another action does not publish there.
 	CodeTopicNotGranted trust.Code = "topic_not_granted"
+	// CodeUnknown stands for an error reply's code that this version does
+	// not define (a newer peer's, or made up): a peer chooses the code, and
+	// it must not grow what the caller keeps by code (audit reasons,
+	// metric series).
+	CodeUnknown trust.Code = "unknown_code"
 )
+
+var knownCodes = map[trust.Code]bool{}
+
+func init() {
+	for _, c := range []trust.Code{trust.CodeMalformed, trust.CodeTooLarge, trust.CodeTooDeep, trust.CodeBadSignature,
+		trust.CodeUntrustedRoot, trust.CodeExpired, trust.CodeNotYetValid, trust.CodeEscalation, trust.CodeWildcard,
+		trust.CodeNotHolder, trust.CodeScopeNotGranted, trust.CodeRevoked, trust.CodeLifetime, trust.CodeFull,
+		trust.CodeVersion, trust.CodeWeakKey,
+		CodeStale, CodeReplay, CodeReplayFull, CodeWrongRecipient, CodeWrongKind, CodeImpersonation, CodeNoToken,
+		CodeUnlisted, CodeDead, CodeNoHandler, CodeHandlerError, CodeUnavailable, CodeFlood, CodeTopicNotGranted,
+		CodeUnknown} {
+		knownCodes[c] = true
+	}
+}
+
+// KnownCode reports whether c is a reason code this version defines.
+func KnownCode(c trust.Code) bool { return knownCodes[c] }
 
 // Sentinels for errors.Is.
 var (
