@@ -184,6 +184,7 @@ func (n *Node) Start(ctx context.Context) error {
 		pubsub.WithLogger(slog.New(golog.SlogHandler()).With("logger", "pubsub")),
 		pubsub.WithGossipSubParams(gossipParams(n.cfg.HeartbeatInterval)),
 		pubsub.WithAppSpecificRpcInspector(n.inspectRPC),
+		pubsub.WithSubscriptionFilter(newSubFilter(h.Network())),
 		pubsub.WithSeenMessagesTTL(seenMessagesTTL),
 	)
 	if err != nil {
