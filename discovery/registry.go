@@ -114,6 +114,9 @@ func NewRegistry(cfg Config) *Registry {
 	return r
 }
 
+// Allowed reports whether the allowlist (when there is one) names agent.
+func (r *Registry) Allowed(agent trust.PublicKey) bool { return r.allow == nil || r.allow[agent] }
+
 // Source says how a record or heartbeat reached this node.
 type Source int
 

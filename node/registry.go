@@ -365,6 +365,9 @@ func (n *Node) checkRecord(a *protocolpb.Announcement, author trust.PublicKey) (
 	if err := n.recordRate(a); err != nil {
 		return nil, key, err
 	}
+	if err := n.refusedUnsigned(a); err != nil {
+		return nil, key, err
+	}
 	rec, err = discovery.ParseRecord(a)
 	if err == nil && !author.IsZero() && !rec.Agent.Equal(author) {
 		err = protocol.Reject(protocol.CodeImpersonation, "record of %s published by %s", rec.Agent, author)
@@ -374,6 +377,32 @@ func (n *Node) checkRecord(a *protocolpb.Announcement, author trust.PublicKey) (
 		return nil, key, err
 	}
 	return rec, key, nil
+}
+
+// refusedUnsigned refuses, before any signature check, a record this node
+// would refuse for its own configuration whatever its signatures: an
+// agent off the allowlist, a credential of an anchor it does not trust or
+// longer than its policy allows. Such records, which cost an outsider a
+// signature each to make, cost the node a decode.
+func (n *Node) refusedUnsigned(a *protocolpb.Announcement) error {
+	var b protocolpb.AnnouncementBody
+	if proto.Unmarshal(a.GetBody(), &b) != nil || len(b.Agent) != trust.PublicKeySize {
+		return nil // ParseRecord says what is wrong
+	}
+	if !n.registry.Allowed(trust.PublicKey(b.Agent)) {
+		return protocol.Reject(protocol.CodeUnlisted, "%s is not on this node's allowlist", trust.PublicKey(b.Agent))
+	}
+	c, err := trust.CredentialFromProto(b.Credential)
+	if err != nil {
+		return nil
+	}
+	if !n.verifier.IsAnchor(c.Issuer) {
+		return protocol.Reject(trust.CodeUntrustedRoot, "credential issuer %s is not a trusted anchor", c.Issuer)
+	}
+	if max := n.verifier.Policy().MaxCredentialLifetime; c.Expires.Sub(c.NotBefore) > max {
+		return protocol.Reject(trust.CodeLifetime, "credential lifetime %s exceeds the maximum %s", c.Expires.Sub(c.NotBefore), max)
+	}
+	return nil
 }
 
 // recordBurst and one a heartbeat bound the new records of one listed
@@ -578,13 +607,29 @@ func (n *Node) fetch(p peer.ID, which p2pprotocol.ID) {
 	if err := proto.Unmarshal(raw, &resp); err != nil {
 		return
 	}
+	n.applySync(p, &resp)
+}
+
+// maxRefusedPerAnswer bounds the items of one sync answer this node
+// refuses for its own configuration or state (not the responder's fault,
+// so not charged): past it, the rest of the answer is dropped. An honest
+// answer has few (an anchor being rotated in, an allowlist narrower than
+// the responder's); what it misses comes again by gossip.
+const maxRefusedPerAnswer = 64
+
+// applySync applies what p answered to a sync fetch.
+func (n *Node) applySync(p peer.ID, resp *protocolpb.SyncResponse) {
 	// An item broken or forged in itself is the responder's doing (an
 	// honest node serves only what it verified): it is charged for it and
 	// the rest of the answer is dropped.
+	refused := 0
 	fault := func(kind string, err error) bool {
 		code := trust.CodeOf(err)
 		n.blame(p, kind, code) // audited and charged when it is p's fault
-		return forwarderFault[code]
+		if err != nil {
+			refused++
+		}
+		return forwarderFault[code] || refused > maxRefusedPerAnswer
 	}
 	for _, r := range resp.Revocations {
 		if fault("revocation", n.applyRevocation(r)) {
