@@ -20,9 +20,11 @@ import (
 	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	"github.com/libp2p/go-msgio"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/meshagent/meshagent/node"
 	"github.com/meshagent/meshagent/protocol"
+	"github.com/meshagent/meshagent/protocol/protocolpb"
 	"github.com/meshagent/meshagent/simulations"
 	"github.com/meshagent/meshagent/trust"
 )
@@ -371,5 +373,50 @@ func TestRefusedPeersAreForgotten(t *testing.T) {
 	}
 	if _, err := call(m, "orchestrator", "worker", "read:logs"); err != nil {
 		t.Fatalf("honest call after the outsiders: %v", err)
+	}
+}
+
+// An insider that sends renewal requests in a loop gets a few answered and
+// then one a heartbeat: the rest are answered flood unread, with no check
+// and no audit line. (Before: 4 000 audited refusals a second.)
+func TestRenewalRequestsAreRateLimited(t *testing.T) {
+	m, _ := convergedMesh(t)
+	worker, mallory := m.Agents["worker"].Node, m.Agents["mallory"].Node
+	var mu sync.Mutex
+	audited := 0
+	worker.SetAuditHook(func(r node.AuditRecord) {
+		if r.Kind == "renewal" {
+			mu.Lock()
+			audited++
+			mu.Unlock()
+		}
+	})
+	start := time.Now()
+	const requests = 200
+	answered := 0
+	for range requests {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		s, err := mallory.Host().NewStream(ctx, worker.ID(), node.ProtocolRenew)
+		if err == nil {
+			_ = msgio.NewVarintWriter(s).WriteMsg([]byte("not a request"))
+			if raw, err := msgio.NewVarintReaderSize(s, 1<<16).ReadMsg(); err == nil {
+				var resp protocolpb.RenewResponse
+				if proto.Unmarshal(raw, &resp) == nil && resp.ErrorCode != string(protocol.CodeFlood) {
+					answered++ // checked, not refused unread
+				}
+			}
+			s.Close()
+		}
+		cancel()
+	}
+	hbs := int(time.Since(start) / (250 * time.Millisecond))
+	mu.Lock()
+	defer mu.Unlock()
+	t.Logf("%d of %d renewal requests answered, %d audited, in %d heartbeats", answered, requests, audited, hbs)
+	if bound := 4 + hbs + 1; answered > bound || audited > bound {
+		t.Fatalf("%d answered and %d audited of %d requests in %d heartbeats; the bound is %d", answered, audited, requests, hbs, bound)
+	}
+	if answered == 0 {
+		t.Fatal("no request answered: the test measured nothing")
 	}
 }

@@ -25,6 +25,17 @@ const ProtocolRenew = "/meshagent/renew/1.0.0"
 func (n *Node) handleRenew(s network.Stream) {
 	defer s.Close()
 	remote := s.Conn().RemotePeer()
+	// A few requests at once and one a heartbeat per peer (an honest agent
+	// renews a day's credential once): past that, a request is answered
+	// flood unread, with no check and no audit line.
+	if !n.serveAllowed(remote, ProtocolRenew) {
+		b, _ := proto.Marshal(&protocolpb.RenewResponse{ErrorCode: string(protocol.CodeFlood), ErrorDetail: "renewal requests past the rate"})
+		_ = s.SetDeadline(time.Now().Add(n.cfg.AdmissionTimeout))
+		if msgio.NewVarintWriter(s).WriteMsg(b) != nil {
+			s.Reset()
+		}
+		return
+	}
 	_ = s.SetDeadline(time.Now().Add(n.cfg.AdmissionTimeout))
 	raw, err := msgio.NewVarintReaderSize(s, trust.MaxCredentialSize+64).ReadMsg()
 	if err != nil {
