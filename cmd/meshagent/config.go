@@ -35,7 +35,10 @@ credential: credential.pem
 tokens: []
 
 # Audit log: one JSON line per call or message, accepted or rejected.
+# Past audit_log_max_bytes it is renamed audit.log.1 (the older ones shift to
+# .2 and .3; the oldest beyond is deleted) and a new one is started.
 audit_log: audit.log
+audit_log_max_bytes: 67108864 # 64 MiB
 
 # Local API: HTTP + JSON on this Unix socket (mode 0600), relative to this
 # directory or absolute. Its directory must be owned by this user and

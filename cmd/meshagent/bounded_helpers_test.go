@@ -1,0 +1,34 @@
+package main
+
+import (
+	"path/filepath"
+	"testing"
+)
+
+// twoDaemons makes a CA and two enrolled agents, alice (tokens for
+// aScopes) and bob (bScopes), starts bob's daemon and then alice's,
+// bootstrapping from bob. adjust, if not nil, edits each config first. It
+// returns the CA directory, the homes and the IDs.
+func twoDaemons(t *testing.T, aScopes, bScopes string, adjust func(name string, fc *fileConfig)) (ca, a, b, aID, bID string) {
+	t.Helper()
+	dir := t.TempDir()
+	ca = filepath.Join(dir, "ca")
+	anchor := mustOK(t, "ca", "init", "--dir", ca)
+	a, b = filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	aID = mustOK(t, "init", "--home", a, "--name", "alice")
+	bID = mustOK(t, "init", "--home", b, "--name", "bob")
+	mustOK(t, "ca", "issue", "--dir", ca, "--agent", aID, "--name", "alice", "--out", filepath.Join(a, credentialFile))
+	mustOK(t, "ca", "issue", "--dir", ca, "--agent", bID, "--name", "bob", "--out", filepath.Join(b, credentialFile))
+	mustOK(t, "token", "issue", "--ca", ca, "--to", aID, "--scopes", aScopes, "--out", filepath.Join(a, "a.token"))
+	mustOK(t, "token", "issue", "--ca", ca, "--to", bID, "--scopes", bScopes, "--out", filepath.Join(b, "b.token"))
+	fb := writeConfig(t, b, "bob", anchor, "b.token")
+	fa := writeConfig(t, a, "alice", anchor, "a.token")
+	if adjust != nil {
+		adjust("bob", fb)
+		adjust("alice", fa)
+	}
+	bn := startDaemon(t, b, fb)
+	fa.Bootstrap = []string{bn.Addrs()[0].String()}
+	startDaemon(t, a, fa)
+	return ca, a, b, aID, bID
+}
