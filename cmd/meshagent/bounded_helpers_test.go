@@ -1,7 +1,10 @@
 package main
 
 import (
+	"io"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -31,4 +34,48 @@ func twoDaemons(t *testing.T, aScopes, bScopes string, adjust func(name string, 
 	fa.Bootstrap = []string{bn.Addrs()[0].String()}
 	startDaemon(t, a, fa)
 	return ca, a, b, aID, bID
+}
+
+// scrape returns home's /metrics page.
+func scrape(t *testing.T, home string) string {
+	t.Helper()
+	var out strings.Builder
+	c, err := apiClient(home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.Get("http://meshagent/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(&out, resp.Body); err != nil {
+		t.Fatal(err)
+	}
+	return out.String()
+}
+
+// metricSum adds the samples of metric name on page whose labels hold
+// every one of labels (each `key="value"`).
+func metricSum(page, name string, labels ...string) float64 {
+	sum := 0.0
+	for _, l := range strings.Split(page, "\n") {
+		rest, ok := strings.CutPrefix(l, name)
+		if !ok || (rest == "" || (rest[0] != ' ' && rest[0] != '{')) {
+			continue
+		}
+		all := true
+		for _, want := range labels {
+			all = all && strings.Contains(rest, want)
+		}
+		if !all {
+			continue
+		}
+		f := strings.Fields(rest)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err == nil {
+			sum += v
+		}
+	}
+	return sum
 }

@@ -10,6 +10,8 @@ import (
 
 	"github.com/meshagent/meshagent/discovery"
 	"github.com/meshagent/meshagent/node"
+	"github.com/meshagent/meshagent/protocol"
+	"github.com/meshagent/meshagent/trust"
 )
 
 // daemonMetrics are the daemon's Prometheus metrics, served on the local
@@ -62,8 +64,55 @@ func (m *daemonMetrics) watch(n *node.Node) {
 			}))
 	}
 	n.SetAuditHook(func(r node.AuditRecord) {
-		m.decisions.WithLabelValues(r.Direction, r.Kind, r.Decision, r.Reason).Inc()
+		m.decisions.WithLabelValues(label(knownDirections, r.Direction), label(knownKinds, r.Kind),
+			label(knownDecisions, r.Decision), label(knownReasons, r.Reason)).Inc()
 	})
+}
+
+// The label values decisions are counted under. A value from elsewhere (an
+// error code a peer made up, say) is counted as "other": no peer can add
+// series. TestBoundedLabelsKnowEveryCode checks that every code the trust,
+// protocol and node packages define is here.
+var (
+	knownDirections = labelSet("in", "out")
+	knownKinds      = labelSet("request", "reply", "error", "message", "admission", "liveness",
+		"revocation", "renewal", "beat", "record", "leave")
+	knownDecisions = labelSet("accept", "reject", "alive", "suspect", "dead", "removed")
+	knownReasons   = labelSet("",
+		// liveness events (discovery.Event.Reason)
+		"joined", "announce", "heartbeat", "leave", "timeout", "missed heartbeats",
+		// node: an unknown remote error code, suppressed audit lines
+		"unknown_code", "audit_suppressed",
+		// trust codes
+		string(trust.CodeMalformed), string(trust.CodeTooLarge), string(trust.CodeTooDeep),
+		string(trust.CodeBadSignature), string(trust.CodeUntrustedRoot), string(trust.CodeExpired),
+		string(trust.CodeNotYetValid), string(trust.CodeEscalation), string(trust.CodeWildcard),
+		string(trust.CodeNotHolder), string(trust.CodeScopeNotGranted), string(trust.CodeRevoked),
+		string(trust.CodeLifetime), string(trust.CodeFull), string(trust.CodeVersion), string(trust.CodeWeakKey),
+		// protocol codes
+		string(protocol.CodeStale), string(protocol.CodeReplay), string(protocol.CodeReplayFull),
+		string(protocol.CodeWrongRecipient), string(protocol.CodeWrongKind), string(protocol.CodeImpersonation),
+		string(protocol.CodeNoToken), string(protocol.CodeUnlisted), string(protocol.CodeDead),
+		string(protocol.CodeNoHandler), string(protocol.CodeHandlerError), string(protocol.CodeUnavailable),
+		string(protocol.CodeFlood), string(protocol.CodeTopicNotGranted))
+)
+
+// otherLabel stands for every label value not known in advance.
+const otherLabel = "other"
+
+func labelSet(vs ...string) map[string]bool {
+	s := make(map[string]bool, len(vs))
+	for _, v := range vs {
+		s[v] = true
+	}
+	return s
+}
+
+func label(known map[string]bool, v string) string {
+	if known[v] {
+		return v
+	}
+	return otherLabel
 }
 
 func (m *daemonMetrics) handler() http.Handler {
