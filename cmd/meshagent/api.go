@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/meshagent/meshagent/node"
@@ -42,10 +44,18 @@ func newSSE(w http.ResponseWriter) (*sse, bool) {
 	return &sse{w, f}, true
 }
 
-func (s *sse) send(v any) error {
+func (s *sse) send(v any) error { return s.event("", v) }
+
+// event writes one event of type name ("" for the default, message).
+func (s *sse) event(name string, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err
+	}
+	if name != "" {
+		if _, err := fmt.Fprintf(s.w, "event: %s\n", name); err != nil {
+			return err
+		}
 	}
 	if _, err := fmt.Fprintf(s.w, "data: %s\n\n", b); err != nil {
 		return err
@@ -63,18 +73,60 @@ func (s *sse) send(v any) error {
 // action is free again as soon as the first one's stream ends (it
 // disconnected, or the daemon could not write to it). The daemon's built-in
 // actions are never free.
+//
+// The hub holds a call (queued for the process, or handed to it and
+// waiting for its reply) only while the node's handler for it runs: when
+// the handler returns (replied, or the handler timeout passed) the call is
+// released wherever it is, so a process that never replies, or never reads
+// its stream, makes the daemon keep nothing past the handler timeout.
+// Calls held are bounded per action and in all (maxPendingPerAction and
+// friends): past a bound, calls are refused at once as busy.
 type hub struct {
 	n       *node.Node
 	builtin map[string]bool
 	mu      sync.Mutex
-	actions map[string]chan *pendingCall
-	waiting map[string]*pendingCall
+	actions map[string]*callQueue
+	waiting map[string]*pendingCall // handed to a process, by id
+	calls   int                     // held, in all actions
+	bytes   int
 }
+
+// Bounds on the calls the hub holds for local processes. The node runs at
+// most 256 inbound calls at once, each at most 256 KiB.
+const (
+	maxPendingPerAction      = 64       // calls held for one action
+	maxPendingBytesPerAction = 16 << 20 // their request bytes
+	maxPendingCalls          = 256      // calls held in all
+	maxPendingBytes          = 64 << 20 // their request bytes
+	pendingCallOverhead      = 512      // charged per call besides its body and action
+)
+
+// callQueue holds the calls of one action's process.
+type callQueue struct {
+	action string
+	ready  chan struct{} // signalled when queued grows
+	queued []*pendingCall
+	calls  int // queued or handed to the process
+	bytes  int
+	closed bool // its stream ended
+}
+
+type callState int
+
+const (
+	callQueued   callState = iota // in q.queued
+	callParked                    // handed to the process, in hub.waiting
+	callAnswered                  // replied to (or failed), not yet released
+	callReleased                  // its handler returned: the hub holds nothing of it
+)
 
 type pendingCall struct {
 	req   *node.Request
-	reply chan callResult
-	id    string // set once handed to the local process (under hub.mu)
+	size  int
+	q     *callQueue
+	reply chan callResult // buffered: sent at most once (under hub.mu)
+	id    string          // set when parked
+	state callState       // under hub.mu
 }
 
 type callResult struct {
@@ -96,14 +148,14 @@ func (e errHandled) Error() string {
 }
 
 func newHub(n *node.Node, builtin []string) *hub {
-	h := &hub{n: n, builtin: map[string]bool{}, actions: map[string]chan *pendingCall{}, waiting: map[string]*pendingCall{}}
+	h := &hub{n: n, builtin: map[string]bool{}, actions: map[string]*callQueue{}, waiting: map[string]*pendingCall{}}
 	for _, a := range builtin {
 		h.builtin[a] = true
 	}
 	return h
 }
 
-func (h *hub) register(action string) (chan *pendingCall, error) {
+func (h *hub) register(action string) (*callQueue, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.builtin[action] {
@@ -112,14 +164,13 @@ func (h *hub) register(action string) (chan *pendingCall, error) {
 	if _, ok := h.actions[action]; ok {
 		return nil, errHandled{action, false}
 	}
-	q := make(chan *pendingCall, 64)
+	q := &callQueue{action: action, ready: make(chan struct{}, 1)}
 	if err := h.n.Handle(action, func(ctx context.Context, r *node.Request) ([]byte, error) {
-		p := &pendingCall{req: r, reply: make(chan callResult, 1)}
-		select {
-		case q <- p:
-		default:
-			return nil, fmt.Errorf("the local handler of %s is busy", action)
+		p, err := h.enqueue(q, r)
+		if err != nil {
+			return nil, err
 		}
+		defer h.release(p)
 		select {
 		case res := <-p.reply:
 			if res.err != "" {
@@ -127,7 +178,6 @@ func (h *hub) register(action string) (chan *pendingCall, error) {
 			}
 			return res.body, nil
 		case <-ctx.Done():
-			h.forget(p)
 			return nil, fmt.Errorf("the local handler of %s did not reply in time", action)
 		}
 	}); err != nil {
@@ -137,55 +187,236 @@ func (h *hub) register(action string) (chan *pendingCall, error) {
 	return q, nil
 }
 
-// unregister frees action, once the stream that registered q ended, and
-// fails the calls still queued for it.
-func (h *hub) unregister(action string, q chan *pendingCall) {
+// unregister frees q's action, once the stream that registered q ended,
+// and fails the calls still queued for it.
+func (h *hub) unregister(q *callQueue) {
 	h.mu.Lock()
-	if h.actions[action] == q {
-		h.n.RemoveHandler(action)
-		delete(h.actions, action)
+	defer h.mu.Unlock()
+	if h.actions[q.action] == q {
+		h.n.RemoveHandler(q.action)
+		delete(h.actions, q.action)
 	}
-	h.mu.Unlock()
+	q.closed = true
+	for _, p := range q.queued {
+		p.state = callAnswered
+		p.reply <- callResult{err: "local handler went away"}
+	}
+	q.queued = nil
+}
+
+// enqueue queues r for q's process, or refuses it when q is closed or a
+// bound is reached.
+func (h *hub) enqueue(q *callQueue, r *node.Request) (*pendingCall, error) {
+	size := len(r.Body) + len(r.Action) + pendingCallOverhead
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if q.closed {
+		return nil, fmt.Errorf("the local handler of %s went away", q.action)
+	}
+	if q.calls >= maxPendingPerAction || q.bytes+size > maxPendingBytesPerAction ||
+		h.calls >= maxPendingCalls || h.bytes+size > maxPendingBytes {
+		return nil, fmt.Errorf("the local handler of %s is busy", q.action)
+	}
+	p := &pendingCall{req: r, size: size, q: q, reply: make(chan callResult, 1)}
+	q.queued = append(q.queued, p)
+	q.calls, q.bytes = q.calls+1, q.bytes+size
+	h.calls, h.bytes = h.calls+1, h.bytes+size
+	select {
+	case q.ready <- struct{}{}:
+	default:
+	}
+	return p, nil
+}
+
+// next hands the oldest call queued in q to its process: it waits under
+// a fresh id for the reply. It returns nil when none is queued.
+func (h *hub) next(q *callQueue) (*pendingCall, string) {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	id := hex.EncodeToString(b[:])
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(q.queued) == 0 {
+		return nil, ""
+	}
+	p := q.queued[0]
+	q.queued[0] = nil
+	q.queued = q.queued[1:]
+	p.id, p.state = id, callParked
+	h.waiting[id] = p
+	return p, id
+}
+
+// release drops p, whose handler returned, from wherever it is.
+func (h *hub) release(p *pendingCall) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	switch p.state {
+	case callReleased:
+		return
+	case callQueued:
+		if i := slices.Index(p.q.queued, p); i >= 0 {
+			p.q.queued = slices.Delete(p.q.queued, i, i+1)
+		}
+	case callParked:
+		delete(h.waiting, p.id)
+	}
+	p.state = callReleased
+	p.q.calls, p.q.bytes = p.q.calls-1, p.q.bytes-p.size
+	h.calls, h.bytes = h.calls-1, h.bytes-p.size
+}
+
+// resolve answers the call handed out as id, if its caller still waits.
+func (h *hub) resolve(id string, res callResult) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	p, ok := h.waiting[id]
+	if !ok {
+		return false
+	}
+	delete(h.waiting, id)
+	p.state = callAnswered
+	p.reply <- res
+	return true
+}
+
+// held returns the calls the hub holds, queued or handed out, and their
+// request bytes, counted from where they are (for /metrics).
+func (h *hub) held() (calls, bytes int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, p := range h.waiting {
+		calls, bytes = calls+1, bytes+p.size
+	}
+	for _, q := range h.actions {
+		for _, p := range q.queued {
+			calls, bytes = calls+1, bytes+p.size
+		}
+	}
+	return calls, bytes
+}
+
+// A /v1/subscribe stream's messages wait for its process in a queue of at
+// most maxSubscriberBytes: a process that falls further behind is dropped
+// (its queue freed at once, its subscription cancelled) and gets one last
+// event saying so, within fellBehindGrace, before its stream ends.
+const (
+	maxSubscriberBytes  = 8 << 20
+	subscriberOverhead  = 256 // charged per message besides its body, topic and action
+	fellBehindGrace     = 10 * time.Second
+	fellBehindCode      = "fell_behind"
+	fellBehindEventName = "error"
+)
+
+// subscribers counts, for /metrics, what the subscribe streams hold.
+type subscribers struct {
+	bytes   atomic.Int64 // queued in all streams
+	dropped atomic.Int64 // streams dropped for falling behind
+}
+
+// subQueue is one stream's queue, filled by follow and emptied by take.
+type subQueue struct {
+	mu     sync.Mutex
+	msgs   []*node.Message
+	bytes  int
+	behind bool // went over the bound: the stream ends
+	done   bool // the subscription ended
+	ready  chan struct{}
+	all    *subscribers
+}
+
+func msgSize(m *node.Message) int {
+	return len(m.Body) + len(m.Topic) + len(m.Action) + subscriberOverhead
+}
+
+// follow reads sub into q until ctx ends or q goes over its bound, then
+// cancels sub. onBehind is called once q went over.
+func (q *subQueue) follow(ctx context.Context, sub *node.Subscription, onBehind func()) {
+	defer sub.Cancel()
 	for {
-		select {
-		case p := <-q:
-			p.reply <- callResult{err: "local handler went away"}
-		default:
+		m, err := sub.Next(ctx)
+		if err != nil {
+			q.finish(false)
+			return
+		}
+		if !q.push(m) {
+			onBehind()
 			return
 		}
 	}
 }
 
-func (h *hub) park(p *pendingCall) string {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	id := hex.EncodeToString(b[:])
-	h.mu.Lock()
-	p.id = id
-	h.waiting[id] = p
-	h.mu.Unlock()
-	return id
+// push queues m, or, past the bound, drops all and reports false.
+func (q *subQueue) push(m *node.Message) bool {
+	size := msgSize(m)
+	q.mu.Lock()
+	if q.bytes+size > maxSubscriberBytes {
+		q.mu.Unlock()
+		q.finish(true)
+		return false
+	}
+	q.msgs = append(q.msgs, m)
+	q.bytes += size
+	q.all.bytes.Add(int64(size))
+	q.mu.Unlock()
+	q.signal()
+	return true
 }
 
-// forget drops a call whose caller stopped waiting, so that waiting holds
-// only calls that can still be answered.
-func (h *hub) forget(p *pendingCall) {
-	h.mu.Lock()
-	if p.id != "" && h.waiting[p.id] == p {
-		delete(h.waiting, p.id)
+// finish ends q: nothing more is queued; behind drops what is.
+func (q *subQueue) finish(behind bool) {
+	q.mu.Lock()
+	q.done = true
+	if behind {
+		q.behind = true
+		q.all.bytes.Add(-int64(q.bytes))
+		q.msgs, q.bytes = nil, 0
 	}
-	h.mu.Unlock()
+	q.mu.Unlock()
+	q.signal()
 }
 
-func (h *hub) resolve(id string, res callResult) bool {
-	h.mu.Lock()
-	p, ok := h.waiting[id]
-	delete(h.waiting, id)
-	h.mu.Unlock()
-	if ok {
-		p.reply <- res
+func (q *subQueue) signal() {
+	select {
+	case q.ready <- struct{}{}:
+	default:
 	}
-	return ok
+}
+
+// take waits for the next message. It returns nil when the stream is to
+// end, with behind set when it fell behind.
+func (q *subQueue) take(ctx context.Context) (m *node.Message, behind bool) {
+	for {
+		q.mu.Lock()
+		if len(q.msgs) > 0 {
+			m = q.msgs[0]
+			q.msgs[0] = nil
+			q.msgs = q.msgs[1:]
+			size := msgSize(m)
+			q.bytes -= size
+			q.all.bytes.Add(-int64(size))
+			q.mu.Unlock()
+			return m, false
+		}
+		done, behind := q.done, q.behind
+		q.mu.Unlock()
+		if done {
+			return nil, behind
+		}
+		select {
+		case <-q.ready:
+		case <-ctx.Done():
+			return nil, false
+		}
+	}
+}
+
+// drop frees what q still holds once its stream ended.
+func (q *subQueue) drop() {
+	q.mu.Lock()
+	q.all.bytes.Add(-int64(q.bytes))
+	q.msgs, q.bytes = nil, 0
+	q.mu.Unlock()
 }
 
 // streamRequest refuses a long-lived GET (subscribe, handle) that has a
@@ -200,9 +431,12 @@ func streamRequest(w http.ResponseWriter, r *http.Request) bool {
 	return true
 }
 
-// addStreamingRoutes adds publish, subscribe, handle, reply and tokens.
-func addStreamingRoutes(mux *http.ServeMux, n *node.Node, builtin []string) {
+// addStreamingRoutes adds publish, subscribe, handle, reply and tokens,
+// and the gauges of what their streams hold to met.
+func addStreamingRoutes(mux *http.ServeMux, n *node.Node, met *daemonMetrics, builtin []string) {
 	h := newHub(n, builtin)
+	subs := &subscribers{}
+	met.watchStreams(h, subs)
 	mux.HandleFunc("GET /v1/tokens", func(w http.ResponseWriter, r *http.Request) {
 		out := []trust.TokenInfo{}
 		for _, t := range n.Tokens() {
@@ -248,14 +482,32 @@ func addStreamingRoutes(mux *http.ServeMux, n *node.Node, builtin []string) {
 			writeJSON(w, 500, apiError{Error: err.Error()})
 			return
 		}
-		defer sub.Cancel()
 		s, ok := newSSE(w)
 		if !ok {
+			sub.Cancel()
 			return
 		}
+		ctx, cancel := context.WithCancel(r.Context())
+		q := &subQueue{ready: make(chan struct{}, 1), all: subs}
+		rc := http.NewResponseController(w)
+		followed := make(chan struct{})
+		go func() {
+			defer close(followed)
+			q.follow(ctx, sub, func() {
+				subs.dropped.Add(1)
+				// A write blocked on a stalled process gives up too.
+				_ = rc.SetWriteDeadline(time.Now().Add(fellBehindGrace))
+			})
+		}()
+		defer func() { cancel(); <-followed; q.drop() }()
 		for {
-			m, err := sub.Next(r.Context())
-			if err != nil {
+			m, behind := q.take(ctx)
+			if m == nil {
+				if behind {
+					_ = s.event(fellBehindEventName, apiError{Code: fellBehindCode, Error: fmt.Sprintf(
+						"this subscriber fell behind: over %d MiB of messages waited for it; they were dropped and the stream ends (subscribe again)",
+						maxSubscriberBytes>>20)})
+				}
 				return
 			}
 			if s.send(map[string]any{"topic": m.Topic, "from": m.From.String(), "action": m.Action,
@@ -283,7 +535,7 @@ func addStreamingRoutes(mux *http.ServeMux, n *node.Node, builtin []string) {
 			writeJSON(w, 400, apiError{Error: err.Error(), Code: string(trust.CodeOf(err))})
 			return
 		}
-		defer h.unregister(action, q)
+		defer h.unregister(q)
 		s, ok := newSSE(w)
 		if !ok {
 			return
@@ -299,12 +551,17 @@ func addStreamingRoutes(mux *http.ServeMux, n *node.Node, builtin []string) {
 					return
 				}
 				s.f.Flush()
-			case p := <-q:
-				id := h.park(p)
-				if s.send(map[string]any{"id": id, "from": p.req.From.String(), "action": p.req.Action,
-					"correlation_id": p.req.CorrelationID.String(), "body": jsonBody(p.req.Body)}) != nil {
-					h.resolve(id, callResult{err: "local handler went away"})
-					return
+			case <-q.ready:
+				for {
+					p, id := h.next(q)
+					if p == nil {
+						break
+					}
+					if s.send(map[string]any{"id": id, "from": p.req.From.String(), "action": p.req.Action,
+						"correlation_id": p.req.CorrelationID.String(), "body": jsonBody(p.req.Body)}) != nil {
+						h.resolve(id, callResult{err: "local handler went away"})
+						return
+					}
 				}
 			}
 		}

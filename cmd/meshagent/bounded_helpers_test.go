@@ -1,11 +1,15 @@
 package main
 
 import (
+	"bufio"
+	"context"
 	"io"
+	"net/http"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // twoDaemons makes a CA and two enrolled agents, alice (tokens for
@@ -78,4 +82,79 @@ func metricSum(page, name string, labels ...string) float64 {
 		}
 	}
 	return sum
+}
+
+// rawStream is a server-sent-event stream that the test reads only when
+// it chooses to: until then the daemon's writes back up.
+type rawStream struct {
+	resp *http.Response
+	br   *bufio.Reader
+}
+
+func openRawStream(t *testing.T, home, path string) *rawStream {
+	t.Helper()
+	c, err := apiClient(home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://meshagent"+path, nil)
+	resp, err := c.Do(req)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 200 {
+		body, _ := io.ReadAll(resp.Body)
+		cancel()
+		t.Fatalf("%s: %d %s", path, resp.StatusCode, body)
+	}
+	t.Cleanup(func() { cancel(); resp.Body.Close() })
+	return &rawStream{resp: resp, br: bufio.NewReaderSize(resp.Body, 64<<10)}
+}
+
+// sseEvent is one server-sent event.
+type sseEvent struct {
+	name, data string
+}
+
+// read returns the next event, or an error when the stream ended.
+func (s *rawStream) read() (sseEvent, error) {
+	var ev sseEvent
+	for {
+		line, err := s.br.ReadString('\n')
+		if err != nil {
+			return ev, err
+		}
+		line = strings.TrimSuffix(line, "\n")
+		switch {
+		case line == "":
+			if ev.data != "" {
+				return ev, nil
+			}
+		case strings.HasPrefix(line, "event: "):
+			ev.name = strings.TrimPrefix(line, "event: ")
+		case strings.HasPrefix(line, "data: "):
+			ev.data = strings.TrimPrefix(line, "data: ")
+		}
+	}
+}
+
+// readWithin is read in the background, failing the test after d.
+func (s *rawStream) readWithin(t *testing.T, d time.Duration) (sseEvent, error) {
+	t.Helper()
+	type res struct {
+		ev  sseEvent
+		err error
+	}
+	c := make(chan res, 1)
+	go func() { ev, err := s.read(); c <- res{ev, err} }()
+	select {
+	case r := <-c:
+		return r.ev, r.err
+	case <-time.After(d):
+		s.resp.Body.Close()
+		t.Fatalf("no event in %s", d)
+	}
+	return sseEvent{}, nil
 }

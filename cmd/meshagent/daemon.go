@@ -135,6 +135,10 @@ func runDaemon(ctx context.Context, home string, fc *fileConfig, ready func(*nod
 	return serveDaemon(ctx, home, fc, ready, os.Stderr)
 }
 
+// testHookNodeConfig, when set by a test, adjusts the node's config (its
+// handler timeout, say) before the node is built.
+var testHookNodeConfig func(*node.Config)
+
 // apiReadTimeout bounds the reading of one local API request, headers and
 // body (at most 1 MiB, from a local process): a client that sends half a
 // request is disconnected. net/http lifts the deadline once the body has
@@ -246,6 +250,9 @@ func serveDaemon(ctx context.Context, home string, fc *fileConfig, ready func(*n
 		defer af.Close()
 		cfg.Audit = af
 	}
+	if testHookNodeConfig != nil {
+		testHookNodeConfig(&cfg)
+	}
 	metrics := newDaemonMetrics()
 	cfg.Prometheus = metrics.reg
 	n, err := node.New(cfg)
@@ -273,7 +280,7 @@ func serveDaemon(ctx context.Context, home string, fc *fileConfig, ready func(*n
 	if err != nil {
 		return fmt.Errorf("api socket: %v", err)
 	}
-	api := apiHandler(n, pingAction)
+	api := apiHandler(n, metrics, pingAction)
 	api.Handle("GET /metrics", metrics.handler())
 	srv := &http.Server{Handler: api, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: apiReadTimeout}
 	go func() { <-ctx.Done(); srv.Close() }()
@@ -317,8 +324,9 @@ func readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, bool) 
 }
 
 // apiHandler serves the local API. See docs/local-api.md. builtin are the
-// actions the daemon serves itself: no local process may handle them.
-func apiHandler(n *node.Node, builtin ...string) *http.ServeMux {
+// actions the daemon serves itself: no local process may handle them. The
+// gauges of what its streams hold are registered with met.
+func apiHandler(n *node.Node, met *daemonMetrics, builtin ...string) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		var addrs []string
@@ -386,7 +394,7 @@ func apiHandler(n *node.Node, builtin ...string) *http.ServeMux {
 		}
 		writeJSON(w, 200, map[string]string{"status": "applied and published"})
 	})
-	addStreamingRoutes(mux, n, builtin)
+	addStreamingRoutes(mux, n, met, builtin)
 	return mux
 }
 

@@ -69,6 +69,24 @@ func (m *daemonMetrics) watch(n *node.Node) {
 	})
 }
 
+// watchStreams registers the gauges of what the local API's streams hold.
+func (m *daemonMetrics) watchStreams(h *hub, subs *subscribers) {
+	m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshagent_pending_calls",
+			Help: "Inbound calls held for local handlers: queued for their /v1/handle stream or waiting for /v1/reply."},
+			func() float64 { c, _ := h.held(); return float64(c) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshagent_pending_call_bytes",
+			Help: "Request bytes of the calls in meshagent_pending_calls."},
+			func() float64 { _, b := h.held(); return float64(b) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshagent_subscriber_queued_bytes",
+			Help: "Message bytes waiting for /v1/subscribe streams to take them."},
+			func() float64 { return float64(subs.bytes.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshagent_subscribers_dropped_total",
+			Help: "/v1/subscribe streams ended because they fell behind."},
+			func() float64 { return float64(subs.dropped.Load()) }),
+	)
+}
+
 // The label values decisions are counted under. A value from elsewhere (an
 // error code a peer made up, say) is counted as "other": no peer can add
 // series. TestBoundedLabelsKnowEveryCode checks that every code the trust,
