@@ -2,6 +2,7 @@ package node_test
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -22,6 +23,7 @@ import (
 	"github.com/libp2p/go-msgio"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/meshagent/meshagent/discovery"
 	"github.com/meshagent/meshagent/node"
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/protocol/protocolpb"
@@ -418,5 +420,46 @@ func TestRenewalRequestsAreRateLimited(t *testing.T) {
 	}
 	if answered == 0 {
 		t.Fatal("no request answered: the test measured nothing")
+	}
+}
+
+// An insider that makes a node fetch from it again and again (beats of
+// agents the node does not list, each a reason to sync) and answers each
+// fetch with a frame claiming 32 MiB that never comes is fetched from at
+// most once a heartbeat, and the node holds what arrived, not what was
+// claimed. (Before: every admission pulled a full sync, each buffer
+// allocated from the length prefix: 32 re-admissions added 1 GiB.)
+func TestSyncFetchesOfAnInsiderAreBounded(t *testing.T) {
+	m, _ := convergedMesh(t)
+	mal := m.Agents["mallory"].Node
+	var fetches atomic.Int32
+	mal.Host().SetStreamHandler(node.ProtocolSync, func(s network.Stream) {
+		fetches.Add(1)
+		_, _ = s.Write(binary.AppendUvarint(nil, 32<<20))
+		_, _ = s.Write(make([]byte, 64<<10))
+		_, _ = s.Read(make([]byte, 1)) // held until the fetcher gives up
+		s.Reset()
+	})
+	before := heapMiB()
+	_, w := beatStream(t, m, "mallory", "worker")
+	start := time.Now()
+	for time.Since(start) < 2*time.Second {
+		stranger, _ := trust.GenerateIdentity(rand.Reader)
+		if err := sendBeats(w, discovery.SignBeat(stranger, 1, time.Now())); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond) // the attacker's pace: 100 reasons to sync a second
+	}
+	hbs := int(time.Since(start) / (250 * time.Millisecond))
+	peak := heapMiB()
+	t.Logf("%d fetches in %d heartbeats; heap %.1f → %.1f MiB", fetches.Load(), hbs, before, peak)
+	if bound := int32(hbs + 3); fetches.Load() > bound {
+		t.Fatalf("%d fetches from one insider in %d heartbeats; the bound is %d", fetches.Load(), hbs, bound)
+	}
+	if fetches.Load() == 0 {
+		t.Fatal("no fetch: the test measured nothing")
+	}
+	if peak-before > 16 {
+		t.Fatalf("heap grew %.1f MiB from answers that claimed 32 MiB each", peak-before)
 	}
 }
