@@ -463,3 +463,71 @@ func TestSyncFetchesOfAnInsiderAreBounded(t *testing.T) {
 		t.Fatalf("heap grew %.1f MiB from answers that claimed 32 MiB each", peak-before)
 	}
 }
+
+// An insider that delivers messages of its own that a node refuses for
+// its clock (stale: sealed six minutes ago) is not charged for them, but
+// past 100 of them (then 20 a second) its own messages are dropped before
+// pubsub checks their signatures, and not audited. (Before: every one
+// cost a signature check and an audit line, for ever.)
+func TestOwnStaleMessagesAreDroppedUnchecked(t *testing.T) {
+	m, _ := convergedMesh(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	mal := m.Agents["mallory"]
+	worker := m.Agents["worker"].Node
+	var mu sync.Mutex
+	stale := 0
+	worker.SetAuditHook(func(r node.AuditRecord) {
+		if r.Kind == "message" && r.Sender == mal.ID().String() && r.Reason == string(protocol.CodeStale) {
+			mu.Lock()
+			stale++
+			mu.Unlock()
+		}
+	})
+	topic, tok := authorHost(ctx, t, m)
+	audited := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return stale
+	}
+	// Wait until the worker's router takes the host's messages.
+	if err := simulations.WaitFor(10*time.Second, func() error {
+		raw, err := protocol.Seal(mal.Identity, &protocol.Envelope{Kind: protocol.KindMessage, RecipientTopic: "tasks",
+			Action: "publish:tasks", Payload: []byte("warm-up"), Token: tok}, time.Now().Add(-6*time.Minute))
+		if err != nil {
+			return err
+		}
+		_ = topic.Publish(ctx, raw)
+		if audited() == 0 {
+			return errNotYet
+		}
+		return nil
+	}); err != nil {
+		t.Fatal("no stale message reached the worker's validator")
+	}
+	const sent = 2000
+	start, throttled := time.Now(), worker.Throttled()
+	for i := range sent {
+		raw, err := protocol.Seal(mal.Identity, &protocol.Envelope{Kind: protocol.KindMessage, RecipientTopic: "tasks",
+			Action: "publish:tasks", Payload: fmt.Appendf(nil, "stale %d", i), Token: tok}, time.Now().Add(-6*time.Minute))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = topic.Publish(ctx, raw)
+	}
+	// All sent: wait until the worker has seen them (checked or dropped).
+	if err := simulations.WaitFor(10*time.Second, func() error {
+		if seen := audited() + int(worker.Throttled()-throttled); seen < sent*9/10 {
+			return fmt.Errorf("%d of %d seen", seen, sent)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	elapsed := time.Since(start)
+	got := audited()
+	t.Logf("%d of %d stale messages of its own checked and audited in %s, %d dropped unchecked", got, sent, elapsed.Round(time.Millisecond), worker.Throttled()-throttled)
+	if bound := 100 + int(20*elapsed.Seconds()) + 10; got > bound {
+		t.Fatalf("%d of %d stale messages checked in %s; the bound is %d", got, sent, elapsed.Round(time.Millisecond), bound)
+	}
+}

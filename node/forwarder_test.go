@@ -343,42 +343,8 @@ func TestAuthorIsChargedForWhatItSendsItself(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	mal := m.Agents["mallory"]
-	tok, err := m.Grant("mallory", []string{"publish:tasks", "publish:reports"}, nil, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
 	worker := m.Agents["worker"].Node
-	if _, err := worker.Subscribe("tasks"); err != nil {
-		t.Fatal(err)
-	}
-	// The host with mallory's key replaces mallory's node (pubsub keeps one
-	// stream per peer ID).
-	m.Crash("mallory")
-	if err := simulations.WaitFor(10*time.Second, func() error {
-		if len(worker.Host().Network().ConnsToPeer(mal.ID())) != 0 {
-			return fmt.Errorf("the worker is still connected to mallory's node")
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	h, err := libp2p.New(libp2p.Identity(mal.Identity.Libp2pKey()), libp2p.NoListenAddrs, libp2p.Security(libp2ptls.ID, libp2ptls.New),
-		libp2p.Transport(tcp.NewTCPTransport), libp2p.DisableRelay(), libp2p.DisableMetrics())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	ps, err := pubsub.NewGossipSub(ctx, h, pubsub.WithFloodPublish(true))
-	if err != nil {
-		t.Fatal(err)
-	}
-	topic, err := ps.Join("tasks")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.Connect(ctx, peerInfo(worker)); err != nil {
-		t.Fatal(err)
-	}
+	topic, tok := authorHost(ctx, t, m)
 	if err := simulations.WaitFor(20*time.Second, func() error {
 		for range 20 {
 			raw, err := protocol.Seal(mal.Identity, &protocol.Envelope{Kind: protocol.KindMessage, RecipientTopic: "tasks",
@@ -430,4 +396,51 @@ func TestAuthorIsChargedForWhatItSendsItself(t *testing.T) {
 	if got := audited() - before; got > 50 {
 		t.Fatalf("%d of 200 messages of a throttled author were checked and audited", got)
 	}
+}
+
+// authorHost replaces mallory's node with a bare pubsub host with
+// mallory's key, which passes the gate as mallory and publishes what the
+// test seals straight to the worker, subscribed to topic tasks. It
+// returns the host's tasks topic and a token of mallory's for
+// publish:tasks and publish:reports.
+func authorHost(ctx context.Context, t *testing.T, m *simulations.Mesh) (*pubsub.Topic, *trust.Token) {
+	t.Helper()
+	mal := m.Agents["mallory"]
+	tok, err := m.Grant("mallory", []string{"publish:tasks", "publish:reports"}, nil, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	worker := m.Agents["worker"].Node
+	if _, err := worker.Subscribe("tasks"); err != nil {
+		t.Fatal(err)
+	}
+	// The host with mallory's key replaces mallory's node (pubsub keeps one
+	// stream per peer ID).
+	m.Crash("mallory")
+	if err := simulations.WaitFor(10*time.Second, func() error {
+		if len(worker.Host().Network().ConnsToPeer(mal.ID())) != 0 {
+			return fmt.Errorf("the worker is still connected to mallory's node")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	h, err := libp2p.New(libp2p.Identity(mal.Identity.Libp2pKey()), libp2p.NoListenAddrs, libp2p.Security(libp2ptls.ID, libp2ptls.New),
+		libp2p.Transport(tcp.NewTCPTransport), libp2p.DisableRelay(), libp2p.DisableMetrics())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	ps, err := pubsub.NewGossipSub(ctx, h, pubsub.WithFloodPublish(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	topic, err := ps.Join("tasks")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Connect(ctx, peerInfo(worker)); err != nil {
+		t.Fatal(err)
+	}
+	return topic, tok
 }

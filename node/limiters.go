@@ -41,3 +41,16 @@ func (l *limiters) allow(key string) bool {
 	}
 	return b.Allow()
 }
+
+// left returns how many tokens key's bucket holds, without spending.
+func (l *limiters) left(key string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if b := l.m[key]; b != nil {
+		return int(b.Tokens())
+	}
+	return l.burst
+}
+
+// spent reports whether key's bucket is empty, without spending.
+func (l *limiters) spent(key string) bool { return l.left(key) < 1 }

@@ -100,6 +100,7 @@ func New(cfg Config) (*Node, error) {
 	n.live.lastSync, n.live.lastPull = map[peer.ID]time.Time{}, map[peer.ID]time.Time{}
 	hb := cfg.HeartbeatInterval
 	n.live.serving, n.live.records, n.live.renewals = newLimiters(hb, serveBurst), newLimiters(hb, recordBurst), newLimiters(hb, 1)
+	n.live.ownRefused = newLimiters(time.Second/rejectRate, rejectBurst)
 	for _, raw := range cfg.Revocations {
 		if err := n.applyRevocation(raw); err != nil {
 			return nil, fmt.Errorf("node: revocation: %w", err)
@@ -431,6 +432,24 @@ func (n *Node) inspectRPC(from peer.ID, rpc *pubsub.RPC) error {
 			n.members.throttles.Add(1)
 		}
 		rpc.Publish = rpc.Publish[:credit]
+	}
+	// A peer whose own messages this node keeps refusing (stale, dead,
+	// replay: not charged) gets no more of its own messages checked than
+	// its budget of such refusals has left, until it refills; its relays
+	// of others' pass.
+	if left := n.live.ownRefused.left(string(from)); len(rpc.Publish) > left {
+		kept := rpc.Publish[:0]
+		for _, m := range rpc.Publish {
+			if peer.ID(m.GetFrom()) != from || left > 0 {
+				if peer.ID(m.GetFrom()) == from {
+					left--
+				}
+				kept = append(kept, m)
+			} else {
+				n.members.throttles.Add(1)
+			}
+		}
+		rpc.Publish = kept
 	}
 	if n.cfg.DropMessage == nil || len(rpc.Publish) == 0 {
 		return nil

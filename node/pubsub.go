@@ -92,6 +92,13 @@ func (n *Node) join(name string) (*pubsub.Topic, error) {
 func (n *Node) validator(topic string) pubsub.ValidatorEx {
 	return func(_ context.Context, _ peer.ID, m *pubsub.Message) pubsub.ValidationResult {
 		start := time.Now()
+		// An author whose own messages this node kept refusing uncharged
+		// (see below): past its budget, the rest of what it delivered
+		// before inspectRPC cut it off is dropped here, unchecked.
+		if m.ReceivedFrom == m.GetFrom() && m.ReceivedFrom != n.ID() && n.live.ownRefused.spent(string(m.ReceivedFrom)) {
+			n.members.throttles.Add(1)
+			return pubsub.ValidationIgnore
+		}
 		author, err := trust.PublicKeyFromPeerID(m.GetFrom())
 		var e *protocol.Envelope
 		if err == nil {
@@ -119,8 +126,17 @@ func (n *Node) validator(topic string) pubsub.ValidatorEx {
 			// the author could have known better whatever this node's
 			// state: a topic its action does not name (older relays do
 			// not check that, so it is no forwarder's fault).
-			if m.ReceivedFrom == m.GetFrom() && authorFault[code] {
-				n.members.penalize(m.ReceivedFrom, code)
+			if m.ReceivedFrom == m.GetFrom() {
+				if authorFault[code] {
+					n.members.penalize(m.ReceivedFrom, code)
+				} else {
+					// Refused for this node's clock, registry or replay
+					// guard (stale, dead, replay...): not charged, but an
+					// author that keeps delivering such messages of its own
+					// has the next ones dropped unchecked (inspectRPC),
+					// and only those: what it relays still passes.
+					n.live.ownRefused.allow(string(m.ReceivedFrom))
+				}
 			}
 			return pubsub.ValidationIgnore
 		}

@@ -58,6 +58,9 @@ type liveness struct {
 	// and protocol (sync, revocation pull, hello), new records per listed
 	// agent, renewals per agent.
 	serving, records, renewals *limiters
+	// ownRefused counts, per peer, its own pubsub messages refused and not
+	// charged (stale, dead, replay...).
+	ownRefused *limiters
 }
 
 func (n *Node) nextSeq() uint64 { return n.live.seq.Add(1) }
