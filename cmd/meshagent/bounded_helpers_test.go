@@ -3,8 +3,10 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -38,6 +40,31 @@ func twoDaemons(t *testing.T, aScopes, bScopes string, adjust func(name string, 
 	fa.Bootstrap = []string{bn.Addrs()[0].String()}
 	startDaemon(t, a, fa)
 	return ca, a, b, aID, bID
+}
+
+// joinDaemon enrols one more agent with the CA at ca (tokens for scopes)
+// and starts its daemon, bootstrapping from the daemon at peerHome. It
+// returns the new home.
+func joinDaemon(t *testing.T, ca, name, scopes, peerHome string) string {
+	t.Helper()
+	anchor, err := os.ReadFile(filepath.Join(ca, anchorIDFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		ListenAddrs []string `json:"listen_addrs"`
+	}
+	if err := json.Unmarshal([]byte(mustOK(t, "status", "--home", peerHome)), &st); err != nil || len(st.ListenAddrs) == 0 {
+		t.Fatalf("status of %s: %+v %v", peerHome, st, err)
+	}
+	home := filepath.Join(filepath.Dir(peerHome), name)
+	id := mustOK(t, "init", "--home", home, "--name", name)
+	mustOK(t, "ca", "issue", "--dir", ca, "--agent", id, "--name", name, "--out", filepath.Join(home, credentialFile))
+	mustOK(t, "token", "issue", "--ca", ca, "--to", id, "--scopes", scopes, "--out", filepath.Join(home, "t.token"))
+	fc := writeConfig(t, home, name, strings.TrimSpace(string(anchor)), "t.token")
+	fc.Bootstrap = st.ListenAddrs[:1]
+	startDaemon(t, home, fc)
+	return home
 }
 
 // scrape returns home's /metrics page.
