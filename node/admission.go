@@ -384,7 +384,7 @@ func (m *members) notifiee() network.Notifiee {
 		if m.isAdmitted(p) {
 			return
 		}
-		evict, ok := m.src.open(c, m.n.cfg.AdmissionTimeout/10)
+		evict, ok := m.src.open(c, m.n.cfg.AdmissionTimeout/4)
 		if evict != nil {
 			m.src.fail(evict.RemoteMultiaddr())
 			go evict.Close()

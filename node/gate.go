@@ -306,9 +306,9 @@ type pendingConn struct {
 // from any number of sources: far below the node's inbound connection
 // limit, so that admitted agents always find room. When it is reached, a
 // new connection takes the place of the oldest pending one that has had
-// pendingGrace to send its hello (an honest newcomer sends it within a
-// round trip; the oldest of the source with the most pending goes first),
-// else it is closed.
+// its grace to send its hello (an honest newcomer sends it within a round
+// trip), of the source with the most pending, never a source's only one;
+// else the new one is closed.
 const maxPending = 128
 
 const maxSources = 4096
@@ -455,6 +455,9 @@ func (s *sources) open(c network.Conn, grace time.Duration) (evict network.Conn,
 			k := 0
 			if e := s.m[pc.ip]; pc.tracked && e != nil {
 				k = e.pending
+			}
+			if k < 2 {
+				continue // its source's only one: a newcomer's, perhaps
 			}
 			if k > most || (k == most && pc.at.Before(s.conns[victim].at)) {
 				victim, most = q, k

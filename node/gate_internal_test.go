@@ -188,27 +188,33 @@ func TestPendingConnectionsBoundedNodeWide(t *testing.T) {
 		conns = append(conns, c)
 	}
 	late := &fakeConn{addr: ma.StringCast("/ip4/10.9.9.9/tcp/1")}
-	if _, ok := s.open(late, time.Hour); ok {
-		t.Fatal("a connection past maxPending was taken while every pending one is within its grace")
+	if ev, ok := s.open(late, 0); ok || ev != nil {
+		t.Fatalf("full of sources with one pending each: ok %v, evicted %v; want refused, none evicted", ok, ev)
 	}
-	ev, ok := s.open(late, 0)
-	if !ok || ev != network.Conn(conns[0]) {
-		t.Fatalf("past the grace: ok %v, evicted %v, want the oldest", ok, ev)
-	}
-	if len(s.conns) != maxPending || s.done(conns[0]) {
-		t.Fatalf("%d pending; the evicted connection is still counted", len(s.conns))
-	}
-	// A source with many pending goes before a newcomer's older one.
+	// A source with several pending gives way, once past the grace; the
+	// oldest of the source with the most goes first.
 	flood := ma.StringCast("/ip4/10.8.8.8/tcp/1")
+	s.done(conns[0])
 	s.done(conns[1])
-	s.done(conns[2])
-	for range 2 {
-		if _, ok := s.open(&fakeConn{addr: flood}, time.Hour); !ok {
+	var first network.Conn
+	for i := range 2 {
+		c := &fakeConn{addr: flood}
+		if _, ok := s.open(c, time.Hour); !ok {
 			t.Fatal("refused with room")
 		}
+		if i == 0 {
+			first = c
+		}
 	}
-	if ev, _ := s.open(&fakeConn{addr: flood}, 0); ev == nil || !ev.RemoteMultiaddr().Equal(flood) {
-		t.Fatalf("evicted %v, want one of the source with the most pending", ev)
+	if _, ok := s.open(late, time.Hour); ok {
+		t.Fatal("a connection past maxPending was taken while every candidate is within its grace")
+	}
+	ev, ok := s.open(late, 0)
+	if !ok || ev != first {
+		t.Fatalf("past the grace: ok %v, evicted %v, want the flood's oldest", ok, ev)
+	}
+	if len(s.conns) != maxPending || s.done(first) {
+		t.Fatalf("%d pending; the evicted connection is still counted", len(s.conns))
 	}
 	// One source alone stops at pendingPerSource.
 	s = newSources()
