@@ -163,13 +163,23 @@ func messageID(m *pubsubpb.Message) string {
 	return string(m.From) + string(d[:])
 }
 
+// subscriptionBytes bounds what one subscription holds for a reader that
+// falls behind (pubsub drops what does not fit, for that subscription
+// only): each message held is its data and its decoded envelope, so 64
+// messages at the default 256 KiB limit, up to 1 024 smaller ones.
+const subscriptionBytes = 32 << 20
+
+func subscriptionBuffer(maxMessage int) int {
+	return min(max(subscriptionBytes/(2*max(maxMessage, 1)), 16), 1024)
+}
+
 // Subscribe joins topic and returns its verified messages.
 func (n *Node) Subscribe(topic string) (*Subscription, error) {
 	t, err := n.join(topic)
 	if err != nil {
 		return nil, err
 	}
-	s, err := t.Subscribe(pubsub.WithBufferSize(1024))
+	s, err := t.Subscribe(pubsub.WithBufferSize(subscriptionBuffer(n.cfg.MaxEnvelopeSize)))
 	if err != nil {
 		return nil, err
 	}
