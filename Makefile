@@ -7,7 +7,7 @@ PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.11
 GOBIN         := $(shell $(GO) env GOPATH)/bin
 PROTOS        := trust/trustpb/trust.proto protocol/protocolpb/protocol.proto
 
-.PHONY: help demo test check lint race build bench bench-dialloop fuzz proto tidy sim sim500
+.PHONY: help demo test check lint race build bench bench-dialloop bench-attacks fuzz proto tidy sim sim500
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ bench: ## run the benchmarks recorded in BENCHMARKS.md
 
 bench-dialloop: ## what a fresh-identity dial loop costs a node (about two minutes; BENCHMARKS.md)
 	$(GO) test ./node -run '^$$' -bench FreshIdentityDialLoop -benchtime 1x -timeout 10m
+
+bench-attacks: ## honest calls and what the target holds under each resource attack (about six minutes; BENCHMARKS.md)
+	$(GO) test ./simulations -run '^$$' -bench ResourceAttacks -benchtime 1x -timeout 20m -v
 
 fuzz: ## fuzz every decoder for 30 s each
 	$(GO) test ./trust -run '^$$' -fuzz FuzzParseToken -fuzztime 30s

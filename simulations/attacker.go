@@ -98,7 +98,7 @@ func runAttacker(path string) error {
 	if err != nil {
 		return err
 	}
-	k := &kit{id: id, tid: target.ID, addr: *target, skew: new(atomic.Int64), replayed: spec.Replayed, misdirected: spec.Misdirected}
+	k := &kit{id: id, tid: target.ID, addr: *target, skew: new(atomic.Int64), replayed: spec.Replayed, misdirected: spec.Misdirected, cred: cred}
 	for _, t := range spec.tokens(k) {
 		if len(*t.raw) == 0 {
 			continue
@@ -123,7 +123,7 @@ func runAttacker(path string) error {
 		return err
 	}
 	defer k.n.Close()
-	if spec.Attack != "outsider" {
+	if spec.Attack != "outsider" && !ownHosts[spec.Attack] {
 		if err := k.n.Connect(ctx, *target); err != nil {
 			return err
 		}
@@ -152,10 +152,23 @@ func runAttacker(path string) error {
 	}()
 	fmt.Println("ready")
 	var attempts atomic.Int64
+	// "attempted" tells the scenario that the attack is under way, for
+	// attacks whose attempts the target cannot pin on the attacker's ID.
+	go func() {
+		if WaitFor(spec.For, func() error {
+			if attempts.Load() == 0 {
+				return fmt.Errorf("no attempt yet")
+			}
+			return nil
+		}) == nil {
+			fmt.Println("attempted")
+		}
+	}()
 	if err := k.run(ctx, spec.Attack, &on, stop, &attempts); err != nil {
 		return err
 	}
 	fmt.Println("attempts", attempts.Load())
+	fmt.Println("landed", k.landed.Load())
 	return nil
 }
 
@@ -185,26 +198,40 @@ func SeparateAttacks(ctx context.Context, n int, d time.Duration, attacks []Atta
 		return nil, err
 	}
 	defer st.m.Close()
+	rs, _, err := st.separateAll(ctx, d, attacks, nil)
+	return rs, err
+}
+
+// separateAll plays each attack in turn from a process of its own, once
+// the stage has converged. With audit (the target's audit log), it also
+// gauges the target around each window, one gauge per attack.
+func (st *attackStage) separateAll(ctx context.Context, d time.Duration, attacks []Attack, audit *auditCounter) ([]AttackResult, []*gauge, error) {
 	if err := WaitFor(30*time.Second, func() error { return st.m.Converged("alive") }); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	self, err := os.Executable()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var out []AttackResult
+	var gauges []*gauge
 	for _, a := range attacks {
-		res, err := st.separate(ctx, self, a, d)
-		if err != nil {
-			return out, fmt.Errorf("%s: %w", a.Name, err)
+		var g *gauge
+		if audit != nil {
+			g = newGauge(st, audit)
 		}
-		out = append(out, res)
+		res, err := st.separate(ctx, self, a, d, g)
+		if err != nil {
+			return out, gauges, fmt.Errorf("%s: %w", a.Name, err)
+		}
+		out, gauges = append(out, res), append(gauges, g)
 	}
-	return out, nil
+	return out, gauges, nil
 }
 
-// separate plays one attack from a process of its own.
-func (st *attackStage) separate(ctx context.Context, self string, a Attack, d time.Duration) (AttackResult, error) {
+// separate plays one attack from a process of its own; g, when set,
+// samples the target at the start and end of every window.
+func (st *attackStage) separate(ctx context.Context, self string, a Attack, d time.Duration, g *gauge) (AttackResult, error) {
 	res := AttackResult{N: len(st.m.Agents), Attack: a}
 	id, err := trust.GenerateIdentity(rand.Reader)
 	if err != nil {
@@ -265,18 +292,51 @@ func (st *attackStage) separate(ctx context.Context, self string, a Attack, d ti
 		_ = cmd.Wait()
 		return res, fmt.Errorf("attacker did not start")
 	}
+	attempted, ended := make(chan struct{}), make(chan struct{})
+	var attempts, landed int64
+	go func() {
+		defer close(ended)
+		first := true
+		for lines.Scan() {
+			f := strings.Fields(lines.Text())
+			switch {
+			case len(f) == 1 && f[0] == "attempted" && first:
+				close(attempted)
+				first = false
+			case len(f) == 2 && f[0] == "attempts":
+				attempts, _ = strconv.ParseInt(f[1], 10, 64)
+			case len(f) == 2 && f[0] == "landed":
+				landed, _ = strconv.ParseInt(f[1], 10, 64)
+			}
+		}
+	}()
 	// The attack runs until the target has rejected it once (an
-	// idle-class process may wait for CPU time), then windows with and
-	// without it alternate, so that the machine's drift over the run weighs
-	// on both alike.
+	// idle-class process may wait for CPU time), or for the resource
+	// attacks, whose outsiders have keys of their own and whose attempts
+	// the target may bound without a rejection, until the attacker made
+	// its first attempt; then windows with and without it alternate, so
+	// that the machine's drift over the run weighs on both alike.
+	g.start()
 	_, _ = fmt.Fprintln(in, "on")
-	if err := WaitFor(30*time.Second, func() error {
+	ready := func() error {
 		if len(st.rejectionsOf(id.PeerID())) == 0 {
 			return fmt.Errorf("the target has not rejected the attacker yet")
 		}
 		return nil
-	}); err != nil {
+	}
+	if isResourceAttack(a.Name) {
+		ready = func() error {
+			select {
+			case <-attempted:
+				return nil
+			default:
+				return fmt.Errorf("the attacker has made no attempt yet")
+			}
+		}
+	}
+	if err := WaitFor(30*time.Second, ready); err != nil {
 		_ = cmd.Process.Kill()
+		<-ended
 		_ = cmd.Wait()
 		return res, err
 	}
@@ -284,23 +344,25 @@ func (st *attackStage) separate(ctx context.Context, self string, a Attack, d ti
 	w, settle := d/rounds, d/(4*rounds)
 	res.Baseline, res.Under = LoadResult{Errors: map[trust.Code]int{}}, LoadResult{Errors: map[trust.Code]int{}}
 	for i := 0; i < rounds; i++ {
+		g.begin()
 		res.Under.add(st.m.HonestLoad(ctx, st.callers, st.target, "read:logs", w))
+		g.end(true)
 		_, _ = fmt.Fprintln(in, "off")
 		time.Sleep(settle)
+		g.begin()
 		res.Baseline.add(st.m.HonestLoad(ctx, st.callers, st.target, "read:logs", w))
+		g.end(false)
 		_, _ = fmt.Fprintln(in, "on")
 		time.Sleep(settle) // the attack is under way when the window starts
 	}
 	_, _ = fmt.Fprintln(in, "end")
 	_ = in.Close()
-	for lines.Scan() {
-		if f := strings.Fields(lines.Text()); len(f) == 2 && f[0] == "attempts" {
-			res.Attempts, _ = strconv.ParseInt(f[1], 10, 64)
-		}
-	}
+	<-ended
+	res.Attempts = attempts
 	if err := cmd.Wait(); err != nil {
 		return res, fmt.Errorf("attacker: %w", err)
 	}
+	g.finish(landed)
 	st.tally(&res, id.PeerID())
 	return res, nil
 }

@@ -72,6 +72,16 @@ type kit struct {
 
 	own, stolen, delegated, expired, notYet, revoked *trust.Token
 	replayed, misdirected                            []byte
+
+	// For the resource attacks (resource.go): the attacker's credential,
+	// for the insider host they admit by hand; whether the attack is on
+	// and when it ends (run sets both), for what they hold to be let go;
+	// and the attempts that got past the attacker's own dial, open or
+	// write.
+	cred   *trust.Credential
+	on     *atomic.Bool
+	stop   <-chan struct{}
+	landed atomic.Int64
 }
 
 // seal builds a request to the target with tok, failing loudly: a scenario
@@ -196,12 +206,13 @@ func (k *kit) attempt(ctx context.Context, a string) (func(), error) {
 		var i atomic.Uint64
 		return func() { steps[i.Add(1)%uint64(len(steps))]() }, nil
 	}
-	return nil, fmt.Errorf("no attack named %q", a)
+	return k.resourceAttempt(ctx, a)
 }
 
 // run makes attempts of attack a from 4 goroutines while on is set, until
 // stop closes, counting them.
 func (k *kit) run(ctx context.Context, a string, on *atomic.Bool, stop <-chan struct{}, attempts *atomic.Int64) error {
+	k.on, k.stop = on, stop
 	f, err := k.attempt(ctx, a)
 	if err != nil {
 		return err
