@@ -109,7 +109,9 @@ func heapAfterGC() uint64 {
 func TestSubscriptionFloodIsBounded(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	m, err := simulations.NewMesh(ctx, []string{"target", "honest"}, simulations.Options{})
+	// The insiders are bare hosts that never heartbeat: a DeadAfter longer
+	// than the test, so that a slow run (-race) does not close them.
+	m, err := simulations.NewMesh(ctx, []string{"target", "honest"}, simulations.Options{DeadAfter: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
