@@ -316,7 +316,7 @@ func (st *attackStage) separate(ctx context.Context, self string, a Attack, d ti
 	// the target may bound without a rejection, until the attacker made
 	// its first attempt; then windows with and without it alternate, so
 	// that the machine's drift over the run weighs on both alike.
-	g.start()
+	g.start(cmd.Process.Pid)
 	_, _ = fmt.Fprintln(in, "on")
 	ready := func() error {
 		if len(st.rejectionsOf(id.PeerID())) == 0 {
@@ -345,13 +345,15 @@ func (st *attackStage) separate(ctx context.Context, self string, a Attack, d ti
 	res.Baseline, res.Under = LoadResult{Errors: map[trust.Code]int{}}, LoadResult{Errors: map[trust.Code]int{}}
 	for i := 0; i < rounds; i++ {
 		g.begin()
-		res.Under.add(st.m.HonestLoad(ctx, st.callers, st.target, "read:logs", w))
-		g.end(true)
+		under := st.m.HonestLoad(ctx, st.callers, st.target, "read:logs", w)
+		g.end(true, under)
+		res.Under.add(under)
 		_, _ = fmt.Fprintln(in, "off")
 		time.Sleep(settle)
 		g.begin()
-		res.Baseline.add(st.m.HonestLoad(ctx, st.callers, st.target, "read:logs", w))
-		g.end(false)
+		without := st.m.HonestLoad(ctx, st.callers, st.target, "read:logs", w)
+		g.end(false, without)
+		res.Baseline.add(without)
 		_, _ = fmt.Fprintln(in, "on")
 		time.Sleep(settle) // the attack is under way when the window starts
 	}

@@ -58,6 +58,9 @@ var ResourceAttacks = []Attack{
 	{"renew-loop", "", "the insider's renewal requests in a loop"},
 	{"sync-loop", "", "the insider's sync requests in a loop"},
 	{"subscription-flood", "", "the insider's pubsub RPCs of 250 made-up topics each, on a stream of its own"},
+	// Not an attack: what an attacker process costs the honest agents
+	// when it sends nothing, only takes what CPU its class gets.
+	{"control-spin", "", "no attack: the attacker process spins on 4 goroutines and sends nothing"},
 }
 
 // isResourceAttack reports whether a is one of ResourceAttacks.
@@ -65,10 +68,11 @@ func isResourceAttack(a string) bool {
 	return slices.ContainsFunc(ResourceAttacks, func(r Attack) bool { return r.Name == a })
 }
 
-// ownHosts are the attacks played from hosts of their own: the attacker's
-// node stays unconnected, so that the target sees only what they send.
+// ownHosts are the attacks played from hosts of their own (or none): the
+// attacker's node stays unconnected, so that the target sees only what
+// they send.
 var ownHosts = map[string]bool{"silent-conns": true, "rpc-streams": true, "unnegotiated-streams": true,
-	"dial-loop": true, "insider-streams": true, "subscription-flood": true}
+	"dial-loop": true, "insider-streams": true, "subscription-flood": true, "control-spin": true}
 
 // meshsub is the gossipsub protocol the insider writes to by hand.
 const meshsub = "/meshsub/1.1.0"
@@ -272,6 +276,11 @@ func (k *kit) resourceAttempt(ctx context.Context, a string) (func(), error) {
 				return
 			}
 			k.landed.Add(1)
+		}, nil
+	case "control-spin":
+		return func() {
+			for end := time.Now().Add(time.Millisecond); time.Now().Before(end); {
+			}
 		}, nil
 	}
 	return nil, fmt.Errorf("no attempt for %q", a)

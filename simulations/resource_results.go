@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -39,6 +40,17 @@ func (a AuditBytes) PerSecond() (all, reject float64) {
 	return float64(a.All) / s, float64(a.Reject) / s
 }
 
+// CPU is the processor time of this process (the target, the honest
+// agents and their callers) and of the attacker's during some windows.
+type CPU struct {
+	Self, Attacker, For time.Duration
+}
+
+// Cores returns this process's and the attacker's CPU time per second.
+func (c CPU) Cores() (self, attacker float64) {
+	return c.Self.Seconds() / c.For.Seconds(), c.Attacker.Seconds() / c.For.Seconds()
+}
+
 // ResourceResult is one resource attack measured at the target.
 type ResourceResult struct {
 	AttackResult
@@ -46,8 +58,11 @@ type ResourceResult struct {
 	// UsageWithout and UsageUnder are sampled at the end of each window
 	// without and under the attack (4 each).
 	UsageWithout, UsageUnder []Usage
-	AuditWithout             AuditBytes
-	AuditUnder               AuditBytes
+	AuditWithout, AuditUnder AuditBytes
+	CPUWithout, CPUUnder     CPU
+	// PairRatios are the honest rate of each window under the attack
+	// over that of the window without it that follows.
+	PairRatios []float64
 	// Refusals are the target's audited refusals of anyone but the honest
 	// agents while the attack ran (the hook sees every one, also those the
 	// audit log leaves out), by kind and reason.
@@ -125,7 +140,7 @@ func SeparateResourceAttacks(ctx context.Context, n int, d time.Duration, attack
 	for i, r := range rs {
 		g := gs[i]
 		out[i] = ResourceResult{AttackResult: r, Landed: g.landed, UsageWithout: g.without, UsageUnder: g.under,
-			AuditWithout: g.auditWithout, AuditUnder: g.auditUnder, Refusals: g.refusals,
+			AuditWithout: g.auditWithout, AuditUnder: g.auditUnder, CPUWithout: g.cpuWithout, CPUUnder: g.cpuUnder, PairRatios: g.pairs, Refusals: g.refusals,
 			Gated: g.gated, Throttled: g.throttled, HarnessRecords: g.records}
 	}
 	return out, err
@@ -155,13 +170,18 @@ type gauge struct {
 	target *node.Node
 	honest map[string]bool
 
+	pid                int // the attacker's
 	gated0, throttled0 int64
 	records0           int
 	begun              time.Time
 	all0, reject0      int64
+	self0, attacker0   time.Duration
 
 	without, under           []Usage
 	auditWithout, auditUnder AuditBytes
+	cpuWithout, cpuUnder     CPU
+	underRate                float64 // of the last window under the attack
+	pairs                    []float64
 	refusals                 map[string]int
 	gated, throttled         int64
 	records                  int
@@ -176,11 +196,13 @@ func newGauge(st *attackStage, audit *auditCounter) *gauge {
 	return g
 }
 
-// start is called when the attack is first switched on.
-func (g *gauge) start() {
+// start is called when the attack is first switched on, pid the
+// attacker's process.
+func (g *gauge) start(pid int) {
 	if g == nil {
 		return
 	}
+	g.pid = pid
 	g.gated0, g.throttled0 = g.target.Gated(), g.target.Throttled()
 	g.st.m.mu.Lock()
 	g.records0 = len(g.st.m.audit)
@@ -193,19 +215,28 @@ func (g *gauge) begin() {
 		return
 	}
 	g.begun, g.all0, g.reject0 = time.Now(), g.audit.all.Load(), g.audit.reject.Load()
+	g.self0, g.attacker0 = procCPU("self"), procCPU(strconv.Itoa(g.pid))
 }
 
-// end is called as a window ends, under the attack or not.
-func (g *gauge) end(under bool) {
+// end is called as a window ends, under the attack or not, with the
+// honest load it measured.
+func (g *gauge) end(under bool, l LoadResult) {
 	if g == nil {
 		return
 	}
-	a := AuditBytes{All: g.audit.all.Load() - g.all0, Reject: g.audit.reject.Load() - g.reject0, For: time.Since(g.begun)}
-	sum := &g.auditWithout
 	if under {
-		sum = &g.auditUnder
+		g.underRate = l.PerSecond()
+	} else {
+		g.pairs = append(g.pairs, g.underRate/l.PerSecond())
 	}
-	sum.All, sum.Reject, sum.For = sum.All+a.All, sum.Reject+a.Reject, sum.For+a.For
+	took := time.Since(g.begun)
+	self, attacker := procCPU("self")-g.self0, procCPU(strconv.Itoa(g.pid))-g.attacker0
+	sum, cpu := &g.auditWithout, &g.cpuWithout
+	if under {
+		sum, cpu = &g.auditUnder, &g.cpuUnder
+	}
+	sum.All, sum.Reject, sum.For = sum.All+g.audit.all.Load()-g.all0, sum.Reject+g.audit.reject.Load()-g.reject0, sum.For+took
+	cpu.Self, cpu.Attacker, cpu.For = cpu.Self+self, cpu.Attacker+attacker, cpu.For+took
 	u := g.sample()
 	if under {
 		g.under = append(g.under, u)
@@ -253,11 +284,14 @@ func (g *gauge) finish(landed int64) {
 // what the target held.
 func ResourceTable(rs []ResourceResult) string {
 	var b strings.Builder
-	b.WriteString("| attack | honest calls/s without / under | ratio (goal ≥ 0.9) | p99 without / under | attempts (landed) | the target's answer |\n|---|---|---|---|---|---|\n")
+	b.WriteString("| attack | honest calls/s without / under | ratio (goal ≥ 0.9) | range over the 4 pairs | p99 without / under | this process's cores without / under | µs of them per honest call | attacker's cores under | attempts (landed) | the target's answer |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rs {
 		p0, p1 := r.P99()
-		fmt.Fprintf(&b, "| %s | %s / %s | %.2f | %s / %s | %s (%s) | %s |\n", r.Attack.Name,
-			thousands(r.Baseline.PerSecond()), thousands(r.Under.PerSecond()), r.Ratio(), msec(p0), msec(p1),
+		c0, _ := r.CPUWithout.Cores()
+		c1, a1 := r.CPUUnder.Cores()
+		fmt.Fprintf(&b, "| %s | %s / %s | %.2f | %.2f – %.2f | %s / %s | %.2f / %.2f | %.0f / %.0f | %.2f | %s (%s) | %s |\n", r.Attack.Name,
+			thousands(r.Baseline.PerSecond()), thousands(r.Under.PerSecond()), r.Ratio(), lowest(r.PairRatios), -lowest(neg(r.PairRatios)), msec(p0), msec(p1),
+			c0, c1, perCall(r.CPUWithout.Self, r.Baseline), perCall(r.CPUUnder.Self, r.Under), a1,
 			thousands(float64(r.Attempts)), thousands(float64(r.Landed)), r.answer())
 	}
 	b.WriteString("\n| attack | heap Δ MiB, mean (peak) | goroutines Δ | descriptors Δ | target connections Δ | target streams Δ | audit KiB/s without / under | of which reject lines |\n|---|---|---|---|---|---|---|---|\n")
@@ -309,6 +343,27 @@ func (r ResourceResult) answer() string {
 	return strings.Join(parts, "; ")
 }
 
+// lowest returns the smallest of xs, 0 for none.
+func lowest(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	return slices.Min(xs)
+}
+
+func neg(xs []float64) []float64 {
+	out := make([]float64, len(xs))
+	for i, x := range xs {
+		out[i] = -x
+	}
+	return out
+}
+
+// perCall returns the microseconds of cpu per call served in l.
+func perCall(cpu time.Duration, l LoadResult) float64 {
+	return float64(cpu.Microseconds()) / float64(max(l.Calls-l.Failures, 1))
+}
+
 // thousands formats v rounded, with a space between thousands.
 func thousands(v float64) string {
 	s := fmt.Sprintf("%.0f", v)
@@ -321,6 +376,25 @@ func thousands(v float64) string {
 		s = "-" + s
 	}
 	return s
+}
+
+// procCPU returns the utime+stime of process pid ("self" for this one),
+// all its threads; 0 when it cannot be read.
+func procCPU(pid string) time.Duration {
+	raw, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return 0
+	}
+	// The fields after the command name (which may hold spaces): state
+	// is the first, utime the twelfth, stime the thirteenth.
+	f := strings.Fields(string(raw[bytes.LastIndexByte(raw, ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	const clockTick = 10 * time.Millisecond // USER_HZ = 100 on Linux
+	return time.Duration(ut+st) * clockTick
 }
 
 func msec(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
