@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,8 +16,29 @@ import (
 	"github.com/spf13/cobra"
 )
 
+// errStreamEnded is returned by events when the daemon ends a stream that
+// its reader still reads: the daemon stopped, or dropped the reader.
+var errStreamEnded = errors.New("the daemon ended the stream (it stopped, or dropped this reader)")
+
+// streamError is the reason the daemon gave, in a last event (event: error,
+// data: {"error", "code"}), for ending a stream.
+type streamError struct{ code, msg string }
+
+func (e streamError) Error() string {
+	if e.code == fellBehindCode {
+		return fmt.Sprintf("subscription dropped: fell behind (the daemon keeps at most %d MiB for a slow reader)", maxSubscriberBytes>>20)
+	}
+	if e.code != "" {
+		return fmt.Sprintf("stream ended by the daemon: %s: %s", e.code, e.msg)
+	}
+	return "stream ended by the daemon: " + e.msg
+}
+
 // events opens a server-sent-event stream on the local API and calls f
-// with each event's data until f returns false, the stream ends or ctx ends.
+// with each message event's data until f returns false or an error, or ctx
+// ends. A stream that ends before is an error: a streamError when the
+// daemon said why (event: error), errStreamEnded otherwise. Events of
+// other types, and comments, are skipped.
 func events(ctx context.Context, home, path string, f func(data []byte) (bool, error)) error {
 	c, err := apiClient(home)
 	if err != nil {
@@ -41,17 +63,47 @@ func events(ctx context.Context, home, path string, f func(data []byte) (bool, e
 	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	var name string
+	var data []byte
+	hasData := false
 	for sc.Scan() {
 		line := sc.Text()
-		if !strings.HasPrefix(line, "data: ") {
+		if line != "" {
+			field, value, _ := strings.Cut(line, ":")
+			value = strings.TrimPrefix(value, " ")
+			switch field {
+			case "event":
+				name = value
+			case "data":
+				if hasData {
+					data = append(data, '\n')
+				}
+				data, hasData = append(data, value...), true
+			}
 			continue
 		}
-		more, err := f([]byte(strings.TrimPrefix(line, "data: ")))
-		if err != nil || !more {
-			return err
+		// A blank line ends an event.
+		ev, d, ok := name, data, hasData
+		name, data, hasData = "", nil, false
+		switch {
+		case !ok:
+		case ev == "" || ev == "message":
+			more, err := f(d)
+			if err != nil || !more {
+				return err
+			}
+		case ev == "error":
+			var e apiError
+			if json.Unmarshal(d, &e) != nil || e.Error == "" {
+				e = apiError{Error: string(d)}
+			}
+			return streamError{code: e.Code, msg: e.Error}
 		}
 	}
-	return sc.Err()
+	if err := sc.Err(); err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("local API stream: %w", err)
+	}
+	return errStreamEnded
 }
 
 func newStreamCommands() []*cobra.Command {

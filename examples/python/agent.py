@@ -5,6 +5,9 @@
         serves read:logs: answers each verified request with some log lines
     agent.py call --home DIR --to PEERID --action read:logs
         calls read:logs on another agent and prints the verified reply
+    agent.py subscribe --home DIR --topic tasks
+        prints the verified messages of a topic, one JSON line each; exits 1
+        when the stream ends (the daemon drops a reader that falls behind)
 
 The daemon must be running (``meshagent run --home DIR``). No key ever
 enters this process.
@@ -28,6 +31,9 @@ def main():
     c.add_argument("--home", required=True)
     c.add_argument("--to", required=True)
     c.add_argument("--action", required=True)
+    b = sub.add_parser("subscribe")
+    b.add_argument("--home", required=True)
+    b.add_argument("--topic", required=True)
     args = p.parse_args()
 
     client = Client(args.home)
@@ -37,7 +43,19 @@ def main():
         def read_logs(req):
             return {"served_by": me, "for": req["from"], "lines": ["job 42 done", "job 43 queued"]}
 
-        client.handle(args.action, read_logs, count=args.count)
+        try:
+            client.handle(args.action, read_logs, count=args.count)
+        except MeshError as e:
+            print(f"agent.py: {e}", file=sys.stderr)
+            return 1
+        return 0
+    if args.cmd == "subscribe":
+        try:
+            for msg in client.subscribe(args.topic):
+                print(json.dumps(msg), flush=True)
+        except MeshError as e:
+            print(f"agent.py: {e}", file=sys.stderr)
+            return 1
         return 0
     try:
         reply = client.send(args.to, args.action, {"since": "1h"})

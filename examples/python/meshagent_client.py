@@ -59,18 +59,51 @@ class Client:
         return self._request("POST", "/v1/publish", {"topic": topic, "action": action, "body": body})
 
     def _events(self, path):
+        """Yield the data of each message event of a server-sent-event stream.
+
+        A stream that ends before its reader stops raises MeshError: with
+        the daemon's code when it said why in a last ``event: error``
+        (``fell_behind``: this reader fell more than 8 MiB behind, the
+        daemon dropped it; subscribe again), ``stream_ended`` otherwise.
+        """
         conn = UnixHTTPConnection(self.socket, timeout=None)
         conn.request("GET", path)
         resp = conn.getresponse()
         if resp.status != 200:
-            raise MeshError("error", resp.read().decode())
+            try:
+                payload = json.loads(resp.read())
+            except ValueError:
+                payload = {}
+            raise MeshError(payload.get("code", "error"), payload.get("error", resp.reason))
+        event, data = "", None
         while True:
-            line = resp.fp.readline()
+            line = resp.readline()  # the body, chunked encoding removed
             if not line:
-                return
-            line = line.decode().rstrip("\n")
-            if line.startswith("data: "):
-                yield json.loads(line[len("data: "):])
+                conn.close()
+                raise MeshError("stream_ended", "the daemon ended the stream (it stopped, or dropped this reader)")
+            line = line.decode().rstrip("\r\n")
+            if line:
+                field, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if field == "event":
+                    event = value
+                elif field == "data":
+                    data = value if data is None else data + "\n" + value
+                continue
+            # A blank line ends an event.
+            ev, d = event, data
+            event, data = "", None
+            if d is None:
+                continue
+            if ev in ("", "message"):
+                yield json.loads(d)
+            elif ev == "error":
+                conn.close()
+                try:
+                    e = json.loads(d)
+                except ValueError:
+                    e = {"error": d}
+                raise MeshError(e.get("code", "error"), e.get("error", d))
 
     def handle(self, action, fn, count=0):
         """Serve action: fn(request) returns the reply body (any JSON value)."""
@@ -86,4 +119,5 @@ class Client:
                 return
 
     def subscribe(self, topic):
+        """Yield the verified messages of topic; see _events for how it ends."""
         yield from self._events("/v1/subscribe?topic=" + topic)
