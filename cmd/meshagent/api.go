@@ -419,6 +419,13 @@ func (q *subQueue) drop() {
 	q.mu.Unlock()
 }
 
+// handleWriteTimeout bounds each write to a /v1/handle stream, an event or
+// a keepalive: a process that takes nothing for that long is dropped (its
+// stream ends, its action is free again). It is the node's default handler
+// timeout: by then the call being written has failed anyway. A variable so
+// that tests can shorten it.
+var handleWriteTimeout = 10 * time.Second
+
 // streamRequest refuses a long-lived GET (subscribe, handle) that has a
 // body: the server lifts its read deadline and notices the client going
 // away (ending the stream and freeing its action) only once the request is
@@ -540,6 +547,10 @@ func addStreamingRoutes(mux *http.ServeMux, n *node.Node, met *daemonMetrics, bu
 		if !ok {
 			return
 		}
+		// Every write has handleWriteTimeout to reach the process: one
+		// that stopped reading is dropped and its action freed. (s's own
+		// Flush does not report a write that failed; rc.Flush does.)
+		rc := http.NewResponseController(w)
 		keepalive := time.NewTicker(15 * time.Second)
 		defer keepalive.Stop()
 		for {
@@ -547,18 +558,19 @@ func addStreamingRoutes(mux *http.ServeMux, n *node.Node, met *daemonMetrics, bu
 			case <-r.Context().Done():
 				return
 			case <-keepalive.C:
-				if _, err := io.WriteString(w, ": keepalive\n\n"); err != nil {
+				_ = rc.SetWriteDeadline(time.Now().Add(handleWriteTimeout))
+				if _, err := io.WriteString(w, ": keepalive\n\n"); err != nil || rc.Flush() != nil {
 					return
 				}
-				s.f.Flush()
 			case <-q.ready:
 				for {
 					p, id := h.next(q)
 					if p == nil {
 						break
 					}
+					_ = rc.SetWriteDeadline(time.Now().Add(handleWriteTimeout))
 					if s.send(map[string]any{"id": id, "from": p.req.From.String(), "action": p.req.Action,
-						"correlation_id": p.req.CorrelationID.String(), "body": jsonBody(p.req.Body)}) != nil {
+						"correlation_id": p.req.CorrelationID.String(), "body": jsonBody(p.req.Body)}) != nil || rc.Flush() != nil {
 						h.resolve(id, callResult{err: "local handler went away"})
 						return
 					}
