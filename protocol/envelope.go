@@ -99,6 +99,9 @@ type Envelope struct {
 	Token          *trust.Token
 	ErrorCode      trust.Code // KindError only
 	ErrorDetail    string     // KindError only
+	// RetryAfter is when a busy receiver asks the caller to try again
+	// (KindError with ErrorCode busy only; whole milliseconds on the wire).
+	RetryAfter time.Duration
 
 	body, sig []byte // exactly as signed / received
 }
@@ -119,7 +122,7 @@ func Seal(id *trust.Identity, e *Envelope, now time.Time) ([]byte, error) {
 		Version: Version, Kind: protocolpb.Kind(e.Kind), Sender: e.Sender[:], Action: e.Action,
 		Payload: e.Payload, ContentType: e.ContentType, Timestamp: now.UnixNano(), Nonce: e.Nonce,
 		CorrelationId: e.CorrelationID[:], ErrorCode: string(e.ErrorCode), ErrorDetail: e.ErrorDetail,
-		RecipientTopic: e.RecipientTopic,
+		RecipientTopic: e.RecipientTopic, RetryAfterMs: e.RetryAfter.Milliseconds(),
 	}
 	if !e.RecipientPeer.IsZero() {
 		b.RecipientPeer = e.RecipientPeer[:]
@@ -159,7 +162,8 @@ func Open(raw []byte, maxSize, maxTokenSize int) (*Envelope, error) {
 	}
 	e := &Envelope{Kind: Kind(b.Kind), Action: b.Action, Payload: b.Payload, ContentType: b.ContentType,
 		Timestamp: time.Unix(0, b.Timestamp), Nonce: b.Nonce, RecipientTopic: b.RecipientTopic,
-		ErrorCode: trust.Code(b.ErrorCode), ErrorDetail: b.ErrorDetail, body: w.Body, sig: w.Signature}
+		ErrorCode: trust.Code(b.ErrorCode), ErrorDetail: b.ErrorDetail, body: w.Body, sig: w.Signature,
+		RetryAfter: time.Duration(max(b.RetryAfterMs, 0)) * time.Millisecond}
 	switch e.Kind {
 	case KindRequest, KindReply, KindError, KindMessage:
 	default:

@@ -1,7 +1,9 @@
 package protocol
 
 import (
+	"errors"
 	"fmt"
+	"time"
 
 	"github.com/meshagent/meshagent/trust"
 )
@@ -31,7 +33,38 @@ const (
 	// it must not grow what the caller keeps by code (audit reasons,
 	// metric series).
 	CodeUnknown trust.Code = "unknown_code"
+	// CodeBusy: the receiver sheds load (its replay guard, a handler at
+	// capacity). It is not the sender's doing: it is never charged, and it
+	// says when to try again (BusyError).
+	CodeBusy trust.Code = "busy"
 )
+
+// BusyError is a busy refusal with the time to wait before trying again.
+type BusyError struct {
+	RetryAfter time.Duration
+	Err        error // a *trust.Error with CodeBusy
+}
+
+func (e *BusyError) Error() string {
+	return fmt.Sprintf("%v (retry after %s)", e.Err, e.RetryAfter.Round(time.Millisecond))
+}
+
+func (e *BusyError) Unwrap() error { return e.Err }
+
+// Busy returns a busy refusal asking the caller to retry after d.
+func Busy(d time.Duration, format string, args ...any) error {
+	return &BusyError{RetryAfter: d, Err: Reject(CodeBusy, format, args...)}
+}
+
+// RetryAfter returns how long err asks the caller to wait, and whether err
+// is a busy refusal at all.
+func RetryAfter(err error) (time.Duration, bool) {
+	var b *BusyError
+	if errors.As(err, &b) {
+		return b.RetryAfter, true
+	}
+	return 0, trust.CodeOf(err) == CodeBusy
+}
 
 var knownCodes = map[trust.Code]bool{}
 
@@ -42,7 +75,7 @@ func init() {
 		trust.CodeVersion, trust.CodeWeakKey,
 		CodeStale, CodeReplay, CodeReplayFull, CodeWrongRecipient, CodeWrongKind, CodeImpersonation, CodeNoToken,
 		CodeUnlisted, CodeDead, CodeNoHandler, CodeHandlerError, CodeUnavailable, CodeFlood, CodeTopicNotGranted,
-		CodeUnknown} {
+		CodeUnknown, CodeBusy} {
 		knownCodes[c] = true
 	}
 }

@@ -112,7 +112,7 @@ var (
 		string(protocol.CodeWrongRecipient), string(protocol.CodeWrongKind), string(protocol.CodeImpersonation),
 		string(protocol.CodeNoToken), string(protocol.CodeUnlisted), string(protocol.CodeDead),
 		string(protocol.CodeNoHandler), string(protocol.CodeHandlerError), string(protocol.CodeUnavailable),
-		string(protocol.CodeFlood), string(protocol.CodeTopicNotGranted))
+		string(protocol.CodeFlood), string(protocol.CodeTopicNotGranted), string(protocol.CodeBusy))
 )
 
 // otherLabel stands for every label value not known in advance.

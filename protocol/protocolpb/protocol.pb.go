@@ -152,8 +152,9 @@ type EnvelopeBody struct {
 	Nonce          []byte                 `protobuf:"bytes,10,opt,name=nonce,proto3" json:"nonce,omitempty"`                                      // at least 16 random bytes
 	CorrelationId  []byte                 `protobuf:"bytes,11,opt,name=correlation_id,json=correlationId,proto3" json:"correlation_id,omitempty"` // 16 bytes, kept by replies and onward calls
 	Token          *trustpb.Token         `protobuf:"bytes,12,opt,name=token,proto3" json:"token,omitempty"`
-	ErrorCode      string                 `protobuf:"bytes,13,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`       // KIND_ERROR: a stable reason code
-	ErrorDetail    string                 `protobuf:"bytes,14,opt,name=error_detail,json=errorDetail,proto3" json:"error_detail,omitempty"` // KIND_ERROR: human-readable detail
+	ErrorCode      string                 `protobuf:"bytes,13,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`             // KIND_ERROR: a stable reason code
+	ErrorDetail    string                 `protobuf:"bytes,14,opt,name=error_detail,json=errorDetail,proto3" json:"error_detail,omitempty"`       // KIND_ERROR: human-readable detail
+	RetryAfterMs   int64                  `protobuf:"varint,15,opt,name=retry_after_ms,json=retryAfterMs,proto3" json:"retry_after_ms,omitempty"` // KIND_ERROR with error_code "busy": when to try again
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -284,6 +285,13 @@ func (x *EnvelopeBody) GetErrorDetail() string {
 		return x.ErrorDetail
 	}
 	return ""
+}
+
+func (x *EnvelopeBody) GetRetryAfterMs() int64 {
+	if x != nil {
+		return x.RetryAfterMs
+	}
+	return 0
 }
 
 // Hello is the admission message: each side of a new connection sends its
@@ -982,7 +990,7 @@ const file_protocol_protocolpb_protocol_proto_rawDesc = "" +
 	"\"protocol/protocolpb/protocol.proto\x12\x15meshagent.protocol.v1\x1a\x19trust/trustpb/trust.proto\"<\n" +
 	"\bEnvelope\x12\x12\n" +
 	"\x04body\x18\x01 \x01(\fR\x04body\x12\x1c\n" +
-	"\tsignature\x18\x02 \x01(\fR\tsignature\"\xe4\x03\n" +
+	"\tsignature\x18\x02 \x01(\fR\tsignature\"\x8a\x04\n" +
 	"\fEnvelopeBody\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12/\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x1b.meshagent.protocol.v1.KindR\x04kind\x12\x16\n" +
@@ -999,7 +1007,8 @@ const file_protocol_protocolpb_protocol_proto_rawDesc = "" +
 	"\x05token\x18\f \x01(\v2\x19.meshagent.trust.v1.TokenR\x05token\x12\x1d\n" +
 	"\n" +
 	"error_code\x18\r \x01(\tR\terrorCode\x12!\n" +
-	"\ferror_detail\x18\x0e \x01(\tR\verrorDetail\"\xa6\x01\n" +
+	"\ferror_detail\x18\x0e \x01(\tR\verrorDetail\x12$\n" +
+	"\x0eretry_after_ms\x18\x0f \x01(\x03R\fretryAfterMs\"\xa6\x01\n" +
 	"\x05Hello\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12:\n" +
 	"\n" +
