@@ -284,13 +284,13 @@ func (g *gauge) finish(landed int64) {
 // what the target held.
 func ResourceTable(rs []ResourceResult) string {
 	var b strings.Builder
-	b.WriteString("| attack | honest calls/s without / under | ratio (goal ≥ 0.9) | range over the 4 pairs | p99 without / under | this process's cores without / under | µs of them per honest call | attacker's cores under | attempts (landed) | the target's answer |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| attack | honest calls/s without / under | ratio (goal ≥ 0.9) | the 4 pairs: lowest, median, highest | p99 without / under | this process's cores without / under | µs of them per honest call | attacker's cores under | attempts (landed) | the target's answer |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rs {
 		p0, p1 := r.P99()
 		c0, _ := r.CPUWithout.Cores()
 		c1, a1 := r.CPUUnder.Cores()
-		fmt.Fprintf(&b, "| %s | %s / %s | %.2f | %.2f – %.2f | %s / %s | %.2f / %.2f | %.0f / %.0f | %.2f | %s (%s) | %s |\n", r.Attack.Name,
-			thousands(r.Baseline.PerSecond()), thousands(r.Under.PerSecond()), r.Ratio(), lowest(r.PairRatios), -lowest(neg(r.PairRatios)), msec(p0), msec(p1),
+		fmt.Fprintf(&b, "| %s | %s / %s | %.2f | %.2f, %.2f, %.2f | %s / %s | %.2f / %.2f | %.0f / %.0f | %.2f | %s (%s) | %s |\n", r.Attack.Name,
+			thousands(r.Baseline.PerSecond()), thousands(r.Under.PerSecond()), r.Ratio(), lowest(r.PairRatios), median(r.PairRatios), highest(r.PairRatios), msec(p0), msec(p1),
 			c0, c1, perCall(r.CPUWithout.Self, r.Baseline), perCall(r.CPUUnder.Self, r.Under), a1,
 			thousands(float64(r.Attempts)), thousands(float64(r.Landed)), r.answer())
 	}
@@ -351,12 +351,22 @@ func lowest(xs []float64) float64 {
 	return slices.Min(xs)
 }
 
-func neg(xs []float64) []float64 {
-	out := make([]float64, len(xs))
-	for i, x := range xs {
-		out[i] = -x
+// median returns the median of xs, 0 for none.
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
 	}
-	return out
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return (s[(len(s)-1)/2] + s[len(s)/2]) / 2
+}
+
+// highest returns the largest of xs, 0 for none.
+func highest(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	return slices.Max(xs)
 }
 
 // perCall returns the microseconds of cpu per call served in l.
