@@ -70,7 +70,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newInitCmd(), newIDCmd(), newCACmd(), newTokenCmd())
+	root.AddCommand(newInitCmd(), newIDCmd(), newCACmd(), newTokenCmd(), newBenchCmd())
 	addDaemonCommands(root)
 	return root
 }
