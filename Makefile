@@ -6,8 +6,9 @@ STATICCHECK   := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.11
 GOBIN         := $(shell $(GO) env GOPATH)/bin
 PROTOS        := trust/trustpb/trust.proto protocol/protocolpb/protocol.proto
+SOAK_DURATION ?= 10m
 
-.PHONY: help demo test check lint race build bench bench-dialloop bench-attacks fuzz proto tidy sim sim500
+.PHONY: help demo test check lint race build bench bench-dialloop bench-attacks fuzz proto tidy sim sim500 soak
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -38,7 +39,7 @@ bench: ## run the benchmarks recorded in BENCHMARKS.md
 bench-dialloop: ## what a fresh-identity dial loop costs a node (about two minutes; BENCHMARKS.md)
 	$(GO) test ./node -run '^$$' -bench FreshIdentityDialLoop -benchtime 1x -timeout 10m
 
-bench-attacks: ## honest calls and what the target holds under each resource attack (about six minutes; BENCHMARKS.md)
+bench-attacks: ## honest calls and what the target holds under each resource attack (about seven minutes; BENCHMARKS.md)
 	$(GO) test ./simulations -run '^$$' -bench ResourceAttacks -benchtime 1x -timeout 20m -v
 
 fuzz: ## fuzz every decoder for 30 s each
@@ -63,3 +64,6 @@ sim500: ## the seeded 500-node release scenario in virtual time (about 9 minutes
 sim: ## run the large simulation scenarios and write docs/simulation-report.md (several minutes)
 	$(GO) run ./simulations/report -out docs
 	MESHAGENT_VIRTUAL_N=100 $(GO) test -count=1 -run TestVirtualTimeScenario -v ./simulations
+
+soak: build ## two daemons under full load for SOAK_DURATION (10m): docs/soak-report.md, memory and throughput plots
+	$(GO) run ./simulations/soak -meshagent bin/meshagent -duration $(SOAK_DURATION) -out docs

@@ -198,14 +198,15 @@ func SeparateAttacks(ctx context.Context, n int, d time.Duration, attacks []Atta
 		return nil, err
 	}
 	defer st.m.Close()
-	rs, _, err := st.separateAll(ctx, d, attacks, nil)
+	rs, _, err := st.separateAll(ctx, d, 4, attacks, nil)
 	return rs, err
 }
 
 // separateAll plays each attack in turn from a process of its own, once
-// the stage has converged. With audit (the target's audit log), it also
+// the stage has converged, in rounds windows without it and as many under
+// it, d in all for either. With audit (the target's audit log), it also
 // gauges the target around each window, one gauge per attack.
-func (st *attackStage) separateAll(ctx context.Context, d time.Duration, attacks []Attack, audit *auditCounter) ([]AttackResult, []*gauge, error) {
+func (st *attackStage) separateAll(ctx context.Context, d time.Duration, rounds int, attacks []Attack, audit *auditCounter) ([]AttackResult, []*gauge, error) {
 	if err := WaitFor(30*time.Second, func() error { return st.m.Converged("alive") }); err != nil {
 		return nil, nil, err
 	}
@@ -220,7 +221,7 @@ func (st *attackStage) separateAll(ctx context.Context, d time.Duration, attacks
 		if audit != nil {
 			g = newGauge(st, audit)
 		}
-		res, err := st.separate(ctx, self, a, d, g)
+		res, err := st.separate(ctx, self, a, d, rounds, g)
 		if err != nil {
 			return out, gauges, fmt.Errorf("%s: %w", a.Name, err)
 		}
@@ -231,7 +232,7 @@ func (st *attackStage) separateAll(ctx context.Context, d time.Duration, attacks
 
 // separate plays one attack from a process of its own; g, when set,
 // samples the target at the start and end of every window.
-func (st *attackStage) separate(ctx context.Context, self string, a Attack, d time.Duration, g *gauge) (AttackResult, error) {
+func (st *attackStage) separate(ctx context.Context, self string, a Attack, d time.Duration, rounds int, g *gauge) (AttackResult, error) {
 	res := AttackResult{N: len(st.m.Agents), Attack: a}
 	id, err := trust.GenerateIdentity(rand.Reader)
 	if err != nil {
@@ -340,8 +341,8 @@ func (st *attackStage) separate(ctx context.Context, self string, a Attack, d ti
 		_ = cmd.Wait()
 		return res, err
 	}
-	const rounds = 4
-	w, settle := d/rounds, d/(4*rounds)
+	w := d / time.Duration(rounds)
+	settle := w / 4
 	res.Baseline, res.Under = LoadResult{Errors: map[trust.Code]int{}}, LoadResult{Errors: map[trust.Code]int{}}
 	for i := 0; i < rounds; i++ {
 		g.begin()

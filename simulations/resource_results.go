@@ -56,7 +56,7 @@ type ResourceResult struct {
 	AttackResult
 	Landed int64 // attempts that got past the attacker's own dial, open or write
 	// UsageWithout and UsageUnder are sampled at the end of each window
-	// without and under the attack (4 each).
+	// without and under the attack.
 	UsageWithout, UsageUnder []Usage
 	AuditWithout, AuditUnder AuditBytes
 	CPUWithout, CPUUnder     CPU
@@ -111,12 +111,14 @@ func (r ResourceResult) P99() (without, under time.Duration) {
 }
 
 // SeparateResourceAttacks is SeparateAttacks for ResourceAttacks (or any
-// of them), with the target measured around every window: the process's
+// of them), in rounds windows without and under each attack (d in all for
+// either; SeparateAttacks has 4), with the target measured around every
+// window: the process's
 // heap, goroutines and descriptors and the target's connections and
 // streams at each window's end, its audit log's bytes during the windows,
 // what it refused and gated. The target writes its audit log to a
 // counter, the one difference from SeparateAttacks's stage.
-func SeparateResourceAttacks(ctx context.Context, n int, d time.Duration, attacks []Attack) ([]ResourceResult, error) {
+func SeparateResourceAttacks(ctx context.Context, n int, d time.Duration, rounds int, attacks []Attack) ([]ResourceResult, error) {
 	audit := &auditCounter{}
 	st, err := newAttackStage(ctx, n, func(m *Mesh) error {
 		// The stage's target is its first agent: start it again, before
@@ -135,7 +137,7 @@ func SeparateResourceAttacks(ctx context.Context, n int, d time.Duration, attack
 		return nil, err
 	}
 	defer st.m.Close()
-	rs, gs, err := st.separateAll(ctx, d, attacks, audit)
+	rs, gs, err := st.separateAll(ctx, d, rounds, attacks, audit)
 	out := make([]ResourceResult, len(rs))
 	for i, r := range rs {
 		g := gs[i]
@@ -284,7 +286,7 @@ func (g *gauge) finish(landed int64) {
 // what the target held.
 func ResourceTable(rs []ResourceResult) string {
 	var b strings.Builder
-	b.WriteString("| attack | honest calls/s without / under | ratio (goal ≥ 0.9) | the 4 pairs: lowest, median, highest | p99 without / under | this process's cores without / under | µs of them per honest call | attacker's cores under | attempts (landed) | the target's answer |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| attack | honest calls/s without / under | ratio (goal ≥ 0.9) | window pairs: lowest, median, highest | p99 without / under | this process's cores without / under | µs of them per honest call | attacker's cores under | attempts (landed) | the target's answer |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rs {
 		p0, p1 := r.P99()
 		c0, _ := r.CPUWithout.Cores()
