@@ -36,7 +36,8 @@ type members struct {
 	mu      sync.RWMutex
 	refused map[peer.ID]time.Time
 	// rejections is each peer's rejection budget: every request or
-	// message the decision function refuses spends one. A peer that has
+	// message the decision function refuses for what the peer could have
+	// avoided (not receiverSide) spends one. A peer that has
 	// spent it is cut off (disconnected and refused for refuseFor) when the
 	// rejection is hostile, and throttled otherwise: its requests are then
 	// refused before any check until the budget refills, so that a flood
@@ -97,17 +98,64 @@ var forwarderFault = map[trust.Code]bool{
 	protocol.CodeNoToken: true, trust.CodeScopeNotGranted: true, protocol.CodeWrongKind: true,
 }
 
+// receiverSide are the refusals that rest on the receiver's own capacity,
+// or on its own view of time and of the mesh, which the sender can neither
+// see nor avoid. They never spend the sender's rejection budget (penalize
+// ignores them), so they never throttle it nor cut it off: issue 12's
+// honest pair, whose replay_full refusals throttled the caller, stayed
+// locked out for the rest of the replay window.
+//
+//   - busy, replay_full, full: the receiver is at capacity (its handlers,
+//     its replay guard, a bounded store). An honest sender at full speed
+//     meets them; the answer is back-pressure (busy says when to retry),
+//     not blame.
+//   - stale: the envelope's timestamp and the receiver's clock are more
+//     than the window apart, and either clock may be the wrong one; a
+//     receiver whose clock is off would throttle every sender.
+//   - dead, unlisted: the receiver's registry does not hold the sender, or
+//     a holder of its chain, alive and listed: its view of the mesh lags (a
+//     heartbeat or a renewed credential not there yet, a partition on its
+//     side) while the sender is alive and calling.
+//   - no_handler, handler_error, unavailable: the receiver's own handlers
+//     and connections (given after acceptance, or by the caller itself;
+//     named so that no path ever charges them).
+//
+// The cost of not charging them: a sender that keeps meeting them is
+// never slowed by its budget, but each refusal costs the node no more than
+// an accepted call of the same sender would (stale, dead and unlisted come
+// before the signature check; busy and replay_full after it, where an
+// accepted call goes on to its handler), and accepted calls are bounded by
+// the streams and MaxConcurrentCalls, not by the budget.
+//
+// Every other refusal is the sender's to avoid, whatever the receiver's
+// state, and is charged: what it built or signed (hostile, and no_token,
+// scope_not_granted, wrong_kind: it chose the token and the action), a
+// token it holds that it should not use (expired or not_yet_valid by more
+// than the clock skew the verifier allows, revoked: the revocation is the
+// anchor's word), and the receiver's configuration (untrusted_root,
+// too_deep, unsupported_version), which every retry meets again until an
+// operator acts, so that the throttle only caps what a retrying sender
+// costs.
+var receiverSide = map[trust.Code]bool{
+	protocol.CodeBusy: true, protocol.CodeReplayFull: true, trust.CodeFull: true,
+	protocol.CodeStale: true, protocol.CodeDead: true, protocol.CodeUnlisted: true,
+	protocol.CodeNoHandler: true, protocol.CodeHandlerError: true, protocol.CodeUnavailable: true,
+}
+
 // budget is one peer's rejection budget.
 type budget struct {
 	*rate.Limiter
 	audited time.Time // when a throttle of this peer was last audited
 }
 
-// penalize spends one of p's rejection budget for a rejection with code.
-// When that spends the budget, a hostile code cuts p off, and any other
-// throttles it (audited at most once a second). It reports whether p was
-// cut off.
+// penalize spends one of p's rejection budget for a rejection with code,
+// unless the code is receiverSide: those spend nothing. When that spends
+// the budget, a hostile code cuts p off, and any other throttles it
+// (audited at most once a second). It reports whether p was cut off.
 func (m *members) penalize(p peer.ID, code trust.Code) bool {
+	if receiverSide[code] {
+		return false
+	}
 	m.mu.Lock()
 	b, ok := m.rejections[p]
 	if !ok {

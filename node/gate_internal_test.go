@@ -99,7 +99,7 @@ func TestInspectRPCCapsChargedPeers(t *testing.T) {
 		t.Fatalf("an uncharged peer's RPC: %d of 400 kept, %v", len(r.Publish), err)
 	}
 	for range rejectBurst - 5 {
-		n.members.penalize(from, protocol.CodeStale)
+		n.members.penalize(from, protocol.CodeNoToken)
 	}
 	r = rpcOf(400)
 	_ = n.inspectRPC(from, r)
@@ -107,7 +107,7 @@ func TestInspectRPCCapsChargedPeers(t *testing.T) {
 		t.Fatalf("a peer with about 5 rejections left: %d of 400 messages kept", len(r.Publish))
 	}
 	for range 10 {
-		n.members.penalize(from, protocol.CodeStale)
+		n.members.penalize(from, protocol.CodeNoToken)
 	}
 	r = rpcOf(400)
 	_ = n.inspectRPC(from, r)
