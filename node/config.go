@@ -37,6 +37,15 @@ type Config struct {
 	CallTimeout time.Duration
 	// HandlerTimeout bounds one handler run on the server side. Default 10 s.
 	HandlerTimeout time.Duration
+	// MaxConcurrentCalls bounds the handlers this node runs at once, for
+	// every action and caller together. A call accepted past it is
+	// answered busy at once, with a short retry-after (Node.Call's error
+	// then satisfies protocol.RetryAfter), and its handler does not run:
+	// the node sheds load rather than hold streams and goroutines for
+	// calls queued without end. Default 512: half the 1 024 inbound RPC
+	// streams a node accepts, so that past the bound a caller still gets
+	// the busy answer rather than a reset stream.
+	MaxConcurrentCalls int
 	// MaxEnvelopeSize bounds every frame read from a stream or pubsub
 	// message. Default 256 KiB.
 	MaxEnvelopeSize int
@@ -111,18 +120,19 @@ type Config struct {
 // on port 4001 over TCP and QUIC.
 func DefaultConfig() Config {
 	return Config{
-		ListenAddrs:       []string{"/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"},
-		AdmissionTimeout:  5 * time.Second,                 // credential exchange per connection
-		CallTimeout:       10 * time.Second,                // one RPC, end to end
-		HandlerTimeout:    10 * time.Second,                // one handler run
-		MaxEnvelopeSize:   protocol.DefaultMaxEnvelopeSize, // 256 KiB per frame
-		ReplayWindow:      protocol.DefaultWindow,          // ±5 minutes
-		Policy:            trust.DefaultPolicy(),           // add anchors
-		HeartbeatInterval: 30 * time.Second,                // one heartbeat per agent
-		SuspectMissed:     2,                               // suspect after two missed heartbeats
-		DeadAfter:         90 * time.Second,                // dead after three
-		BeatDegree:        3,                               // beat links opened (about 6 in all)
-		RenewAfter:        2.0 / 3,                         // renew the daily credential after 16 h
+		ListenAddrs:        []string{"/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"},
+		AdmissionTimeout:   5 * time.Second,                 // credential exchange per connection
+		CallTimeout:        10 * time.Second,                // one RPC, end to end
+		HandlerTimeout:     10 * time.Second,                // one handler run
+		MaxConcurrentCalls: 512,                             // handler runs at once; past them, busy
+		MaxEnvelopeSize:    protocol.DefaultMaxEnvelopeSize, // 256 KiB per frame
+		ReplayWindow:       protocol.DefaultWindow,          // ±5 minutes
+		Policy:             trust.DefaultPolicy(),           // add anchors
+		HeartbeatInterval:  30 * time.Second,                // one heartbeat per agent
+		SuspectMissed:      2,                               // suspect after two missed heartbeats
+		DeadAfter:          90 * time.Second,                // dead after three
+		BeatDegree:         3,                               // beat links opened (about 6 in all)
+		RenewAfter:         2.0 / 3,                         // renew the daily credential after 16 h
 	}
 }
 
@@ -151,8 +161,9 @@ func (c *Config) validate() error {
 		return fmt.Errorf("node: config: Policy.Anchors is required")
 	case !c.Credential.Subject.Equal(c.Identity.Public()):
 		return fmt.Errorf("node: config: the credential is for %s, not for this identity %s", c.Credential.Subject, c.Identity.Public())
-	case c.AdmissionTimeout <= 0 || c.CallTimeout <= 0 || c.HandlerTimeout <= 0 || c.MaxEnvelopeSize <= 0 || c.ReplayWindow <= 0:
-		return fmt.Errorf("node: config: timeouts, window and sizes must be positive (start from DefaultConfig)")
+	case c.AdmissionTimeout <= 0 || c.CallTimeout <= 0 || c.HandlerTimeout <= 0 || c.MaxEnvelopeSize <= 0 || c.ReplayWindow <= 0 ||
+		c.MaxConcurrentCalls <= 0:
+		return fmt.Errorf("node: config: timeouts, window, sizes and MaxConcurrentCalls must be positive (start from DefaultConfig)")
 	case c.HeartbeatInterval <= 0 || c.DeadAfter <= c.HeartbeatInterval:
 		return fmt.Errorf("node: config: HeartbeatInterval must be positive and DeadAfter longer than it")
 	case c.BeatDegree <= 0:

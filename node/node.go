@@ -54,6 +54,9 @@ type Node struct {
 	revs     *revStore // applied revocations, encoded
 	bad      *refusals // relayed items refused, by hash
 
+	// calls holds one token per handler running: MaxConcurrentCalls slots.
+	calls chan struct{}
+
 	credMu      sync.RWMutex
 	cred        *trust.Credential
 	frozenUntil atomic.Int64
@@ -91,6 +94,7 @@ func New(cfg Config) (*Node, error) {
 	n := &Node{cfg: cfg, self: cfg.Identity.Public(), verifier: v, audit: newAuditor(cfg.Audit),
 		topics: map[string]*pubsub.Topic{}, handlers: map[string]Handler{}}
 	n.cred = cfg.Credential
+	n.calls = make(chan struct{}, cfg.MaxConcurrentCalls)
 	n.members = newMembers(n)
 	n.beats = newBeats(n)
 	n.registry = discovery.NewRegistry(discovery.Config{Verifier: v, Self: n.self, SuspectMissed: cfg.SuspectMissed,

@@ -26,7 +26,10 @@ type Request struct {
 }
 
 // Handler serves one action. The returned bytes are the reply body; an
-// error becomes an error reply with code handler_error and the error text.
+// error becomes an error reply with code handler_error and the error text,
+// except a busy one (protocol.Busy), which the caller gets as busy with
+// its retry-after: a handler that sheds load says so. At most
+// Config.MaxConcurrentCalls handlers run at once.
 type Handler func(ctx context.Context, req *Request) ([]byte, error)
 
 // Handle registers h for action (a scope such as read:logs), replacing any
@@ -73,7 +76,9 @@ func (n *Node) tokenFor(action string) *trust.Token {
 // Call sends a signed request for action to peer to and waits for the
 // signed reply. A rejection by the remote node (or of its reply by this
 // one) is a *trust.Error whose Code says why: errors.Is(err,
-// protocol.ErrReplay) and friends work.
+// protocol.ErrReplay) and friends work. A node that sheds load (the
+// callee, or this one refusing the reply for its own capacity) answers
+// busy: protocol.RetryAfter(err) then says when to try again.
 func (n *Node) Call(ctx context.Context, to peer.ID, action string, body []byte, opts *CallOptions) (*Reply, error) {
 	if opts == nil {
 		opts = &CallOptions{}
@@ -178,7 +183,7 @@ func (n *Node) exchange(ctx context.Context, to peer.ID, toKey trust.PublicKey, 
 	re, err := n.decider.Decide(resp, protocol.Expect{Kinds: []protocol.Kind{protocol.KindReply, protocol.KindError},
 		Peer: n.self, From: toKey}, n.now())
 	if err != nil {
-		return nil, fmt.Errorf("node: reply from %s rejected: %w", to, err)
+		return nil, replyRefused(to, err)
 	}
 	if re.CorrelationID != env.CorrelationID {
 		return nil, protocol.Reject(trust.CodeMalformed, "reply correlation ID %s does not match %s", re.CorrelationID, env.CorrelationID)
@@ -188,9 +193,27 @@ func (n *Node) exchange(ctx context.Context, to peer.ID, toKey trust.PublicKey, 
 		if !protocol.KnownCode(code) { // the callee's choice: not a new audit reason or metric series
 			code, detail = protocol.CodeUnknown, fmt.Sprintf("code %.64q: %s", re.ErrorCode, detail)
 		}
+		if code == protocol.CodeBusy {
+			return nil, protocol.Busy(retryAfter(re.RetryAfter), "%s is busy: %s", to, detail)
+		}
 		return nil, &trust.Error{Code: code, Link: -1, Detail: "rejected by " + to.String() + ": " + detail}
 	}
 	return &Reply{From: to, Body: re.Payload, ContentType: re.ContentType, CorrelationID: re.CorrelationID}, nil
+}
+
+// replyRefused is the error of a call whose reply this node refused. A
+// refusal for this node's own capacity (its replay guard full: busy,
+// replay_full, full) is no fault of the callee's and is not reported as
+// one: it is busy, here, with a retry-after. The callee may have run the
+// call: its reply was signed and on time.
+func replyRefused(to peer.ID, err error) error {
+	switch trust.CodeOf(err) {
+	case protocol.CodeBusy, protocol.CodeReplayFull, trust.CodeFull:
+		d, _ := protocol.RetryAfter(err)
+		return protocol.Busy(retryAfter(d), "this node is busy: it refused the reply of %s for its own capacity, not %s's doing (the call may have run there): %s",
+			to, to, rejectionDetail(err))
+	}
+	return fmt.Errorf("node: reply from %s rejected: %w", to, err)
 }
 
 // handleRPC serves one inbound request stream: read one frame within the
@@ -228,29 +251,12 @@ func (n *Node) handleRPC(s network.Stream) {
 	}
 	var reply *protocol.Envelope
 	if err != nil {
-		n.members.penalize(remote, codeOrDefault(err, trust.CodeMalformed))
-		reply = n.errorReply(env, remoteKey, trust.CodeOf(err), rejectionDetail(err))
-		rec.Decision, rec.Reason, rec.Detail = "reject", string(codeOrDefault(err, trust.CodeMalformed)), err.Error()
+		code := codeOrDefault(err, trust.CodeMalformed)
+		n.members.penalize(remote, code) // nothing for a refusal of this node's own (receiverSide)
+		reply = n.refusal(env, remoteKey, err)
+		rec.Decision, rec.Reason, rec.Detail = "reject", string(code), err.Error()
 	} else {
-		n.mu.Lock()
-		h := n.handlers[env.Action]
-		n.mu.Unlock()
-		if h == nil {
-			reply = n.errorReply(env, remoteKey, protocol.CodeNoHandler, "no handler for "+env.Action)
-			rec.Decision, rec.Reason = "reject", string(protocol.CodeNoHandler)
-		} else {
-			ctx, cancel := context.WithTimeout(n.ctx, n.cfg.HandlerTimeout)
-			body, herr := h(ctx, &Request{From: remote, Action: env.Action, Body: env.Payload, ContentType: env.ContentType, CorrelationID: env.CorrelationID})
-			cancel()
-			if herr != nil {
-				reply = n.errorReply(env, remoteKey, protocol.CodeHandlerError, herr.Error())
-				rec.Decision, rec.Reason, rec.Detail = "accept", string(protocol.CodeHandlerError), herr.Error()
-			} else {
-				reply = &protocol.Envelope{Kind: protocol.KindReply, RecipientPeer: remoteKey, Action: env.Action,
-					Payload: body, CorrelationID: env.CorrelationID}
-				rec.Decision = "accept"
-			}
-		}
+		reply = n.serve(env, remote, remoteKey, &rec)
 	}
 	rec.LatencyMS = float64(time.Since(start).Microseconds()) / 1000
 	n.audit.write(rec)
@@ -268,6 +274,78 @@ func (n *Node) handleRPC(s network.Stream) {
 		return
 	}
 	s.Close()
+}
+
+// serve runs the handler of an accepted request, within the node's bound
+// on handler runs, and returns the reply; it sets rec's verdict.
+func (n *Node) serve(env *protocol.Envelope, from peer.ID, fromKey trust.PublicKey, rec *AuditRecord) *protocol.Envelope {
+	n.mu.Lock()
+	h := n.handlers[env.Action]
+	n.mu.Unlock()
+	if h == nil {
+		rec.Decision, rec.Reason = "reject", string(protocol.CodeNoHandler)
+		return n.errorReply(env, fromKey, protocol.CodeNoHandler, "no handler for "+env.Action)
+	}
+	select {
+	case n.calls <- struct{}{}:
+		defer func() { <-n.calls }()
+	default:
+		// Shed, not queued: the caller hears at once when to try again,
+		// and the node holds nothing for it. (Audited as a rejection: its
+		// lines are bounded per caller, as accepted ones are not.)
+		err := protocol.Busy(callsBusyRetry, "%d calls running at once, the most this node runs", cap(n.calls))
+		rec.Decision, rec.Reason, rec.Detail = "reject", string(protocol.CodeBusy), err.Error()
+		return n.refusal(env, fromKey, err)
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.HandlerTimeout)
+	body, herr := h(ctx, &Request{From: from, Action: env.Action, Body: env.Payload, ContentType: env.ContentType, CorrelationID: env.CorrelationID})
+	cancel()
+	if _, busy := protocol.RetryAfter(herr); busy {
+		// The handler sheds load itself (the daemon's, when its local
+		// process is behind): busy, not handler_error.
+		rec.Decision, rec.Reason, rec.Detail = "reject", string(protocol.CodeBusy), herr.Error()
+		return n.refusal(env, fromKey, herr)
+	}
+	if herr != nil {
+		rec.Decision, rec.Reason, rec.Detail = "accept", string(protocol.CodeHandlerError), herr.Error()
+		return n.errorReply(env, fromKey, protocol.CodeHandlerError, herr.Error())
+	}
+	rec.Decision = "accept"
+	return &protocol.Envelope{Kind: protocol.KindReply, RecipientPeer: fromKey, Action: env.Action,
+		Payload: body, CorrelationID: env.CorrelationID}
+}
+
+// Retry-afters of busy answers.
+const (
+	// callsBusyRetry is what a node at MaxConcurrentCalls asks (a slot
+	// frees as soon as any handler returns), and what a busy refusal that
+	// names no time is given.
+	callsBusyRetry = 250 * time.Millisecond
+	// maxRetryAfter caps what a callee may ask a caller to wait: its
+	// word, not this node's.
+	maxRetryAfter = time.Minute
+)
+
+// retryAfter is d within (0, maxRetryAfter]; none at all is
+// callsBusyRetry.
+func retryAfter(d time.Duration) time.Duration {
+	switch {
+	case d <= 0:
+		return callsBusyRetry
+	case d > maxRetryAfter:
+		return maxRetryAfter
+	}
+	return d
+}
+
+// refusal is the error reply to req for err: its code and detail, and the
+// time to wait when err is busy.
+func (n *Node) refusal(req *protocol.Envelope, to trust.PublicKey, err error) *protocol.Envelope {
+	reply := n.errorReply(req, to, trust.CodeOf(err), rejectionDetail(err))
+	if d, busy := protocol.RetryAfter(err); busy && reply != nil {
+		reply.RetryAfter = retryAfter(d)
+	}
+	return reply
 }
 
 // errorReply builds a signed error reply. For a request that did not even
