@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/meshagent/meshagent/simulations"
+	"github.com/meshagent/meshagent/simulations/internal/plot"
 )
 
 func main() {
@@ -83,16 +84,16 @@ func run(out, sizeList string) error {
 			fmt.Fprintf(&md, "\nFalse dead verdicts at N = %d: %s.\n", r.N, strings.Join(r.FalseDeadPairs, "; "))
 		}
 	}
-	if err := lineChart(filepath.Join(img, "detection-vs-n.png"), "Crash detection (heartbeat intervals)", "N", "heartbeats",
-		[]series{{"p50", xs, det50}, {"p99", xs, det99}, {"timeout+1 hb", xs, repeat(4, len(xs))}}); err != nil {
+	if err := plot.LineChart(filepath.Join(img, "detection-vs-n.png"), "Crash detection (heartbeat intervals)", "N", "heartbeats",
+		[]plot.Series{{Name: "p50", X: xs, Y: det50}, {Name: "p99", X: xs, Y: det99}, {Name: "timeout+1 hb", X: xs, Y: repeat(4, len(xs))}}); err != nil {
 		return err
 	}
-	if err := lineChart(filepath.Join(img, "convergence-vs-n.png"), "Cold start: wiring + convergence (heartbeat intervals)", "N", "heartbeats",
-		[]series{{"cold start", xs, conv}, {"goal: 3", xs, repeat(3, len(xs))}}); err != nil {
+	if err := plot.LineChart(filepath.Join(img, "convergence-vs-n.png"), "Cold start: wiring + convergence (heartbeat intervals)", "N", "heartbeats",
+		[]plot.Series{{Name: "cold start", X: xs, Y: conv}, {Name: "goal: 3", X: xs, Y: repeat(3, len(xs))}}); err != nil {
 		return err
 	}
-	if err := lineChart(filepath.Join(img, "traffic-vs-n.png"), "Liveness traffic per node at a 30 s heartbeat (kbit/s)", "N", "kbit/s",
-		[]series{{"measured", xs, kbit}}); err != nil {
+	if err := plot.LineChart(filepath.Join(img, "traffic-vs-n.png"), "Liveness traffic per node at a 30 s heartbeat (kbit/s)", "N", "kbit/s",
+		[]plot.Series{{Name: "measured", X: xs, Y: kbit}}); err != nil {
 		return err
 	}
 	md.WriteString("\n![detection](img/detection-vs-n.png)\n\n![convergence](img/convergence-vs-n.png)\n\n![traffic](img/traffic-vs-n.png)\n\n")
@@ -138,8 +139,8 @@ func run(out, sizeList string) error {
 	}
 	fmt.Fprintf(&md, "The mixed attack from inside the honest agents' process (`simulations.AttackScenario`, 3 s windows): %.0f honest calls/s without it, %.0f under it: %.2f ×. The attacker sent %d requests; the target audited %d rejections of it; handler runs caused by the attacker: **%d**. Here the attacker's retry loops, after it was cut off, share the two cores with the honest callers: the ratio measures that share, which an attacker on another machine does not take.\n\n",
 		a.Baseline.PerSecond(), a.Under.PerSecond(), a.Ratio(), a.Attempts, a.Rejected, a.HandlerRuns)
-	if err := histogram(filepath.Join(img, "latency-attack.png"), "Honest call latency (ms) during the mixed attack, up to the 99th percentile", "ms",
-		[]series{{"without attack", nil, millis(mixed.Baseline.Latencies)}, {"under attack", nil, millis(mixed.Under.Latencies)}}, 30); err != nil {
+	if err := plot.Histogram(filepath.Join(img, "latency-attack.png"), "Honest call latency (ms) during the mixed attack, up to the 99th percentile", "ms",
+		[]plot.Series{{Name: "without attack", Y: millis(mixed.Baseline.Latencies)}, {Name: "under attack", Y: millis(mixed.Under.Latencies)}}, 30); err != nil {
 		return err
 	}
 	md.WriteString("![latency](img/latency-attack.png)\n\n")

@@ -1,4 +1,8 @@
-package main
+// Package plot is a small plotting kit: line charts and histograms as PNG,
+// with axes, tick labels and a legend, drawn with the standard image
+// package and a bitmap font. Enough for the reports of make sim and make
+// soak; no dependency on a plotting library.
+package plot
 
 import (
 	"fmt"
@@ -14,10 +18,6 @@ import (
 	"golang.org/x/image/math/fixed"
 )
 
-// A small plotting kit: line charts and histograms as PNG, with axes, tick
-// labels and a legend, drawn with the standard image package and a bitmap
-// font. Enough for the report; no dependency on a plotting library.
-
 const (
 	width, height = 720, 420
 	left, right   = 70, 20
@@ -26,9 +26,11 @@ const (
 
 var palette = []color.RGBA{{31, 119, 180, 255}, {214, 39, 40, 255}, {44, 160, 44, 255}, {148, 103, 189, 255}}
 
-type series struct {
-	name string
-	x, y []float64
+// Series is one named line (X and Y of equal length) or, for Histogram,
+// one set of values (Y; X unused).
+type Series struct {
+	Name string
+	X, Y []float64
 }
 
 type canvas struct {
@@ -139,41 +141,43 @@ func (c *canvas) save(path string) error {
 	return f.Close()
 }
 
-// lineChart draws each series as points joined by lines.
-func lineChart(path, title, xlabel, ylabel string, ss []series) error {
+// LineChart draws each series as points joined by lines into a PNG at path.
+// Both axes start at 0.
+func LineChart(path, title, xlabel, ylabel string, ss []Series) error {
 	xmin, xmax, ymax := math.Inf(1), math.Inf(-1), 0.0
 	for _, s := range ss {
-		for i := range s.x {
-			xmin, xmax, ymax = math.Min(xmin, s.x[i]), math.Max(xmax, s.x[i]), math.Max(ymax, s.y[i])
+		for i := range s.X {
+			xmin, xmax, ymax = math.Min(xmin, s.X[i]), math.Max(xmax, s.X[i]), math.Max(ymax, s.Y[i])
 		}
 	}
 	c := newCanvas(title, xlabel, ylabel, 0, xmax*1.05, 0, ymax*1.15)
 	var names []string
 	for k, s := range ss {
 		col := palette[k%len(palette)]
-		for i := range s.x {
-			x, y := c.px(s.x[i], s.y[i])
+		for i := range s.X {
+			x, y := c.px(s.X[i], s.Y[i])
 			c.rect(x-3, y-3, x+3, y+3, col)
 			if i > 0 {
-				x0, y0 := c.px(s.x[i-1], s.y[i-1])
+				x0, y0 := c.px(s.X[i-1], s.Y[i-1])
 				c.line(x0, y0, x, y, col)
 			}
 		}
-		names = append(names, s.name)
+		names = append(names, s.Name)
 	}
 	c.legend(names)
 	return c.save(path)
 }
 
-// histogram draws the distribution of each series' values (in bins over a
-// shared range) as side-by-side bars, normalised to fractions.
-func histogram(path, title, xlabel string, ss []series, bins int) error {
+// Histogram draws the distribution of each series' values (in bins over a
+// shared range) as side-by-side bars, normalised to fractions, into a PNG
+// at path.
+func Histogram(path, title, xlabel string, ss []Series, bins int) error {
 	// The range runs from the smallest value to the 99th percentile of all
 	// of them, so that a few outliers do not squash the distribution; values
 	// above it land in the last bin.
 	var all []float64
 	for _, s := range ss {
-		all = append(all, s.y...)
+		all = append(all, s.Y...)
 	}
 	sort.Float64s(all)
 	lo, hi := all[0], all[int(float64(len(all)-1)*0.99)]
@@ -184,12 +188,12 @@ func histogram(path, title, xlabel string, ss []series, bins int) error {
 	ymax := 0.0
 	for k, s := range ss {
 		counts[k] = make([]float64, bins)
-		for _, v := range s.y {
+		for _, v := range s.Y {
 			b := min(bins-1, int((v-lo)/(hi-lo)*float64(bins)))
 			counts[k][b]++
 		}
 		for b := range counts[k] {
-			counts[k][b] /= float64(max(1, len(s.y)))
+			counts[k][b] /= float64(max(1, len(s.Y)))
 			ymax = math.Max(ymax, counts[k][b])
 		}
 	}
@@ -204,7 +208,7 @@ func histogram(path, title, xlabel string, ss []series, bins int) error {
 			px1, _ := c.px(x1, 0)
 			c.rect(px0, py, px1, height-bottom, palette[k%len(palette)])
 		}
-		names = append(names, ss[k].name)
+		names = append(names, ss[k].Name)
 	}
 	c.legend(names)
 	return c.save(path)
