@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/meshagent/meshagent/node"
+	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/trust"
 )
 
@@ -80,7 +81,8 @@ func (s *sse) event(name string, v any) error {
 // released wherever it is, so a process that never replies, or never reads
 // its stream, makes the daemon keep nothing past the handler timeout.
 // Calls held are bounded per action and in all (maxPendingPerAction and
-// friends): past a bound, calls are refused at once as busy.
+// friends): past a bound, calls are refused at once as busy, with
+// hubBusyRetry as their retry-after (protocol.Busy).
 type hub struct {
 	n       *node.Node
 	builtin map[string]bool
@@ -91,14 +93,18 @@ type hub struct {
 	bytes   int
 }
 
-// Bounds on the calls the hub holds for local processes. The node runs at
-// most 256 inbound calls at once, each at most 256 KiB.
+// Bounds on the calls the hub holds for local processes, below the
+// node's own (node.Config.MaxConcurrentCalls, 512 handler runs at once),
+// each at most 256 KiB.
 const (
 	maxPendingPerAction      = 64       // calls held for one action
 	maxPendingBytesPerAction = 16 << 20 // their request bytes
 	maxPendingCalls          = 256      // calls held in all
 	maxPendingBytes          = 64 << 20 // their request bytes
 	pendingCallOverhead      = 512      // charged per call besides its body and action
+	// hubBusyRetry is the retry-after of a call refused past a bound: the
+	// process is 64 calls behind, and each it answers frees one.
+	hubBusyRetry = time.Second
 )
 
 // callQueue holds the calls of one action's process.
@@ -215,7 +221,7 @@ func (h *hub) enqueue(q *callQueue, r *node.Request) (*pendingCall, error) {
 	}
 	if q.calls >= maxPendingPerAction || q.bytes+size > maxPendingBytesPerAction ||
 		h.calls >= maxPendingCalls || h.bytes+size > maxPendingBytes {
-		return nil, fmt.Errorf("the local handler of %s is busy", q.action)
+		return nil, protocol.Busy(hubBusyRetry, "the local handler of %s is busy: %d calls held for it, %d for all local handlers", q.action, q.calls, h.calls)
 	}
 	p := &pendingCall{req: r, size: size, q: q, reply: make(chan callResult, 1)}
 	q.queued = append(q.queued, p)

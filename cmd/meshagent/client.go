@@ -6,15 +6,18 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/trust"
 )
 
 // apiCall does one request to the local API and copies the JSON answer to
-// out. A non-2xx answer is an error carrying the reason code.
+// out. A non-2xx answer is an error carrying the reason code; a busy one
+// (503) says first when to try again.
 func apiCall(home, method, path string, in any, out io.Writer) error {
 	c, err := apiClient(home)
 	if err != nil {
@@ -35,6 +38,9 @@ func apiCall(home, method, path string, in any, out io.Writer) error {
 	if resp.StatusCode/100 != 2 {
 		var e apiError
 		_ = json.Unmarshal(data, &e)
+		if e.Code == string(protocol.CodeBusy) {
+			return busyError(e)
+		}
 		if e.Code != "" {
 			return fmt.Errorf("%s: %s", e.Code, e.Error)
 		}
@@ -42,6 +48,17 @@ func apiCall(home, method, path string, in any, out io.Writer) error {
 	}
 	_, err = out.Write(data)
 	return err
+}
+
+// busyError is the one line of a busy answer: "busy: retry after 250ms:"
+// and why (the daemon's text without its code and retry-after, which
+// lead).
+func busyError(e apiError) error {
+	why := strings.TrimPrefix(e.Error, string(protocol.CodeBusy)+": ")
+	if i := strings.LastIndex(why, " (retry after "); i >= 0 {
+		why = why[:i]
+	}
+	return fmt.Errorf("%s: retry after %s: %s", protocol.CodeBusy, time.Duration(e.RetryAfterMS)*time.Millisecond, why)
 }
 
 func newClientCommands() []*cobra.Command {

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -22,6 +23,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/meshagent/meshagent/node"
+	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/trust"
 )
 
@@ -297,6 +299,16 @@ func serveDaemon(ctx context.Context, home string, fc *fileConfig, ready func(*n
 type apiError struct {
 	Error string `json:"error"`
 	Code  string `json:"code,omitempty"`
+	// RetryAfterMS is when to try again, for code busy (503).
+	RetryAfterMS int64 `json:"retry_after_ms,omitempty"`
+}
+
+// writeBusy answers a busy refusal, whose retry-after is d: 503, a
+// Retry-After header in whole seconds (rounded up, at least 1) and the
+// JSON code busy with retry_after_ms.
+func writeBusy(w http.ResponseWriter, err error, d time.Duration) {
+	w.Header().Set("Retry-After", strconv.FormatInt(max(int64((d+time.Second-1)/time.Second), 1), 10))
+	writeJSON(w, 503, apiError{Error: err.Error(), Code: string(protocol.CodeBusy), RetryAfterMS: max(d.Milliseconds(), 1)})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -369,6 +381,10 @@ func apiHandler(n *node.Node, met *daemonMetrics, builtin ...string) *http.Serve
 		ctx, cancel := context.WithTimeout(r.Context(), timeout)
 		defer cancel()
 		rep, err := n.Call(ctx, to.PeerID(), req.Action, req.Body, nil)
+		if d, busy := protocol.RetryAfter(err); busy {
+			writeBusy(w, err, d) // shed load, not a refusal: try again then
+			return
+		}
 		if err != nil {
 			writeJSON(w, 403, apiError{Error: err.Error(), Code: string(trust.CodeOf(err))})
 			return
