@@ -135,11 +135,12 @@ func (g gatedRcmgr) OpenConnection(dir network.Direction, usefd bool, endpoint m
 // not admitted yet may hold unadmittedStreams inbound streams (an honest
 // newcomer opens admission and identify), and any peer unnegotiated
 // streams that have not named their protocol yet (they hold the
-// node-wide transient slots until they do, or until libp2p's 10 s
-// negotiation timeout).
+// node-wide transient slots, 2 048, until they do, or until libp2p's 10 s
+// negotiation timeout; an honest caller that opens a hundred calls at
+// once has them all in negotiation for a moment).
 const (
 	unadmittedStreams = 8
-	unnegotiated      = 32
+	unnegotiated      = 128
 )
 
 // streamCounts are the inbound streams of each peer that the bounds above

@@ -106,6 +106,10 @@ type Envelope struct {
 	body, sig []byte // exactly as signed / received
 }
 
+// maxRetryAfterMs caps a retry-after read from the wire (an hour): more
+// would overflow a time.Duration, and no caller waits that long anyway.
+const maxRetryAfterMs = int64(time.Hour / time.Millisecond)
+
 // Seal fills in the sender, timestamp (now), a fresh nonce and, when zero,
 // a correlation ID, then signs e with id and returns the wire bytes.
 func Seal(id *trust.Identity, e *Envelope, now time.Time) ([]byte, error) {
@@ -163,7 +167,7 @@ func Open(raw []byte, maxSize, maxTokenSize int) (*Envelope, error) {
 	e := &Envelope{Kind: Kind(b.Kind), Action: b.Action, Payload: b.Payload, ContentType: b.ContentType,
 		Timestamp: time.Unix(0, b.Timestamp), Nonce: b.Nonce, RecipientTopic: b.RecipientTopic,
 		ErrorCode: trust.Code(b.ErrorCode), ErrorDetail: b.ErrorDetail, body: w.Body, sig: w.Signature,
-		RetryAfter: time.Duration(max(b.RetryAfterMs, 0)) * time.Millisecond}
+		RetryAfter: time.Duration(min(max(b.RetryAfterMs, 0), maxRetryAfterMs)) * time.Millisecond}
 	switch e.Kind {
 	case KindRequest, KindReply, KindError, KindMessage:
 	default:
