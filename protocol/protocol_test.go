@@ -177,37 +177,6 @@ func TestReplay(t *testing.T) {
 	}
 }
 
-func TestReplayGuardBounds(t *testing.T) {
-	g := NewReplayGuard(time.Minute, 4, 2)
-	alice, bob := trust.PublicKey{1}, trust.PublicKey{2}
-	n := func(i byte) []byte { return bytes.Repeat([]byte{i}, 16) }
-	if err := g.Record(alice, n(1), t0, t0); err != nil {
-		t.Fatal(err)
-	}
-	if err := g.Record(alice, n(2), t0, t0); err != nil {
-		t.Fatal(err)
-	}
-	if err := g.Record(alice, n(3), t0, t0); code(err) != CodeReplayFull {
-		t.Fatalf("per-sender bound: %v", err)
-	}
-	for i := byte(4); i < 6; i++ {
-		if err := g.Record(bob, n(i), t0, t0); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := g.Record(trust.PublicKey{3}, n(9), t0, t0); code(err) != CodeReplayFull {
-		t.Fatalf("total bound: %v", err)
-	}
-	// Once the window has passed, the entries are forgotten and room returns.
-	later := t0.Add(time.Minute + time.Second)
-	if err := g.Record(trust.PublicKey{3}, n(9), later, later); err != nil {
-		t.Fatal(err)
-	}
-	if g.Len() != 1 {
-		t.Fatalf("len %d, want 1", g.Len())
-	}
-}
-
 type denyAll struct{}
 
 func (denyAll) Admit(trust.PublicKey, time.Time) error {
