@@ -124,9 +124,10 @@ const (
 // per-sender counts (lock ordering: replayShard.mu, then
 // replayCounts.mu). A bucket leaving costs each shard one sequential
 // pass over its table: 32 passes a window, 300–600 bytes read per
-// envelope recorded (a quarter of the time Record takes). Memory is 8 bytes a nonce in tables 42–85 % full
-// (9.4–19 bytes a nonce), plus about 300 bytes a sender; at the default
-// capacity the whole is at most DefaultReplayBytes.
+// envelope recorded (a quarter of the time Record takes). Memory is 8
+// bytes a nonce in tables 42–85 % full (9.4–19 bytes a nonce), plus about
+// 300 bytes a sender; at the default capacity the whole is at most
+// DefaultReplayBytes.
 type ReplayGuard struct {
 	window       time.Duration
 	span         int64 // nanoseconds a bucket spans
