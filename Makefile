@@ -21,7 +21,7 @@ test: lint ## gofmt, vet, staticcheck, then every test (-race) with fuzz seeds
 	@# The virtual-time tests skip themselves under -race (golang/go#78156),
 	@# and so do the attacks that measure the target's CPU.
 	$(GO) test -count=1 -timeout 5m -run 'TestVirtualTimeScenario|TestPauseUnderTheTimeoutIsNoDeath' ./simulations
-	$(GO) test -count=1 -timeout 5m -run 'TestSilentConnectionsLeaveRoomForNewAgents' ./node
+	$(GO) test -count=1 -timeout 5m -run 'TestSilentConnectionsLeaveRoomForNewAgents|TestHonestLoadIsNeverLockedOut' ./node
 
 lint: ## gofmt, go vet and staticcheck
 	@unformatted="$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$'))"; \
