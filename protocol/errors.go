@@ -13,7 +13,7 @@ import (
 const (
 	CodeStale          trust.Code = "stale"           // timestamp outside the window
 	CodeReplay         trust.Code = "replay"          // (sender, nonce) seen within the window
-	CodeReplayFull     trust.Code = "replay_full"     // replay cache full: refused rather than forget a nonce
+	CodeReplayFull     trust.Code = "replay_full"     // unused since 21270cf (a full replay guard answers busy); kept: codes are append-only
 	CodeWrongRecipient trust.Code = "wrong_recipient" // addressed to another peer or topic
 	CodeWrongKind      trust.Code = "wrong_kind"      // e.g. a reply where a request was expected
 	CodeImpersonation  trust.Code = "impersonation"   // envelope sender differs from the authenticated peer
