@@ -163,16 +163,27 @@ func run(ctx context.Context, cfg config) (met bool, err error) {
 	// Sample both daemons every cfg.every while bench runs.
 	start := time.Now()
 	var samples []sample
+	var benchPID int
 	take := func() {
+		t := time.Since(start)
 		for _, d := range []*daemon{alice, bob} {
-			if s, err := d.sample(ctx, time.Since(start)); err == nil {
+			if s, err := d.sample(ctx, t); err == nil {
 				samples = append(samples, s)
 			} else {
 				fmt.Fprintf(os.Stderr, "soak: sampling %s: %v\n", d.name, err)
 			}
 		}
+		// The machine is shared: what every process used, and the load
+		// generator, so that the report can tell the others' share.
+		if busy, ok := hostCPU(); ok {
+			samples = append(samples, sample{t: t, daemon: "host", cpu: busy})
+		}
+		if c, ok := processCPU(benchPID); ok {
+			samples = append(samples, sample{t: t, daemon: "bench", cpu: c})
+		}
 	}
 	take()
+	samples = append(samples, sample{t: time.Since(start), daemon: "bench"}) // not started yet
 	benchArgs := []string{"bench", "--home", alice.home, "--to", bob.id, "--action", cfg.action,
 		"--concurrency", strconv.Itoa(cfg.concurrency), "--duration", cfg.duration.String(), "--json"}
 	bench := exec.CommandContext(ctx, cfg.bin, benchArgs...)
@@ -181,6 +192,7 @@ func run(ctx context.Context, cfg config) (met bool, err error) {
 	if err := bench.Start(); err != nil {
 		return false, err
 	}
+	benchPID = bench.Process.Pid
 	benchDone := make(chan error, 1)
 	go func() { benchDone <- bench.Wait() }()
 	tick := time.NewTicker(cfg.every)
@@ -199,7 +211,11 @@ sampling:
 		}
 	}
 	tick.Stop()
+	benchPID = 0
 	take()
+	if ps := bench.ProcessState; ps != nil {
+		samples = append(samples, sample{t: time.Since(start), daemon: "bench", cpu: (ps.UserTime() + ps.SystemTime()).Seconds()})
+	}
 	if benchErr != nil {
 		return false, fmt.Errorf("meshagent bench: %v", benchErr)
 	}
@@ -327,6 +343,48 @@ func (d *daemon) sample(ctx context.Context, t time.Duration) (sample, error) {
 		return s, errors.New("no process_resident_memory_bytes or go_memstats_heap_inuse_bytes in /metrics")
 	}
 	return s, nil
+}
+
+// clockTick is USER_HZ, the unit of /proc's CPU times (100 on Linux).
+const clockTick = 100
+
+// hostCPU is the CPU time every process of the machine has used, in
+// seconds (Linux /proc/stat; false elsewhere).
+func hostCPU() (float64, bool) {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, false
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, false
+	}
+	busy := 0.0
+	for _, i := range []int{1, 2, 3, 6, 7, 8} {
+		v, _ := strconv.ParseFloat(f[i], 64)
+		busy += v
+	}
+	return busy / clockTick, true
+}
+
+// processCPU is the CPU time process pid has used, in seconds.
+func processCPU(pid int) (float64, bool) {
+	if pid == 0 {
+		return 0, false
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, false
+	}
+	i := bytes.LastIndexByte(data, ')')
+	f := strings.Fields(string(data[i+1:])) // state ppid ... utime (12th) stime
+	if i < 0 || len(f) < 13 {
+		return 0, false
+	}
+	u, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (u + st) / clockTick, true
 }
 
 // waitAdmitted waits until d lists peer as alive.
@@ -635,7 +693,9 @@ func (r *report) markdown(w io.Writer) (met bool) {
 		first, last := bs[0].okS, bs[len(bs)-1].okS
 		ratio := last / first
 		ok := ratio >= 0.90
-		fmt.Fprintf(w, "| the last %s's throughput at least 90 %% of the first's | %.0f → %.0f calls/s (%.2f ×) | %s |\n", spanName, first, last, ratio, yesNo(ok))
+		fmt.Fprintf(w, "| the last %s's throughput at least 90 %% of the first's | %.0f → %.0f calls/s (%.2f ×; other processes on the machine kept %s then %s cores busy) | %s |\n",
+			spanName, first, last, ratio, fmtCores(r.othersCPU(sec(bs[0].from), sec(bs[0].to))),
+			fmtCores(r.othersCPU(sec(bs[len(bs)-1].from), sec(bs[len(bs)-1].to))), yesNo(ok))
 		met = met && ok
 	}
 	for _, name := range []string{"alice", "bob"} {
@@ -654,9 +714,10 @@ func (r *report) markdown(w io.Writer) (met bool) {
 	if l := b.Latency; l != nil {
 		fmt.Fprintf(w, " Latency of the calls that passed: p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, p99.9 %.2f ms, max %.1f ms.", l.P50, l.P90, l.P99, l.P999, l.Max)
 	}
-	fmt.Fprintf(w, "\n\n| %s | passed calls/s | errors/s |\n|---|---|---|\n", spanName)
+	fmt.Fprintf(w, "\n\nThe machine has %d cores, shared: the last column is what other processes kept busy meanwhile.\n\n", runtime.NumCPU())
+	fmt.Fprintf(w, "| %s | passed calls/s | errors/s | other processes (cores) |\n|---|---|---|---|\n", spanName)
 	for _, k := range bs {
-		fmt.Fprintf(w, "| %s–%s | %.0f | %.1f |\n", clock(k.from), clock(k.to), k.okS, k.errorS)
+		fmt.Fprintf(w, "| %s–%s | %.0f | %.1f | %s |\n", clock(k.from), clock(k.to), k.okS, k.errorS, fmtCores(r.othersCPU(sec(k.from), sec(k.to))))
 	}
 	fmt.Fprintf(w, "\n![calls a second](img/soak-throughput.png)\n\n## Refusals\n\n")
 	fmt.Fprintf(w, "| where | code | count |\n|---|---|---|\n")
@@ -689,6 +750,39 @@ func (r *report) markdown(w io.Writer) (met bool) {
 	return met
 }
 
+// cpuAt is the CPU time name had used by its sample nearest to at, and
+// that sample's time.
+func (r *report) cpuAt(name string, at time.Duration) (cpu float64, t time.Duration, ok bool) {
+	best := time.Duration(math.MaxInt64)
+	for _, s := range r.samples {
+		if d := (s.t - at).Abs(); s.daemon == name && d < best {
+			best, cpu, t, ok = d, s.cpu, s.t, true
+		}
+	}
+	return cpu, t, ok && best < 6*time.Second
+}
+
+// othersCPU is how many cores the processes other than the two daemons
+// and bench kept busy from one time to another, or NaN if not sampled.
+func (r *report) othersCPU(from, to time.Duration) float64 {
+	cores := func(name string) float64 {
+		c0, t0, ok0 := r.cpuAt(name, from)
+		c1, t1, ok1 := r.cpuAt(name, to)
+		if !ok0 || !ok1 || t1 <= t0 {
+			return math.NaN()
+		}
+		return (c1 - c0) / (t1 - t0).Seconds()
+	}
+	return cores("host") - cores("alice") - cores("bob") - cores("bench")
+}
+
+func fmtCores(v float64) string {
+	if math.IsNaN(v) {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f", max(v, 0))
+}
+
 // cpu is the share of one core a daemon used over the samples.
 func (r *report) cpu(name string) string {
 	var first, last *sample
@@ -705,6 +799,8 @@ func (r *report) cpu(name string) string {
 	}
 	return fmt.Sprintf("%.0f %% of a core", 100*(last.cpu-first.cpu)/(last.t-first.t).Seconds())
 }
+
+func sec(s int) time.Duration { return time.Duration(s) * time.Second }
 
 func clock(s int) string { return fmt.Sprintf("%d:%02d", s/60, s%60) }
 
