@@ -20,8 +20,8 @@ test: lint ## gofmt, vet, staticcheck, then every test (-race) with fuzz seeds
 	$(GO) test -race -count=1 -timeout 8m ./...
 	@# The virtual-time tests skip themselves under -race (golang/go#78156),
 	@# and so do the attacks that measure the target's CPU.
-	$(GO) test -count=1 -timeout 5m -run 'TestVirtualTimeScenario|TestPauseUnderTheTimeoutIsNoDeath' ./simulations
-	$(GO) test -count=1 -timeout 5m -run 'TestSilentConnectionsLeaveRoomForNewAgents|TestHonestLoadIsNeverLockedOut' ./node
+	$(GO) test -count=1 -timeout 5m -run 'TestVirtualTimeScenario|TestPauseUnderTheTimeoutIsNoDeath|TestSeparateResourceAttacks' ./simulations
+	$(GO) test -count=1 -timeout 5m -run 'TestSilentConnectionsLeaveRoomForNewAgents|TestHonestLoadIsNeverLockedOut|TestOutsiderStreamsDoNotStarveCalls' ./node
 
 lint: ## gofmt, go vet and staticcheck
 	@unformatted="$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$'))"; \

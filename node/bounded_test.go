@@ -173,6 +173,9 @@ func heapMiB() float64 {
 // kept honest calls at 1–2 % for 12 s, heap +66 MiB; six connections of
 // unnegotiated streams blocked 98–99 %.)
 func TestOutsiderStreamsDoNotStarveCalls(t *testing.T) {
+	if raceEnabled {
+		t.Skip("CPU-bound: make test runs it without -race")
+	}
 	for _, tc := range []struct{ name, proto string }{{"rpc", protocol.ProtocolRPC}, {"unnegotiated", ""}} {
 		t.Run(tc.name, func(t *testing.T) {
 			m, runs := convergedMesh(t)
