@@ -193,6 +193,11 @@ func (m *members) penalize(p peer.ID, code trust.Code) bool {
 // their sender had spent its rejection budget.
 func (n *Node) Throttled() int64 { return n.members.throttles.Load() }
 
+// ReplayNonces returns how many nonces the replay guard remembers: about
+// the envelopes accepted over the last replay window (its memory is about
+// 10 bytes each, at most 64 MiB).
+func (n *Node) ReplayNonces() int { return n.decider.Replay.Len() }
+
 // Gated returns how many streams this node refused, unread, because their
 // peer had not been admitted.
 func (n *Node) Gated() int64 { return n.members.gated.Load() }

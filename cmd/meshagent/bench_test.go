@@ -88,6 +88,11 @@ func TestBenchThroughTwoDaemons(t *testing.T) {
 	if s.Errors != 0 {
 		t.Errorf("errors in an honest 2 s run: %v", s.ErrorsByCode)
 	}
+	// The caller's replay guard remembers each reply it accepted, within
+	// the window.
+	if got := metricSum(scrape(t, a), "meshagent_replay_nonces"); got < float64(s.OK) {
+		t.Errorf("alice's replay guard holds %.0f nonces after %d accepted replies", got, s.OK)
+	}
 	if s.Seconds < 2 || s.Seconds > 20 {
 		t.Fatalf("ran %.2f s for --duration 2s", s.Seconds)
 	}

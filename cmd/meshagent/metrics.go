@@ -49,6 +49,9 @@ func (m *daemonMetrics) watch(n *node.Node) {
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshagent_throttled_requests_total",
 			Help: "Requests refused unchecked because their sender had spent its budget of rejected requests."},
 			func() float64 { return float64(n.Throttled()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshagent_replay_nonces",
+			Help: "Nonces the replay guard remembers: the envelopes accepted over the last replay window (about 10 bytes each, at most 64 MiB)."},
+			func() float64 { return float64(n.ReplayNonces()) }),
 	)
 	for _, st := range []discovery.State{discovery.Alive, discovery.Suspect, discovery.Dead} {
 		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshagent_registry_agents",
