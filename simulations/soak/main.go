@@ -98,6 +98,7 @@ type sample struct {
 	daemon                     string
 	rss, heapAlloc, heapInuse  float64 // bytes
 	goroutines, cpu, decisions float64 // count, seconds, audited decisions
+	nonces                     float64 // the replay guard's (meshagent_replay_nonces)
 }
 
 func run(ctx context.Context, cfg config) (met bool, err error) {
@@ -338,7 +339,7 @@ func (d *daemon) sample(ctx context.Context, t time.Duration) (sample, error) {
 	s := sample{t: t, daemon: d.name, rss: metric(page, "process_resident_memory_bytes"),
 		heapAlloc: metric(page, "go_memstats_heap_alloc_bytes"), heapInuse: metric(page, "go_memstats_heap_inuse_bytes"),
 		goroutines: metric(page, "go_goroutines"), cpu: metric(page, "process_cpu_seconds_total"),
-		decisions: metric(page, "meshagent_decisions_total")}
+		decisions: metric(page, "meshagent_decisions_total"), nonces: metric(page, "meshagent_replay_nonces")}
 	if s.rss == 0 || s.heapInuse == 0 {
 		return s, errors.New("no process_resident_memory_bytes or go_memstats_heap_inuse_bytes in /metrics")
 	}
@@ -614,9 +615,9 @@ func (r *report) write() (bool, error) {
 		return false, err
 	}
 	var csv strings.Builder
-	csv.WriteString("seconds,daemon,rss_bytes,heap_alloc_bytes,heap_inuse_bytes,goroutines,cpu_seconds,decisions\n")
+	csv.WriteString("seconds,daemon,rss_bytes,heap_alloc_bytes,heap_inuse_bytes,goroutines,cpu_seconds,decisions,replay_nonces\n")
 	for _, s := range r.samples {
-		fmt.Fprintf(&csv, "%.1f,%s,%.0f,%.0f,%.0f,%.0f,%.2f,%.0f\n", s.t.Seconds(), s.daemon, s.rss, s.heapAlloc, s.heapInuse, s.goroutines, s.cpu, s.decisions)
+		fmt.Fprintf(&csv, "%.1f,%s,%.0f,%.0f,%.0f,%.0f,%.2f,%.0f,%.0f\n", s.t.Seconds(), s.daemon, s.rss, s.heapAlloc, s.heapInuse, s.goroutines, s.cpu, s.decisions, s.nonces)
 	}
 	if err := os.WriteFile(filepath.Join(img, "soak-samples.csv"), []byte(csv.String()), 0o644); err != nil {
 		return false, err
@@ -744,17 +745,33 @@ func (r *report) markdown(w io.Writer) (met bool) {
 	}
 	fmt.Fprintf(w, "\n## Memory\n\nHeap in use and RSS of each daemon; the replay window (%s) ends at minute %.0f. Samples: [img/soak-samples.csv](img/soak-samples.csv); bench's summary with its per-second timeline: [img/soak-bench.json](img/soak-bench.json).\n\n",
 		r.window, r.window.Minutes())
-	fmt.Fprintf(w, "| daemon | heap at start | heap at the window's end | peak heap after | heap at the end | peak RSS after the window | RSS at the end | CPU |\n|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(w, "| daemon | heap at start | heap at the window's end | peak heap after | heap at the end | peak RSS after the window | RSS at the end | replay nonces at the window's end / at the end / peak | CPU |\n|---|---|---|---|---|---|---|---|---|\n")
 	for _, name := range []string{"alice", "bob"} {
 		v := r.memory(name)
 		peak, rssPeak := "–", "–"
 		if v.peakAfter > 0 {
 			peak, rssPeak = mib(v.peakAfter), mib(v.rssMax)
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", name, mib(v.start), mib(v.atWindow), peak, mib(v.end), rssPeak, mib(v.rssEnd), r.cpu(name))
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", name, mib(v.start), mib(v.atWindow), peak, mib(v.end), rssPeak, mib(v.rssEnd), r.nonces(name), r.cpu(name))
 	}
 	fmt.Fprintf(w, "\n![daemon memory](img/soak-memory.png)\n")
 	return met
+}
+
+// nonces says how many nonces name's replay guard held at the window's
+// end, at the end, and at most.
+func (r *report) nonces(name string) string {
+	var atWindow, end, peak float64
+	for _, s := range r.samples {
+		if s.daemon != name {
+			continue
+		}
+		if s.t <= r.window {
+			atWindow = s.nonces
+		}
+		end, peak = s.nonces, max(peak, s.nonces)
+	}
+	return fmt.Sprintf("%.0f / %.0f / %.0f", atWindow, end, peak)
 }
 
 // windowCalls is the calls answered in the replay window before at: about
