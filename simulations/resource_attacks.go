@@ -58,6 +58,7 @@ var ResourceAttacks = []Attack{
 	{"renew-loop", "", "the insider's renewal requests in a loop"},
 	{"sync-loop", "", "the insider's sync requests in a loop"},
 	{"subscription-flood", "", "the insider's pubsub RPCs of 250 made-up topics each, on a stream of its own"},
+	{"nonce-flood", "", "the insider's valid requests, a fresh nonce each, as fast as it signs (issue 12: every one accepted and its nonce kept; no handler)"},
 	// Not an attack: what an attacker process costs the honest agents
 	// when it sends nothing, only takes what CPU its class gets.
 	{"control-spin", "", "no attack: the attacker process spins on 4 goroutines and sends nothing"},
@@ -243,6 +244,19 @@ func (k *kit) resourceAttempt(ctx context.Context, a string) (func(), error) {
 			}
 			if _, err := msgio.NewVarintReaderSize(s, 32<<20).ReadMsg(); err == nil {
 				k.landed.Add(1) // answered
+			}
+		}, nil
+	case "nonce-flood":
+		if k.own == nil {
+			return nil, fmt.Errorf("%s: no token given", a)
+		}
+		return func() {
+			raw, err := k.seal("read:metrics", nil, k.own)
+			if err != nil {
+				return
+			}
+			if _, err := k.n.SendRaw(ctx, k.tid, raw); trust.CodeOf(err) == protocol.CodeNoHandler {
+				k.landed.Add(1) // accepted, its nonce kept
 			}
 		}, nil
 	case "subscription-flood":
