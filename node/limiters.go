@@ -24,7 +24,10 @@ func newLimiters(every time.Duration, burst int) *limiters {
 }
 
 // allow spends one token of key's bucket, and reports whether there was one.
-func (l *limiters) allow(key string) bool {
+func (l *limiters) allow(key string) bool { return l.allowN(key, 1) }
+
+// allowN spends n tokens of key's bucket, and reports whether there were.
+func (l *limiters) allowN(key string, n int) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	b := l.m[key]
@@ -39,7 +42,7 @@ func (l *limiters) allow(key string) bool {
 		b = rate.NewLimiter(rate.Every(l.every), l.burst)
 		l.m[key] = b
 	}
-	return b.Allow()
+	return b.AllowN(time.Now(), n)
 }
 
 // left returns how many tokens key's bucket holds, without spending.

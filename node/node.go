@@ -105,6 +105,7 @@ func New(cfg Config) (*Node, error) {
 	hb := cfg.HeartbeatInterval
 	n.live.serving, n.live.records, n.live.renewals = newLimiters(hb, serveBurst), newLimiters(hb, recordBurst), newLimiters(hb, 1)
 	n.live.ownRefused = newLimiters(time.Second/rejectRate, rejectBurst)
+	n.live.subscriptions = newLimiters(time.Second/subscriptionRate, subscriptionBurst)
 	for _, raw := range cfg.Revocations {
 		if err := n.applyRevocation(raw); err != nil {
 			return nil, fmt.Errorf("node: revocation: %w", err)
@@ -424,6 +425,14 @@ func (n *Node) inspectRPC(from peer.ID, rpc *pubsub.RPC) error {
 		return errNotAdmitted
 	}
 	n.pubsubIn.Add(int64(proto.Size(&rpc.RPC)))
+	// Subscription changes past their rate cut the peer off: the filter
+	// keeps few of them, but the router decodes and checks every one in
+	// its one event loop (an honest node announces its topics, at most
+	// 256, once per connection).
+	if k := len(rpc.Subscriptions); k > 0 && !n.live.subscriptions.allowN(string(from), k) {
+		n.members.refuse(from, protocol.Reject(protocol.CodeFlood, "subscription changes past %d at once and %d a second", subscriptionBurst, subscriptionRate))
+		return errSubscriptionFlood
+	}
 	// A peer that spent its rejection budget gets its messages dropped
 	// here, before pubsub checks their signatures or marks them seen (a
 	// message dropped later would be taken as seen, and an honest copy

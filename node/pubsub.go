@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -146,6 +147,17 @@ func (n *Node) validator(topic string) pubsub.ValidatorEx {
 		return pubsub.ValidationAccept
 	}
 }
+
+// A peer's pubsub subscription changes: subscriptionBurst at once (an
+// honest node's first RPC on a connection announces its topics, at most
+// 256), then subscriptionRate a second; past that it is cut off
+// (inspectRPC).
+const (
+	subscriptionBurst = 1024
+	subscriptionRate  = 32
+)
+
+var errSubscriptionFlood = errors.New("node: subscription changes past the rate")
 
 // authorFault are the refusals charged to an author that delivered the
 // message itself, besides forwarderFault.

@@ -61,6 +61,8 @@ type liveness struct {
 	// ownRefused counts, per peer, its own pubsub messages refused and not
 	// charged (stale, dead, replay...).
 	ownRefused *limiters
+	// subscriptions counts each peer's pubsub subscription changes.
+	subscriptions *limiters
 }
 
 func (n *Node) nextSeq() uint64 { return n.live.seq.Add(1) }
