@@ -429,6 +429,9 @@ func (n *Node) inspectRPC(from peer.ID, rpc *pubsub.RPC) error {
 	// keeps few of them, but the router decodes and checks every one in
 	// its one event loop (an honest node announces its topics, at most
 	// 256, once per connection).
+	if n.members.isRefused(from) { // cut off: its RPCs still in flight go too
+		return errNotAdmitted
+	}
 	if k := len(rpc.Subscriptions); k > 0 && !n.live.subscriptions.allowN(string(from), k) {
 		n.members.refuse(from, protocol.Reject(protocol.CodeFlood, "subscription changes past %d at once and %d a second", subscriptionBurst, subscriptionRate))
 		return errSubscriptionFlood
