@@ -293,29 +293,8 @@ func TestMadeUpErrorCodesAreNotReasons(t *testing.T) {
 	m, _ := convergedMesh(t)
 	worker := m.Agents["worker"]
 	orch := m.Agents["orchestrator"]
-	orchKey := orch.Identity.Public()
-	var served atomic.Int32
-	worker.Node.Host().SetStreamHandler(protocol.ProtocolRPC, func(s network.Stream) {
-		defer s.Close()
-		raw, err := msgio.NewVarintReaderSize(s, 1<<20).ReadMsg()
-		if err != nil {
-			s.Reset()
-			return
-		}
-		req, err := protocol.Open(raw, 1<<20, 1<<20)
-		if err != nil {
-			s.Reset()
-			return
-		}
-		i := served.Add(1)
-		out, err := protocol.Seal(worker.Identity, &protocol.Envelope{Kind: protocol.KindError, RecipientPeer: orchKey,
-			Action: req.Action, CorrelationID: req.CorrelationID,
-			ErrorCode: trust.Code(fmt.Sprintf("made_up_%d_%s", i, strings.Repeat("\x01", 4096))), ErrorDetail: "no"}, time.Now())
-		if err != nil {
-			s.Reset()
-			return
-		}
-		_ = msgio.NewVarintWriter(s).WriteMsg(out)
+	served := simulations.AnswerWithErrors(worker.Node.Host(), worker.Identity, func(n int64) trust.Code {
+		return trust.Code(fmt.Sprintf("made_up_%d_%s", n, strings.Repeat("\x01", 4096)))
 	})
 	var mu sync.Mutex
 	reasons := map[string]bool{}

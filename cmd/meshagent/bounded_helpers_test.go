@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -120,23 +119,10 @@ type rawStream struct {
 
 func openRawStream(t *testing.T, home, path string) *rawStream {
 	t.Helper()
-	c, err := apiClient(home)
-	if err != nil {
-		t.Fatal(err)
+	resp, code, body := getStream(t, home, path)
+	if resp == nil {
+		t.Fatalf("%s: %d %s", path, code, body)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	req, _ := http.NewRequestWithContext(ctx, "GET", "http://meshagent"+path, nil)
-	resp, err := c.Do(req)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	if resp.StatusCode != 200 {
-		body, _ := io.ReadAll(resp.Body)
-		cancel()
-		t.Fatalf("%s: %d %s", path, resp.StatusCode, body)
-	}
-	t.Cleanup(func() { cancel(); resp.Body.Close() })
 	return &rawStream{resp: resp, br: bufio.NewReaderSize(resp.Body, 64<<10)}
 }
 

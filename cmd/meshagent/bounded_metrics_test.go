@@ -11,15 +11,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/libp2p/go-libp2p/core/network"
-	"github.com/libp2p/go-msgio"
-
 	"github.com/meshagent/meshagent/node"
-	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/simulations"
 	"github.com/meshagent/meshagent/trust"
 )
@@ -59,28 +54,8 @@ func TestBoundedErrorCodeLabels(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { mallory.Close() })
-	var forged atomic.Int64
-	mallory.Host().SetStreamHandler(protocol.ProtocolRPC, func(s network.Stream) {
-		defer s.Close()
-		raw, err := msgio.NewVarintReaderSize(s, 1<<20).ReadMsg()
-		if err != nil {
-			s.Reset()
-			return
-		}
-		req, err := protocol.Open(raw, 1<<20, 1<<20)
-		if err != nil {
-			s.Reset()
-			return
-		}
-		code := fmt.Sprintf("made_up_%d_%s", forged.Add(1), strings.Repeat("x", 4<<10))
-		out, err := protocol.Seal(id, &protocol.Envelope{Kind: protocol.KindError, RecipientPeer: req.Sender,
-			Action: req.Action, CorrelationID: req.CorrelationID, ErrorCode: trust.Code(code), ErrorDetail: "no"}, time.Now())
-		if err == nil {
-			err = msgio.NewVarintWriter(s).WriteMsg(out)
-		}
-		if err != nil {
-			s.Reset()
-		}
+	forged := simulations.AnswerWithErrors(mallory.Host(), id, func(n int64) trust.Code {
+		return trust.Code(fmt.Sprintf("made_up_%d_%s", n, strings.Repeat("x", 4<<10)))
 	})
 
 	call := func() error {

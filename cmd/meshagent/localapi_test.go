@@ -303,9 +303,9 @@ type sseStream struct {
 	lines chan string
 }
 
-// openStream GETs path on home's API and returns the stream, or the status
-// and error body when the API refused it.
-func openStream(t *testing.T, home, path string) (*sseStream, int, string) {
+// getStream GETs path on home's API and returns the open response (closed
+// at the test's end), or the status and error body when the API refused it.
+func getStream(t *testing.T, home, path string) (*http.Response, int, string) {
 	t.Helper()
 	c, err := apiClient(home)
 	if err != nil {
@@ -324,6 +324,18 @@ func openStream(t *testing.T, home, path string) (*sseStream, int, string) {
 		cancel()
 		return nil, resp.StatusCode, strings.TrimSpace(string(body))
 	}
+	t.Cleanup(func() { cancel(); resp.Body.Close() })
+	return resp, 200, ""
+}
+
+// openStream GETs path on home's API and returns the stream, or the status
+// and error body when the API refused it.
+func openStream(t *testing.T, home, path string) (*sseStream, int, string) {
+	t.Helper()
+	resp, code, body := getStream(t, home, path)
+	if resp == nil {
+		return nil, code, body
+	}
 	s := &sseStream{resp: resp, lines: make(chan string, 16)}
 	go func() {
 		defer close(s.lines)
@@ -334,7 +346,6 @@ func openStream(t *testing.T, home, path string) (*sseStream, int, string) {
 			}
 		}
 	}()
-	t.Cleanup(func() { cancel(); resp.Body.Close() })
 	return s, 200, ""
 }
 
