@@ -344,7 +344,7 @@ func TestAuthorIsChargedForWhatItSendsItself(t *testing.T) {
 	defer cancel()
 	mal := m.Agents["mallory"]
 	worker := m.Agents["worker"].Node
-	topic, tok := authorHost(ctx, t, m)
+	topic, tok, _ := authorHost(ctx, t, m)
 	if err := simulations.WaitFor(20*time.Second, func() error {
 		for range 20 {
 			raw, err := protocol.Seal(mal.Identity, &protocol.Envelope{Kind: protocol.KindMessage, RecipientTopic: "tasks",
@@ -402,8 +402,8 @@ func TestAuthorIsChargedForWhatItSendsItself(t *testing.T) {
 // mallory's key, which passes the gate as mallory and publishes what the
 // test seals straight to the worker, subscribed to topic tasks. It
 // returns the host's tasks topic and a token of mallory's for
-// publish:tasks and publish:reports.
-func authorHost(ctx context.Context, t *testing.T, m *simulations.Mesh) (*pubsub.Topic, *trust.Token) {
+// publish:tasks and publish:reports, and the worker's subscription.
+func authorHost(ctx context.Context, t *testing.T, m *simulations.Mesh) (*pubsub.Topic, *trust.Token, *node.Subscription) {
 	t.Helper()
 	mal := m.Agents["mallory"]
 	tok, err := m.Grant("mallory", []string{"publish:tasks", "publish:reports"}, nil, time.Hour)
@@ -411,7 +411,8 @@ func authorHost(ctx context.Context, t *testing.T, m *simulations.Mesh) (*pubsub
 		t.Fatal(err)
 	}
 	worker := m.Agents["worker"].Node
-	if _, err := worker.Subscribe("tasks"); err != nil {
+	sub, err := worker.Subscribe("tasks")
+	if err != nil {
 		t.Fatal(err)
 	}
 	// The host with mallory's key replaces mallory's node (pubsub keeps one
@@ -442,5 +443,5 @@ func authorHost(ctx context.Context, t *testing.T, m *simulations.Mesh) (*pubsub
 	if err := h.Connect(ctx, peerInfo(worker)); err != nil {
 		t.Fatal(err)
 	}
-	return topic, tok
+	return topic, tok, sub
 }
