@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/meshagent/meshagent/discovery"
+	"github.com/meshagent/meshagent/node/internal/audit"
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/protocol/protocolpb"
 	"github.com/meshagent/meshagent/trust"
@@ -172,8 +173,8 @@ func (m *members) penalize(p peer.ID, code trust.Code) bool {
 	b.Allow()
 	spent := b.Tokens() < 1
 	now := m.n.now()
-	audit := spent && !hostile[code] && now.Sub(b.audited) >= time.Second
-	if audit {
+	logIt := spent && !hostile[code] && now.Sub(b.audited) >= time.Second
+	if logIt {
 		b.audited = now
 	}
 	m.mu.Unlock()
@@ -181,10 +182,10 @@ func (m *members) penalize(p peer.ID, code trust.Code) bool {
 		m.refuse(p, protocol.Reject(protocol.CodeFlood, "more than %d rejected requests at once or %d per second", rejectBurst, rejectRate))
 		return true
 	}
-	if audit {
-		m.n.audit.write(AuditRecord{Time: now, Direction: "in", Kind: "request", Sender: p.String(), Recipient: m.n.ID().String(),
-			Decision: "reject", Reason: string(protocol.CodeFlood),
-			Detail: fmt.Sprintf("throttled: more than %d rejected requests at once or %d per second; its requests are refused unchecked until fewer", rejectBurst, rejectRate)})
+	if logIt {
+		r := m.n.record(audit.In, audit.Request, p.String())
+		reject(&r, protocol.CodeFlood, fmt.Sprintf("throttled: more than %d rejected requests at once or %d per second; its requests are refused unchecked until fewer", rejectBurst, rejectRate))
+		m.n.audit.Write(r)
 	}
 	return false
 }
@@ -269,8 +270,9 @@ func (m *members) refuse(p peer.ID, reason error) {
 	}
 	m.refused[p] = now.Add(refuseFor)
 	m.mu.Unlock()
-	m.n.audit.write(AuditRecord{Time: m.n.now(), Direction: "in", Kind: "admission", Sender: p.String(),
-		Recipient: m.n.ID().String(), Decision: "reject", Reason: string(codeOrDefault(reason, protocol.CodeUnlisted)), Detail: errDetail(reason)})
+	r := m.n.record(audit.In, audit.Admission, p.String())
+	reject(&r, codeOrDefault(reason, protocol.CodeUnlisted), errDetail(reason))
+	m.n.audit.Write(r)
 	if h := m.n.Host(); h != nil {
 		_ = h.Network().ClosePeer(p)
 	}
@@ -315,8 +317,9 @@ func (m *members) check(p peer.ID, raw []byte) error {
 	}
 	m.wakeWaiters()
 	m.n.live.announceSoon.Store(true)
-	m.n.audit.write(AuditRecord{Time: m.n.now(), Direction: "in", Kind: "admission", Sender: p.String(),
-		Recipient: m.n.ID().String(), Decision: "accept"})
+	r := m.n.record(audit.In, audit.Admission, p.String())
+	r.Decision = audit.Accept
+	m.n.audit.Write(r)
 	return nil
 }
 

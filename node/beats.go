@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/meshagent/meshagent/discovery"
+	"github.com/meshagent/meshagent/node/internal/audit"
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/protocol/protocolpb"
 	"github.com/meshagent/meshagent/trust"
@@ -348,7 +349,7 @@ func (b *beats) read(p peer.ID, s network.Stream) {
 		err = proto.Unmarshal(raw, &batch)
 		r.ReleaseMsg(raw)
 		if err != nil {
-			b.n.blame(p, "beat", trust.CodeMalformed)
+			b.n.blame(p, audit.Beat, trust.CodeMalformed)
 			b.drop(p, s)
 			return
 		}
@@ -364,22 +365,22 @@ func (b *beats) read(p peer.ID, s network.Stream) {
 func (b *beats) apply(p peer.ID, batch *protocolpb.BeatBatch) (cut bool) {
 	lost := func() bool { d := b.n.cfg.DropMessage; return d != nil && d(p) }
 	for _, raw := range batch.Revocations {
-		if !lost() && b.n.blame(p, "revocation", trust.CodeOf(b.n.applyRevocation(raw))) {
+		if !lost() && b.n.blame(p, audit.Revocation, trust.CodeOf(b.n.applyRevocation(raw))) {
 			return true
 		}
 	}
 	for _, a := range batch.Records {
-		if !lost() && b.n.blame(p, "record", b.applyRecord(a)) {
+		if !lost() && b.n.blame(p, audit.Announcement, b.applyRecord(a)) {
 			return true
 		}
 	}
 	for _, l := range batch.Leaves {
-		if !lost() && b.n.blame(p, "leave", b.applyLeave(l)) {
+		if !lost() && b.n.blame(p, audit.Leave, b.applyLeave(l)) {
 			return true
 		}
 	}
 	for _, beat := range batch.Beats {
-		if !lost() && b.n.blame(p, "beat", b.receive(p, beat)) {
+		if !lost() && b.n.blame(p, audit.Beat, b.receive(p, beat)) {
 			return true
 		}
 	}
@@ -390,12 +391,13 @@ func (b *beats) apply(p peer.ID, batch *protocolpb.BeatBatch) (cut bool) {
 // should have refused itself (forwarderFault), and spends p's rejection
 // budget; it reports whether p was cut off. Other codes are not p's doing
 // and pass.
-func (n *Node) blame(p peer.ID, kind string, code trust.Code) bool {
+func (n *Node) blame(p peer.ID, kind audit.Kind, code trust.Code) bool {
 	if !forwarderFault[code] {
 		return false
 	}
-	n.audit.write(AuditRecord{Time: n.now(), Direction: "in", Kind: kind, Sender: p.String(),
-		Recipient: n.ID().String(), Decision: "reject", Reason: string(code)})
+	r := n.record(audit.In, kind, p.String())
+	reject(&r, code, "")
+	n.audit.Write(r)
 	return n.members.penalize(p, code)
 }
 

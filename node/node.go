@@ -25,6 +25,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/meshagent/meshagent/discovery"
+	"github.com/meshagent/meshagent/node/internal/audit"
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/trust"
 )
@@ -50,7 +51,7 @@ type Node struct {
 	registry *discovery.Registry
 	live     liveness
 	beats    *beats
-	audit    *auditor
+	audit    *audit.Log
 	revs     *revStore // applied revocations, encoded
 	bad      *refusals // relayed items refused, by hash
 
@@ -91,7 +92,7 @@ func New(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("node: own credential: %w", err)
 	}
 	routeLogs.Do(func() { gologshim.SetDefaultHandler(golog.SlogHandler()) })
-	n := &Node{cfg: cfg, self: cfg.Identity.Public(), verifier: v, audit: newAuditor(cfg.Audit),
+	n := &Node{cfg: cfg, self: cfg.Identity.Public(), verifier: v, audit: audit.New(cfg.Audit),
 		topics: map[string]*pubsub.Topic{}, handlers: map[string]Handler{}}
 	n.cred = cfg.Credential
 	n.calls = make(chan struct{}, cfg.MaxConcurrentCalls)
@@ -357,13 +358,6 @@ func (n *Node) Addrs() []ma.Multiaddr {
 
 // Verifier returns the node's verifier, for revocations.
 func (n *Node) Verifier() *trust.Verifier { return n.verifier }
-
-// SetAuditHook registers f to see every audit record as it is written.
-func (n *Node) SetAuditHook(f func(AuditRecord)) {
-	n.audit.mu.Lock()
-	defer n.audit.mu.Unlock()
-	n.audit.hook = f
-}
 
 func (n *Node) now() time.Time { return n.cfg.Clock() }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/meshagent/meshagent/node/internal/audit"
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/trust"
 )
@@ -109,15 +110,16 @@ func (n *Node) validator(topic string) pubsub.ValidatorEx {
 			m.ValidatorData = e
 			return pubsub.ValidationAccept
 		}
-		rec := AuditRecord{Time: n.now(), Direction: "in", Kind: "message", Sender: m.GetFrom().String(), Recipient: topic}
+		rec := n.record(audit.In, audit.Message, m.GetFrom().String())
+		rec.Recipient = topic
 		if e != nil {
 			rec.CorrelationID, rec.Action = e.CorrelationID.String(), e.Action
 		}
 		rec.LatencyMS = float64(time.Since(start).Microseconds()) / 1000
 		if err != nil {
 			code := codeOrDefault(err, trust.CodeMalformed)
-			rec.Decision, rec.Reason, rec.Detail = "reject", string(code), err.Error()
-			n.audit.write(rec)
+			reject(&rec, code, err.Error())
+			n.audit.Write(rec)
 			if forwarderFault[code] {
 				n.members.penalize(m.ReceivedFrom, code)
 				return pubsub.ValidationReject
@@ -141,8 +143,8 @@ func (n *Node) validator(topic string) pubsub.ValidatorEx {
 			}
 			return pubsub.ValidationIgnore
 		}
-		rec.Decision = "accept"
-		n.audit.write(rec)
+		rec.Decision = audit.Accept
+		n.audit.Write(rec)
 		m.ValidatorData = e
 		return pubsub.ValidationAccept
 	}
@@ -226,13 +228,14 @@ func (n *Node) PublishRaw(ctx context.Context, topic string, raw []byte) error {
 	if err != nil {
 		return err
 	}
-	rec := AuditRecord{Time: n.now(), Direction: "out", Kind: "message", Sender: n.ID().String(), Recipient: topic, Decision: "accept"}
+	rec := n.record(audit.Out, audit.Message, topic)
+	rec.Decision = audit.Accept
 	if err := t.Publish(ctx, raw); err != nil {
-		rec.Decision, rec.Reason, rec.Detail = "reject", string(codeOrDefault(err, trust.CodeMalformed)), err.Error()
-		n.audit.write(rec)
+		reject(&rec, codeOrDefault(err, trust.CodeMalformed), err.Error())
+		n.audit.Write(rec)
 		return err
 	}
-	n.audit.write(rec)
+	n.audit.Write(rec)
 	return nil
 }
 

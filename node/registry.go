@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/meshagent/meshagent/discovery"
+	"github.com/meshagent/meshagent/node/internal/audit"
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/protocol/protocolpb"
 	"github.com/meshagent/meshagent/trust"
@@ -116,12 +117,12 @@ func (n *Node) emit(evs []discovery.Event) {
 	ls := slices.Clone(n.live.listeners)
 	n.live.mu.Unlock()
 	for _, e := range evs {
-		to := "removed"
+		r := n.record(audit.In, audit.Liveness, e.Agent.String())
+		r.Time, r.Decision, r.Reason = e.At, audit.Removed, e.Reason
 		if e.To != 0 {
-			to = e.To.String()
+			r.Decision = audit.Decision(e.To.String()) // alive, suspect or dead
 		}
-		n.audit.write(AuditRecord{Time: e.At, Direction: "in", Kind: "liveness", Sender: e.Agent.String(),
-			Recipient: n.ID().String(), Decision: to, Reason: e.Reason})
+		n.audit.Write(r)
 		if e.To == discovery.Dead || e.To == 0 {
 			if h := n.Host(); h != nil {
 				_ = h.Network().ClosePeer(e.Agent.PeerID())
@@ -326,14 +327,14 @@ func (n *Node) registryValidator(_ context.Context, from peer.ID, m *pubsub.Mess
 	}
 	author, err := trust.PublicKeyFromPeerID(m.GetFrom())
 	if err != nil {
-		n.blame(m.ReceivedFrom, "record", trust.CodeOf(err)) // weak_key is no forwarder's fault
+		n.blame(m.ReceivedFrom, audit.Announcement, trust.CodeOf(err)) // weak_key is no forwarder's fault
 		return verdict(err)
 	}
 	if author.Equal(n.self) {
 		return pubsub.ValidationAccept
 	}
 	var rm protocolpb.RegistryMessage
-	kind := "record"
+	kind := audit.Announcement
 	if err := proto.Unmarshal(m.Data, &rm); err != nil {
 		n.blame(m.ReceivedFrom, kind, trust.CodeMalformed)
 		return pubsub.ValidationReject
@@ -343,7 +344,7 @@ func (n *Node) registryValidator(_ context.Context, from peer.ID, m *pubsub.Mess
 		err = n.applyRecord(x.Announce, discovery.Direct, author)
 	case *protocolpb.RegistryMessage_Leave:
 		// Signed by the leaving agent; any node may relay it.
-		kind = "leave"
+		kind = audit.Leave
 		_, err = n.applyLeave(x.Leave)
 	default:
 		err = protocol.Reject(trust.CodeMalformed, "empty registry message")
@@ -493,7 +494,7 @@ func verdict(err error) pubsub.ValidationResult {
 // revocationValidator verifies and applies a revocation, then forwards it.
 func (n *Node) revocationValidator(_ context.Context, _ peer.ID, m *pubsub.Message) pubsub.ValidationResult {
 	err := n.applyRevocation(m.Data)
-	n.blame(m.ReceivedFrom, "revocation", trust.CodeOf(err))
+	n.blame(m.ReceivedFrom, audit.Revocation, trust.CodeOf(err))
 	return verdict(err)
 }
 
@@ -628,7 +629,7 @@ func (n *Node) applySync(p peer.ID, resp *protocolpb.SyncResponse) {
 	// honest node serves only what it verified): it is charged for it and
 	// the rest of the answer is dropped.
 	refused := 0
-	fault := func(kind string, err error) bool {
+	fault := func(kind audit.Kind, err error) bool {
 		code := trust.CodeOf(err)
 		n.blame(p, kind, code) // audited and charged when it is p's fault
 		if err != nil {
@@ -637,7 +638,7 @@ func (n *Node) applySync(p peer.ID, resp *protocolpb.SyncResponse) {
 		return forwarderFault[code] || refused > maxRefusedPerAnswer
 	}
 	for _, r := range resp.Revocations {
-		if fault("revocation", n.applyRevocation(r)) {
+		if fault(audit.Revocation, n.applyRevocation(r)) {
 			return
 		}
 	}
@@ -645,7 +646,7 @@ func (n *Node) applySync(p peer.ID, resp *protocolpb.SyncResponse) {
 	learned := false
 	for _, a := range resp.Announcements {
 		rec, key, err := n.checkRecord(a, trust.PublicKey{})
-		if fault("record", err) {
+		if fault(audit.Announcement, err) {
 			return
 		}
 		if err != nil || rec == nil {
@@ -655,7 +656,7 @@ func (n *Node) applySync(p peer.ID, resp *protocolpb.SyncResponse) {
 		n.bad.add(key, err)
 		n.emit(evs)
 		learned = learned || len(evs) > 0
-		if fault("record", err) { // a forged credential in the record
+		if fault(audit.Announcement, err) { // a forged credential in the record
 			break
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/meshagent/meshagent/node/internal/audit"
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/trust"
 )
@@ -139,7 +140,9 @@ func (n *Node) applyRevocation(raw []byte) error {
 	if !n.revs.add(key, canon, keep) {
 		return nil // applied concurrently
 	}
-	n.audit.write(AuditRecord{Time: now, Direction: "in", Kind: "revocation", Sender: r.Issuer.String(), Recipient: n.ID().String(), Decision: "accept"})
+	rec := n.record(audit.In, audit.Revocation, r.Issuer.String())
+	rec.Decision = audit.Accept
+	n.audit.Write(rec)
 	if n.cfg.OnRevocation != nil {
 		n.cfg.OnRevocation(canon)
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/libp2p/go-msgio"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/meshagent/meshagent/node/internal/audit"
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/protocol/protocolpb"
 	"github.com/meshagent/meshagent/trust"
@@ -52,8 +53,12 @@ func (n *Node) handleRenew(s network.Stream) {
 	} else {
 		resp.Credential = cred.Proto()
 	}
-	n.audit.write(AuditRecord{Time: n.now(), Direction: "in", Kind: "renewal", Sender: remote.String(), Recipient: n.ID().String(),
-		Decision: map[bool]string{true: "accept", false: "reject"}[err == nil], Reason: resp.ErrorCode, Detail: resp.ErrorDetail})
+	r := n.record(audit.In, audit.Renewal, remote.String())
+	r.Decision = audit.Accept
+	if err != nil {
+		reject(&r, trust.Code(resp.ErrorCode), resp.ErrorDetail)
+	}
+	n.audit.Write(r)
 	b, _ := proto.Marshal(resp)
 	if msgio.NewVarintWriter(s).WriteMsg(b) != nil {
 		s.Reset()
@@ -183,8 +188,9 @@ func (n *Node) maybeRenew() {
 		n.cred = c
 		n.credMu.Unlock()
 		_ = n.announce()
-		n.audit.write(AuditRecord{Time: n.now(), Direction: "out", Kind: "renewal", Sender: n.ID().String(), Decision: "accept",
-			Detail: "credential renewed until " + c.Expires.UTC().Format(time.RFC3339)})
+		r := n.record(audit.Out, audit.Renewal, "")
+		r.Decision, r.Detail = audit.Accept, "credential renewed until "+c.Expires.UTC().Format(time.RFC3339)
+		n.audit.Write(r)
 		if n.cfg.OnCredential != nil {
 			n.cfg.OnCredential(c)
 		}

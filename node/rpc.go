@@ -11,6 +11,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-msgio"
 
+	"github.com/meshagent/meshagent/node/internal/audit"
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/trust"
 )
@@ -132,16 +133,16 @@ func (n *Node) SealRequest(to peer.ID, action string, body []byte, tok *trust.To
 
 func (n *Node) roundTrip(ctx context.Context, to peer.ID, toKey trust.PublicKey, env *protocol.Envelope, raw []byte) (*Reply, error) {
 	start := time.Now()
-	rec := AuditRecord{Time: n.now(), CorrelationID: env.CorrelationID.String(), Direction: "out", Kind: "request",
-		Sender: n.ID().String(), Recipient: to.String(), Action: env.Action}
+	rec := n.record(audit.Out, audit.Request, to.String())
+	rec.CorrelationID, rec.Action = env.CorrelationID.String(), env.Action
 	reply, err := n.exchange(ctx, to, toKey, env, raw)
 	rec.LatencyMS = float64(time.Since(start).Microseconds()) / 1000
 	if err != nil {
-		rec.Decision, rec.Reason, rec.Detail = "reject", string(codeOrDefault(err, protocol.CodeUnavailable)), errDetail(err)
+		reject(&rec, codeOrDefault(err, protocol.CodeUnavailable), errDetail(err))
 	} else {
-		rec.Decision = "accept"
+		rec.Decision = audit.Accept
 	}
-	n.audit.write(rec)
+	n.audit.Write(rec)
 	return reply, err
 }
 
@@ -234,8 +235,9 @@ func (n *Node) handleRPC(s network.Stream) {
 			code = trust.CodeTooLarge
 		}
 		n.members.penalize(remote, code)
-		n.audit.write(AuditRecord{Time: n.now(), Direction: "in", Kind: "request", Sender: remote.String(),
-			Recipient: n.ID().String(), Decision: "reject", Reason: string(code), Detail: err.Error()})
+		r := n.record(audit.In, audit.Request, remote.String())
+		reject(&r, code, err.Error())
+		n.audit.Write(r)
 		return
 	}
 	remoteKey, kerr := trust.PublicKeyFromPeerID(remote)
@@ -245,7 +247,7 @@ func (n *Node) handleRPC(s network.Stream) {
 	} else {
 		env, err = n.decider.Decide(raw, protocol.Expect{Kinds: []protocol.Kind{protocol.KindRequest}, Peer: n.self, From: remoteKey}, n.now())
 	}
-	rec := AuditRecord{Time: n.now(), Direction: "in", Kind: "request", Sender: remote.String(), Recipient: n.ID().String()}
+	rec := n.record(audit.In, audit.Request, remote.String())
 	if env != nil {
 		rec.CorrelationID, rec.Action = env.CorrelationID.String(), env.Action
 	}
@@ -254,12 +256,12 @@ func (n *Node) handleRPC(s network.Stream) {
 		code := codeOrDefault(err, trust.CodeMalformed)
 		n.members.penalize(remote, code) // nothing for a refusal of this node's own (receiverSide)
 		reply = n.refusal(env, remoteKey, err)
-		rec.Decision, rec.Reason, rec.Detail = "reject", string(code), err.Error()
+		reject(&rec, code, err.Error())
 	} else {
 		reply = n.serve(env, remote, remoteKey, &rec)
 	}
 	rec.LatencyMS = float64(time.Since(start).Microseconds()) / 1000
-	n.audit.write(rec)
+	n.audit.Write(rec)
 	if reply == nil {
 		s.Reset()
 		return
@@ -283,7 +285,7 @@ func (n *Node) serve(env *protocol.Envelope, from peer.ID, fromKey trust.PublicK
 	h := n.handlers[env.Action]
 	n.mu.Unlock()
 	if h == nil {
-		rec.Decision, rec.Reason = "reject", string(protocol.CodeNoHandler)
+		reject(rec, protocol.CodeNoHandler, "")
 		return n.errorReply(env, fromKey, protocol.CodeNoHandler, "no handler for "+env.Action)
 	}
 	select {
@@ -294,7 +296,7 @@ func (n *Node) serve(env *protocol.Envelope, from peer.ID, fromKey trust.PublicK
 		// and the node holds nothing for it. (Audited as a rejection: its
 		// lines are bounded per caller, as accepted ones are not.)
 		err := protocol.Busy(callsBusyRetry, "%d calls running at once, the most this node runs", cap(n.calls))
-		rec.Decision, rec.Reason, rec.Detail = "reject", string(protocol.CodeBusy), err.Error()
+		reject(rec, protocol.CodeBusy, err.Error())
 		return n.refusal(env, fromKey, err)
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.HandlerTimeout)
@@ -303,14 +305,14 @@ func (n *Node) serve(env *protocol.Envelope, from peer.ID, fromKey trust.PublicK
 	if _, busy := protocol.RetryAfter(herr); busy {
 		// The handler sheds load itself (the daemon's, when its local
 		// process is behind): busy, not handler_error.
-		rec.Decision, rec.Reason, rec.Detail = "reject", string(protocol.CodeBusy), herr.Error()
+		reject(rec, protocol.CodeBusy, herr.Error())
 		return n.refusal(env, fromKey, herr)
 	}
 	if herr != nil {
-		rec.Decision, rec.Reason, rec.Detail = "accept", string(protocol.CodeHandlerError), herr.Error()
+		rec.Decision, rec.Reason, rec.Detail = audit.Accept, string(protocol.CodeHandlerError), herr.Error()
 		return n.errorReply(env, fromKey, protocol.CodeHandlerError, herr.Error())
 	}
-	rec.Decision = "accept"
+	rec.Decision = audit.Accept
 	return &protocol.Envelope{Kind: protocol.KindReply, RecipientPeer: fromKey, Action: env.Action,
 		Payload: body, CorrelationID: env.CorrelationID}
 }

@@ -277,7 +277,7 @@ func (g *gauge) finish(landed int64) {
 	g.records = len(m.audit) - g.records0
 	for _, a := range m.audit[g.records0:] {
 		if a.Direction == "in" && a.Recipient == tid && a.Decision != "accept" && !g.honest[a.Sender] {
-			g.refusals[a.Kind+" "+a.Reason]++
+			g.refusals[string(a.Kind)+" "+a.Reason]++
 		}
 	}
 }

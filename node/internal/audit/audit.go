@@ -1,4 +1,8 @@
-package node
+// Package audit writes meshagent's audit log: one JSON line per call,
+// message, admission, liveness change, revocation and renewal a node
+// sees, accepted or refused, with what a peer can make it hold bounded
+// (see Log). Records never hold bodies, keys or tokens.
+package audit
 
 import (
 	"cmp"
@@ -16,21 +20,63 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// AuditRecord is one line of the audit log. It never holds bodies, keys or
+// Record is one line of the audit log. It never holds bodies, keys or
 // tokens.
-type AuditRecord struct {
+type Record struct {
 	Time          time.Time `json:"time"`
 	CorrelationID string    `json:"correlation_id,omitempty"`
-	Direction     string    `json:"direction"` // in or out
-	Kind          string    `json:"kind"`      // request, reply, error, message
+	Direction     Direction `json:"direction"`
+	Kind          Kind      `json:"kind"`
 	Sender        string    `json:"sender,omitempty"`
-	Recipient     string    `json:"recipient,omitempty"`
+	Recipient     string    `json:"recipient,omitempty"` // a peer, or a topic
 	Action        string    `json:"action,omitempty"`
-	Decision      string    `json:"decision"` // accept or reject
-	Reason        string    `json:"reason,omitempty"`
+	Decision      Decision  `json:"decision"`
+	Reason        string    `json:"reason,omitempty"` // a stable reason code
 	Detail        string    `json:"detail,omitempty"`
 	LatencyMS     float64   `json:"latency_ms"`
 }
+
+// Direction says whether a record is of something that came in or went
+// out.
+type Direction string
+
+// Directions.
+const (
+	In  Direction = "in"
+	Out Direction = "out"
+)
+
+// Kind is what a record is about.
+type Kind string
+
+// Kinds, as written.
+const (
+	Request      Kind = "request"    // an RPC call, either side
+	Message      Kind = "message"    // a pubsub message, either side
+	Admission    Kind = "admission"  // a peer's credential exchange, or its cut-off
+	Liveness     Kind = "liveness"   // an agent's change of state in the registry
+	Revocation   Kind = "revocation" // a revocation applied, or a relayed one refused
+	Renewal      Kind = "renewal"    // a credential renewal, served or obtained
+	Announcement Kind = "record"     // a relayed registry record refused
+	Leave        Kind = "leave"      // a relayed leave refused
+	Beat         Kind = "beat"       // a relayed heartbeat refused
+	Summary      Kind = "audit"      // lines this log left out, counted
+)
+
+// Decision is what the node decided, or for a liveness record the
+// agent's new state.
+type Decision string
+
+// Decisions, as written. A liveness record carries the state: alive,
+// suspect, dead or removed.
+const (
+	Accept  Decision = "accept"
+	Reject  Decision = "reject"
+	Alive   Decision = "alive"
+	Suspect Decision = "suspect"
+	Dead    Decision = "dead"
+	Removed Decision = "removed"
+)
 
 // What a peer can make the audit log hold. Much of a record is a peer's
 // (an action, an error text, a remote error code), so:
@@ -63,14 +109,17 @@ const (
 	auditSummaryEvery   = time.Second
 	auditSummarySources = 16
 	maxAuditSources     = 4096 // sources tracked; more share the node-wide bound only
-	auditSuppressed     = "audit_suppressed"
 )
 
-type auditor struct {
+// Suppressed is the reason code of a summary line.
+const Suppressed = "audit_suppressed"
+
+// Log is an audit log. Its methods are safe for concurrent use.
+type Log struct {
 	mu  sync.Mutex
 	enc *json.Encoder // nil: no log, only the hook
 	// hook, when set, sees every record (tests, the demo, metrics).
-	hook func(AuditRecord)
+	hook func(Record)
 
 	node    *rate.Limiter           // reject lines of all sources
 	sources map[string]*auditSource // by direction and source
@@ -84,19 +133,23 @@ type auditor struct {
 type auditSource struct {
 	lim        *rate.Limiter
 	suppressed int
-	last       AuditRecord // the last one suppressed: time, direction, sender, recipient
+	last       Record // the last one suppressed: time, direction, sender, recipient
 }
 
-func newAuditor(w io.Writer) *auditor {
+// New returns a log that writes to w; nil or io.Discard keeps no log, only
+// the hook.
+func New(w io.Writer) *Log {
 	if w == nil || w == io.Discard {
-		return &auditor{}
+		return &Log{}
 	}
 	enc := json.NewEncoder(w)
 	enc.SetEscapeHTML(false) // '<' in 1 byte, not 6
-	return &auditor{enc: enc, node: rate.NewLimiter(auditNodeRate, auditNodeBurst), sources: map[string]*auditSource{}}
+	return &Log{enc: enc, node: rate.NewLimiter(auditNodeRate, auditNodeBurst), sources: map[string]*auditSource{}}
 }
 
-func (a *auditor) write(r AuditRecord) {
+// Write cleans r, writes it unless a bound leaves it out, and shows it to
+// the hook.
+func (a *Log) Write(r Record) {
 	r = cleanRecord(r)
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -108,16 +161,24 @@ func (a *auditor) write(r AuditRecord) {
 	}
 }
 
+// SetHook makes f see every record as it is written, cleaned, whether
+// the log keeps it or not (summaries aside). f must not block.
+func (a *Log) SetHook(f func(Record)) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.hook = f
+}
+
 // admit reports whether r goes into the log, and counts it when not.
-func (a *auditor) admit(r AuditRecord) bool {
-	if r.Decision != "reject" {
+func (a *Log) admit(r Record) bool {
+	if r.Decision != Reject {
 		return true
 	}
 	src := r.Sender
-	if r.Direction == "out" {
+	if r.Direction == Out {
 		src = r.Recipient
 	}
-	s := a.source(r.Direction + " " + src)
+	s := a.source(string(r.Direction) + " " + src)
 	switch {
 	case s != nil && !s.lim.Allow():
 	case a.node.Allow():
@@ -126,7 +187,7 @@ func (a *auditor) admit(r AuditRecord) bool {
 		s = &a.others
 	}
 	s.suppressed++
-	s.last = AuditRecord{Time: r.Time, Direction: r.Direction, Sender: r.Sender, Recipient: r.Recipient}
+	s.last = Record{Time: r.Time, Direction: r.Direction, Sender: r.Sender, Recipient: r.Recipient}
 	if !a.pending {
 		a.pending = true
 		time.AfterFunc(auditSummaryEvery, a.summarize)
@@ -136,7 +197,7 @@ func (a *auditor) admit(r AuditRecord) bool {
 
 // source returns key's entry, making one; nil when the table is full of
 // busy sources (swept at most once a second).
-func (a *auditor) source(key string) *auditSource {
+func (a *Log) source(key string) *auditSource {
 	if s := a.sources[key]; s != nil {
 		return s
 	}
@@ -160,7 +221,7 @@ func (a *auditor) source(key string) *auditSource {
 
 // summarize writes one line per source whose reject lines were suppressed
 // since the last summary, the busiest first, and one for the rest.
-func (a *auditor) summarize() {
+func (a *Log) summarize() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.pending = false
@@ -183,23 +244,23 @@ func (a *auditor) summarize() {
 		s.suppressed = 0
 	}
 	if n := a.others.suppressed; n > 0 {
-		a.summary(AuditRecord{Time: a.others.last.Time, Direction: "in"},
+		a.summary(Record{Time: a.others.last.Time, Direction: In},
 			fmt.Sprintf("%d rejections of other senders not logged one by one", n))
 		a.others = auditSource{}
 	}
 }
 
-func (a *auditor) summary(r AuditRecord, detail string) {
-	r.Kind, r.Decision, r.Reason, r.Detail = "audit", "reject", auditSuppressed, detail
+func (a *Log) summary(r Record, detail string) {
+	r.Kind, r.Decision, r.Reason, r.Detail = Summary, Reject, Suppressed, detail
 	_ = a.enc.Encode(r)
 }
 
 // cleanRecord cleans and caps every string field of r.
-func cleanRecord(r AuditRecord) AuditRecord {
+func cleanRecord(r Record) Record {
 	r.CorrelationID = cleanField(r.CorrelationID, auditCapShort)
-	r.Direction = cleanField(r.Direction, auditCapShort)
-	r.Kind = cleanField(r.Kind, auditCapShort)
-	r.Decision = cleanField(r.Decision, auditCapShort)
+	r.Direction = Direction(cleanField(string(r.Direction), auditCapShort))
+	r.Kind = Kind(cleanField(string(r.Kind), auditCapShort))
+	r.Decision = Decision(cleanField(string(r.Decision), auditCapShort))
 	r.Sender = cleanField(r.Sender, auditCapField)
 	r.Recipient = cleanField(r.Recipient, auditCapField)
 	r.Action = cleanField(r.Action, auditCapField)

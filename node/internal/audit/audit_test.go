@@ -1,4 +1,4 @@
-package node
+package audit
 
 import (
 	"bufio"
@@ -123,15 +123,15 @@ func TestAuditCleanFieldRandom(t *testing.T) {
 // maxAuditLine bytes, however large its fields.
 func TestAuditLineIsBounded(t *testing.T) {
 	huge := strings.Repeat("\x01\"\u2028🙂", 1<<16)
-	r := AuditRecord{Time: time.Date(2026, 12, 31, 23, 59, 59, 999999999, time.FixedZone("", -(12*3600+59*60))),
-		CorrelationID: huge, Direction: huge, Kind: huge, Sender: huge, Recipient: huge, Action: huge,
-		Decision: huge, Reason: huge, Detail: huge, LatencyMS: -math.MaxFloat64}
+	r := Record{Time: time.Date(2026, 12, 31, 23, 59, 59, 999999999, time.FixedZone("", -(12*3600+59*60))),
+		CorrelationID: huge, Direction: Direction(huge), Kind: Kind(huge), Sender: huge, Recipient: huge, Action: huge,
+		Decision: Decision(huge), Reason: huge, Detail: huge, LatencyMS: -math.MaxFloat64}
 	var b bytes.Buffer
-	newAuditor(&b).write(r)
+	New(&b).Write(r)
 	if b.Len() > maxAuditLine || b.Len() < maxAuditLine-300 {
 		t.Fatalf("a line of %d bytes; maxAuditLine is %d", b.Len(), maxAuditLine)
 	}
-	var back AuditRecord
+	var back Record
 	if err := json.Unmarshal(b.Bytes(), &back); err != nil {
 		t.Fatal(err)
 	}
@@ -152,18 +152,18 @@ func (l *lockedBuffer) Write(p []byte) (int, error) {
 
 // records returns the lines written so far, and the counts of the summary
 // lines by sender.
-func (l *lockedBuffer) records(t *testing.T) (lines []AuditRecord, suppressed map[string]int) {
+func (l *lockedBuffer) records(t *testing.T) (lines []Record, suppressed map[string]int) {
 	t.Helper()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	suppressed = map[string]int{}
 	sc := bufio.NewScanner(bytes.NewReader(l.b.Bytes()))
 	for sc.Scan() {
-		var r AuditRecord
+		var r Record
 		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
 			t.Fatal(err)
 		}
-		if r.Reason == auditSuppressed {
+		if r.Reason == Suppressed {
 			var n int
 			if _, err := fmt.Sscanf(r.Detail, "%d rejections", &n); err != nil {
 				t.Fatalf("summary %q: %v", r.Detail, err)
@@ -176,8 +176,8 @@ func (l *lockedBuffer) records(t *testing.T) (lines []AuditRecord, suppressed ma
 	return lines, suppressed
 }
 
-func reject(sender string) AuditRecord {
-	return AuditRecord{Time: time.Now(), Direction: "in", Kind: "request", Sender: sender, Recipient: "self",
+func reject(sender string) Record {
+	return Record{Time: time.Now(), Direction: "in", Kind: "request", Sender: sender, Recipient: "self",
 		Decision: "reject", Reason: "no_token"}
 }
 
@@ -185,14 +185,14 @@ func reject(sender string) AuditRecord {
 // summary line; the hook sees each; accepted lines are all logged.
 func TestAuditRejectionsPerSender(t *testing.T) {
 	var log lockedBuffer
-	a := newAuditor(&log)
+	a := New(&log)
 	hooked := 0
-	a.hook = func(AuditRecord) { hooked++ }
+	a.hook = func(Record) { hooked++ }
 	for range 1000 {
-		a.write(reject("mallory"))
+		a.Write(reject("mallory"))
 	}
 	for range 1000 {
-		a.write(AuditRecord{Time: time.Now(), Direction: "in", Kind: "request", Sender: "alice", Decision: "accept"})
+		a.Write(Record{Time: time.Now(), Direction: "in", Kind: "request", Sender: "alice", Decision: "accept"})
 	}
 	// The summary comes within auditSummaryEvery.
 	if err := pollFor(5*time.Second, func() error {
@@ -229,10 +229,10 @@ func TestAuditRejectionsPerSender(t *testing.T) {
 // "other senders"; the table of sources stays bounded.
 func TestAuditRejectionsNodeWide(t *testing.T) {
 	var log lockedBuffer
-	a := newAuditor(&log)
+	a := New(&log)
 	const senders = 2 * maxAuditSources
 	for i := range senders {
-		a.write(reject(fmt.Sprintf("fresh-%d", i)))
+		a.Write(reject(fmt.Sprintf("fresh-%d", i)))
 	}
 	a.mu.Lock()
 	tracked := len(a.sources)
@@ -254,11 +254,11 @@ func TestAuditRejectionsNodeWide(t *testing.T) {
 // rest summed in one line.
 func TestAuditSummaryNamesTheBusiest(t *testing.T) {
 	var log lockedBuffer
-	a := newAuditor(&log)
+	a := New(&log)
 	const senders = auditSummarySources + 10
 	for i := range senders {
 		for range auditSourceBurst + 1 + i {
-			a.write(reject(fmt.Sprintf("s%02d", i)))
+			a.Write(reject(fmt.Sprintf("s%02d", i)))
 		}
 	}
 	a.summarize()
@@ -281,9 +281,9 @@ func TestAuditSummaryNamesTheBusiest(t *testing.T) {
 // whose errors they carry.
 func TestAuditOutboundRejectionsByRecipient(t *testing.T) {
 	var log lockedBuffer
-	a := newAuditor(&log)
+	a := New(&log)
 	for range 200 {
-		a.write(AuditRecord{Time: time.Now(), Direction: "out", Kind: "request", Sender: "self", Recipient: "callee",
+		a.Write(Record{Time: time.Now(), Direction: "out", Kind: "request", Sender: "self", Recipient: "callee",
 			Decision: "reject", Reason: "handler_error", Detail: strings.Repeat("\x00", 1<<16)})
 	}
 	a.summarize()
@@ -300,11 +300,11 @@ func TestAuditOutboundRejectionsByRecipient(t *testing.T) {
 
 // Without a log the hook still sees every record, cleaned.
 func TestAuditHookOnly(t *testing.T) {
-	a := newAuditor(nil)
-	var got []AuditRecord
-	a.hook = func(r AuditRecord) { got = append(got, r) }
+	a := New(nil)
+	var got []Record
+	a.hook = func(r Record) { got = append(got, r) }
 	for range 100 {
-		a.write(reject(strings.Repeat("\x07", 1000)))
+		a.Write(reject(strings.Repeat("\x07", 1000)))
 	}
 	if len(got) != 100 || len(got[0].Sender) > auditCapField || strings.Contains(got[0].Sender, "\x07") {
 		t.Fatalf("%d records, sender %q", len(got), got[0].Sender)
