@@ -438,7 +438,7 @@ func (b *beats) receive(from peer.ID, beat *protocolpb.Beat) trust.Code {
 	if err != nil {
 		return trust.CodeOf(err)
 	}
-	if beat.Revocations != b.n.revs.sum() && agent.Equal(b.linkKey(from)) {
+	if beat.Revocations != b.n.revs.Sum() && agent.Equal(b.linkKey(from)) {
 		b.n.pullSoon(from) // a neighbour holds other revocations
 	}
 	evs, err := b.n.registry.Heartbeat(agent, beat.Seq, ts, b.n.now())

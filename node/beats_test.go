@@ -46,7 +46,7 @@ func sendBeats(w msgio.WriteCloser, beats ...*protocolpb.Beat) error {
 
 func audited(m *simulations.Mesh, kind, from, to string, code trust.Code) bool {
 	for _, a := range m.Audit() {
-		if a.Kind == kind && a.Decision == "reject" && a.Reason == string(code) &&
+		if string(a.Kind) == kind && a.Decision == "reject" && a.Reason == string(code) &&
 			a.Sender == m.Agents[from].ID().String() && a.Recipient == m.Agents[to].ID().String() {
 			return true
 		}

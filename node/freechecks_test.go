@@ -120,7 +120,7 @@ func repeat[T any](x T, n int) []T {
 func countAudited(m *simulations.Mesh, kind, from, to string, code trust.Code) int {
 	n := 0
 	for _, a := range m.Audit() {
-		if a.Kind == kind && a.Decision == "reject" && a.Reason == string(code) &&
+		if string(a.Kind) == kind && a.Decision == "reject" && a.Reason == string(code) &&
 			a.Sender == m.Agents[from].ID().String() && a.Recipient == m.Agents[to].ID().String() {
 			n++
 		}

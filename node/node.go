@@ -26,6 +26,9 @@ import (
 
 	"github.com/meshagent/meshagent/discovery"
 	"github.com/meshagent/meshagent/node/internal/audit"
+	"github.com/meshagent/meshagent/node/internal/limit"
+	"github.com/meshagent/meshagent/node/internal/refused"
+	"github.com/meshagent/meshagent/node/internal/revstore"
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/trust"
 )
@@ -52,8 +55,8 @@ type Node struct {
 	live     liveness
 	beats    *beats
 	audit    *audit.Log
-	revs     *revStore // applied revocations, encoded
-	bad      *refusals // relayed items refused, by hash
+	revs     *revstore.Store // applied revocations, encoded
+	bad      *refused.Cache  // relayed items refused, by hash
 
 	// calls holds one token per handler running: MaxConcurrentCalls slots.
 	calls chan struct{}
@@ -101,12 +104,12 @@ func New(cfg Config) (*Node, error) {
 	n.registry = discovery.NewRegistry(discovery.Config{Verifier: v, Self: n.self, SuspectMissed: cfg.SuspectMissed,
 		DeadAfter: cfg.DeadAfter, Allowlist: cfg.Allowlist})
 	n.live.seq.Store(uint64(time.Now().UnixNano()))
-	n.revs, n.bad = newRevStore(v.Policy().MaxRevocations), newRefusals()
+	n.revs, n.bad = revstore.New(v.Policy().MaxRevocations), refused.New()
 	n.live.lastSync, n.live.lastPull = map[peer.ID]time.Time{}, map[peer.ID]time.Time{}
 	hb := cfg.HeartbeatInterval
-	n.live.serving, n.live.records, n.live.renewals = newLimiters(hb, serveBurst), newLimiters(hb, recordBurst), newLimiters(hb, 1)
-	n.live.ownRefused = newLimiters(time.Second/rejectRate, rejectBurst)
-	n.live.subscriptions = newLimiters(time.Second/subscriptionRate, subscriptionBurst)
+	n.live.serving, n.live.records, n.live.renewals = limit.New(hb, serveBurst), limit.New(hb, recordBurst), limit.New(hb, 1)
+	n.live.ownRefused = limit.New(time.Second/rejectRate, rejectBurst)
+	n.live.subscriptions = limit.New(time.Second/subscriptionRate, subscriptionBurst)
 	for _, raw := range cfg.Revocations {
 		if err := n.applyRevocation(raw); err != nil {
 			return nil, fmt.Errorf("node: revocation: %w", err)
@@ -426,7 +429,7 @@ func (n *Node) inspectRPC(from peer.ID, rpc *pubsub.RPC) error {
 	if n.members.isRefused(from) { // cut off: its RPCs still in flight go too
 		return errNotAdmitted
 	}
-	if k := len(rpc.Subscriptions); k > 0 && !n.live.subscriptions.allowN(string(from), k) {
+	if k := len(rpc.Subscriptions); k > 0 && !n.live.subscriptions.AllowN(string(from), k) {
 		n.members.refuse(from, protocol.Reject(protocol.CodeFlood, "subscription changes past %d at once and %d a second", subscriptionBurst, subscriptionRate))
 		return errSubscriptionFlood
 	}
@@ -447,7 +450,7 @@ func (n *Node) inspectRPC(from peer.ID, rpc *pubsub.RPC) error {
 	// replay: not charged) gets no more of its own messages checked than
 	// its budget of such refusals has left, until it refills; its relays
 	// of others' pass.
-	if left := n.live.ownRefused.left(string(from)); len(rpc.Publish) > left {
+	if left := n.live.ownRefused.Left(string(from)); len(rpc.Publish) > left {
 		kept := rpc.Publish[:0]
 		for _, m := range rpc.Publish {
 			if peer.ID(m.GetFrom()) != from || left > 0 {

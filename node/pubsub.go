@@ -97,7 +97,7 @@ func (n *Node) validator(topic string) pubsub.ValidatorEx {
 		// An author whose own messages this node kept refusing uncharged
 		// (see below): past its budget, the rest of what it delivered
 		// before inspectRPC cut it off is dropped here, unchecked.
-		if m.ReceivedFrom == m.GetFrom() && m.ReceivedFrom != n.ID() && n.live.ownRefused.spent(string(m.ReceivedFrom)) {
+		if m.ReceivedFrom == m.GetFrom() && m.ReceivedFrom != n.ID() && n.live.ownRefused.Spent(string(m.ReceivedFrom)) {
 			n.members.throttles.Add(1)
 			return pubsub.ValidationIgnore
 		}
@@ -138,7 +138,7 @@ func (n *Node) validator(topic string) pubsub.ValidatorEx {
 					// author that keeps delivering such messages of its own
 					// has the next ones dropped unchecked (inspectRPC),
 					// and only those: what it relays still passes.
-					n.live.ownRefused.allow(string(m.ReceivedFrom))
+					n.live.ownRefused.Allow(string(m.ReceivedFrom))
 				}
 			}
 			return pubsub.ValidationIgnore

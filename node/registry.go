@@ -20,6 +20,8 @@ import (
 
 	"github.com/meshagent/meshagent/discovery"
 	"github.com/meshagent/meshagent/node/internal/audit"
+	"github.com/meshagent/meshagent/node/internal/limit"
+	"github.com/meshagent/meshagent/node/internal/refused"
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/protocol/protocolpb"
 	"github.com/meshagent/meshagent/trust"
@@ -58,12 +60,12 @@ type liveness struct {
 	// Per-key limits of what peers make this node do: answers per peer
 	// and protocol (sync, revocation pull, hello), new records per listed
 	// agent, renewals per agent.
-	serving, records, renewals *limiters
+	serving, records, renewals *limit.Keyed
 	// ownRefused counts, per peer, its own pubsub messages refused and not
 	// charged (stale, dead, replay...).
-	ownRefused *limiters
+	ownRefused *limit.Keyed
 	// subscriptions counts each peer's pubsub subscription changes.
-	subscriptions *limiters
+	subscriptions *limit.Keyed
 }
 
 func (n *Node) nextSeq() uint64 { return n.live.seq.Add(1) }
@@ -273,7 +275,7 @@ func (n *Node) heartbeatLoop() {
 			_ = n.announce()
 		} else {
 			beat := discovery.SignBeat(n.cfg.Identity, n.nextSeq(), n.now())
-			beat.Revocations = n.revs.sum()
+			beat.Revocations = n.revs.Sum()
 			n.beats.originate(beat)
 		}
 		n.maybeRenew()
@@ -364,8 +366,8 @@ func (n *Node) checkRecord(a *protocolpb.Announcement, author trust.PublicKey) (
 	if n.registry.Holds(a) {
 		return nil, key, nil
 	}
-	key = itemKey("record", author[:], a.GetBody(), a.GetSignature())
-	if err := n.bad.get(key); err != nil {
+	key = refused.Key("record", author[:], a.GetBody(), a.GetSignature())
+	if err := n.bad.Get(key); err != nil {
 		return nil, key, err
 	}
 	if err := n.recordRate(a); err != nil {
@@ -379,7 +381,7 @@ func (n *Node) checkRecord(a *protocolpb.Announcement, author trust.PublicKey) (
 		err = protocol.Reject(protocol.CodeImpersonation, "record of %s published by %s", rec.Agent, author)
 	}
 	if err != nil {
-		n.bad.add(key, err)
+		n.bad.Add(key, err)
 		return nil, key, err
 	}
 	return rec, key, nil
@@ -431,7 +433,7 @@ func (n *Node) recordRate(a *protocolpb.Announcement) error {
 	if n.registry.State(agent) == 0 || b.Seq <= n.registry.Seq(agent) {
 		return nil // a join, or an old record: checked (and cached) as before
 	}
-	ok := n.live.records.allow(string(agent[:]))
+	ok := n.live.records.Allow(string(agent[:]))
 	if !ok {
 		return protocol.Reject(protocol.CodeFlood, "new records of %s past %d at once and one a heartbeat", agent, recordBurst)
 	}
@@ -446,7 +448,7 @@ func (n *Node) applyRecord(a *protocolpb.Announcement, src discovery.Source, aut
 		return err
 	}
 	if err := n.learn(rec, src); err != nil {
-		n.bad.add(key, err)
+		n.bad.Add(key, err)
 		return err
 	}
 	return nil
@@ -530,7 +532,7 @@ const serveBurst = 4
 // serveAllowed reports whether p may have another answer of protocol
 // which now; past serveBurst it gets one a heartbeat.
 func (n *Node) serveAllowed(p peer.ID, which p2pprotocol.ID) bool {
-	return n.live.serving.allow(string(p) + string(which))
+	return n.live.serving.Allow(string(p) + string(which))
 }
 
 // resyncOnce asks p, the first peer that admitted this node, for its
@@ -653,7 +655,7 @@ func (n *Node) applySync(p peer.ID, resp *protocolpb.SyncResponse) {
 			continue
 		}
 		evs, err := n.registry.Announce(rec, discovery.Relayed, now)
-		n.bad.add(key, err)
+		n.bad.Add(key, err)
 		n.emit(evs)
 		learned = learned || len(evs) > 0
 		if fault(audit.Announcement, err) { // a forged credential in the record

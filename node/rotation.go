@@ -94,7 +94,7 @@ func (n *Node) renewFor(remote peer.ID, raw []byte) (*trust.Credential, error) {
 	if err := n.registry.Admit(k, now); err != nil && trust.CodeOf(err) == protocol.CodeDead {
 		return nil, err
 	}
-	if !n.live.renewals.allow(string(remote)) {
+	if !n.live.renewals.Allow(string(remote)) {
 		return nil, protocol.Reject(protocol.CodeFlood, "at most one renewal a heartbeat (%s) per agent", n.cfg.HeartbeatInterval)
 	}
 	if err := n.verifier.VerifyCredential(old, now); err != nil {

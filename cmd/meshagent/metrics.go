@@ -67,8 +67,8 @@ func (m *daemonMetrics) watch(n *node.Node) {
 			}))
 	}
 	n.SetAuditHook(func(r node.AuditRecord) {
-		m.decisions.WithLabelValues(label(knownDirections, r.Direction), label(knownKinds, r.Kind),
-			label(knownDecisions, r.Decision), label(knownReasons, r.Reason)).Inc()
+		m.decisions.WithLabelValues(label(knownDirections, string(r.Direction)), label(knownKinds, string(r.Kind)),
+			label(knownDecisions, string(r.Decision)), label(knownReasons, r.Reason)).Inc()
 	})
 }
 

@@ -1,4 +1,7 @@
-package node
+// Package refused remembers a node's final verdicts on relayed items by
+// the hash of their bytes, so that the same bytes sent again cost a hash
+// instead of their signature checks.
+package refused
 
 import (
 	"crypto/sha256"
@@ -8,7 +11,7 @@ import (
 	"github.com/meshagent/meshagent/trust"
 )
 
-// refusals remembers what this node refused of the records, leaves and
+// Cache remembers what this node refused of the records, leaves and
 // revocations peers relayed, by the hash of their bytes, so that the same
 // bytes sent again cost a hash instead of their signature checks. Only
 // verdicts that cannot turn into acceptance are kept (a bad signature
@@ -16,7 +19,7 @@ import (
 // passed stays passed, the anchors do not change while the node runs);
 // not-yet-valid, stale, unlisted and full are checked again. Bounded:
 // past maxRefusals the oldest are forgotten.
-type refusals struct {
+type Cache struct {
 	mu   sync.Mutex
 	m    map[[32]byte]*trust.Error
 	ring [][32]byte
@@ -25,10 +28,11 @@ type refusals struct {
 
 const maxRefusals = 8192 // about 1 MiB
 
-func newRefusals() *refusals { return &refusals{m: map[[32]byte]*trust.Error{}} }
+// New returns an empty cache.
+func New() *Cache { return &Cache{m: map[[32]byte]*trust.Error{}} }
 
-// itemKey hashes an item's bytes with its kind.
-func itemKey(kind string, b ...[]byte) [32]byte {
+// Key hashes an item's bytes with its kind.
+func Key(kind string, b ...[]byte) [32]byte {
 	h := sha256.New()
 	h.Write([]byte(kind))
 	h.Write([]byte{0})
@@ -40,8 +44,8 @@ func itemKey(kind string, b ...[]byte) [32]byte {
 	return k
 }
 
-// get returns the remembered refusal of key, or nil.
-func (r *refusals) get(key [32]byte) error {
+// Get returns the remembered refusal of key, or nil.
+func (r *Cache) Get(key [32]byte) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if e, ok := r.m[key]; ok {
@@ -50,8 +54,8 @@ func (r *refusals) get(key [32]byte) error {
 	return nil
 }
 
-// add remembers err for key when it is a final verdict.
-func (r *refusals) add(key [32]byte, err error) {
+// Add remembers err for key when it is a final verdict.
+func (r *Cache) Add(key [32]byte, err error) {
 	te, ok := err.(*trust.Error)
 	if !ok {
 		return
