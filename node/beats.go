@@ -86,7 +86,7 @@ func flushEvery(hb time.Duration) time.Duration {
 }
 
 func (b *beats) start() {
-	b.n.host.SetStreamHandler(ProtocolBeat, b.n.members.gate(b.handleStream))
+	b.n.host.SetStreamHandler(ProtocolBeat, b.n.gateWrap(b.handleStream))
 	go b.loop()
 }
 
@@ -363,7 +363,7 @@ func (b *beats) read(p peer.ID, s network.Stream) {
 // apply applies what a batch from p carries, each item unless the injected
 // loss drops it. It reports whether p was cut off for hostile items.
 func (b *beats) apply(p peer.ID, batch *protocolpb.BeatBatch) (cut bool) {
-	lost := func() bool { d := b.n.cfg.DropMessage; return d != nil && d(p) }
+	lost := func() bool { return b.n.lost(p) }
 	for _, raw := range batch.Revocations {
 		if !lost() && b.n.blame(p, audit.Revocation, trust.CodeOf(b.n.applyRevocation(raw))) {
 			return true
@@ -398,7 +398,7 @@ func (n *Node) blame(p peer.ID, kind audit.Kind, code trust.Code) bool {
 	r := n.record(audit.In, kind, p.String())
 	reject(&r, code, "")
 	n.audit.Write(r)
-	return n.members.penalize(p, code)
+	return n.gate.Penalize(p, code)
 }
 
 // applyRecord applies a record relayed on the overlay (which relays it on
@@ -535,13 +535,9 @@ func (b *beats) flush() {
 	}
 }
 
-// BeatBytesIn returns how many bytes of heartbeat batches (with their
-// length prefixes) this node has received.
-func (n *Node) BeatBytesIn() int64 { return n.beats.bytesIn.Load() }
-
-// BeatLinks returns how many beat neighbours this node has.
-func (n *Node) BeatLinks() int {
-	n.beats.mu.Lock()
-	defer n.beats.mu.Unlock()
-	return len(n.beats.links)
+// links returns how many beat neighbours this node has.
+func (b *beats) linkCount() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.links)
 }

@@ -119,7 +119,7 @@ func TestForgedAndReplayedBeatsDoNotRevive(t *testing.T) {
 	if audited(m, "revocation", "mallory", "worker", trust.CodeUntrustedRoot) {
 		t.Fatal("mallory was blamed for relaying a revocation of an anchor the worker does not trust")
 	}
-	if n := m.Agents["worker"].Node.Revocations(); n != 0 {
+	if n := m.Agents["worker"].Node.Stats().Revocations; n != 0 {
 		t.Fatalf("the worker holds %d revocations, want 0", n)
 	}
 	// Garbage ends the link: the worker resets the stream.
@@ -196,8 +196,8 @@ func TestBeatsAreRelayed(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if c.BeatLinks() != 1 || c.BeatBytesIn() == 0 {
-		t.Fatalf("c has %d beat links and received %d bytes", c.BeatLinks(), c.BeatBytesIn())
+	if c.Stats().BeatLinks != 1 || c.Stats().BeatBytesIn == 0 {
+		t.Fatalf("c has %d beat links and received %d bytes", c.Stats().BeatLinks, c.Stats().BeatBytesIn)
 	}
 }
 
@@ -224,8 +224,8 @@ func TestNewcomerFindsTheRest(t *testing.T) {
 	}
 	nc := m.Agents["newcomer"].Node
 	if err := simulations.WaitFor(5*time.Second, func() error {
-		if nc.BeatLinks() < 2 {
-			return fmt.Errorf("newcomer has %d beat links", nc.BeatLinks())
+		if nc.Stats().BeatLinks < 2 {
+			return fmt.Errorf("newcomer has %d beat links", nc.Stats().BeatLinks)
 		}
 		return nil
 	}); err != nil {
@@ -235,8 +235,8 @@ func TestNewcomerFindsTheRest(t *testing.T) {
 		if got := len(nc.Host().Network().Peers()); got < 3 {
 			return fmt.Errorf("newcomer connected to %d agents", got)
 		}
-		if nc.BeatLinks() < 3 {
-			return fmt.Errorf("newcomer has %d beat links", nc.BeatLinks())
+		if nc.Stats().BeatLinks < 3 {
+			return fmt.Errorf("newcomer has %d beat links", nc.Stats().BeatLinks)
 		}
 		return m.Converged("alive")
 	}); err != nil {

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshagent/meshagent/node/internal/gate"
 	"github.com/meshagent/meshagent/protocol"
 )
 
@@ -13,27 +14,27 @@ import (
 // often; a code the sender could have avoided throttles it past the
 // burst.
 func TestReceiverSideIsNeverCharged(t *testing.T) {
-	for c := range receiverSide {
-		if hostile[c] || forwarderFault[c] || authorFault[c] {
+	for _, c := range gate.ReceiverSideCodes() {
+		if gate.Hostile(c) || forwarderFault[c] || authorFault[c] {
 			t.Errorf("%s is the receiver's own and charged too", c)
 		}
 	}
 	n, other, _ := nodeListing(t, time.Hour)
 	from := other.PeerID()
-	for c := range receiverSide {
-		for range 10 * rejectBurst {
-			if n.members.penalize(from, c) {
+	for _, c := range gate.ReceiverSideCodes() {
+		for range 10 * gate.RejectBurst {
+			if n.gate.Penalize(from, c) {
 				t.Fatalf("cut off for %s", c)
 			}
 		}
-		if left, charged := n.members.credit(from); charged || left != rejectBurst || n.members.throttled(from) {
-			t.Fatalf("after %d refusals %s: %d left, charged %v", 10*rejectBurst, c, left, charged)
+		if left, charged := n.gate.Credit(from); charged || left != gate.RejectBurst || n.gate.Throttled(from) {
+			t.Fatalf("after %d refusals %s: %d left, charged %v", 10*gate.RejectBurst, c, left, charged)
 		}
 	}
-	for range rejectBurst + 1 {
-		n.members.penalize(from, protocol.CodeNoToken)
+	for range gate.RejectBurst + 1 {
+		n.gate.Penalize(from, protocol.CodeNoToken)
 	}
-	if !n.members.throttled(from) {
+	if !n.gate.Throttled(from) {
 		t.Fatal("not throttled past the burst of no_token refusals")
 	}
 }

@@ -13,7 +13,7 @@ import (
 	"github.com/meshagent/meshagent/trust"
 )
 
-// budgetBurst is the node's rejection budget at once (rejectBurst): each
+// budgetBurst is the node's rejection budget at once (gate.RejectBurst): each
 // case below is refused three times that.
 const budgetBurst = 100
 
@@ -119,11 +119,11 @@ func TestReceiverSideRefusalsAreNotCharged(t *testing.T) {
 			}
 		}})
 		worker := m.Agents["worker"].Node
-		before := worker.Throttled()
+		before := worker.Stats().Throttled
 		skew.Store(int64(6 * time.Minute))
 		codes := refuseMany(t, n, func() error { _, err := call(m, "orchestrator", "worker", "read:logs"); return err })
 		skew.Store(0)
-		notCharged(t, m, runs, protocol.CodeStale, n, codes, worker.Throttled()-before)
+		notCharged(t, m, runs, protocol.CodeStale, n, codes, worker.Stats().Throttled-before)
 	})
 
 	t.Run("dead: a holder of the chain, in the receiver's registry", func(t *testing.T) {
@@ -143,22 +143,22 @@ func TestReceiverSideRefusalsAreNotCharged(t *testing.T) {
 			t.Fatal(err)
 		}
 		worker := m.Agents["worker"].Node
-		before := worker.Throttled()
+		before := worker.Stats().Throttled
 		codes := refuseMany(t, n, func() error {
 			c, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()
 			_, err := m.Agents["orchestrator"].Node.Call(c, worker.ID(), "read:logs", nil, &node.CallOptions{Token: tok})
 			return err
 		})
-		notCharged(t, m, runs, protocol.CodeDead, n, codes, worker.Throttled()-before)
+		notCharged(t, m, runs, protocol.CodeDead, n, codes, worker.Stats().Throttled-before)
 	})
 
 	t.Run("no_token: the sender's doing is still charged", func(t *testing.T) {
 		m, runs := blameMesh(t, simulations.Options{})
 		worker := m.Agents["worker"].Node
-		before := worker.Throttled()
+		before := worker.Stats().Throttled
 		codes := refuseMany(t, n, func() error { _, err := call(m, "orchestrator", "worker", "read:secrets"); return err })
-		throttled := worker.Throttled() - before
+		throttled := worker.Stats().Throttled - before
 		t.Logf("%d calls refused: %v; %d refused unchecked", n, codes, throttled)
 		if codes[protocol.CodeNoToken] < budgetBurst || codes[protocol.CodeUnavailable] == 0 || throttled == 0 {
 			t.Fatalf("%d calls without a token: %v, %d refused unchecked: not throttled", n, codes, throttled)

@@ -201,7 +201,7 @@ func TestOutsiderStreamsDoNotStarveCalls(t *testing.T) {
 			peak := heapMiB()
 			close(stop)
 			t.Logf("%d stream opens by outsiders (the target resets most); honest calls %d, failed %d; heap %.1f → %.1f MiB; gated %d",
-				held.Load(), calls, failed, before, peak, worker.Gated())
+				held.Load(), calls, failed, before, peak, worker.Stats().Gated)
 			if calls == 0 || float64(failed) > 0.1*float64(calls) {
 				t.Fatalf("honest calls during the attack: %d of %d failed", failed, calls)
 			}
@@ -486,7 +486,7 @@ func TestOwnStaleMessagesAreDroppedUnchecked(t *testing.T) {
 		t.Fatal("no stale message reached the worker's validator")
 	}
 	const sent = 2000
-	start, throttled := time.Now(), worker.Throttled()
+	start, throttled := time.Now(), worker.Stats().Throttled
 	for i := range sent {
 		raw, err := protocol.Seal(mal.Identity, &protocol.Envelope{Kind: protocol.KindMessage, RecipientTopic: "tasks",
 			Action: "publish:tasks", Payload: fmt.Appendf(nil, "stale %d", i), Token: tok}, time.Now().Add(-6*time.Minute))
@@ -500,7 +500,7 @@ func TestOwnStaleMessagesAreDroppedUnchecked(t *testing.T) {
 	// full): no change for half a second.
 	last, lastChange := -1, time.Now()
 	if err := simulations.WaitFor(20*time.Second, func() error {
-		seen := audited() + int(worker.Throttled()-throttled)
+		seen := audited() + int(worker.Stats().Throttled-throttled)
 		if seen != last {
 			last, lastChange = seen, time.Now()
 		}
@@ -513,7 +513,7 @@ func TestOwnStaleMessagesAreDroppedUnchecked(t *testing.T) {
 	}
 	elapsed := time.Since(start)
 	got := audited()
-	t.Logf("%d of %d stale messages of its own checked and audited in %s, %d dropped unchecked", got, sent, elapsed.Round(time.Millisecond), worker.Throttled()-throttled)
+	t.Logf("%d of %d stale messages of its own checked and audited in %s, %d dropped unchecked", got, sent, elapsed.Round(time.Millisecond), worker.Stats().Throttled-throttled)
 	if bound := 100 + int(20*elapsed.Seconds()) + 10; got > bound {
 		t.Fatalf("%d of %d stale messages checked in %s; the bound is %d", got, sent, elapsed.Round(time.Millisecond), bound)
 	}

@@ -42,7 +42,7 @@ func TestBusyRefusalsAreNotCharged(t *testing.T) {
 	first := make(chan error, 1)
 	go func() { _, err := call(m, "orchestrator", "worker", "read:slow"); first <- err }()
 	<-holding
-	before := worker.Throttled()
+	before := worker.Stats().Throttled
 	var noRetry atomic.Int32
 	start := time.Now()
 	codes := refuseMany(t, n, func() error {
@@ -63,7 +63,7 @@ func TestBusyRefusalsAreNotCharged(t *testing.T) {
 	if held.Load() != 1 {
 		t.Fatalf("the slow handler ran %d times", held.Load())
 	}
-	notCharged(t, m, runs, protocol.CodeBusy, n, codes, worker.Throttled()-before)
+	notCharged(t, m, runs, protocol.CodeBusy, n, codes, worker.Stats().Throttled-before)
 }
 
 // A node runs at most MaxConcurrentCalls handlers at once, for all callers

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p"
-	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/meshagent/meshagent/protocol"
@@ -91,15 +90,6 @@ type Config struct {
 	// OnRevocation, when set, is called with every newly applied
 	// revocation, encoded (the daemon persists them). It must not block.
 	OnRevocation func([]byte)
-	// DropMessage, when set, drops each pubsub message and each heartbeat
-	// received from peer from for which it returns true, before pubsub sees it, as a lossy
-	// link would: gossip can still deliver the message by another path.
-	// Simulations inject loss with it.
-	DropMessage func(from peer.ID) bool
-	// PeerFilter, when set, is asked by the connection gater: a peer for
-	// which it returns false can neither dial nor be dialed. Simulations
-	// partition a mesh with it.
-	PeerFilter func(p peer.ID) bool
 	// Revocations are encoded revocations to apply at start (the daemon
 	// persists them across restarts).
 	Revocations [][]byte

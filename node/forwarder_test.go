@@ -379,15 +379,15 @@ func TestAuthorIsChargedForWhatItSendsItself(t *testing.T) {
 		}
 		return n
 	}
-	before, throttled := audited(), worker.Throttled()
+	before, throttled := audited(), worker.Stats().Throttled
 	for range 200 {
 		raw, _ := protocol.Seal(mal.Identity, &protocol.Envelope{Kind: protocol.KindMessage, RecipientTopic: "tasks",
 			Action: "publish:reports", Payload: []byte("elsewhere"), Token: tok}, time.Now())
 		_ = topic.Publish(ctx, raw)
 	}
 	if err := simulations.WaitFor(10*time.Second, func() error {
-		if worker.Throttled()-throttled < 100 {
-			return fmt.Errorf("%d of 200 dropped unchecked", worker.Throttled()-throttled)
+		if worker.Stats().Throttled-throttled < 100 {
+			return fmt.Errorf("%d of 200 dropped unchecked", worker.Stats().Throttled-throttled)
 		}
 		return nil
 	}); err != nil {

@@ -142,7 +142,7 @@ func TestOutsiderGetsNothingBeforeAdmission(t *testing.T) {
 			}
 		}()
 	}
-	gatedBefore := worker.Gated()
+	gatedBefore := worker.Stats().Gated
 	before := honest.Load()
 	if err := out.Connect(ctx, peer.AddrInfo{ID: worker.ID(), Addrs: worker.Host().Addrs()}); err != nil {
 		t.Fatalf("TLS connection refused before admission: %v", err)
@@ -177,14 +177,14 @@ func TestOutsiderGetsNothingBeforeAdmission(t *testing.T) {
 	// The streams waiting at the gate see the connection closed within a
 	// poll of it.
 	if err := simulations.WaitFor(5*time.Second, func() error {
-		if worker.Gated() <= gatedBefore {
+		if worker.Stats().Gated <= gatedBefore {
 			return errors.New("no stream of the outsider was refused at the gate")
 		}
 		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("outsider: 0 messages while the worker got %d; %d streams refused at the gate", honest.Load()-before, worker.Gated()-gatedBefore)
+	t.Logf("outsider: 0 messages while the worker got %d; %d streams refused at the gate", honest.Load()-before, worker.Stats().Gated-gatedBefore)
 }
 
 // An outsider that re-dials with a fresh key each time and sends a bad

@@ -46,7 +46,7 @@ func TestForgedRevocationUnderAKnownID(t *testing.T) {
 	}
 	if err := simulations.WaitFor(10*time.Second, func() error {
 		for _, name := range m.Names() {
-			if n := m.Agents[name].Node.Revocations(); n != 1 {
+			if n := m.Agents[name].Node.Stats().Revocations; n != 1 {
 				return fmt.Errorf("%s holds %d revocations", name, n)
 			}
 		}
@@ -74,7 +74,7 @@ func TestForgedRevocationUnderAKnownID(t *testing.T) {
 	}
 	// Every node still holds only the genuine one, and lists c alive.
 	for _, name := range m.Names() {
-		if n := m.Agents[name].Node.Revocations(); n != 1 {
+		if n := m.Agents[name].Node.Stats().Revocations; n != 1 {
 			t.Fatalf("%s holds %d revocations after the forgery", name, n)
 		}
 	}
@@ -263,12 +263,12 @@ func TestStoredRevocationsAreBoundedAndPruned(t *testing.T) {
 	if err := revoke(time.Hour); trust.CodeOf(err) != trust.CodeFull {
 		t.Fatalf("a fifth revocation past the bound of 4: %v, want full", err)
 	}
-	if got := n.Revocations(); got != 4 {
+	if got := n.Stats().Revocations; got != 4 {
 		t.Fatalf("the node holds %d revocations, want 4", got)
 	}
 	// The two short-lived ones expire and are forgotten.
 	if err := simulations.WaitFor(10*time.Second, func() error {
-		if got := n.Revocations(); got != 2 {
+		if got := n.Stats().Revocations; got != 2 {
 			return fmt.Errorf("the node holds %d revocations, want 2", got)
 		}
 		return nil

@@ -26,6 +26,7 @@ import (
 
 	"github.com/meshagent/meshagent/discovery"
 	"github.com/meshagent/meshagent/node/internal/audit"
+	"github.com/meshagent/meshagent/node/internal/gate"
 	"github.com/meshagent/meshagent/node/internal/limit"
 	"github.com/meshagent/meshagent/node/internal/refused"
 	"github.com/meshagent/meshagent/node/internal/revstore"
@@ -50,6 +51,7 @@ type Node struct {
 	self     trust.PublicKey
 	verifier *trust.Verifier
 	decider  *protocol.Decider
+	gate     *gate.Gate
 	members  *members
 	registry *discovery.Registry
 	live     liveness
@@ -61,12 +63,12 @@ type Node struct {
 	// calls holds one token per handler running: MaxConcurrentCalls slots.
 	calls chan struct{}
 
-	credMu      sync.RWMutex
-	cred        *trust.Credential
-	frozenUntil atomic.Int64
-	renewing    atomic.Bool
-	pubsubIn    atomic.Int64
-	leaving     atomic.Bool
+	credMu   sync.RWMutex
+	cred     *trust.Credential
+	renewing atomic.Bool
+	pubsubIn atomic.Int64
+	leaving  atomic.Bool
+	sim      simState // simulation hooks: empty in production (sim_off.go)
 
 	mu       sync.Mutex
 	started  bool
@@ -99,7 +101,23 @@ func New(cfg Config) (*Node, error) {
 		topics: map[string]*pubsub.Topic{}, handlers: map[string]Handler{}}
 	n.cred = cfg.Credential
 	n.calls = make(chan struct{}, cfg.MaxConcurrentCalls)
-	n.members = newMembers(n)
+	n.gate = gate.New(gate.Deps{
+		Listed:           n.isAdmitted,
+		AdmissionTimeout: cfg.AdmissionTimeout,
+		Clock:            n.now,
+		Audit: func(kind audit.Kind, p peer.ID, reason error) {
+			r := n.record(audit.In, kind, p.String())
+			reject(&r, codeOrDefault(reason, protocol.CodeUnlisted), errDetail(reason))
+			n.audit.Write(r)
+		},
+		ClosePeer: func(p peer.ID) {
+			if h := n.Host(); h != nil {
+				_ = h.Network().ClosePeer(p)
+			}
+		},
+		Blocked: n.blockedHook(),
+	})
+	n.members = newMembers(n, n.gate)
 	n.beats = newBeats(n)
 	n.registry = discovery.NewRegistry(discovery.Config{Verifier: v, Self: n.self, SuspectMissed: cfg.SuspectMissed,
 		DeadAfter: cfg.DeadAfter, Allowlist: cfg.Allowlist})
@@ -108,7 +126,7 @@ func New(cfg Config) (*Node, error) {
 	n.live.lastSync, n.live.lastPull = map[peer.ID]time.Time{}, map[peer.ID]time.Time{}
 	hb := cfg.HeartbeatInterval
 	n.live.serving, n.live.records, n.live.renewals = limit.New(hb, serveBurst), limit.New(hb, recordBurst), limit.New(hb, 1)
-	n.live.ownRefused = limit.New(time.Second/rejectRate, rejectBurst)
+	n.live.ownRefused = limit.New(time.Second/gate.RejectRate, gate.RejectBurst)
 	n.live.subscriptions = limit.New(time.Second/subscriptionRate, subscriptionBurst)
 	for _, raw := range cfg.Revocations {
 		if err := n.applyRevocation(raw); err != nil {
@@ -116,7 +134,7 @@ func New(cfg Config) (*Node, error) {
 		}
 	}
 	n.decider = &protocol.Decider{Verifier: v, Replay: protocol.NewReplayGuard(cfg.ReplayWindow, 0, 0),
-		Membership: n.members, MaxSize: cfg.MaxEnvelopeSize}
+		Membership: n.registry, MaxSize: cfg.MaxEnvelopeSize}
 	return n, nil
 }
 
@@ -158,8 +176,8 @@ func (n *Node) Start(ctx context.Context) error {
 		libp2p.Transport(tcp.NewTCPTransport),
 		libp2p.Transport(quic.NewTransport), // QUIC is TLS 1.3 with the same key binding
 		libp2p.ListenAddrStrings(n.cfg.ListenAddrs...),
-		libp2p.ConnectionGater(n.members),
-		libp2p.ResourceManager(gatedRcmgr{ResourceManager: rm, m: n.members}),
+		libp2p.ConnectionGater(n.gate),
+		libp2p.ResourceManager(n.gate.ResourceManager(rm)),
 		libp2p.DisableRelay(),
 	}
 	if n.cfg.Prometheus != nil {
@@ -184,7 +202,7 @@ func (n *Node) Start(ctx context.Context) error {
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	// The router sees the host through the admission gate: it opens and
 	// reads pubsub streams only with admitted peers.
-	ps, err := pubsub.NewGossipSub(n.ctx, gatedHost{Host: h, m: n.members},
+	ps, err := pubsub.NewGossipSub(n.ctx, n.gate.Host(n.ctx, h),
 		pubsub.WithMessageSignaturePolicy(pubsub.StrictSign),
 		pubsub.WithMessageIdFn(messageID),
 		pubsub.WithFloodPublish(true),
@@ -204,11 +222,11 @@ func (n *Node) Start(ctx context.Context) error {
 	}
 	n.host, n.ps = h, ps
 	h.SetStreamHandler(protocol.ProtocolAdmission, n.members.handleAdmission) // the one protocol open before admission
-	h.SetStreamHandler(protocol.ProtocolRPC, n.members.gate(n.handleRPC))
+	h.SetStreamHandler(protocol.ProtocolRPC, n.gateWrap(n.handleRPC))
 	// Every node serves the renewal protocol (a node that is no issuer
 	// refuses), so that identify does not tell an outsider which hosts
 	// hold an anchor key.
-	h.SetStreamHandler(ProtocolRenew, n.members.gate(n.handleRenew))
+	h.SetStreamHandler(ProtocolRenew, n.gateWrap(n.handleRenew))
 	h.Network().Notify(n.members.notifiee())
 	if err := n.startRegistry(); err != nil {
 		n.cancel()
@@ -239,10 +257,6 @@ func (n *Node) Start(ctx context.Context) error {
 	return nil
 }
 
-// Crash stops the node without a leave message, as a killed process
-// would: the mesh must notice by itself. Simulations use it.
-func (n *Node) Crash() error { return n.close(false) }
-
 // Close stops the node after telling the mesh it leaves. It is safe to
 // call more than once.
 func (n *Node) Close() error { return n.close(true) }
@@ -272,9 +286,6 @@ func (n *Node) close(graceful bool) error {
 
 // ID returns the agent's peer ID.
 func (n *Node) ID() peer.ID { return n.self.PeerID() }
-
-// Name returns the agent's name, from its credential.
-func (n *Node) Name() string { return n.credential().Name }
 
 // credential returns the agent's current credential (it changes on renewal).
 func (n *Node) credential() *trust.Credential {
@@ -403,34 +414,25 @@ func gossipParams(agentHeartbeat time.Duration) pubsub.GossipSubParams {
 	return p
 }
 
-// PubsubBytesIn returns how many bytes of pubsub RPCs (messages, gossip
-// and control, before framing) this node has received.
-func (n *Node) PubsubBytesIn() int64 { return n.pubsubIn.Load() }
-
-// GossipBytesIn returns the bytes of pubsub RPCs and heartbeat batches this
-// node has received: its share of the mesh's registry and liveness traffic
-// (and of application pubsub, when there is any).
-func (n *Node) GossipBytesIn() int64 { return n.pubsubIn.Load() + n.beats.bytesIn.Load() }
-
 // inspectRPC drops every RPC of a peer that is not admitted (the gate
 // keeps such peers out of pubsub; this holds if one ever got in) and the
 // messages of a peer that is throttled, counts received pubsub bytes and
-// applies Config.DropMessage to every received message.
+// (in simulations) drops messages as a lossy link would.
 func (n *Node) inspectRPC(from peer.ID, rpc *pubsub.RPC) error {
-	if !n.members.isAdmitted(from) {
-		n.members.gated.Add(1)
-		return errNotAdmitted
+	if !n.isAdmitted(from) {
+		n.gate.CountGated()
+		return gate.ErrNotAdmitted
 	}
 	n.pubsubIn.Add(int64(proto.Size(&rpc.RPC)))
 	// Subscription changes past their rate cut the peer off: the filter
 	// keeps few of them, but the router decodes and checks every one in
 	// its one event loop (an honest node announces its topics, at most
 	// 256, once per connection).
-	if n.members.isRefused(from) { // cut off: its RPCs still in flight go too
-		return errNotAdmitted
+	if n.gate.Refused(from) { // cut off: its RPCs still in flight go too
+		return gate.ErrNotAdmitted
 	}
 	if k := len(rpc.Subscriptions); k > 0 && !n.live.subscriptions.AllowN(string(from), k) {
-		n.members.refuse(from, protocol.Reject(protocol.CodeFlood, "subscription changes past %d at once and %d a second", subscriptionBurst, subscriptionRate))
+		n.gate.Refuse(from, protocol.Reject(protocol.CodeFlood, "subscription changes past %d at once and %d a second", subscriptionBurst, subscriptionRate))
 		return errSubscriptionFlood
 	}
 	// A peer that spent its rejection budget gets its messages dropped
@@ -440,9 +442,9 @@ func (n *Node) inspectRPC(from peer.ID, rpc *pubsub.RPC) error {
 	// A peer that was charged lately gets no more messages checked from one
 	// RPC than its budget has left: one RPC of 400 arriving as a token
 	// refills is not 400 checks.
-	if credit, charged := n.members.credit(from); charged && len(rpc.Publish) > credit {
+	if credit, charged := n.gate.Credit(from); charged && len(rpc.Publish) > credit {
 		if credit == 0 {
-			n.members.throttles.Add(1)
+			n.gate.CountThrottle()
 		}
 		rpc.Publish = rpc.Publish[:credit]
 	}
@@ -459,21 +461,12 @@ func (n *Node) inspectRPC(from peer.ID, rpc *pubsub.RPC) error {
 				}
 				kept = append(kept, m)
 			} else {
-				n.members.throttles.Add(1)
+				n.gate.CountThrottle()
 			}
 		}
 		rpc.Publish = kept
 	}
-	if n.cfg.DropMessage == nil || len(rpc.Publish) == 0 {
-		return nil
-	}
-	kept := rpc.Publish[:0]
-	for _, m := range rpc.Publish {
-		if !n.cfg.DropMessage(from) {
-			kept = append(kept, m)
-		}
-	}
-	rpc.Publish = kept
+	n.dropSimulated(from, rpc)
 	return nil
 }
 
@@ -494,4 +487,19 @@ func (m mdnsNotifee) HandlePeerFound(ai peer.AddrInfo) {
 		defer cancel()
 		_ = m.n.Connect(ctx, ai)
 	}()
+}
+
+// gateWrap wraps a stream handler so that it runs only for peers that
+// passed the gate.
+func (n *Node) gateWrap(h network.StreamHandler) network.StreamHandler {
+	return n.gate.Wrap(n.ctx, h)
+}
+
+// isAdmitted reports whether p is listed in the registry.
+func (n *Node) isAdmitted(p peer.ID) bool {
+	k, err := trust.PublicKeyFromPeerID(p)
+	if err != nil {
+		return false
+	}
+	return n.registry.State(k) != 0
 }

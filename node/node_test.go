@@ -368,9 +368,9 @@ func TestRejectionBudget(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if refused.Load() < 100 || throttled.Load() == 0 || m.Agents["worker"].Node.Throttled() == 0 {
+	if refused.Load() < 100 || throttled.Load() == 0 || m.Agents["worker"].Node.Stats().Throttled == 0 {
 		t.Fatalf("300 calls without a token: %d refused after the checks, %d otherwise, %d throttled at the worker",
-			refused.Load(), throttled.Load(), m.Agents["worker"].Node.Throttled())
+			refused.Load(), throttled.Load(), m.Agents["worker"].Node.Stats().Throttled)
 	}
 	malID := m.Agents["mallory"].ID().String()
 	var throttleAudited bool

@@ -98,7 +98,7 @@ func (n *Node) validator(topic string) pubsub.ValidatorEx {
 		// (see below): past its budget, the rest of what it delivered
 		// before inspectRPC cut it off is dropped here, unchecked.
 		if m.ReceivedFrom == m.GetFrom() && m.ReceivedFrom != n.ID() && n.live.ownRefused.Spent(string(m.ReceivedFrom)) {
-			n.members.throttles.Add(1)
+			n.gate.CountThrottle()
 			return pubsub.ValidationIgnore
 		}
 		author, err := trust.PublicKeyFromPeerID(m.GetFrom())
@@ -121,7 +121,7 @@ func (n *Node) validator(topic string) pubsub.ValidatorEx {
 			reject(&rec, code, err.Error())
 			n.audit.Write(rec)
 			if forwarderFault[code] {
-				n.members.penalize(m.ReceivedFrom, code)
+				n.gate.Penalize(m.ReceivedFrom, code)
 				return pubsub.ValidationReject
 			}
 			// Not the forwarder's fault. A message its author delivered
@@ -131,7 +131,7 @@ func (n *Node) validator(topic string) pubsub.ValidatorEx {
 			// not check that, so it is no forwarder's fault).
 			if m.ReceivedFrom == m.GetFrom() {
 				if authorFault[code] {
-					n.members.penalize(m.ReceivedFrom, code)
+					n.gate.Penalize(m.ReceivedFrom, code)
 				} else {
 					// Refused for this node's clock, registry or replay
 					// guard (stale, dead, replay...): not charged, but an
@@ -207,23 +207,23 @@ func (n *Node) Publish(ctx context.Context, topic, action string, body []byte) e
 	if want := protocol.TopicAction(topic); action != want {
 		return protocol.Reject(protocol.CodeTopicNotGranted, "a message on topic %q needs the action %q, not %q", topic, want, action)
 	}
-	raw, err := n.SealMessage(topic, action, body, nil)
+	raw, err := n.sealMessage(topic, action, body, nil)
 	if err != nil {
 		return err
 	}
-	return n.PublishRaw(ctx, topic, raw)
+	return n.publishSealed(ctx, topic, raw)
 }
 
-// SealMessage builds and signs a pubsub envelope without publishing it.
-func (n *Node) SealMessage(topic, action string, body []byte, tok *trust.Token) ([]byte, error) {
+// sealMessage builds and signs a pubsub envelope.
+func (n *Node) sealMessage(topic, action string, body []byte, tok *trust.Token) ([]byte, error) {
 	if tok == nil {
 		tok = n.tokenFor(action)
 	}
 	return protocol.Seal(n.cfg.Identity, &protocol.Envelope{Kind: protocol.KindMessage, RecipientTopic: topic, Action: action, Payload: body, Token: tok}, n.now())
 }
 
-// PublishRaw publishes pre-sealed bytes (attack scenarios use it).
-func (n *Node) PublishRaw(ctx context.Context, topic string, raw []byte) error {
+// publishSealed publishes sealed bytes on topic, audited.
+func (n *Node) publishSealed(ctx context.Context, topic string, raw []byte) error {
 	t, err := n.join(topic)
 	if err != nil {
 		return err

@@ -168,9 +168,9 @@ func (n *Node) startRegistry() error {
 			}
 		}()
 	}
-	n.host.SetStreamHandler(ProtocolSync, n.members.gate(n.handleSync))
-	n.host.SetStreamHandler(ProtocolRevocations, n.members.gate(n.handleSync))
-	n.host.SetStreamHandler(ProtocolLeave, n.members.gate(n.handleLeave))
+	n.host.SetStreamHandler(ProtocolSync, n.gateWrap(n.handleSync))
+	n.host.SetStreamHandler(ProtocolRevocations, n.gateWrap(n.handleSync))
+	n.host.SetStreamHandler(ProtocolLeave, n.gateWrap(n.handleLeave))
 	n.beats.start()
 	go n.heartbeatLoop()
 	go n.tickLoop()
@@ -749,7 +749,7 @@ func (n *Node) handleLeave(s network.Stream) {
 	}
 	news, err := n.applyLeave(l)
 	if code := trust.CodeOf(err); forwarderFault[code] {
-		n.members.penalize(s.Conn().RemotePeer(), code)
+		n.gate.Penalize(s.Conn().RemotePeer(), code)
 		s.Reset()
 		return
 	}
@@ -758,16 +758,6 @@ func (n *Node) handleLeave(s network.Stream) {
 	}
 	_, _ = s.Write([]byte{1})
 }
-
-// Freeze stops this node's heartbeats and liveness processing for d, as a
-// long GC or VM pause would (simulations use it). Calls still work. As
-// with a real pause, a heartbeat that fell due during it goes out as soon
-// as it ends, not at the next interval.
-func (n *Node) Freeze(d time.Duration) {
-	n.frozenUntil.Store(time.Now().Add(d).UnixNano())
-}
-
-func (n *Node) frozen() bool { return time.Now().UnixNano() < n.frozenUntil.Load() }
 
 // Registry returns the node's registry.
 func (n *Node) Registry() *discovery.Registry { return n.registry }

@@ -65,9 +65,6 @@ func (n *Node) pruneRevocations(now time.Time) {
 	n.verifier.PruneRevocations(now)
 }
 
-// Revocations returns how many revocations this node holds.
-func (n *Node) Revocations() int { return n.revs.Len() }
-
 // Revoke applies an encoded revocation locally and publishes it to the
 // mesh, where every node verifies and applies it. A revocation that does
 // not verify is refused here and never published.

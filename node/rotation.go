@@ -46,7 +46,7 @@ func (n *Node) handleRenew(s network.Stream) {
 	resp := &protocolpb.RenewResponse{}
 	cred, err := n.renewFor(remote, raw)
 	if code := trust.CodeOf(err); forwarderFault[code] {
-		n.members.penalize(remote, code)
+		n.gate.Penalize(remote, code)
 	}
 	if err != nil {
 		resp.ErrorCode, resp.ErrorDetail = string(codeOrDefault(err, trust.CodeMalformed)), rejectionDetail(err)
@@ -150,8 +150,8 @@ type CredentialStatus struct {
 	Warning  string    `json:"warning,omitempty"`
 }
 
-// CredentialStatus reports on the agent's credential.
-func (n *Node) CredentialStatus() CredentialStatus {
+// credentialStatus reports on the agent's credential.
+func (n *Node) credentialStatus() CredentialStatus {
 	c := n.credential()
 	now := n.now()
 	life := c.Expires.Sub(c.NotBefore)
@@ -171,7 +171,7 @@ func (n *Node) CredentialStatus() CredentialStatus {
 // from any connected peer that serves the renewal protocol. It warns from
 // half-life on while no renewal succeeds.
 func (n *Node) maybeRenew() {
-	st := n.CredentialStatus()
+	st := n.credentialStatus()
 	if n.now().Before(st.RenewAt) || !n.renewing.CompareAndSwap(false, true) {
 		return
 	}
@@ -179,7 +179,7 @@ func (n *Node) maybeRenew() {
 		defer n.renewing.Store(false)
 		c, err := n.renew()
 		if err != nil {
-			if w := n.CredentialStatus().Warning; w != "" {
+			if w := n.credentialStatus().Warning; w != "" {
 				log.Warnw("credential renewal failed", "warning", w, "err", err)
 			}
 			return

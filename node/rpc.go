@@ -34,13 +34,18 @@ type Request struct {
 type Handler func(ctx context.Context, req *Request) ([]byte, error)
 
 // Handle registers h for action (a scope such as read:logs), replacing any
-// earlier handler.
+// earlier handler; a nil h removes it (calls are then answered
+// no_handler).
 func (n *Node) Handle(action string, h Handler) error {
 	if err := trust.ValidateScope(action); err != nil {
 		return err
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if h == nil {
+		delete(n.handlers, action)
+		return nil
+	}
 	n.handlers[action] = h
 	return nil
 }
@@ -103,32 +108,6 @@ func (n *Node) Call(ctx context.Context, to peer.ID, action string, body []byte,
 		return nil, err
 	}
 	return n.roundTrip(ctx, to, toKey, env, raw)
-}
-
-// SendRaw sends pre-sealed request bytes and waits for the reply: the
-// attack scenarios (replay, tampering) use it. Normal code calls Call.
-func (n *Node) SendRaw(ctx context.Context, to peer.ID, raw []byte) (*Reply, error) {
-	toKey, err := trust.PublicKeyFromPeerID(to)
-	if err != nil {
-		return nil, err
-	}
-	env, err := protocol.Open(raw, 1<<30, 1<<30)
-	if err != nil {
-		env = &protocol.Envelope{}
-	}
-	return n.roundTrip(ctx, to, toKey, env, raw)
-}
-
-// SealRequest builds and signs a request without sending it.
-func (n *Node) SealRequest(to peer.ID, action string, body []byte, tok *trust.Token) ([]byte, error) {
-	toKey, err := trust.PublicKeyFromPeerID(to)
-	if err != nil {
-		return nil, err
-	}
-	if tok == nil {
-		tok = n.tokenFor(action)
-	}
-	return protocol.Seal(n.cfg.Identity, &protocol.Envelope{Kind: protocol.KindRequest, RecipientPeer: toKey, Action: action, Payload: body, Token: tok}, n.now())
 }
 
 func (n *Node) roundTrip(ctx context.Context, to peer.ID, toKey trust.PublicKey, env *protocol.Envelope, raw []byte) (*Reply, error) {
@@ -222,7 +201,7 @@ func replyRefused(to peer.ID, err error) error {
 func (n *Node) handleRPC(s network.Stream) {
 	start := time.Now()
 	remote := s.Conn().RemotePeer()
-	if n.members.throttled(remote) {
+	if n.gate.Throttled(remote) {
 		s.Reset() // unchecked: it spent its rejection budget
 		return
 	}
@@ -234,7 +213,7 @@ func (n *Node) handleRPC(s network.Stream) {
 		if errors.Is(err, msgio.ErrMsgTooLarge) {
 			code = trust.CodeTooLarge
 		}
-		n.members.penalize(remote, code)
+		n.gate.Penalize(remote, code)
 		r := n.record(audit.In, audit.Request, remote.String())
 		reject(&r, code, err.Error())
 		n.audit.Write(r)
@@ -254,7 +233,7 @@ func (n *Node) handleRPC(s network.Stream) {
 	var reply *protocol.Envelope
 	if err != nil {
 		code := codeOrDefault(err, trust.CodeMalformed)
-		n.members.penalize(remote, code) // nothing for a refusal of this node's own (receiverSide)
+		n.gate.Penalize(remote, code) // nothing for a refusal of this node's own (receiverSide)
 		reply = n.refusal(env, remoteKey, err)
 		reject(&rec, code, err.Error())
 	} else {
@@ -368,14 +347,6 @@ func (n *Node) AddToken(t *trust.Token) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.cfg.Tokens = append(append([]*trust.Token(nil), n.cfg.Tokens...), t)
-}
-
-// RemoveHandler unregisters the handler of action; calls for it are then
-// answered no_handler.
-func (n *Node) RemoveHandler(action string) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	delete(n.handlers, action)
 }
 
 // Tokens returns the capability tokens this agent holds.

@@ -120,9 +120,6 @@ func (m *Mesh) Add(ctx context.Context, name string, enrolled bool, opts Options
 	if opts.DeadAfter > 0 {
 		cfg.DeadAfter = opts.DeadAfter
 	}
-	self := id.PeerID()
-	cfg.PeerFilter = func(p peer.ID) bool { return m.reachable(self, p) }
-	cfg.DropMessage = func(peer.ID) bool { return m.drop() }
 	if opts.Configure != nil {
 		opts.Configure(name, &cfg)
 	}
@@ -134,6 +131,9 @@ func (m *Mesh) start(ctx context.Context, name string, id *trust.Identity, cred 
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
+	self := id.PeerID()
+	n.SetPeerFilter(func(p peer.ID) bool { return m.reachable(self, p) }) // partitions
+	n.SetDropMessage(func(peer.ID) bool { return m.drop() })              // loss
 	if err := n.Start(ctx); err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}

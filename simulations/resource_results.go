@@ -205,7 +205,7 @@ func (g *gauge) start(pid int) {
 		return
 	}
 	g.pid = pid
-	g.gated0, g.throttled0 = g.target.Gated(), g.target.Throttled()
+	g.gated0, g.throttled0 = g.target.Stats().Gated, g.target.Stats().Throttled
 	g.st.m.mu.Lock()
 	g.records0 = len(g.st.m.audit)
 	g.st.m.mu.Unlock()
@@ -268,7 +268,7 @@ func (g *gauge) finish(landed int64) {
 		return
 	}
 	g.landed = landed
-	g.gated, g.throttled = g.target.Gated()-g.gated0, g.target.Throttled()-g.throttled0
+	g.gated, g.throttled = g.target.Stats().Gated-g.gated0, g.target.Stats().Throttled-g.throttled0
 	tid := g.target.ID().String()
 	g.refusals = map[string]int{}
 	m := g.st.m

@@ -87,13 +87,13 @@ func RegistryScenario(ctx context.Context, n int, hb time.Duration, loss float64
 
 	var in0 int64
 	for _, a := range m.Agents {
-		in0 += a.Node.GossipBytesIn()
+		in0 += a.Node.Stats().GossipBytesIn()
 	}
 	window := 5 * hb
 	time.Sleep(window) // a steady window of fixed length: what is measured
 	in := -in0
 	for _, a := range m.Agents {
-		in += a.Node.GossipBytesIn()
+		in += a.Node.Stats().GossipBytesIn()
 	}
 	res.BytesPerNodePerHB = float64(in) / float64(n) / (window.Seconds() / hb.Seconds())
 

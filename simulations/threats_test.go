@@ -389,11 +389,11 @@ func TestThreatModelInAMeshOfTwenty(t *testing.T) {
 		body.LinkId, body.Agent, body.Before = nil, victim[:], now.Add(time.Hour).Unix()
 		signed.Body, _ = proto.Marshal(&body)
 		forged, _ := proto.Marshal(&signed)
-		held := mal.Node.Revocations()
+		held := mal.Node.Stats().Revocations
 		if err := mal.Node.Revoke(ctx, forged); trust.CodeOf(err) != trust.CodeBadSignature {
 			t.Fatalf("the forgery: %v, want bad_signature", err)
 		}
-		if mal.Node.Revocations() != held {
+		if mal.Node.Stats().Revocations != held {
 			t.Fatal("the forgery was stored")
 		}
 		if st := tm.m.StateOf("agent-04", "agent-03"); st != "alive" {

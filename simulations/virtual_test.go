@@ -225,7 +225,7 @@ func TestVirtualTimeScenario(t *testing.T) {
 		t.Logf("N=%d: %.2f MiB heap (%.2f after a second GC), %d goroutines and %.2f MiB of their stacks per node", n, st.HeapInUseMiB/float64(n), st.LiveHeapMiB/float64(n), st.Goroutines/n, st.StackMiB/float64(n))
 		links, conns := 0, 0
 		for _, a := range m.Agents {
-			links += a.Node.BeatLinks()
+			links += a.Node.Stats().BeatLinks
 			conns += len(a.Node.Host().Network().Peers())
 		}
 		t.Logf("N=%d: %.1f beat links and %.1f connections per node", n, float64(links)/float64(n), float64(conns)/float64(n))
@@ -243,15 +243,15 @@ func TestVirtualTimeScenario(t *testing.T) {
 		// Steady liveness traffic.
 		var beats0, ps0 int64
 		for _, a := range m.Agents {
-			beats0 += a.Node.BeatBytesIn()
-			ps0 += a.Node.PubsubBytesIn()
+			beats0 += a.Node.Stats().BeatBytesIn
+			ps0 += a.Node.Stats().PubsubBytesIn
 		}
 		const window = 3
 		time.Sleep(window * 30 * time.Second)
 		var beats1, ps1 int64
 		for _, a := range m.Agents {
-			beats1 += a.Node.BeatBytesIn()
-			ps1 += a.Node.PubsubBytesIn()
+			beats1 += a.Node.Stats().BeatBytesIn
+			ps1 += a.Node.Stats().PubsubBytesIn
 		}
 		perNode := func(b int64) float64 { return float64(b) / float64(n) / (window * 30) * 8 / 1000 }
 		t.Logf("N=%d: liveness traffic in per node: %.1f kbit/s (beats %.1f, pubsub %.1f), %.0f B per agent per heartbeat",
@@ -279,14 +279,14 @@ func TestVirtualTimeScenario(t *testing.T) {
 				for _, l := range joined.latest(newcomer, names, t0, 3) {
 					nm := strings.Fields(l)[0]
 					a := m.Agents[nm].Node
-					t.Logf("N=%d, loss %.0f%%: late registration: %s (%d beat links, %d connections)", n, 100*loss, l, a.BeatLinks(), len(a.Host().Network().Peers()))
+					t.Logf("N=%d, loss %.0f%%: late registration: %s (%d beat links, %d connections)", n, 100*loss, l, a.Stats().BeatLinks, len(a.Host().Network().Peers()))
 				}
 			}
 			leaver := names[len(names)-1-round]
 			names = without(names, leaver)
 			linksAtLeave := map[string]int{}
 			for _, nm := range names {
-				linksAtLeave[nm] = m.Agents[nm].Node.BeatLinks()
+				linksAtLeave[nm] = m.Agents[nm].Node.Stats().BeatLinks
 			}
 			t0 = time.Now()
 			if err := m.Agents[leaver].Node.Close(); err != nil {
@@ -297,7 +297,7 @@ func TestVirtualTimeScenario(t *testing.T) {
 				for _, nm := range names { // how those that missed it see the leaver
 					if _, ok := left.when(leaver, nm); !ok {
 						a := m.Agents[nm].Node
-						t.Logf("%s sees %s as %q; it had %d beat links at the leave, has %d and %d connections", nm, leaver, m.StateOf(nm, leaver), linksAtLeave[nm], a.BeatLinks(), len(a.Host().Network().Peers()))
+						t.Logf("%s sees %s as %q; it had %d beat links at the leave, has %d and %d connections", nm, leaver, m.StateOf(nm, leaver), linksAtLeave[nm], a.Stats().BeatLinks, len(a.Host().Network().Peers()))
 					}
 				}
 				t.Fatal(err)
@@ -396,7 +396,7 @@ func TestVirtualTimeScenario(t *testing.T) {
 		for v, obs := range died.at {
 			if !slices.Contains(victims, v) {
 				for o, at := range obs {
-					t.Logf("%s saw %s dead %s after the crash; it has %d beat links, %d connections", o, v, at.Sub(crash), m.Agents[o].Node.BeatLinks(), len(m.Agents[o].Node.Host().Network().Peers()))
+					t.Logf("%s saw %s dead %s after the crash; it has %d beat links, %d connections", o, v, at.Sub(crash), m.Agents[o].Node.Stats().BeatLinks, len(m.Agents[o].Node.Host().Network().Peers()))
 				}
 				t.Fatalf("live agent %s declared dead by %d nodes", v, len(obs))
 			}

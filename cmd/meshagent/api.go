@@ -199,7 +199,7 @@ func (h *hub) unregister(q *callQueue) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.actions[q.action] == q {
-		h.n.RemoveHandler(q.action)
+		h.n.Handle(q.action, nil)
 		delete(h.actions, q.action)
 	}
 	q.closed = true

@@ -272,7 +272,7 @@ func serveDaemon(ctx context.Context, home string, fc *fileConfig, ready func(*n
 		go func() { _ = msrv.Serve(ml) }()
 	}
 	_ = n.Handle(pingAction, func(context.Context, *node.Request) ([]byte, error) {
-		return json.Marshal(map[string]string{"pong": n.Name()})
+		return json.Marshal(map[string]string{"pong": n.Credential().Name})
 	})
 	if err := n.Start(ctx); err != nil {
 		return err
@@ -341,12 +341,13 @@ func readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, bool) 
 func apiHandler(n *node.Node, met *daemonMetrics, builtin ...string) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		st := n.Stats()
 		var addrs []string
 		for _, a := range n.Addrs() {
 			addrs = append(addrs, a.String())
 		}
-		writeJSON(w, 200, map[string]any{"peer_id": n.ID().String(), "name": n.Name(), "listen_addrs": addrs,
-			"credential": n.CredentialStatus(), "registry_size": n.Registry().Len()})
+		writeJSON(w, 200, map[string]any{"peer_id": n.ID().String(), "name": n.Credential().Name, "listen_addrs": addrs,
+			"credential": st.Credential, "registry_size": st.Agents})
 	})
 	mux.HandleFunc("GET /v1/peers", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, 200, n.Peers())

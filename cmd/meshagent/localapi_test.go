@@ -287,7 +287,7 @@ func TestDaemonDropsRevocationsThatNoLongerApply(t *testing.T) {
 		}
 		delete(want, name)
 	}
-	if got := n.Revocations(); got != 1 {
+	if got := n.Stats().Revocations; got != 1 {
 		t.Fatalf("the node holds %d revocations, want the valid one", got)
 	}
 	for _, f := range []string{"removed.pem", "garbage.pem", "forged.pem", "valid.pem"} {

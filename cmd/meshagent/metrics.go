@@ -41,17 +41,17 @@ func (m *daemonMetrics) watch(n *node.Node) {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshagent_credential_renewal_overdue",
 			Help: "1 while the credential is past half-life and no issuer has renewed it, else 0."},
 			func() float64 {
-				if n.CredentialStatus().Warning != "" {
+				if n.Stats().Credential.Warning != "" {
 					return 1
 				}
 				return 0
 			}),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshagent_throttled_requests_total",
 			Help: "Requests refused unchecked because their sender had spent its budget of rejected requests."},
-			func() float64 { return float64(n.Throttled()) }),
+			func() float64 { return float64(n.Stats().Throttled) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshagent_replay_nonces",
 			Help: "Nonces the replay guard remembers: the envelopes accepted over the last replay window (about 10 bytes each, at most 64 MiB)."},
-			func() float64 { return float64(n.ReplayNonces()) }),
+			func() float64 { return float64(n.Stats().ReplayNonces) }),
 	)
 	for _, st := range []discovery.State{discovery.Alive, discovery.Suspect, discovery.Dead} {
 		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshagent_registry_agents",

@@ -1,0 +1,21 @@
+//go:build !meshsim
+
+package node
+
+import (
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// A production node has no simulation hooks (sim_on.go, tag meshsim):
+// these are the constant answers of a node that no one freezes, cuts or
+// makes lossy.
+
+type simState struct{}
+
+func (*Node) lost(peer.ID) bool                  { return false }
+func (*Node) frozen() bool                       { return false }
+func (*Node) dropSimulated(peer.ID, *pubsub.RPC) {}
+
+// blockedHook is nil: the gate asks no filter.
+func (*Node) blockedHook() func(peer.ID) bool { return nil }

@@ -1,0 +1,125 @@
+//go:build meshsim
+
+package node
+
+// The hooks of simulations and attack scenarios: built only with the
+// meshsim tag (make test, the simulations, the demo), never into the
+// meshagent binary (make build). A production node has none of them:
+// see sim_off.go.
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/meshagent/meshagent/protocol"
+	"github.com/meshagent/meshagent/trust"
+)
+
+// simState is what the hooks set.
+type simState struct {
+	frozenUntil atomic.Int64
+	drop        atomic.Pointer[func(from peer.ID) bool]
+	filter      atomic.Pointer[func(p peer.ID) bool]
+}
+
+// SetDropMessage makes the node drop each pubsub message and each
+// heartbeat received from a peer for which f returns true, before pubsub
+// sees it, as a lossy link would: gossip can still deliver the message by
+// another path. nil stops it.
+func (n *Node) SetDropMessage(f func(from peer.ID) bool) {
+	if f == nil {
+		n.sim.drop.Store(nil)
+		return
+	}
+	n.sim.drop.Store(&f)
+}
+
+// SetPeerFilter makes the connection gater refuse every peer for which f
+// returns false (it can neither dial nor be dialed), as a partition
+// would. nil stops it.
+func (n *Node) SetPeerFilter(f func(p peer.ID) bool) {
+	if f == nil {
+		n.sim.filter.Store(nil)
+		return
+	}
+	n.sim.filter.Store(&f)
+}
+
+func (n *Node) lost(from peer.ID) bool {
+	d := n.sim.drop.Load()
+	return d != nil && (*d)(from)
+}
+
+func (n *Node) blocked(p peer.ID) bool {
+	f := n.sim.filter.Load()
+	return f != nil && !(*f)(p)
+}
+
+func (n *Node) blockedHook() func(peer.ID) bool { return n.blocked }
+
+func (n *Node) dropSimulated(from peer.ID, rpc *pubsub.RPC) {
+	if n.sim.drop.Load() == nil || len(rpc.Publish) == 0 {
+		return
+	}
+	kept := rpc.Publish[:0]
+	for _, m := range rpc.Publish {
+		if !n.lost(from) {
+			kept = append(kept, m)
+		}
+	}
+	rpc.Publish = kept
+}
+
+// Crash stops the node without a leave message, as a killed process
+// would: the mesh must notice by itself. Simulations use it.
+func (n *Node) Crash() error { return n.close(false) }
+
+// Freeze stops this node's heartbeats and liveness processing for d, as a
+// long GC or VM pause would (simulations use it). Calls still work. As
+// with a real pause, a heartbeat that fell due during it goes out as soon
+// as it ends, not at the next interval.
+func (n *Node) Freeze(d time.Duration) {
+	n.sim.frozenUntil.Store(time.Now().Add(d).UnixNano())
+}
+
+func (n *Node) frozen() bool { return time.Now().UnixNano() < n.sim.frozenUntil.Load() }
+
+// SendRaw sends pre-sealed request bytes and waits for the reply: the
+// attack scenarios (replay, tampering) use it. Normal code calls Call.
+func (n *Node) SendRaw(ctx context.Context, to peer.ID, raw []byte) (*Reply, error) {
+	toKey, err := trust.PublicKeyFromPeerID(to)
+	if err != nil {
+		return nil, err
+	}
+	env, err := protocol.Open(raw, 1<<30, 1<<30)
+	if err != nil {
+		env = &protocol.Envelope{}
+	}
+	return n.roundTrip(ctx, to, toKey, env, raw)
+}
+
+// SealRequest builds and signs a request without sending it.
+func (n *Node) SealRequest(to peer.ID, action string, body []byte, tok *trust.Token) ([]byte, error) {
+	toKey, err := trust.PublicKeyFromPeerID(to)
+	if err != nil {
+		return nil, err
+	}
+	if tok == nil {
+		tok = n.tokenFor(action)
+	}
+	return protocol.Seal(n.cfg.Identity, &protocol.Envelope{Kind: protocol.KindRequest, RecipientPeer: toKey, Action: action, Payload: body, Token: tok}, n.now())
+}
+
+// SealMessage builds and signs a pubsub envelope without publishing it.
+func (n *Node) SealMessage(topic, action string, body []byte, tok *trust.Token) ([]byte, error) {
+	return n.sealMessage(topic, action, body, tok)
+}
+
+// PublishRaw publishes pre-sealed bytes (attack scenarios use it).
+func (n *Node) PublishRaw(ctx context.Context, topic string, raw []byte) error {
+	return n.publishSealed(ctx, topic, raw)
+}
