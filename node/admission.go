@@ -81,7 +81,7 @@ func (m *members) check(p peer.ID, raw []byte) error {
 		return err
 	}
 	m.g.Forgive(p)
-	if h := m.n.Host(); h != nil {
+	if h := m.n.host(); h != nil {
 		m.g.AdmittedConns(h.Network().ConnsToPeer(p))
 	}
 	m.g.Wake()
@@ -112,7 +112,7 @@ func (m *members) admit(ctx context.Context, p peer.ID) error {
 }
 
 func (m *members) exchange(ctx context.Context, p peer.ID) error {
-	h := m.n.Host()
+	h := m.n.host()
 	ctx, cancel := context.WithTimeout(ctx, m.n.cfg.AdmissionTimeout)
 	defer cancel()
 	s, err := h.NewStream(network.WithAllowLimitedConn(ctx, "admission"), p, protocol.ProtocolAdmission)
@@ -243,7 +243,7 @@ func (m *members) notifiee() network.Notifiee {
 // metadata): an outsider's fresh key per connection would else stay for
 // good.
 func (m *members) forget(p peer.ID) {
-	if h := m.n.Host(); h != nil {
+	if h := m.n.host(); h != nil {
 		h.Peerstore().RemovePeer(p)
 		h.Peerstore().ClearAddrs(p)
 	}
@@ -253,7 +253,7 @@ func (m *members) forget(p peer.ID) {
 // (once a heartbeat: identify may store a peer's addresses and protocols
 // after its connection closed). Peers kept connected (bootstrap) stay.
 func (m *members) forgetStrangers() {
-	h := m.n.Host()
+	h := m.n.host()
 	if h == nil {
 		return
 	}

@@ -86,7 +86,7 @@ func flushEvery(hb time.Duration) time.Duration {
 }
 
 func (b *beats) start() {
-	b.n.host.SetStreamHandler(ProtocolBeat, b.n.gateWrap(b.handleStream))
+	b.n.h.SetStreamHandler(ProtocolBeat, b.n.gateWrap(b.handleStream))
 	go b.loop()
 }
 
@@ -186,7 +186,7 @@ func (b *beats) maintain() {
 	need := degree - out
 	var cands []peer.ID
 	if need > 0 && len(b.links) < maxBeatLinks {
-		for _, p := range b.n.host.Network().Peers() {
+		for _, p := range b.n.host().Network().Peers() {
 			if b.links[p] != nil || b.dialing[p] {
 				continue
 			}
@@ -207,7 +207,7 @@ func (b *beats) maintain() {
 	if short := degree - len(b.links) - len(b.dialing) - len(cands); short > 0 {
 		for _, e := range b.n.registry.Entries() {
 			if e.State == discovery.Alive.String() && b.links[e.PeerID] == nil && !b.dialing[e.PeerID] &&
-				!slices.Contains(cands, e.PeerID) && b.n.host.Network().Connectedness(e.PeerID) != network.Connected {
+				!slices.Contains(cands, e.PeerID) && b.n.host().Network().Connectedness(e.PeerID) != network.Connected {
 				far = append(far, e.PeerID)
 			}
 		}
@@ -266,7 +266,7 @@ func (b *beats) open(p peer.ID, far bool) {
 	}
 	ctx, cancel := context.WithTimeout(b.n.ctx, b.n.cfg.AdmissionTimeout)
 	defer cancel()
-	s, err := b.n.host.NewStream(ctx, p, ProtocolBeat)
+	s, err := b.n.host().NewStream(ctx, p, ProtocolBeat)
 	if err != nil {
 		return
 	}
@@ -290,7 +290,7 @@ func (b *beats) connect(p peer.ID) bool {
 	}
 	ctx, cancel := context.WithTimeout(b.n.ctx, b.n.cfg.AdmissionTimeout)
 	defer cancel()
-	return b.n.Connect(ctx, peer.AddrInfo{ID: p, Addrs: rec.Addrs()}) == nil
+	return b.n.connect(ctx, peer.AddrInfo{ID: p, Addrs: rec.Addrs()}) == nil
 }
 
 // handleStream accepts a link from a listed agent. A dead agent may link:

@@ -266,7 +266,7 @@ func TestSilentConnectionsLeaveRoomForNewAgents(t *testing.T) {
 			defer ccancel()
 			// A newcomer tries again when refused, as keepConnected does.
 			for {
-				err := ag.Node.Connect(cctx, target)
+				err := ag.Node.Join(cctx, target)
 				if err == nil {
 					joined.Add(1)
 					return

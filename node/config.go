@@ -3,6 +3,7 @@ package node
 import (
 	"fmt"
 	"io"
+	"log/slog"
 	"time"
 
 	"github.com/libp2p/go-libp2p"
@@ -101,6 +102,10 @@ type Config struct {
 	// simnet). They must not add a security transport: the host stays
 	// TLS 1.3 only.
 	HostOptions []libp2p.Option
+	// Logger receives the node's own log lines and the pubsub router's.
+	// nil means slog.Default(). (libp2p's internal loggers are not
+	// changed: the daemon routes them with gologshim.SetDefaultHandler.)
+	Logger *slog.Logger
 	// MDNS finds and connects other agents on the LAN with multicast DNS,
 	// under meshagent's own service name. Admission still applies.
 	MDNS bool

@@ -133,10 +133,9 @@ func BenchmarkFreshIdentityDialLoop(b *testing.B) {
 	}
 	defer tgt.stop()
 	caller := m.Agents["caller"].Node
-	if err := caller.Connect(ctx, tgt.ai); err != nil {
+	if err := caller.Join(ctx, tgt.ai, node.KeepConnected()); err != nil {
 		b.Fatal(err)
 	}
-	caller.KeepConnected(tgt.ai)
 	if _, err := m.Grant("caller", []string{"read:logs"}, nil, time.Hour); err != nil {
 		b.Fatal(err)
 	}
@@ -342,7 +341,7 @@ func newcomer(ctx context.Context, m *simulations.Mesh, name string, target peer
 	start := time.Now()
 	for {
 		tctx, cancel := context.WithTimeout(network.WithForceDirectDial(ctx, "retry"), 2*time.Second)
-		err = a.Node.Connect(tctx, target)
+		err = a.Node.Join(tctx, target)
 		if err == nil {
 			_, err = a.Node.Call(tctx, target.ID, "read:logs", nil, nil)
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/meshagent/meshagent/node"
 	"github.com/meshagent/meshagent/trust"
 )
@@ -43,7 +44,11 @@ func Example() {
 	tok, _ := trust.IssueToken(anchor, orchKey, trust.Grant{Scopes: []string{"read:logs"}, Expires: now.Add(time.Hour)}, now)
 	orch.AddToken(tok)
 
-	if err := orch.ConnectAddr(ctx, worker.Addrs()[0].String()); err != nil {
+	ai, err := peer.AddrInfoFromString(worker.Addrs()[0].String())
+	if err != nil {
+		panic(err)
+	}
+	if err := orch.Join(ctx, *ai); err != nil {
 		panic(err)
 	}
 	reply, err := orch.Call(ctx, worker.ID(), "read:logs", []byte("job-42"), nil)

@@ -125,7 +125,7 @@ func TestOneEnvelopeTwoPubsubMessages(t *testing.T) {
 	if err := m.Connect(ctx, "mallory", "n1"); err != nil {
 		t.Fatal(err)
 	}
-	if err := twin.Connect(ctx, peerInfo(m.Agents["n2"].Node)); err != nil {
+	if err := twin.Join(ctx, peerInfo(m.Agents["n2"].Node)); err != nil {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"n1", "mallory"} {

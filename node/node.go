@@ -9,13 +9,11 @@ import (
 	"sync/atomic"
 	"time"
 
-	golog "github.com/ipfs/go-log/v2"
 	"github.com/libp2p/go-libp2p"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
-	"github.com/libp2p/go-libp2p/gologshim"
 	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
@@ -34,8 +32,6 @@ import (
 	"github.com/meshagent/meshagent/trust"
 )
 
-var log = golog.Logger("meshagent/node")
-
 // Lifecycle errors.
 var (
 	ErrAlreadyStarted = errors.New("node: already started")
@@ -43,11 +39,10 @@ var (
 	ErrClosed         = errors.New("node: closed")
 )
 
-var routeLogs sync.Once
-
 // Node is one agent on the mesh. Its methods are safe for concurrent use.
 type Node struct {
 	cfg      Config
+	log      *slog.Logger
 	self     trust.PublicKey
 	verifier *trust.Verifier
 	decider  *protocol.Decider
@@ -73,7 +68,7 @@ type Node struct {
 	mu       sync.Mutex
 	started  bool
 	closed   bool
-	host     host.Host
+	h        host.Host
 	ps       *pubsub.PubSub
 	topics   map[string]*pubsub.Topic
 	handlers map[string]Handler
@@ -96,8 +91,10 @@ func New(cfg Config) (*Node, error) {
 	if err := v.VerifyCredential(cfg.Credential, cfg.Clock()); err != nil {
 		return nil, fmt.Errorf("node: own credential: %w", err)
 	}
-	routeLogs.Do(func() { gologshim.SetDefaultHandler(golog.SlogHandler()) })
-	n := &Node{cfg: cfg, self: cfg.Identity.Public(), verifier: v, audit: audit.New(cfg.Audit),
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	n := &Node{cfg: cfg, log: cfg.Logger.With("logger", "meshagent/node"), self: cfg.Identity.Public(), verifier: v, audit: audit.New(cfg.Audit),
 		topics: map[string]*pubsub.Topic{}, handlers: map[string]Handler{}}
 	n.cred = cfg.Credential
 	n.calls = make(chan struct{}, cfg.MaxConcurrentCalls)
@@ -111,7 +108,7 @@ func New(cfg Config) (*Node, error) {
 			n.audit.Write(r)
 		},
 		ClosePeer: func(p peer.ID) {
-			if h := n.Host(); h != nil {
+			if h := n.host(); h != nil {
 				_ = h.Network().ClosePeer(p)
 			}
 		},
@@ -209,7 +206,7 @@ func (n *Node) Start(ctx context.Context) error {
 		pubsub.WithPeerExchange(false),
 		pubsub.WithMaxMessageSize(n.cfg.MaxEnvelopeSize+4096),
 		pubsub.WithPeerScore(peerScoreParams(), peerScoreThresholds()),
-		pubsub.WithLogger(slog.New(golog.SlogHandler()).With("logger", "pubsub")),
+		pubsub.WithLogger(n.cfg.Logger.With("logger", "pubsub")),
 		pubsub.WithGossipSubParams(gossipParams(n.cfg.HeartbeatInterval)),
 		pubsub.WithAppSpecificRpcInspector(n.inspectRPC),
 		pubsub.WithSubscriptionFilter(newSubFilter(h.Network())),
@@ -220,7 +217,7 @@ func (n *Node) Start(ctx context.Context) error {
 		h.Close()
 		return fmt.Errorf("node: pubsub: %w", err)
 	}
-	n.host, n.ps = h, ps
+	n.h, n.ps = h, ps
 	h.SetStreamHandler(protocol.ProtocolAdmission, n.members.handleAdmission) // the one protocol open before admission
 	h.SetStreamHandler(protocol.ProtocolRPC, n.gateWrap(n.handleRPC))
 	// Every node serves the renewal protocol (a node that is no issuer
@@ -253,7 +250,7 @@ func (n *Node) Start(ctx context.Context) error {
 		go func() { <-n.ctx.Done(); svc.Close() }()
 	}
 	n.started = true
-	log.Infow("node started", "peer", h.ID(), "addrs", h.Addrs())
+	n.log.Info("node started", "peer", h.ID(), "addrs", h.Addrs())
 	return nil
 }
 
@@ -268,7 +265,7 @@ func (n *Node) close(graceful bool) error {
 		return nil
 	}
 	n.closed = true
-	h, cancel, started := n.host, n.cancel, n.started
+	h, cancel, started := n.h, n.cancel, n.started
 	n.mu.Unlock()
 	n.leaving.Store(true) // no heartbeat may follow the leave
 	if started && graceful {
@@ -298,23 +295,10 @@ func (n *Node) credential() *trust.Credential {
 func (n *Node) Credential() *trust.Credential { return n.credential() }
 
 func (n *Node) listenAddrs() []ma.Multiaddr {
-	if h := n.Host(); h != nil {
+	if h := n.host(); h != nil {
 		return h.Addrs()
 	}
 	return nil
-}
-
-// KeepConnected connects to ai and reconnects whenever the connection is
-// lost (after a dead verdict on either side, a restart, a partition), with
-// exponential backoff from a tenth of the heartbeat interval up to a third
-// of it (at least 1 s). It
-// returns at once; the loop ends with the node. Bootstrap peers are kept
-// this way.
-func (n *Node) KeepConnected(ai peer.AddrInfo) {
-	if h := n.Host(); h != nil {
-		h.ConnManager().Protect(ai.ID, "keep")
-	}
-	go n.keepConnected(ai)
 }
 
 func (n *Node) keepConnected(ai peer.AddrInfo) {
@@ -324,7 +308,7 @@ func (n *Node) keepConnected(ai peer.AddrInfo) {
 	maxWait := max(n.cfg.HeartbeatInterval/3, time.Second)
 	wait := base
 	for {
-		h := n.Host()
+		h := n.host()
 		if h == nil || n.ctx.Err() != nil {
 			return
 		}
@@ -332,10 +316,10 @@ func (n *Node) keepConnected(ai peer.AddrInfo) {
 			ctx, cancel := context.WithTimeout(n.ctx, n.cfg.AdmissionTimeout)
 			// This loop's own backoff governs: skip the swarm's dial
 			// backoff, which after a long outage grows to minutes.
-			err := n.Connect(network.WithForceDirectDial(ctx, "keep connected"), ai)
+			err := n.connect(network.WithForceDirectDial(ctx, "keep connected"), ai)
 			cancel()
 			if err != nil {
-				log.Debugw("peer unreachable", "peer", ai.ID, "err", err, "retry_in", wait)
+				n.log.Debug("peer unreachable", "peer", ai.ID, "err", err, "retry_in", wait)
 				wait = min(2*wait, maxWait)
 			} else {
 				wait = base
@@ -353,16 +337,16 @@ func (n *Node) keepConnected(ai peer.AddrInfo) {
 	}
 }
 
-// Host returns the libp2p host (nil before Start).
-func (n *Node) Host() host.Host {
+// host returns the libp2p host (nil before Start).
+func (n *Node) host() host.Host {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return n.host
+	return n.h
 }
 
 // Addrs returns the node's listen addresses, each ending in /p2p/PEERID.
 func (n *Node) Addrs() []ma.Multiaddr {
-	h := n.Host()
+	h := n.host()
 	if h == nil {
 		return nil
 	}
@@ -370,15 +354,43 @@ func (n *Node) Addrs() []ma.Multiaddr {
 	return addrs
 }
 
-// Verifier returns the node's verifier, for revocations.
-func (n *Node) Verifier() *trust.Verifier { return n.verifier }
-
 func (n *Node) now() time.Time { return n.cfg.Clock() }
 
-// Connect dials the peer and completes admission: it returns only once
-// both sides have exchanged and verified credentials, or an error.
-func (n *Node) Connect(ctx context.Context, ai peer.AddrInfo) error {
-	h := n.Host()
+// JoinOption adjusts Join.
+type JoinOption func(*joinOptions)
+
+type joinOptions struct{ keep bool }
+
+// KeepConnected makes Join reconnect to the peer whenever the connection
+// is lost (after a dead verdict on either side, a restart, a partition),
+// with exponential backoff from a tenth of the heartbeat interval up to a
+// third of it (at least 1 s), until the node closes. Bootstrap peers are
+// kept this way. Join then starts the loop even when its first attempt
+// fails.
+func KeepConnected() JoinOption { return func(o *joinOptions) { o.keep = true } }
+
+// Join dials the agent at ai and completes admission: it returns only
+// once both sides have exchanged and verified credentials, or an error.
+// peer.AddrInfoFromString parses a multiaddr ending in /p2p/PEERID.
+func (n *Node) Join(ctx context.Context, ai peer.AddrInfo, opts ...JoinOption) error {
+	var o joinOptions
+	for _, f := range opts {
+		f(&o)
+	}
+	h := n.host()
+	if h == nil {
+		return ErrNotStarted
+	}
+	err := n.connect(ctx, ai)
+	if o.keep {
+		h.ConnManager().Protect(ai.ID, "keep")
+		go n.keepConnected(ai)
+	}
+	return err
+}
+
+func (n *Node) connect(ctx context.Context, ai peer.AddrInfo) error {
+	h := n.host()
 	if h == nil {
 		return ErrNotStarted
 	}
@@ -386,15 +398,6 @@ func (n *Node) Connect(ctx context.Context, ai peer.AddrInfo) error {
 		return fmt.Errorf("node: connect %s: %w", ai.ID, err)
 	}
 	return n.members.admit(ctx, ai.ID)
-}
-
-// ConnectAddr is Connect with a multiaddr string ending in /p2p/PEERID.
-func (n *Node) ConnectAddr(ctx context.Context, addr string) error {
-	ai, err := peer.AddrInfoFromString(addr)
-	if err != nil {
-		return fmt.Errorf("node: %q: %w", addr, err)
-	}
-	return n.Connect(ctx, *ai)
 }
 
 // Peers lists the agents in the registry with their state as this node
@@ -485,7 +488,7 @@ func (m mdnsNotifee) HandlePeerFound(ai peer.AddrInfo) {
 	go func() {
 		ctx, cancel := context.WithTimeout(m.n.ctx, m.n.cfg.AdmissionTimeout)
 		defer cancel()
-		_ = m.n.Connect(ctx, ai)
+		_ = m.n.connect(ctx, ai)
 	}()
 }
 

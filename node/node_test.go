@@ -226,7 +226,7 @@ func TestOutsiderCannotCallOrPublish(t *testing.T) {
 		t.Fatal(err)
 	}
 	worker := m.Agents["worker"]
-	err = out.Node.Connect(ctx, peer.AddrInfo{ID: worker.ID(), Addrs: worker.Node.Host().Addrs()})
+	err = out.Node.Join(ctx, peer.AddrInfo{ID: worker.ID(), Addrs: worker.Node.Host().Addrs()})
 	if err == nil {
 		t.Fatal("outsider was admitted")
 	}

@@ -80,7 +80,7 @@ func (n *Node) currentRecord() (*discovery.Record, error) {
 	n.live.mu.Lock()
 	defer n.live.mu.Unlock()
 	cred := n.credential()
-	h := n.Host()
+	h := n.host()
 	r := n.live.record
 	if r != nil && (n.frozen() || n.leaving.Load() || r.Credential.Serial == cred.Serial && (h == nil || r.NumAddrs() == len(h.Addrs())) &&
 		n.now().Sub(r.Timestamp) < n.cfg.HeartbeatInterval) {
@@ -126,7 +126,7 @@ func (n *Node) emit(evs []discovery.Event) {
 		}
 		n.audit.Write(r)
 		if e.To == discovery.Dead || e.To == 0 {
-			if h := n.Host(); h != nil {
+			if h := n.host(); h != nil {
 				_ = h.Network().ClosePeer(e.Agent.PeerID())
 			}
 		}
@@ -168,9 +168,9 @@ func (n *Node) startRegistry() error {
 			}
 		}()
 	}
-	n.host.SetStreamHandler(ProtocolSync, n.gateWrap(n.handleSync))
-	n.host.SetStreamHandler(ProtocolRevocations, n.gateWrap(n.handleSync))
-	n.host.SetStreamHandler(ProtocolLeave, n.gateWrap(n.handleLeave))
+	n.h.SetStreamHandler(ProtocolSync, n.gateWrap(n.handleSync))
+	n.h.SetStreamHandler(ProtocolRevocations, n.gateWrap(n.handleSync))
+	n.h.SetStreamHandler(ProtocolLeave, n.gateWrap(n.handleLeave))
 	n.beats.start()
 	go n.heartbeatLoop()
 	go n.tickLoop()
@@ -594,7 +594,7 @@ func (n *Node) due(m map[peer.ID]time.Time, p peer.ID) bool {
 func (n *Node) syncFrom(p peer.ID) { n.fetch(p, ProtocolSync) }
 
 func (n *Node) fetch(p peer.ID, which p2pprotocol.ID) {
-	h := n.Host()
+	h := n.host()
 	if h == nil || n.ctx.Err() != nil {
 		return
 	}
@@ -705,7 +705,7 @@ func (n *Node) sendLeave() {
 	if err != nil {
 		return
 	}
-	h := n.Host()
+	h := n.host()
 	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.AdmissionTimeout)
 	defer cancel()
 	var wg sync.WaitGroup

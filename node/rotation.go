@@ -105,7 +105,7 @@ func (n *Node) renewFor(remote peer.ID, raw []byte) (*trust.Credential, error) {
 
 // renewFrom asks issuer p for a fresh credential.
 func (n *Node) renewFrom(ctx context.Context, p peer.ID) (*trust.Credential, error) {
-	s, err := n.Host().NewStream(ctx, p, ProtocolRenew)
+	s, err := n.host().NewStream(ctx, p, ProtocolRenew)
 	if err != nil {
 		return nil, err
 	}
@@ -180,7 +180,7 @@ func (n *Node) maybeRenew() {
 		c, err := n.renew()
 		if err != nil {
 			if w := n.credentialStatus().Warning; w != "" {
-				log.Warnw("credential renewal failed", "warning", w, "err", err)
+				n.log.Warn("credential renewal failed", "warning", w, "err", err)
 			}
 			return
 		}
@@ -202,7 +202,7 @@ func (n *Node) renew() (*trust.Credential, error) {
 	if n.cfg.Issuer != nil && n.cfg.Issuer.Public().Equal(old.Issuer) {
 		return trust.IssueCredential(n.cfg.Issuer, n.self, old.Name, n.now(), old.Expires.Sub(old.NotBefore))
 	}
-	h := n.Host()
+	h := n.host()
 	var last error = fmt.Errorf("no issuer reachable")
 	for _, p := range h.Network().Peers() {
 		if ok, _ := h.Peerstore().SupportsProtocols(p, ProtocolRenew); len(ok) == 0 {

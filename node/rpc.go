@@ -89,7 +89,7 @@ func (n *Node) Call(ctx context.Context, to peer.ID, action string, body []byte,
 	if opts == nil {
 		opts = &CallOptions{}
 	}
-	h := n.Host()
+	h := n.host()
 	if h == nil {
 		return nil, ErrNotStarted
 	}
@@ -126,7 +126,7 @@ func (n *Node) roundTrip(ctx context.Context, to peer.ID, toKey trust.PublicKey,
 }
 
 func (n *Node) exchange(ctx context.Context, to peer.ID, toKey trust.PublicKey, env *protocol.Envelope, raw []byte) (*Reply, error) {
-	h := n.Host()
+	h := n.host()
 	if deadline, ok := ctx.Deadline(); !ok || time.Until(deadline) > n.cfg.CallTimeout {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, n.cfg.CallTimeout)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/meshagent/meshagent/protocol"
@@ -123,3 +124,12 @@ func (n *Node) SealMessage(topic, action string, body []byte, tok *trust.Token) 
 func (n *Node) PublishRaw(ctx context.Context, topic string, raw []byte) error {
 	return n.publishSealed(ctx, topic, raw)
 }
+
+// Host returns the libp2p host (nil before Start): tests and attack
+// scenarios open raw streams with it. A production node does not expose
+// it: a stream handler registered on it would skip the gate and the
+// decision function.
+func (n *Node) Host() host.Host { return n.host() }
+
+// Verifier returns the node's verifier (tests read its revocations).
+func (n *Node) Verifier() *trust.Verifier { return n.verifier }

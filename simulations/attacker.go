@@ -124,7 +124,7 @@ func runAttacker(path string) error {
 	}
 	defer k.n.Close()
 	if spec.Attack != "outsider" && !ownHosts[spec.Attack] {
-		if err := k.n.Connect(ctx, *target); err != nil {
+		if err := k.n.Join(ctx, *target); err != nil {
 			return err
 		}
 	}

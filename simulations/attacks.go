@@ -192,7 +192,7 @@ func (k *kit) attempt(ctx context.Context, a string) (func(), error) {
 		return func() {
 			h := k.n.Host()
 			_ = h.Network().ClosePeer(k.tid)
-			_ = k.n.Connect(network.WithForceDirectDial(ctx, "outsider"), k.addr)
+			_ = k.n.Join(network.WithForceDirectDial(ctx, "outsider"), k.addr)
 		}, nil
 	case "mixed":
 		var steps []func()

@@ -176,23 +176,22 @@ func (m *Mesh) ConnectAll(ctx context.Context) error {
 }
 
 // Connect connects agent a to agent b and completes admission; from then
-// on a keeps the link up (KeepConnected), as with a bootstrap peer.
+// on a keeps the link up (node.KeepConnected), as with a bootstrap peer.
 func (m *Mesh) Connect(ctx context.Context, a, b string) error {
 	from, to := m.Agents[a], m.Agents[b]
 	ai := peer.AddrInfo{ID: to.ID(), Addrs: to.Node.Host().Addrs()}
-	err := from.Node.Connect(ctx, ai)
+	err := from.Node.Join(ctx, ai, node.KeepConnected())
 	// A dial that meets one from the other side on loopback TCP can become
 	// a TCP simultaneous open, where both ends start the TLS handshake as
 	// clients and it fails (go-libp2p#2925). The nodes' own dials (beat
 	// links, reconnection) make that likely while a mesh is wired: dial
 	// again, past the swarm's backoff. Refusals are not retried.
 	for try := 0; try < 3 && isDialError(err); try++ {
-		err = from.Node.Connect(network.WithForceDirectDial(ctx, "simultaneous open"), ai)
+		err = from.Node.Join(network.WithForceDirectDial(ctx, "simultaneous open"), ai)
 	}
 	if err != nil {
 		return fmt.Errorf("connect %s -> %s: %w", a, b, err)
 	}
-	from.Node.KeepConnected(ai)
 	return nil
 }
 

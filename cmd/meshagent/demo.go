@@ -151,7 +151,7 @@ func runDemo(ctx context.Context, w io.Writer) error {
 		if err != nil {
 			return "error: " + err.Error()
 		}
-		if out.Node.Connect(ctx, peer.AddrInfo{ID: to, Addrs: logs.Node.Host().Addrs()}) == nil {
+		if out.Node.Join(ctx, peer.AddrInfo{ID: to, Addrs: logs.Node.Host().Addrs()}) == nil {
 			return "accepted"
 		}
 		// The outsider learns nothing but a reset; the reason is in the
