@@ -187,9 +187,9 @@ func TestBeatsAreRelayed(t *testing.T) {
 		t.Fatal("a and c are connected: the test needs them apart")
 	}
 	k := m.Agents["a"].Identity.Public()
-	start := c.Registry().Seq(k)
+	start := node.Registry(c).Seq(k)
 	if err := simulations.WaitFor(5*time.Second, func() error {
-		if got := c.Registry().Seq(k); got < start+3 {
+		if got := node.Registry(c).Seq(k); got < start+3 {
 			return fmt.Errorf("c has a's seq %d, started at %d", got, start)
 		}
 		return nil

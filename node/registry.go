@@ -759,5 +759,3 @@ func (n *Node) handleLeave(s network.Stream) {
 	_, _ = s.Write([]byte{1})
 }
 
-// Registry returns the node's registry.
-func (n *Node) Registry() *discovery.Registry { return n.registry }
