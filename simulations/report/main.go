@@ -23,7 +23,11 @@ import (
 )
 
 func main() {
-	if simulations.RunAttacker() { // started by SeparateAttackScenario
+	if ran, err := simulations.RunAttacker(); ran { // started by SeparateAttacks
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "attacker:", err)
+			os.Exit(1)
+		}
 		return
 	}
 	out := flag.String("out", "docs", "directory for simulation-report.md and img/")
