@@ -71,7 +71,22 @@ func writeDefaultConfig(path, name string) error {
 }
 
 func addDaemonCommands(root *cobra.Command) {
-	root.AddCommand(newDemoCmd(), newRunCmd())
+	root.AddCommand(newMovedDemoCmd(), newRunCmd())
 	root.AddCommand(newClientCommands()...)
 	root.AddCommand(newStreamCommands()...)
+}
+
+// demoMoved is what `meshagent demo` says: the demo builds its mesh with
+// the simulations package, which the daemon binary does not carry.
+const demoMoved = "the demo moved: make demo / go run ./cmd/meshagent-demo"
+
+// newMovedDemoCmd is the former demo subcommand, hidden from the usage: it
+// says where the demo went, as a usage error (exit 2).
+func newMovedDemoCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:                "demo",
+		Hidden:             true,
+		DisableFlagParsing: true,
+		RunE:               func(*cobra.Command, []string) error { return usagef(demoMoved) },
+	}
 }
