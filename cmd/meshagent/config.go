@@ -2,10 +2,70 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
+	"time"
 
 	"github.com/meshagent/meshagent/trust"
 	"github.com/spf13/cobra"
+	"gopkg.in/yaml.v3"
 )
+
+// fileConfig is meshagent.yaml in an agent's home.
+type fileConfig struct {
+	Name       string   `yaml:"name"`
+	Listen     []string `yaml:"listen"`
+	Bootstrap  []string `yaml:"bootstrap"`
+	Anchors    []string `yaml:"anchors"`
+	Credential string   `yaml:"credential"`
+	Tokens     []string `yaml:"tokens"`
+	AuditLog   string   `yaml:"audit_log"`
+	APISocket  string   `yaml:"api_socket"`
+	// AuditLogMaxBytes is the size past which the audit log is rotated
+	// (to audit_log.1, keeping auditLogKeep old files). Default 64 MiB.
+	AuditLogMaxBytes int64 `yaml:"audit_log_max_bytes"`
+	// Liveness: heartbeat interval and the silence after which an agent is
+	// dead (defaults 30s and 90s).
+	Heartbeat time.Duration `yaml:"heartbeat"`
+	DeadAfter time.Duration `yaml:"dead_after"`
+	// IssuerKey, when set, is an anchor key file: this daemon then renews
+	// other agents' credentials (and its own).
+	IssuerKey string `yaml:"issuer_key"`
+	// Allowlist narrows the registry to these peer IDs.
+	Allowlist []string `yaml:"allowlist"`
+	// MDNS finds other agents on the LAN (service name "meshagent").
+	MDNS bool `yaml:"mdns"`
+	// MetricsListen, when set (host:port), serves /metrics over HTTP there
+	// too; the local API always serves it.
+	MetricsListen string `yaml:"metrics_listen"`
+}
+
+func inHome(home, p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(home, p)
+}
+
+// apiSocketPath is where the local API of the agent at home listens.
+func apiSocketPath(home string, fc *fileConfig) string {
+	if fc.APISocket == "" {
+		return filepath.Join(home, "api.sock")
+	}
+	return inHome(home, fc.APISocket)
+}
+
+func loadFileConfig(home string) (*fileConfig, error) {
+	data, err := os.ReadFile(filepath.Join(home, configFile))
+	if err != nil {
+		return nil, err
+	}
+	var c fileConfig
+	if err := yaml.Unmarshal(data, &c); err != nil {
+		return nil, fmt.Errorf("%s: %w", configFile, err)
+	}
+	return &c, nil
+}
 
 const defaultConfig = `# meshagent agent configuration. Flags of 'meshagent run' override these
 # settings; list flags (--listen, --bootstrap, --anchor, --token) replace the
