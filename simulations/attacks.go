@@ -324,7 +324,7 @@ func newAttackStage(ctx context.Context, n int, enrol func(m *Mesh) error) (*att
 	// the target's replay cache, sized for about 870 accepted envelopes a
 	// second at the default 5-minute window, and the target would refuse
 	// honest calls for that, not for the attack.
-	m, err := NewMesh(ctx, names(n), Options{HeartbeatInterval: 500 * time.Millisecond, DeadAfter: 5 * time.Second,
+	m, err := NewMesh(ctx, AgentNames(n), Options{HeartbeatInterval: 500 * time.Millisecond, DeadAfter: 5 * time.Second,
 		Configure: func(_ string, c *node.Config) { c.ReplayWindow = 10 * time.Second }})
 	if err != nil {
 		return nil, err

@@ -18,7 +18,7 @@ type PartitionResult struct {
 // has declared the other dead, heals, and measures re-convergence.
 func PartitionScenario(ctx context.Context, n int, hb time.Duration) (PartitionResult, error) {
 	res := PartitionResult{N: n, Heartbeat: hb}
-	m, err := NewMesh(ctx, names(n), Options{HeartbeatInterval: hb, DeadAfter: 3 * hb})
+	m, err := NewMesh(ctx, AgentNames(n), Options{HeartbeatInterval: hb, DeadAfter: 3 * hb})
 	if err != nil {
 		return res, err
 	}

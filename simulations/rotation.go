@@ -21,7 +21,7 @@ func RotationScenario(ctx context.Context, n int, ttl, d time.Duration) (Rotatio
 	res := RotationResult{N: n, TTL: ttl}
 	opts := Options{HeartbeatInterval: 250 * time.Millisecond, DeadAfter: 3 * time.Second, CredentialTTL: ttl,
 		Configure: func(_ string, c *node.Config) { c.RenewAfter = 0.5 }}
-	m, err := NewMesh(ctx, names(n), opts)
+	m, err := NewMesh(ctx, AgentNames(n), opts)
 	if err != nil {
 		return res, err
 	}

@@ -62,7 +62,7 @@ func virtualMesh(t *testing.T, n int, hook func(name string, c *node.Config), f 
 					hook(name, c)
 				}
 			}}
-		m, err := simulations.NewMesh(context.Background(), names(n), opts)
+		m, err := simulations.NewMesh(context.Background(), simulations.AgentNames(n), opts)
 		if err != nil {
 			t.Fatal(err)
 		}
