@@ -417,6 +417,8 @@ func encodeLinkBody(l *Link, mask uint64) []byte {
 // It is what an attacker with an identity key can always build by hand, and
 // exists for attack simulations and tests: every verifier rejects what it
 // makes unless the link happens to obey the rules.
+//
+// Deprecated: use trusttest.ForgeDelegation; it leaves the package when callers move.
 func (t *Token) ForgeDelegation(signer *Identity, to PublicKey, g Grant, now time.Time) *Token {
 	var mask uint64
 	for _, d := range g.Delegatable {
