@@ -1,9 +1,14 @@
 package main
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"time"
 
 	"github.com/meshagent/meshagent/trust"
@@ -55,21 +60,66 @@ func apiSocketPath(home string, fc *fileConfig) string {
 	return inHome(home, fc.APISocket)
 }
 
+// loadFileConfig reads meshagent.yaml in home. It is strict: a field it
+// does not know (a typo, a setting from another version) is an error that
+// names it, and so is a second YAML document; each error is one line that
+// names the file.
 func loadFileConfig(home string) (*fileConfig, error) {
-	data, err := os.ReadFile(filepath.Join(home, configFile))
+	path := filepath.Join(home, configFile)
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
+	c, err := parseFileConfig(data)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %v", path, err)
+	}
+	return c, nil
+}
+
+// parseFileConfig decodes a config, refusing unknown fields. An empty one
+// (or one of comments only) is the zero config.
+func parseFileConfig(data []byte) (*fileConfig, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
 	var c fileConfig
-	if err := yaml.Unmarshal(data, &c); err != nil {
-		return nil, fmt.Errorf("%s: %w", configFile, err)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return nil, yamlError(err)
+	}
+	var more yaml.Node
+	switch err := dec.Decode(&more); {
+	case err == nil:
+		return nil, fmt.Errorf("line %d: a second YAML document: the config is one", more.Line)
+	case !errors.Is(err, io.EOF):
+		return nil, yamlError(err)
 	}
 	return &c, nil
 }
 
+// yamlUnknownField is how yaml.v3 says that a field is unknown.
+var yamlUnknownField = regexp.MustCompile(`^(line \d+): field (.+) not found in type \S+$`)
+
+// yamlError is err from the YAML decoder in one line, in the config's
+// words: "line 3: unknown field "typo_field"", not Go type names.
+func yamlError(err error) error {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		return errors.New(strings.ReplaceAll(strings.TrimPrefix(err.Error(), "yaml: "), "\n", " "))
+	}
+	msgs := make([]string, len(te.Errors))
+	for i, m := range te.Errors {
+		if g := yamlUnknownField.FindStringSubmatch(m); g != nil {
+			m = fmt.Sprintf("%s: unknown field %q", g[1], g[2])
+		}
+		msgs[i] = strings.ReplaceAll(m, "main.fileConfig", "the config's fields")
+	}
+	return errors.New(strings.Join(msgs, "; "))
+}
+
 const defaultConfig = `# meshagent agent configuration. Flags of 'meshagent run' override these
 # settings; list flags (--listen, --bootstrap, --anchor, --token) replace the
-# list from this file.
+# list from this file. Every field is below: one this version does not know
+# (a misspelt one, say) is refused with its line.
 
 # The agent's name, as in its credential.
 name: %s
