@@ -14,7 +14,7 @@ help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
 demo: ## run a small mesh on 127.0.0.1: calls that pass, attacks that fail
-	$(GO) run ./cmd/meshagent demo
+	$(GO) run ./cmd/meshagent-demo
 
 test: lint ## gofmt, vet, staticcheck, then every test (-race) with fuzz seeds
 	$(GO) test -race -count=1 -timeout 8m ./...

@@ -11,10 +11,12 @@ import (
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/protocol/protocolpb"
 	"github.com/meshagent/meshagent/trust"
+	"github.com/meshagent/meshagent/wire"
 )
 
-// DomainAnnounce prefixes the signature of a registry record.
-const DomainAnnounce = "meshagent/v1/announce\x00"
+// DomainAnnounce prefixes the signature of a registry record: the same constant as
+// wire.DomainAnnounce, kept here for its callers.
+const DomainAnnounce = wire.DomainAnnounce
 
 // Record limits.
 const (
@@ -52,7 +54,7 @@ func NewRecord(id *trust.Identity, cred *trust.Credential, addrs []ma.Multiaddr,
 	if err != nil {
 		return nil, err
 	}
-	a := &protocolpb.Announcement{Body: body, Signature: id.Sign(DomainAnnounce, body)}
+	a := &protocolpb.Announcement{Body: body, Signature: id.Sign(wire.DomainAnnounce, body)}
 	return ParseRecord(a)
 }
 
@@ -80,7 +82,7 @@ func ParseRecord(a *protocolpb.Announcement) (*Record, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !agent.Verify(DomainAnnounce, a.Body, a.Signature) {
+	if !agent.Verify(wire.DomainAnnounce, a.Body, a.Signature) {
 		return nil, protocol.Reject(trust.CodeBadSignature, "record of %s: signature does not verify", agent)
 	}
 	if b.HeartbeatIntervalMs <= 0 {
@@ -156,8 +158,9 @@ func (r *Record) Proto() *protocolpb.Announcement {
 func (r *Record) body() []byte { return r.buf[:r.n] }
 func (r *Record) sig() []byte  { return r.buf[r.n:] }
 
-// DomainLeave prefixes the signature of a leave.
-const DomainLeave = "meshagent/v1/leave\x00"
+// DomainLeave prefixes the signature of a leave: the same constant as
+// wire.DomainLeave, kept here for its callers.
+const DomainLeave = wire.DomainLeave
 
 // agentSeqMessage is what a leave or a heartbeat signs.
 func agentSeqMessage(agent trust.PublicKey, seq uint64, ts int64) []byte {
@@ -172,7 +175,7 @@ func agentSeqMessage(agent trust.PublicKey, seq uint64, ts int64) []byte {
 func SignLeave(id *trust.Identity, seq uint64, now time.Time) *protocolpb.Leave {
 	k := id.Public()
 	ts := now.UnixNano()
-	return &protocolpb.Leave{Seq: seq, Timestamp: ts, Agent: publicBytes(k), Signature: id.Sign(DomainLeave, agentSeqMessage(k, seq, ts))}
+	return &protocolpb.Leave{Seq: seq, Timestamp: ts, Agent: publicBytes(k), Signature: id.Sign(wire.DomainLeave, agentSeqMessage(k, seq, ts))}
 }
 
 // VerifyLeave checks a leave's signature and returns who is leaving.
@@ -184,21 +187,22 @@ func VerifyLeave(l *protocolpb.Leave) (trust.PublicKey, error) {
 	if err != nil {
 		return k, err
 	}
-	if !k.Verify(DomainLeave, agentSeqMessage(k, l.Seq, l.Timestamp), l.Signature) {
+	if !k.Verify(wire.DomainLeave, agentSeqMessage(k, l.Seq, l.Timestamp), l.Signature) {
 		return k, protocol.Reject(trust.CodeBadSignature, "leave of %s: signature does not verify", k)
 	}
 	return k, nil
 }
 
-// DomainBeat prefixes the signature of a heartbeat.
-const DomainBeat = "meshagent/v1/beat\x00"
+// DomainBeat prefixes the signature of a heartbeat: the same constant as
+// wire.DomainBeat, kept here for its callers.
+const DomainBeat = wire.DomainBeat
 
 // SignBeat makes a heartbeat of id with sequence number seq at now
 // (millisecond precision), which any node can verify and relay.
 func SignBeat(id *trust.Identity, seq uint64, now time.Time) *protocolpb.Beat {
 	k := id.Public()
 	ts := now.UnixMilli()
-	return &protocolpb.Beat{Agent: publicBytes(k), Seq: seq, Timestamp: ts, Signature: id.Sign(DomainBeat, agentSeqMessage(k, seq, ts))}
+	return &protocolpb.Beat{Agent: publicBytes(k), Seq: seq, Timestamp: ts, Signature: id.Sign(wire.DomainBeat, agentSeqMessage(k, seq, ts))}
 }
 
 // VerifyBeat checks a heartbeat's signature and returns its agent and time.
@@ -210,7 +214,7 @@ func VerifyBeat(b *protocolpb.Beat) (trust.PublicKey, time.Time, error) {
 	if err != nil {
 		return k, time.Time{}, err
 	}
-	if !k.Verify(DomainBeat, agentSeqMessage(k, b.Seq, b.Timestamp), b.Signature) {
+	if !k.Verify(wire.DomainBeat, agentSeqMessage(k, b.Seq, b.Timestamp), b.Signature) {
 		return k, time.Time{}, protocol.Reject(trust.CodeBadSignature, "heartbeat of %s: signature does not verify", k)
 	}
 	return k, time.UnixMilli(b.Timestamp), nil

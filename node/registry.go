@@ -758,4 +758,3 @@ func (n *Node) handleLeave(s network.Stream) {
 	}
 	_, _ = s.Write([]byte{1})
 }
-

@@ -7,6 +7,7 @@ import (
 
 	"github.com/meshagent/meshagent/protocol/protocolpb"
 	"github.com/meshagent/meshagent/trust"
+	"github.com/meshagent/meshagent/wire"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -14,12 +15,16 @@ import (
 const (
 	// Version is the envelope format version (see the package doc).
 	Version = 1
-	// ProtocolRPC is the libp2p protocol ID of request/reply calls.
-	ProtocolRPC = "/meshagent/rpc/1.0.0"
-	// ProtocolAdmission is the libp2p protocol ID of the credential exchange.
-	ProtocolAdmission = "/meshagent/admission/1.0.0"
-	// DomainEnvelope prefixes every envelope signature.
-	DomainEnvelope = "meshagent/v1/envelope\x00"
+	// ProtocolRPC is the libp2p protocol ID of request/reply calls: the
+	// same constant as wire.ProtocolRPC, kept here for its callers.
+	ProtocolRPC = wire.ProtocolRPC
+	// ProtocolAdmission is the libp2p protocol ID of the credential
+	// exchange: the same constant as wire.ProtocolAdmission, kept here
+	// for its callers.
+	ProtocolAdmission = wire.ProtocolAdmission
+	// DomainEnvelope prefixes every envelope signature: the same constant
+	// as wire.DomainEnvelope, kept here for its callers.
+	DomainEnvelope = wire.DomainEnvelope
 	// DefaultMaxEnvelopeSize bounds an encoded envelope, body included.
 	DefaultMaxEnvelopeSize = 256 << 10
 	// NonceSize is the size of the nonces this package makes; decoders
@@ -139,7 +144,7 @@ func Seal(id *trust.Identity, e *Envelope, now time.Time) ([]byte, error) {
 		return nil, err
 	}
 	e.body = body
-	e.sig = id.Sign(DomainEnvelope, body)
+	e.sig = id.Sign(wire.DomainEnvelope, body)
 	return proto.MarshalOptions{Deterministic: true}.Marshal(&protocolpb.Envelope{Body: body, Signature: e.sig})
 }
 
@@ -208,5 +213,5 @@ func (e *Envelope) Size() int { return len(e.body) + len(e.sig) + 6 }
 
 // VerifySignature checks the sender's signature over the exact body bytes.
 func (e *Envelope) VerifySignature() bool {
-	return e.Sender.Verify(DomainEnvelope, e.body, e.sig)
+	return e.Sender.Verify(wire.DomainEnvelope, e.body, e.sig)
 }

@@ -2,6 +2,7 @@ package simulations_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"testing"
 	"time"
@@ -12,7 +13,11 @@ import (
 // TestMain lets SeparateAttacks start this test binary again as
 // its attacker.
 func TestMain(m *testing.M) {
-	if simulations.RunAttacker() {
+	if ran, err := simulations.RunAttacker(); ran {
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "attacker:", err)
+			os.Exit(1)
+		}
 		return
 	}
 	os.Exit(m.Run())

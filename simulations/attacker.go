@@ -58,19 +58,18 @@ func (s *attackerSpec) tokens(k *kit) []struct {
 }
 
 // RunAttacker runs the attack named by AttackerEnv, if it is set, and
-// reports whether it did. A program that calls SeparateAttacks must call
-// it first thing in main and exit when it returns true: the scenario
-// starts the program itself again as the attacker.
-func RunAttacker() bool {
+// reports whether it did, with the error that ended the attack. A program
+// that calls SeparateAttacks must call it first thing in main (or
+// TestMain) and, when ran is true, exit without doing its own job, with a
+// non-zero status when err is not nil: the scenario starts the program
+// itself again as the attacker, and counts an attacker that exits non-zero
+// as a failed run.
+func RunAttacker() (ran bool, err error) {
 	path := os.Getenv(AttackerEnv)
 	if path == "" {
-		return false
+		return false, nil
 	}
-	if err := runAttacker(path); err != nil {
-		fmt.Fprintln(os.Stderr, "attacker:", err)
-		os.Exit(1)
-	}
-	return true
+	return true, runAttacker(path)
 }
 
 func runAttacker(path string) error {

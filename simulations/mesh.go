@@ -84,6 +84,16 @@ func NewMesh(ctx context.Context, names []string, opts Options) (*Mesh, error) {
 	return m, nil
 }
 
+// AgentNames returns n names for NewMesh: agent-00, agent-01, and so on
+// (agent-100 from the hundred-and-first).
+func AgentNames(n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("agent-%02d", i)
+	}
+	return out
+}
+
 // Add starts one more agent. With enrolled false it gets an identity and a
 // node but a credential from a different anchor: an outsider.
 func (m *Mesh) Add(ctx context.Context, name string, enrolled bool, opts Options) (*Agent, error) {

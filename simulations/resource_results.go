@@ -99,15 +99,7 @@ func (r ResourceResult) Delta(f func(Usage) float64) (mean, peak float64) {
 // P99 returns the 99th percentile of honest latencies without and under
 // the attack.
 func (r ResourceResult) P99() (without, under time.Duration) {
-	p := func(l LoadResult) time.Duration {
-		if len(l.Latencies) == 0 {
-			return 0
-		}
-		s := slices.Clone(l.Latencies)
-		slices.Sort(s)
-		return s[(len(s)-1)*99/100]
-	}
-	return p(r.Baseline), p(r.Under)
+	return Percentile(r.Baseline.Latencies, 0.99), Percentile(r.Under.Latencies, 0.99)
 }
 
 // SeparateResourceAttacks is SeparateAttacks for ResourceAttacks (or any

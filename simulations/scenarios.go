@@ -1,6 +1,7 @@
 package simulations
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -32,22 +33,17 @@ type RegistryResult struct {
 // 30 s heartbeat: it scales with the number of agents, not with time.
 func (r RegistryResult) KbitPerNodeAt30s() float64 { return r.BytesPerNodePerHB * 8 / 30 / 1000 }
 
-// Percentile returns the p-quantile of d (0 <= p <= 1).
-func Percentile(d []float64, p float64) float64 {
+// Percentile returns the p-quantile of d (0 <= p <= 1): the value of rank
+// (len(d)-1) × p, rounded down, in d sorted; zero for none. d is left as
+// it is.
+func Percentile[T cmp.Ordered](d []T, p float64) T {
 	if len(d) == 0 {
-		return 0
+		var zero T
+		return zero
 	}
 	s := slices.Clone(d)
 	slices.Sort(s)
 	return s[int(float64(len(s)-1)*p)]
-}
-
-func names(n int) []string {
-	out := make([]string, n)
-	for i := range out {
-		out[i] = fmt.Sprintf("agent-%03d", i)
-	}
-	return out
 }
 
 // RegistryScenario cold-starts n nodes over TCP+TLS on loopback (ring plus
@@ -62,7 +58,7 @@ func RegistryScenario(ctx context.Context, n int, hb time.Duration, loss float64
 	dead := 3 * hb
 	var mu sync.Mutex
 	revoked := map[string]time.Time{}
-	m, err := NewMesh(ctx, names(n), Options{HeartbeatInterval: hb, DeadAfter: dead,
+	m, err := NewMesh(ctx, AgentNames(n), Options{HeartbeatInterval: hb, DeadAfter: dead,
 		Configure: func(name string, c *node.Config) {
 			c.OnRevocation = func([]byte) {
 				mu.Lock()

@@ -41,7 +41,7 @@ type threatMesh struct {
 }
 
 func newThreatMesh(t *testing.T) *threatMesh {
-	tm := &threatMesh{honest: names(20)}
+	tm := &threatMesh{honest: simulations.AgentNames(20)}
 	m := newMesh(t, 20, simulations.Options{HeartbeatInterval: 250 * time.Millisecond * raceScale, DeadAfter: 3 * time.Second * raceScale})
 	tm.m = m
 	ctx := context.Background()
@@ -66,9 +66,7 @@ func newThreatMesh(t *testing.T) *threatMesh {
 	if _, err := m.Grant("mallory", []string{"read:metrics"}, nil, time.Hour); err != nil {
 		t.Fatal(err)
 	}
-	if err := simulations.WaitFor(15*time.Second, func() error { return m.Converged("alive") }); err != nil {
-		t.Fatal(err)
-	}
+	converge(t, m, 15*time.Second)
 	return tm
 }
 

@@ -3,7 +3,9 @@ package simulations_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"slices"
@@ -60,7 +62,7 @@ func virtualMesh(t *testing.T, n int, hook func(name string, c *node.Config), f 
 					hook(name, c)
 				}
 			}}
-		m, err := simulations.NewMesh(context.Background(), names(n), opts)
+		m, err := simulations.NewMesh(context.Background(), simulations.AgentNames(n), opts)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -167,6 +169,90 @@ func peakRSSMiB() float64 {
 	return 0
 }
 
+// scenarioPhases runs the phases of TestVirtualTimeScenario in order,
+// inside its one synctest bubble, and keeps what each found wrong. T.Run
+// cannot be called inside a bubble (testing/synctest), so report turns the
+// phases into subtests once the bubble has ended. A phase that fails stops
+// there and the phases after it still run, so that the first failure does
+// not hide the rest; a phase whose prerequisite failed is skipped.
+type scenarioPhases struct {
+	t    *testing.T // the test's own: Logf reports as it goes
+	list []*phase
+}
+
+// phase is one phase's record. Its methods mirror testing.T's, so that a
+// phase's body reads as a test's: Errorf marks the phase failed, Fatal and
+// Fatalf also stop it, Logf logs at once.
+type phase struct {
+	t    *testing.T
+	name string
+	errs []string
+	skip string // why the phase did not run
+}
+
+// phaseStopped is the panic with which Fatal ends a phase.
+type phaseStopped struct{}
+
+// run runs body as the phase called name, unless a phase named in needs
+// did not pass.
+func (ps *scenarioPhases) run(name string, body func(t *phase), needs ...string) {
+	p := &phase{t: ps.t, name: name}
+	ps.list = append(ps.list, p)
+	for _, need := range needs {
+		i := slices.IndexFunc(ps.list, func(q *phase) bool { return q.name == need })
+		if i < 0 || ps.list[i].skip != "" || len(ps.list[i].errs) > 0 {
+			p.skip = need + " did not pass"
+			return
+		}
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			if _, ok := r.(phaseStopped); !ok {
+				panic(r)
+			}
+		}
+	}()
+	body(p)
+}
+
+// report runs one subtest per phase that ran or was skipped, with its
+// failures.
+func (ps *scenarioPhases) report() {
+	for _, p := range ps.list {
+		ps.t.Run(p.name, func(t *testing.T) {
+			if p.skip != "" {
+				t.Skip(p.skip)
+			}
+			for _, e := range p.errs {
+				t.Error(e)
+			}
+		})
+	}
+}
+
+func (p *phase) Logf(format string, args ...any) { p.t.Helper(); p.t.Logf(format, args...) }
+
+func (p *phase) Errorf(format string, args ...any) { p.fail(fmt.Sprintf(format, args...)) }
+
+func (p *phase) Fatalf(format string, args ...any) {
+	p.fail(fmt.Sprintf(format, args...))
+	panic(phaseStopped{})
+}
+
+func (p *phase) Fatal(args ...any) {
+	p.fail(fmt.Sprint(args...))
+	panic(phaseStopped{})
+}
+
+// fail records msg with the line of the phase's body that failed (the
+// subtest reports it later, from elsewhere).
+func (p *phase) fail(msg string) {
+	if _, file, line, ok := runtime.Caller(2); ok {
+		msg = fmt.Sprintf("%s:%d: %s", filepath.Base(file), line, msg)
+	}
+	p.errs = append(p.errs, msg)
+}
+
 // TestVirtualTimeScenario plays, on N nodes with the production heartbeat
 // (30 s, dead after 90 s) and 25 ms links, in this order: a cold start
 // (ring plus one chord per node, seed 11, 32 dials at a time) that must
@@ -177,7 +263,10 @@ func peakRSSMiB() float64 {
 // halves until each side sees the other dead, then healed and timed until
 // every node sees every live agent alive again; and a tenth of the nodes
 // crashing at once at 5 % loss, each seen dead by every live node within
-// the timeout plus one heartbeat with no live node declared dead. N is 30
+// the timeout plus one heartbeat with no live node declared dead. Each
+// phase is a subtest (TestVirtualTimeScenario/freeze, ...); the phases run
+// on one mesh, one after the other, and a failed one does not stop those
+// after it, except that nothing runs when the cold start fails. N is 30
 // in make test; MESHAGENT_VIRTUAL_N sets it (make sim runs 100, make
 // sim500 runs 500 under a soft memory limit of 1850 MiB).
 func TestVirtualTimeScenario(t *testing.T) {
@@ -194,6 +283,7 @@ func TestVirtualTimeScenario(t *testing.T) {
 	hook := func(name string, c *node.Config) {
 		c.OnRevocation = func([]byte) { revoked.see("revocation", name) }
 	}
+	phases := &scenarioPhases{t: t}
 	virtualMesh(t, n, hook, func(m *simulations.Mesh, opts simulations.Options) {
 		ctx := context.Background()
 		watch := func(name string) {
@@ -211,205 +301,229 @@ func TestVirtualTimeScenario(t *testing.T) {
 		for _, name := range m.Names() {
 			watch(name)
 		}
-		start := time.Now()
-		if err := m.WireSparse(ctx, 1, 11, 32); err != nil {
-			t.Fatal(err)
-		}
-		wired := time.Since(start)
-		if err := simulations.WaitForEvery(10*time.Minute, time.Second, func() error { return m.Converged("alive") }); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("N=%d: wiring (32 dials at a time) took %s, convergence %s more (virtual)", n,
-			wired.Round(time.Millisecond), (time.Since(start) - wired).Round(time.Second))
-		st := m.Stats()
-		t.Logf("N=%d: %.2f MiB heap (%.2f after a second GC), %d goroutines and %.2f MiB of their stacks per node", n, st.HeapInUseMiB/float64(n), st.LiveHeapMiB/float64(n), st.Goroutines/n, st.StackMiB/float64(n))
-		links, conns := 0, 0
-		for _, a := range m.Agents {
-			links += a.Node.Stats().BeatLinks
-			conns += len(a.Node.Host().Network().Peers())
-		}
-		t.Logf("N=%d: %.1f beat links and %.1f connections per node", n, float64(links)/float64(n), float64(conns)/float64(n))
-		if path := os.Getenv("MESHAGENT_HEAP_PROFILE"); path != "" { // where the memory goes, once converged
-			if f, err := os.Create(path); err == nil {
-				_ = pprof.WriteHeapProfile(f)
-				_ = f.Close()
-			}
-			if f, err := os.Create(path + ".goroutines"); err == nil { // and what the goroutines are
-				_ = pprof.Lookup("goroutine").WriteTo(f, 1)
-				_ = f.Close()
-			}
-		}
+		// names are the live agents, in the order the phases pick from.
+		names := m.Names()
 
-		// Steady liveness traffic.
-		var beats0, ps0 int64
-		for _, a := range m.Agents {
-			beats0 += a.Node.Stats().BeatBytesIn
-			ps0 += a.Node.Stats().PubsubBytesIn
-		}
-		const window = 3
-		time.Sleep(window * 30 * time.Second)
-		var beats1, ps1 int64
-		for _, a := range m.Agents {
-			beats1 += a.Node.Stats().BeatBytesIn
-			ps1 += a.Node.Stats().PubsubBytesIn
-		}
-		perNode := func(b int64) float64 { return float64(b) / float64(n) / (window * 30) * 8 / 1000 }
-		t.Logf("N=%d: liveness traffic in per node: %.1f kbit/s (beats %.1f, pubsub %.1f), %.0f B per agent per heartbeat",
-			n, perNode(beats1-beats0+ps1-ps0), perNode(beats1-beats0), perNode(ps1-ps0),
-			float64(beats1-beats0+ps1-ps0)/float64(n)/float64(n-1)/window)
+		phases.run("cold-start", func(t *phase) {
+			start := time.Now()
+			if err := m.WireSparse(ctx, 1, 11, 32); err != nil {
+				t.Fatal(err)
+			}
+			wired := time.Since(start)
+			if err := simulations.WaitForEvery(10*time.Minute, time.Second, func() error { return m.Converged("alive") }); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("N=%d: wiring (32 dials at a time) took %s, convergence %s more (virtual)", n,
+				wired.Round(time.Millisecond), (time.Since(start) - wired).Round(time.Second))
+			st := m.Stats()
+			t.Logf("N=%d: %.2f MiB heap (%.2f after a second GC), %d goroutines and %.2f MiB of their stacks per node", n, st.HeapInUseMiB/float64(n), st.LiveHeapMiB/float64(n), st.Goroutines/n, st.StackMiB/float64(n))
+			links, conns := 0, 0
+			for _, a := range m.Agents {
+				links += a.Node.Stats().BeatLinks
+				conns += len(a.Node.Host().Network().Peers())
+			}
+			t.Logf("N=%d: %.1f beat links and %.1f connections per node", n, float64(links)/float64(n), float64(conns)/float64(n))
+			if path := os.Getenv("MESHAGENT_HEAP_PROFILE"); path != "" { // where the memory goes, once converged
+				if f, err := os.Create(path); err == nil {
+					_ = pprof.WriteHeapProfile(f)
+					_ = f.Close()
+				}
+				if f, err := os.Create(path + ".goroutines"); err == nil { // and what the goroutines are
+					_ = pprof.Lookup("goroutine").WriteTo(f, 1)
+					_ = f.Close()
+				}
+			}
+		})
+
+		phases.run("steady-traffic", func(t *phase) {
+			var beats0, ps0 int64
+			for _, a := range m.Agents {
+				beats0 += a.Node.Stats().BeatBytesIn
+				ps0 += a.Node.Stats().PubsubBytesIn
+			}
+			const window = 3
+			time.Sleep(window * 30 * time.Second)
+			var beats1, ps1 int64
+			for _, a := range m.Agents {
+				beats1 += a.Node.Stats().BeatBytesIn
+				ps1 += a.Node.Stats().PubsubBytesIn
+			}
+			perNode := func(b int64) float64 { return float64(b) / float64(n) / (window * 30) * 8 / 1000 }
+			t.Logf("N=%d: liveness traffic in per node: %.1f kbit/s (beats %.1f, pubsub %.1f), %.0f B per agent per heartbeat",
+				n, perNode(beats1-beats0+ps1-ps0), perNode(beats1-beats0), perNode(ps1-ps0),
+				float64(beats1-beats0+ps1-ps0)/float64(n)/float64(n-1)/window)
+		}, "cold-start")
 
 		// Registration, leave and revocation, without and with loss.
-		names := m.Names()
 		for round, loss := range []float64{0, 0.10} {
-			m.SetLoss(loss)
-			newcomer := fmt.Sprintf("newcomer-%d", round)
-			t0 := time.Now()
-			if _, err := m.Add(ctx, newcomer, true, opts); err != nil {
-				t.Fatal(err)
-			}
-			watch(newcomer)
-			if err := m.Connect(ctx, newcomer, names[(round+1)*n/3]); err != nil {
-				t.Fatal(err)
-			}
-			reg, err := joined.all(newcomer, names, t0, 2*time.Minute)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if reg > time.Second { // who was late, and how connected it was
-				for _, l := range joined.latest(newcomer, names, t0, 3) {
-					nm := strings.Fields(l)[0]
-					a := m.Agents[nm].Node
-					t.Logf("N=%d, loss %.0f%%: late registration: %s (%d beat links, %d connections)", n, 100*loss, l, a.Stats().BeatLinks, len(a.Host().Network().Peers()))
+			phases.run(fmt.Sprintf("join-leave-revoke-%.0f%%-loss", 100*loss), func(t *phase) {
+				m.SetLoss(loss)
+				newcomer := fmt.Sprintf("newcomer-%d", round)
+				t0 := time.Now()
+				if _, err := m.Add(ctx, newcomer, true, opts); err != nil {
+					t.Fatal(err)
 				}
-			}
-			leaver := names[len(names)-1-round]
-			names = without(names, leaver)
-			linksAtLeave := map[string]int{}
-			for _, nm := range names {
-				linksAtLeave[nm] = m.Agents[nm].Node.Stats().BeatLinks
-			}
-			t0 = time.Now()
-			if err := m.Agents[leaver].Node.Close(); err != nil {
-				t.Fatal(err)
-			}
-			lv, err := left.all(leaver, names, t0, 2*time.Minute)
-			if err != nil {
-				for _, nm := range names { // how those that missed it see the leaver
-					if _, ok := left.when(leaver, nm); !ok {
+				watch(newcomer)
+				// The newcomer is live from here on; it joins the names
+				// when the round ends, as the last of them.
+				defer func() { names = append(names, newcomer) }()
+				if err := m.Connect(ctx, newcomer, names[(round+1)*n/3]); err != nil {
+					t.Fatal(err)
+				}
+				reg, err := joined.all(newcomer, names, t0, 2*time.Minute)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if reg > time.Second { // who was late, and how connected it was
+					for _, l := range joined.latest(newcomer, names, t0, 3) {
+						nm := strings.Fields(l)[0]
 						a := m.Agents[nm].Node
-						t.Logf("%s sees %s as %q; it had %d beat links at the leave, has %d and %d connections", nm, leaver, m.StateOf(nm, leaver), linksAtLeave[nm], a.Stats().BeatLinks, len(a.Host().Network().Peers()))
+						t.Logf("N=%d, loss %.0f%%: late registration: %s (%d beat links, %d connections)", n, 100*loss, l, a.Stats().BeatLinks, len(a.Host().Network().Peers()))
 					}
 				}
-				t.Fatal(err)
-			}
-			tok, err := m.Grant(names[0], []string{"read:logs"}, nil, time.Hour)
-			if err != nil {
-				t.Fatal(err)
-			}
-			rev, err := trust.RevokeLink(m.Anchor, tok.Links[0].ID, time.Now(), time.Hour)
-			if err != nil {
-				t.Fatal(err)
-			}
-			revoked.mu.Lock()
-			delete(revoked.at, "revocation")
-			revoked.mu.Unlock()
-			t0 = time.Now()
-			if err := m.Agents[names[1]].Node.Revoke(ctx, rev.Bytes()); err != nil {
-				t.Fatal(err)
-			}
-			rv, err := revoked.all("revocation", names, t0, 2*time.Minute)
-			if err != nil {
-				t.Fatal(err)
-			}
-			// The newcomer joined a moment ago: gossipsub may not have
-			// grafted it yet, and its second join-time exchange fills in.
-			rvNew, err := revoked.all("revocation", []string{newcomer}, t0, 2*time.Minute)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Logf("N=%d, loss %.0f%%: registration at every node in %s, leave in %s, revocation in %s (at the newcomer %s) (virtual)",
-				n, 100*loss, reg.Round(time.Millisecond), lv.Round(time.Millisecond), rv.Round(time.Millisecond), rvNew.Round(time.Millisecond))
-			names = append(names, newcomer)
+				leaver := names[len(names)-1-round]
+				names = without(names, leaver)
+				linksAtLeave := map[string]int{}
+				for _, nm := range names {
+					linksAtLeave[nm] = m.Agents[nm].Node.Stats().BeatLinks
+				}
+				t0 = time.Now()
+				if err := m.Agents[leaver].Node.Close(); err != nil {
+					t.Fatal(err)
+				}
+				lv, err := left.all(leaver, names, t0, 2*time.Minute)
+				if err != nil {
+					for _, nm := range names { // how those that missed it see the leaver
+						if _, ok := left.when(leaver, nm); !ok {
+							a := m.Agents[nm].Node
+							t.Logf("%s sees %s as %q; it had %d beat links at the leave, has %d and %d connections", nm, leaver, m.StateOf(nm, leaver), linksAtLeave[nm], a.Stats().BeatLinks, len(a.Host().Network().Peers()))
+						}
+					}
+					t.Fatal(err)
+				}
+				tok, err := m.Grant(names[0], []string{"read:logs"}, nil, time.Hour)
+				if err != nil {
+					t.Fatal(err)
+				}
+				rev, err := trust.RevokeLink(m.Anchor, tok.Links[0].ID, time.Now(), time.Hour)
+				if err != nil {
+					t.Fatal(err)
+				}
+				revoked.mu.Lock()
+				delete(revoked.at, "revocation")
+				revoked.mu.Unlock()
+				t0 = time.Now()
+				if err := m.Agents[names[1]].Node.Revoke(ctx, rev.Bytes()); err != nil {
+					t.Fatal(err)
+				}
+				rv, err := revoked.all("revocation", names, t0, 2*time.Minute)
+				if err != nil {
+					t.Fatal(err)
+				}
+				// The newcomer joined a moment ago: gossipsub may not have
+				// grafted it yet, and its second join-time exchange fills in.
+				rvNew, err := revoked.all("revocation", []string{newcomer}, t0, 2*time.Minute)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Logf("N=%d, loss %.0f%%: registration at every node in %s, leave in %s, revocation in %s (at the newcomer %s) (virtual)",
+					n, 100*loss, reg.Round(time.Millisecond), lv.Round(time.Millisecond), rv.Round(time.Millisecond), rvNew.Round(time.Millisecond))
+			}, "cold-start")
 		}
-		// Freeze a tenth for 10 s at 5 % loss: no verdict follows.
-		m.SetLoss(0.05)
-		watching.Store(true)
-		frozen := names[n/2 : n/2+max(1, n/10)]
-		for _, f := range frozen {
-			m.Agents[f].Node.Freeze(10 * time.Second)
-		}
-		time.Sleep(40 * time.Second)
-		died.mu.Lock()
-		if len(died.at) > 0 {
-			t.Fatalf("false dead verdicts after a 10 s freeze: %v", died.at)
-		}
-		died.mu.Unlock()
 
-		// Partition into halves until each side sees the other dead, heal.
-		half := len(names) / 2
-		a, b := names[:half], names[half:]
-		m.Partition(a, b)
-		if err := simulations.WaitForEvery(5*time.Minute, time.Second, func() error {
-			for _, x := range []string{a[0], a[len(a)-1]} {
-				for _, y := range []string{b[0], b[len(b)-1]} {
-					if st := m.StateOf(x, y); st != "dead" {
-						return fmt.Errorf("%s sees %s as %s", x, y, st)
-					}
-					if st := m.StateOf(y, x); st != "dead" {
-						return fmt.Errorf("%s sees %s as %s", y, x, st)
+		// Freeze a tenth for 10 s at 5 % loss: no verdict follows.
+		phases.run("freeze", func(t *phase) {
+			m.SetLoss(0.05)
+			watching.Store(true)
+			frozen := names[n/2 : n/2+max(1, n/10)]
+			for _, f := range frozen {
+				m.Agents[f].Node.Freeze(10 * time.Second)
+			}
+			time.Sleep(40 * time.Second)
+			died.mu.Lock()
+			falseDead, verdicts := len(died.at) > 0, fmt.Sprintf("%v", died.at)
+			died.mu.Unlock()
+			if falseDead {
+				t.Fatalf("false dead verdicts after a 10 s freeze: %s", verdicts)
+			}
+		}, "cold-start")
+
+		// Partition into halves until each side sees the other dead.
+		phases.run("partition", func(t *phase) {
+			half := len(names) / 2
+			a, b := names[:half], names[half:]
+			m.Partition(a, b)
+			if err := simulations.WaitForEvery(5*time.Minute, time.Second, func() error {
+				for _, x := range []string{a[0], a[len(a)-1]} {
+					for _, y := range []string{b[0], b[len(b)-1]} {
+						if st := m.StateOf(x, y); st != "dead" {
+							return fmt.Errorf("%s sees %s as %s", x, y, st)
+						}
+						if st := m.StateOf(y, x); st != "dead" {
+							return fmt.Errorf("%s sees %s as %s", y, x, st)
+						}
 					}
 				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
 			}
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
-		m.SetLoss(0)
-		healed := time.Now()
-		m.Heal()
-		down := without(m.Names(), names...)
-		if err := simulations.WaitForEvery(5*time.Minute, time.Second, func() error { return m.Converged("alive", down...) }); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("N=%d: partition healed; every live agent alive everywhere again within %s (virtual, polled each second)", n, time.Since(healed).Round(time.Second))
-		died.mu.Lock()
-		died.at = nil
-		died.mu.Unlock()
+		}, "cold-start")
+
+		// Heal, without loss, until every live agent is alive everywhere.
+		phases.run("heal", func(t *phase) {
+			m.SetLoss(0)
+			healed := time.Now()
+			m.Heal()
+			down := without(m.Names(), names...)
+			if err := simulations.WaitForEvery(5*time.Minute, time.Second, func() error { return m.Converged("alive", down...) }); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("N=%d: partition healed; every live agent alive everywhere again within %s (virtual, polled each second)", n, time.Since(healed).Round(time.Second))
+		}, "cold-start")
 
 		// A tenth crash at once at 5 % loss.
-		m.SetLoss(0.05)
-		victims := names[:max(1, n/10)]
-		crash := time.Now()
-		for _, v := range victims {
-			m.Crash(v)
-		}
-		liveNames := without(names, victims...)
-		var worst time.Duration
-		for _, v := range victims {
-			d, err := died.all(v, liveNames, crash, 5*time.Minute)
-			if err != nil {
-				t.Fatal(err)
+		phases.run("crash", func(t *phase) {
+			died.mu.Lock()
+			died.at = nil // the partition's verdicts
+			died.mu.Unlock()
+			m.SetLoss(0.05)
+			victims := names[:max(1, n/10)]
+			crash := time.Now()
+			for _, v := range victims {
+				m.Crash(v)
 			}
-			worst = max(worst, d)
-		}
-		died.mu.Lock()
-		for v, obs := range died.at {
-			if !slices.Contains(victims, v) {
-				for o, at := range obs {
-					t.Logf("%s saw %s dead %s after the crash; it has %d beat links, %d connections", o, v, at.Sub(crash), m.Agents[o].Node.Stats().BeatLinks, len(m.Agents[o].Node.Host().Network().Peers()))
+			liveNames := without(names, victims...)
+			var worst time.Duration
+			for _, v := range victims {
+				d, err := died.all(v, liveNames, crash, 5*time.Minute)
+				if err != nil {
+					t.Fatal(err)
 				}
-				t.Fatalf("live agent %s declared dead by %d nodes", v, len(obs))
+				worst = max(worst, d)
 			}
-		}
-		died.mu.Unlock()
-		if worst > 120*time.Second {
-			t.Fatalf("last detection after %s, more than the timeout plus one heartbeat (120 s)", worst)
-		}
-		t.Logf("N=%d: every crash seen by every live node within %s (virtual)", n, worst.Round(time.Millisecond))
-		st = m.Stats()
+			died.mu.Lock()
+			verdicts := maps.Clone(died.at)
+			died.mu.Unlock()
+			for v, obs := range verdicts {
+				if !slices.Contains(victims, v) {
+					for o, at := range obs {
+						t.Logf("%s saw %s dead %s after the crash; it has %d beat links, %d connections", o, v, at.Sub(crash), m.Agents[o].Node.Stats().BeatLinks, len(m.Agents[o].Node.Host().Network().Peers()))
+					}
+					t.Fatalf("live agent %s declared dead by %d nodes", v, len(obs))
+				}
+			}
+			if worst > 120*time.Second {
+				t.Fatalf("last detection after %s, more than the timeout plus one heartbeat (120 s)", worst)
+			}
+			t.Logf("N=%d: every crash seen by every live node within %s (virtual)", n, worst.Round(time.Millisecond))
+		}, "cold-start")
+
+		st := m.Stats()
 		t.Logf("N=%d: at the end %.2f MiB heap per node (%.2f after a second GC), %.2f MiB of stacks; peak RSS %.0f MiB", n, st.HeapInUseMiB/float64(st.Nodes), st.LiveHeapMiB/float64(st.Nodes), st.StackMiB/float64(st.Nodes), peakRSSMiB())
 	})
 	t.Logf("N=%d: wall time %s on %d CPUs", n, time.Since(wall).Round(100*time.Millisecond), runtime.NumCPU())
+	phases.report()
 }
 
 // A pause shorter than the timeout is not a death: the beat that fell due

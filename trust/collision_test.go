@@ -195,15 +195,7 @@ func TestLinkIDIsDerived(t *testing.T) {
 		}
 		prev, issuer = nextHash(prev, l.body, l.sig), l.Holder
 	}
-	// A forged link gets the ID a verifier derives, whoever signed it.
-	forged := f.toBob.ForgeDelegation(f.mallory, f.mallory.Public(), Grant{Scopes: []string{"read:logs"}, Expires: t0.Add(time.Hour)}, t0)
-	fp, err := ParseToken(forged.Bytes(), DefaultMaxTokenSize)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fp.Leaf().ID != forged.Leaf().ID {
-		t.Fatalf("forged link: decoded ID %s, made %s", fp.Leaf().ID, forged.Leaf().ID)
-	}
+	// A forged link's ID: TestForgedLinkIDIsDerived in forged_test.go.
 }
 
 func TestRevocationWireFormat(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/meshagent/meshagent/trust/trustpb"
+	"github.com/meshagent/meshagent/wire"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -73,7 +74,7 @@ func IssueCredential(a *AnchorKey, subject PublicKey, name string, notBefore tim
 		return nil, err
 	}
 	c.body = body
-	c.sig = a.kp.sign(DomainCredential, body)
+	c.sig = a.kp.sign(wire.DomainCredential, body)
 	return c, nil
 }
 

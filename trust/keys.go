@@ -13,18 +13,20 @@ import (
 	"filippo.io/edwards25519/field"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/meshagent/meshagent/wire"
 )
 
 // PublicKeySize is the size of an Ed25519 public key on the wire.
 const PublicKeySize = ed25519.PublicKeySize
 
-// Domain prefixes for everything meshagent signs. A signature made for one
-// purpose can never be taken for another, nor for a libp2p signature
-// ("libp2p-tls-handshake:", "libp2p-pubsub:").
+// Domain prefixes of what this package signs: the same constants as in
+// package wire, the one home of every domain, kept here for the callers
+// that name them so.
 const (
-	DomainCredential = "meshagent/v1/credential\x00"
-	DomainLink       = "meshagent/v1/link\x00"
-	DomainRevocation = "meshagent/v1/revocation\x00"
+	DomainCredential = wire.DomainCredential
+	DomainLink       = wire.DomainLink
+	DomainRevocation = wire.DomainRevocation
 )
 
 // ed25519PeerIDPrefix is what precedes the raw key in the bytes of an

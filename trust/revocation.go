@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/meshagent/meshagent/trust/trustpb"
+	"github.com/meshagent/meshagent/wire"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -92,7 +93,7 @@ func signRevocation(a *AnchorKey, r *Revocation) (*Revocation, error) {
 		return nil, err
 	}
 	r.body = body
-	r.sig = a.kp.sign(DomainRevocation, body)
+	r.sig = a.kp.sign(wire.DomainRevocation, body)
 	return r, nil
 }
 
@@ -160,7 +161,7 @@ func (v *Verifier) AddRevocation(r *Revocation, now time.Time) error {
 	if !v.IsAnchor(r.Issuer) {
 		return fail(CodeUntrustedRoot, -1, "revocation issuer %s is not a trusted anchor", r.Issuer)
 	}
-	if !r.Issuer.Verify(DomainRevocation, r.body, r.sig) {
+	if !r.Issuer.Verify(wire.DomainRevocation, r.body, r.sig) {
 		return fail(CodeBadSignature, -1, "revocation signature does not verify")
 	}
 	return v.revs.add(r, v.KeepUntil(r), now)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/meshagent/meshagent/trust/trustpb"
+	"github.com/meshagent/meshagent/wire"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -17,8 +18,6 @@ const (
 	DefaultMaxTokenSize = 4096 // encoded bytes
 	tokenVersion        = 1
 	PEMToken            = "MESHAGENT TOKEN"
-	rootDomain          = "meshagent/v1/root\x00"
-	linkIDDomain        = "meshagent/v1/link-id\x00"
 	DefaultTokenTTL     = time.Hour
 	DefaultMaxTokenLife = 30 * 24 * time.Hour
 )
@@ -97,7 +96,7 @@ func IssueToken(a *AnchorKey, to PublicKey, g Grant, now time.Time) (*Token, err
 	t := &Token{Anchor: a.Public()}
 	prev := rootHash(t.Anchor)
 	l.ID = deriveLinkID(t.Anchor, prev, l.body)
-	l.sig = a.kp.sign(DomainLink, linkMessage(prev, l.body))
+	l.sig = a.kp.sign(wire.DomainLink, linkMessage(prev, l.body))
 	t.Links = []*Link{l}
 	return t, nil
 }
@@ -131,7 +130,7 @@ func (t *Token) Delegate(holder *Identity, to PublicKey, g Grant, now time.Time)
 	}
 	prev := t.chainHash()
 	l.ID = deriveLinkID(parent.Holder, prev, l.body)
-	l.sig = holder.kp.sign(DomainLink, linkMessage(prev, l.body))
+	l.sig = holder.kp.sign(wire.DomainLink, linkMessage(prev, l.body))
 	nt := &Token{Anchor: t.Anchor, Links: append(append([]*Link(nil), t.Links...), l)}
 	if n := len(nt.Bytes()); n > DefaultMaxTokenSize {
 		return nil, fail(CodeTooLarge, i, "token would be %d bytes, at most %d", n, DefaultMaxTokenSize)
@@ -234,7 +233,7 @@ func checkNarrowing(parent, child *Link, i int) error {
 // rootHash is the chain hash before link 0: it binds link 0 to the anchor.
 func rootHash(anchor PublicKey) [32]byte {
 	h := sha256.New()
-	h.Write([]byte(rootDomain))
+	h.Write([]byte(wire.DomainRoot))
 	h.Write(anchor[:])
 	var out [32]byte
 	h.Sum(out[:0])
@@ -260,7 +259,7 @@ func nextHash(prev [32]byte, body, sig []byte) [32]byte {
 // after the chain hash prev: see LinkID.
 func deriveLinkID(issuer PublicKey, prev [32]byte, body []byte) LinkID {
 	h := sha256.New()
-	h.Write([]byte(linkIDDomain))
+	h.Write([]byte(wire.DomainLinkID))
 	h.Write(issuer[:])
 	h.Write(prev[:])
 	h.Write(body)
@@ -269,7 +268,7 @@ func deriveLinkID(issuer PublicKey, prev [32]byte, body []byte) LinkID {
 	return LinkID(sum[:16])
 }
 
-// linkMessage is what a link's signature covers (after DomainLink): the
+// linkMessage is what a link's signature covers (after wire.DomainLink): the
 // chain hash of everything before it, then its body. A link therefore
 // cannot be cut out of one chain and spliced into another.
 func linkMessage(prev [32]byte, body []byte) []byte {
@@ -418,6 +417,8 @@ func encodeLinkBody(l *Link, mask uint64) []byte {
 // It is what an attacker with an identity key can always build by hand, and
 // exists for attack simulations and tests: every verifier rejects what it
 // makes unless the link happens to obey the rules.
+//
+// Deprecated: use trusttest.ForgeDelegation; it leaves the package when callers move.
 func (t *Token) ForgeDelegation(signer *Identity, to PublicKey, g Grant, now time.Time) *Token {
 	var mask uint64
 	for _, d := range g.Delegatable {
@@ -428,6 +429,6 @@ func (t *Token) ForgeDelegation(signer *Identity, to PublicKey, g Grant, now tim
 	l, _ := linkOf(to, g, mask, now) // its only error is crypto/rand's, which since Go 1.24 crashes instead
 	prev := t.chainHash()
 	l.ID = deriveLinkID(t.Leaf().Holder, prev, l.body) // the ID a verifier derives, whoever signed
-	l.sig = signer.kp.sign(DomainLink, linkMessage(prev, l.body))
+	l.sig = signer.kp.sign(wire.DomainLink, linkMessage(prev, l.body))
 	return &Token{Anchor: t.Anchor, Links: append(append([]*Link(nil), t.Links...), l)}
 }

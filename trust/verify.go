@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/meshagent/meshagent/wire"
 )
 
 // Policy is what a mesh trusts and the limits it enforces.
@@ -105,7 +107,7 @@ func (v *Verifier) VerifyCredential(c *Credential, now time.Time) error {
 	if c.Expires.Sub(c.NotBefore) > v.p.MaxCredentialLifetime {
 		return fail(CodeLifetime, -1, "credential lifetime %s exceeds the maximum %s", c.Expires.Sub(c.NotBefore), v.p.MaxCredentialLifetime)
 	}
-	if !c.Issuer.Verify(DomainCredential, c.body, c.sig) {
+	if !c.Issuer.Verify(wire.DomainCredential, c.body, c.sig) {
 		return fail(CodeBadSignature, -1, "credential signature does not verify")
 	}
 	if err := v.checkWindow(c.NotBefore, c.Expires, now, -1, "credential"); err != nil {
@@ -159,7 +161,7 @@ func (v *Verifier) VerifyChain(t *Token, now time.Time) error {
 	for i, l := range t.Links {
 		next := nextHash(h, l.body, l.sig)
 		if !v.cache.has(next) {
-			if !issuer.Verify(DomainLink, linkMessage(h, l.body), l.sig) {
+			if !issuer.Verify(wire.DomainLink, linkMessage(h, l.body), l.sig) {
 				return fail(CodeBadSignature, i, "link signature does not verify")
 			}
 			v.cache.add(next)

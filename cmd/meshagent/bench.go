@@ -151,7 +151,7 @@ ends the run early with its summary.`,
 	f.Float64VarP(&cfg.Rate, "rate", "r", 0, "calls started per second, whatever the answers (0: each worker calls as fast as it is answered)")
 	f.StringVar(&body, "body", "", "JSON body of every call (default {})")
 	f.IntVar(&size, "size", 0, "a body of N bytes instead (a JSON string)")
-	f.DurationVar(&cfg.Timeout, "timeout", 10*time.Second, "how long to wait for each reply")
+	f.DurationVar(&cfg.Timeout, "timeout", defaultCallTimeout, "how long to wait for each reply")
 	f.BoolVar(&cfg.RetryBusy, "retry-busy", false, "retry a busy refusal after its Retry-After")
 	f.BoolVar(&asJSON, "json", false, "write the summary as JSON to stdout")
 	required(cmd, "home", "to", "action")
@@ -215,9 +215,9 @@ func benchPreflight(ctx context.Context, c *http.Client, cfg benchConfig) error 
 		}
 		defer resp.Body.Close()
 		if resp.StatusCode != 200 {
-			return fmt.Errorf("local API %s: HTTP %d", path, resp.StatusCode)
+			return fmt.Errorf("local API %s: %w", path, readAPIError(resp).err())
 		}
-		return json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(out)
+		return json.NewDecoder(io.LimitReader(resp.Body, maxAnswer)).Decode(out)
 	}
 	var status struct {
 		PeerID string `json:"peer_id"`
@@ -257,7 +257,7 @@ func benchPreflight(ctx context.Context, c *http.Client, cfg benchConfig) error 
 // runBench checks the daemon and runs the load until cfg.Duration ends or
 // ctx is done (then calls in flight are still awaited and counted).
 func runBench(ctx context.Context, cfg benchConfig) (*benchSummary, error) {
-	c, err := apiClient(cfg.Home)
+	lc, err := newLocalClient(cfg.Home)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, usagef("no agent at --home %s: %v", cfg.Home, err)
@@ -265,6 +265,7 @@ func runBench(ctx context.Context, cfg benchConfig) (*benchSummary, error) {
 		return nil, err
 	}
 	// One kept-alive connection to the socket per worker.
+	c := lc.http
 	if tr, ok := c.Transport.(*http.Transport); ok {
 		tr.MaxIdleConnsPerHost = cfg.Concurrency
 	}
@@ -411,18 +412,13 @@ func (b *bencher) call() (code string, retryAfter time.Duration) {
 		return "local_api", 0
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if resp.StatusCode/100 == 2 {
-		if err != nil {
+		if _, err := io.Copy(io.Discard, io.LimitReader(resp.Body, maxAnswer)); err != nil {
 			return "local_api", 0
 		}
 		return "", 0
 	}
-	var e struct {
-		Code         string  `json:"code"`
-		RetryAfterMs float64 `json:"retry_after_ms"`
-	}
-	_ = json.Unmarshal(data, &e)
+	e := readAPIError(resp)
 	code = e.Code
 	if code == "" {
 		code = "http_" + strconv.Itoa(resp.StatusCode)
@@ -430,7 +426,7 @@ func (b *bencher) call() (code string, retryAfter time.Duration) {
 	if code == "busy" || resp.StatusCode == http.StatusServiceUnavailable {
 		// The header has whole seconds; a retry_after_ms in the answer, if
 		// any, is finer.
-		retryAfter = time.Duration(e.RetryAfterMs * float64(time.Millisecond))
+		retryAfter = time.Duration(e.RetryAfterMS) * time.Millisecond
 		if retryAfter <= 0 {
 			retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"))
 		}

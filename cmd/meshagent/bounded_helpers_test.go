@@ -70,11 +70,7 @@ func joinDaemon(t *testing.T, ca, name, scopes, peerHome string) string {
 func scrape(t *testing.T, home string) string {
 	t.Helper()
 	var out strings.Builder
-	c, err := apiClient(home)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := c.Get("http://meshagent/metrics")
+	resp, err := apiHTTP(t, home).Get("http://meshagent/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

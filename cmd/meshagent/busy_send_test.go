@@ -25,10 +25,7 @@ type sendAnswer struct {
 // most timeout.
 func postSend(t *testing.T, home, to, action, timeout string) sendAnswer {
 	t.Helper()
-	c, err := apiClient(home)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := apiHTTP(t, home)
 	b, _ := json.Marshal(map[string]any{"to": to, "action": action, "body": map[string]int{"n": 1}, "timeout": timeout})
 	resp, err := c.Post("http://meshagent/v1/send", "application/json", bytes.NewReader(b))
 	if err != nil {

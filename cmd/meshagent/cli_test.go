@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -148,5 +149,31 @@ func TestCLIErrors(t *testing.T) {
 	os.Chmod(filepath.Join(home, identityFile), 0o600)
 	if r := cli(t, "init", "--home", home, "--name", "a"); r.code != 1 || !strings.Contains(r.stderr, "already exists") {
 		t.Fatalf("re-init: %+v", r)
+	}
+}
+
+// The demo lives in cmd/meshagent-demo: `meshagent demo` says so in one
+// line (a usage error), the usage does not list it, and the daemon binary
+// does not carry the simulations package it is built from.
+func TestDemoMovedOut(t *testing.T) {
+	r := cli(t, "demo")
+	if r.code != 2 || r.stdout != "" || r.stderr != "meshagent: "+demoMoved {
+		t.Fatalf("meshagent demo: %+v", r)
+	}
+	if help := mustOK(t, "--help"); strings.Contains(help, "demo") {
+		t.Fatalf("the usage lists the demo:\n%s", help)
+	}
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no go tool to list the binary's packages")
+	}
+	out, err := exec.Command(goTool, "list", "-deps", ".").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for _, p := range strings.Fields(string(out)) {
+		if strings.HasPrefix(p, "github.com/meshagent/meshagent/simulations") {
+			t.Fatalf("the meshagent binary imports %s", p)
+		}
 	}
 }

@@ -2,9 +2,12 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -15,39 +18,117 @@ import (
 	"github.com/meshagent/meshagent/trust"
 )
 
-// apiCall does one request to the local API and copies the JSON answer to
-// out. A non-2xx answer is an error carrying the reason code; a busy one
-// (503) says first when to try again.
-func apiCall(home, method, path string, in any, out io.Writer) error {
-	c, err := apiClient(home)
+// localClient talks to one daemon's local API, on the Unix socket its
+// agent's config names. It reads that config once, when it is made: a
+// command makes one and uses it for all its requests.
+type localClient struct {
+	http *http.Client
+}
+
+// newLocalClient reads the config of the agent at home and returns a
+// client of its daemon's local API.
+func newLocalClient(home string) (*localClient, error) {
+	fc, err := loadFileConfig(home)
+	if err != nil {
+		return nil, err
+	}
+	sock := apiSocketPath(home, fc)
+	return &localClient{http: &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}}, nil
+}
+
+// do sends one request and returns the daemon's answer if it is 2xx; the
+// caller closes its body. Otherwise the error is the daemon's (see
+// apiError.err), or says that no daemon answers.
+func (c *localClient) do(req *http.Request) (*http.Response, error) {
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("local API (is 'meshagent run' running?): %w", err)
+	}
+	if resp.StatusCode/100 != 2 {
+		defer resp.Body.Close()
+		return nil, readAPIError(resp).err()
+	}
+	return resp, nil
+}
+
+// call does one request to the local API with in (if not nil) as its JSON
+// body, and copies the answer to out.
+func (c *localClient) call(ctx context.Context, method, path string, in any, out io.Writer) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://meshagent"+path, body)
 	if err != nil {
 		return err
 	}
-	var body io.Reader
 	if in != nil {
-		b, _ := json.Marshal(in)
-		body = bytes.NewReader(b)
+		req.Header.Set("Content-Type", "application/json")
 	}
-	req, _ := http.NewRequest(method, "http://meshagent"+path, body)
-	resp, err := c.Do(req)
+	return c.copyAnswer(req, out)
+}
+
+// post sends data as the body of a POST to path and copies the answer to
+// out.
+func (c *localClient) post(ctx context.Context, path, contentType string, data []byte, out io.Writer) error {
+	req, err := http.NewRequestWithContext(ctx, "POST", "http://meshagent"+path, bytes.NewReader(data))
 	if err != nil {
-		return fmt.Errorf("local API (is 'meshagent run' running?): %w", err)
+		return err
+	}
+	req.Header.Set("Content-Type", contentType)
+	return c.copyAnswer(req, out)
+}
+
+// maxAnswer bounds what the client reads of one local API answer.
+const maxAnswer = 16 << 20
+
+func (c *localClient) copyAnswer(req *http.Request, out io.Writer) error {
+	resp, err := c.do(req)
+	if err != nil {
+		return err
 	}
 	defer resp.Body.Close()
-	data, _ := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if resp.StatusCode/100 != 2 {
-		var e apiError
-		_ = json.Unmarshal(data, &e)
-		if e.Code == string(protocol.CodeBusy) {
-			return busyError(e)
-		}
-		if e.Code != "" {
-			return fmt.Errorf("%s: %s", e.Code, e.Error)
-		}
-		return fmt.Errorf("%s", e.Error)
+	// Read whole before writing: a failed read writes nothing.
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
+	if err != nil {
+		return fmt.Errorf("local API: reading the answer: %w", err)
 	}
 	_, err = out.Write(data)
 	return err
+}
+
+// maxErrorAnswer bounds what the client reads of an error answer.
+const maxErrorAnswer = 1 << 20
+
+// readAPIError reads the error of a non-2xx answer. An answer that carries
+// none (not JSON, or no "error") gets the HTTP status as its error.
+func readAPIError(resp *http.Response) apiError {
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorAnswer))
+	var e apiError
+	_ = json.Unmarshal(data, &e) // what does not decode stays empty
+	if e.Error == "" {
+		e.Error = "local API: " + resp.Status
+	}
+	return e
+}
+
+// err is the one-line error the CLI reports for e: the reason code, then
+// the daemon's text (which often starts with the code already: it is not
+// said twice). A busy answer says first when to try again.
+func (e apiError) err() error {
+	switch {
+	case e.Code == string(protocol.CodeBusy):
+		return busyError(e)
+	case e.Code == "" || strings.HasPrefix(e.Error, e.Code+": "):
+		return errors.New(e.Error)
+	}
+	return fmt.Errorf("%s: %s", e.Code, e.Error)
 }
 
 // busyError is the one line of a busy answer: "busy: retry after 250ms:"
@@ -61,81 +142,66 @@ func busyError(e apiError) error {
 	return fmt.Errorf("%s: retry after %s: %s", protocol.CodeBusy, time.Duration(e.RetryAfterMS)*time.Millisecond, why)
 }
 
-func newClientCommands() []*cobra.Command {
+// clientCommand is a command that talks to the daemon at --home: run gets a
+// client made once for the whole command. --home and the flags named in
+// need (which the caller defines) are required.
+func clientCommand(cmd *cobra.Command, run func(cmd *cobra.Command, args []string, c *localClient) error, need ...string) *cobra.Command {
 	var home string
-	status := &cobra.Command{
-		Use: "status --home DIR", Short: "Print the daemon's status as JSON", Args: exactArgs(0),
-		RunE: action(func(cmd *cobra.Command, _ []string) error {
-			return apiCall(home, "GET", "/v1/status", nil, cmd.OutOrStdout())
-		}),
-	}
-	status.Flags().StringVar(&home, "home", "", "agent home directory")
-	required(status, "home")
+	cmd.Flags().StringVar(&home, "home", "", "agent home directory")
+	required(cmd, append([]string{"home"}, need...)...)
+	cmd.RunE = action(func(cmd *cobra.Command, args []string) error {
+		c, err := newLocalClient(home)
+		if err != nil {
+			return err
+		}
+		return run(cmd, args, c)
+	})
+	return cmd
+}
 
-	peers := &cobra.Command{
+func newClientCommands() []*cobra.Command {
+	status := clientCommand(&cobra.Command{
+		Use: "status --home DIR", Short: "Print the daemon's status as JSON", Args: exactArgs(0),
+	}, func(cmd *cobra.Command, _ []string, c *localClient) error {
+		return c.call(cmd.Context(), "GET", "/v1/status", nil, cmd.OutOrStdout())
+	})
+	peers := clientCommand(&cobra.Command{
 		Use: "peers --home DIR", Short: "List admitted peers as JSON", Args: exactArgs(0),
-		RunE: action(func(cmd *cobra.Command, _ []string) error {
-			return apiCall(home, "GET", "/v1/peers", nil, cmd.OutOrStdout())
-		}),
-	}
-	peers.Flags().StringVar(&home, "home", "", "agent home directory")
-	required(peers, "home")
+	}, func(cmd *cobra.Command, _ []string, c *localClient) error {
+		return c.call(cmd.Context(), "GET", "/v1/peers", nil, cmd.OutOrStdout())
+	})
 
 	var to, act, body string
 	var timeout time.Duration
-	send := &cobra.Command{
+	send := clientCommand(&cobra.Command{
 		Use: "send --home DIR --to PEERID --action SCOPE [--body JSON] [--timeout 10s]", Short: "Call an action on a peer and print the reply as JSON", Args: exactArgs(0),
-		RunE: action(func(cmd *cobra.Command, _ []string) error {
-			if body == "" {
-				body = "{}"
-			}
-			if !json.Valid([]byte(body)) {
-				return usagef("--body is not valid JSON")
-			}
-			return apiCall(home, "POST", "/v1/send", map[string]any{"to": to, "action": act, "body": json.RawMessage(body), "timeout": timeout.String()}, cmd.OutOrStdout())
-		}),
-	}
-	send.Flags().StringVar(&home, "home", "", "agent home directory")
+	}, func(cmd *cobra.Command, _ []string, c *localClient) error {
+		if body == "" {
+			body = "{}"
+		}
+		if !json.Valid([]byte(body)) {
+			return usagef("--body is not valid JSON")
+		}
+		return c.call(cmd.Context(), "POST", "/v1/send", map[string]any{"to": to, "action": act, "body": json.RawMessage(body), "timeout": timeout.String()}, cmd.OutOrStdout())
+	}, "to", "action")
 	send.Flags().StringVar(&to, "to", "", "peer ID to call")
 	send.Flags().StringVar(&act, "action", "", "action (scope) to call")
 	send.Flags().StringVar(&body, "body", "", "JSON body")
-	send.Flags().DurationVar(&timeout, "timeout", 10*time.Second, "how long to wait for the reply")
-	required(send, "home", "to", "action")
-	tokens := &cobra.Command{
+	send.Flags().DurationVar(&timeout, "timeout", defaultCallTimeout, "how long to wait for the reply")
+
+	tokens := clientCommand(&cobra.Command{
 		Use: "tokens --home DIR", Short: "List the capability tokens the daemon holds, as JSON", Args: exactArgs(0),
-		RunE: action(func(cmd *cobra.Command, _ []string) error {
-			return apiCall(home, "GET", "/v1/tokens", nil, cmd.OutOrStdout())
-		}),
-	}
-	tokens.Flags().StringVar(&home, "home", "", "agent home directory")
-	required(tokens, "home")
-	revoke := &cobra.Command{
+	}, func(cmd *cobra.Command, _ []string, c *localClient) error {
+		return c.call(cmd.Context(), "GET", "/v1/tokens", nil, cmd.OutOrStdout())
+	})
+	revoke := clientCommand(&cobra.Command{
 		Use: "revoke --home DIR FILE", Short: "Apply a revocation (from 'meshagent ca revoke') and publish it to the mesh", Args: exactArgs(1),
-		RunE: action(func(cmd *cobra.Command, args []string) error {
-			data, err := readPEMFile(args[0], trust.PEMRevocation, trust.MaxRevocationSize)
-			if err != nil {
-				return err
-			}
-			c, err := apiClient(home)
-			if err != nil {
-				return err
-			}
-			resp, err := c.Post("http://meshagent/v1/revoke", "application/octet-stream", bytes.NewReader(data))
-			if err != nil {
-				return fmt.Errorf("local API (is 'meshagent run' running?): %w", err)
-			}
-			defer resp.Body.Close()
-			body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-			if resp.StatusCode != 200 {
-				var e apiError
-				_ = json.Unmarshal(body, &e)
-				return fmt.Errorf("%s", e.Error)
-			}
-			_, err = cmd.OutOrStdout().Write(body)
+	}, func(cmd *cobra.Command, args []string, c *localClient) error {
+		data, err := readPEMFile(args[0], trust.PEMRevocation, trust.MaxRevocationSize)
+		if err != nil {
 			return err
-		}),
-	}
-	revoke.Flags().StringVar(&home, "home", "", "agent home directory")
-	required(revoke, "home")
+		}
+		return c.post(cmd.Context(), "/v1/revoke", "application/octet-stream", data, cmd.OutOrStdout())
+	})
 	return []*cobra.Command{status, peers, send, tokens, revoke}
 }

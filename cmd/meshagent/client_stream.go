@@ -39,28 +39,16 @@ func (e streamError) Error() string {
 // ends. A stream that ends before is an error: a streamError when the
 // daemon said why (event: error), errStreamEnded otherwise. Events of
 // other types, and comments, are skipped.
-func events(ctx context.Context, home, path string, f func(data []byte) (bool, error)) error {
-	c, err := apiClient(home)
+func (c *localClient) events(ctx context.Context, path string, f func(data []byte) (bool, error)) error {
+	req, err := http.NewRequestWithContext(ctx, "GET", "http://meshagent"+path, nil)
 	if err != nil {
 		return err
 	}
-	req, _ := http.NewRequestWithContext(ctx, "GET", "http://meshagent"+path, nil)
-	resp, err := c.Do(req)
+	resp, err := c.do(req)
 	if err != nil {
-		return fmt.Errorf("local API (is 'meshagent run' running?): %w", err)
+		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != 200 {
-		var e apiError
-		_ = json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&e)
-		switch {
-		case e.Error == "":
-			return fmt.Errorf("local API: %s", resp.Status)
-		case e.Code != "":
-			return fmt.Errorf("%s: %s", e.Code, e.Error)
-		}
-		return fmt.Errorf("%s", e.Error)
-	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 16<<20)
 	var name string
@@ -107,83 +95,74 @@ func events(ctx context.Context, home, path string, f func(data []byte) (bool, e
 }
 
 func newStreamCommands() []*cobra.Command {
-	var home, topic, act, body string
+	var topic, act, body string
 	var count int
-	publish := &cobra.Command{
+	publish := clientCommand(&cobra.Command{
 		Use: "publish --home DIR --topic T --action SCOPE [--body JSON]", Short: "Publish a signed message to a topic", Args: exactArgs(0),
-		RunE: action(func(cmd *cobra.Command, _ []string) error {
-			if body == "" {
-				body = "{}"
-			}
-			if !json.Valid([]byte(body)) {
-				return usagef("--body is not valid JSON")
-			}
-			return apiCall(home, "POST", "/v1/publish", map[string]any{"topic": topic, "action": act, "body": json.RawMessage(body)}, cmd.OutOrStdout())
-		}),
-	}
-	publish.Flags().StringVar(&home, "home", "", "agent home directory")
+	}, func(cmd *cobra.Command, _ []string, c *localClient) error {
+		if body == "" {
+			body = "{}"
+		}
+		if !json.Valid([]byte(body)) {
+			return usagef("--body is not valid JSON")
+		}
+		return c.call(cmd.Context(), "POST", "/v1/publish", map[string]any{"topic": topic, "action": act, "body": json.RawMessage(body)}, cmd.OutOrStdout())
+	}, "topic", "action")
 	publish.Flags().StringVar(&topic, "topic", "", "topic")
 	publish.Flags().StringVar(&act, "action", "", "action (scope) the message exercises")
 	publish.Flags().StringVar(&body, "body", "", "JSON body")
-	required(publish, "home", "topic", "action")
 
-	subscribe := &cobra.Command{
+	subscribe := clientCommand(&cobra.Command{
 		Use: "subscribe --home DIR --topic T [--count N]", Short: "Print verified messages of a topic as JSON lines", Args: exactArgs(0),
-		RunE: action(func(cmd *cobra.Command, _ []string) error {
-			seen := 0
-			return events(cmd.Context(), home, "/v1/subscribe?topic="+url.QueryEscape(topic), func(d []byte) (bool, error) {
-				fmt.Fprintln(cmd.OutOrStdout(), string(d))
-				seen++
-				return count == 0 || seen < count, nil
-			})
-		}),
-	}
-	subscribe.Flags().StringVar(&home, "home", "", "agent home directory")
+	}, func(cmd *cobra.Command, _ []string, c *localClient) error {
+		seen := 0
+		return c.events(cmd.Context(), "/v1/subscribe?topic="+url.QueryEscape(topic), func(d []byte) (bool, error) {
+			fmt.Fprintln(cmd.OutOrStdout(), string(d))
+			seen++
+			return count == 0 || seen < count, nil
+		})
+	}, "topic")
 	subscribe.Flags().StringVar(&topic, "topic", "", "topic")
 	subscribe.Flags().IntVar(&count, "count", 0, "exit after N messages (0: run until interrupted)")
-	required(subscribe, "home", "topic")
 
-	handle := &cobra.Command{
+	handle := clientCommand(&cobra.Command{
 		Use:   "handle --home DIR --action SCOPE [--count N] -- CMD [ARGS]",
 		Short: "Serve an action: run CMD once per verified request, body on stdin, reply from stdout",
-		RunE: action(func(cmd *cobra.Command, args []string) error {
-			if len(args) == 0 {
-				return usagef("handle: give the command to run after --")
+	}, func(cmd *cobra.Command, args []string, c *localClient) error {
+		if len(args) == 0 {
+			return usagef("handle: give the command to run after --")
+		}
+		served := 0
+		return c.events(cmd.Context(), "/v1/handle?action="+url.QueryEscape(act), func(d []byte) (bool, error) {
+			var ev struct {
+				ID   string          `json:"id"`
+				Body json.RawMessage `json:"body"`
 			}
-			served := 0
-			return events(cmd.Context(), home, "/v1/handle?action="+url.QueryEscape(act), func(d []byte) (bool, error) {
-				var ev struct {
-					ID   string          `json:"id"`
-					Body json.RawMessage `json:"body"`
-				}
-				if err := json.Unmarshal(d, &ev); err != nil {
-					return false, err
-				}
-				c := exec.CommandContext(cmd.Context(), args[0], args[1:]...)
-				c.Stdin = bytes.NewReader(ev.Body)
-				var stderr bytes.Buffer
-				c.Stderr = &stderr
-				out, err := c.Output()
-				reply := map[string]any{"id": ev.ID}
-				switch {
-				case err != nil:
-					reply["error"] = strings.TrimSpace(fmt.Sprintf("%v: %s", err, stderr.String()))
-				case json.Valid(out):
-					reply["body"] = json.RawMessage(out)
-				default:
-					reply["body"] = string(out)
-				}
-				if err := apiCall(home, "POST", "/v1/reply", reply, io.Discard); err != nil {
-					return false, err
-				}
-				served++
-				return count == 0 || served < count, nil
-			})
-		}),
-	}
-	handle.Flags().StringVar(&home, "home", "", "agent home directory")
+			if err := json.Unmarshal(d, &ev); err != nil {
+				return false, err
+			}
+			proc := exec.CommandContext(cmd.Context(), args[0], args[1:]...)
+			proc.Stdin = bytes.NewReader(ev.Body)
+			var stderr bytes.Buffer
+			proc.Stderr = &stderr
+			out, err := proc.Output()
+			reply := map[string]any{"id": ev.ID}
+			switch {
+			case err != nil:
+				reply["error"] = strings.TrimSpace(fmt.Sprintf("%v: %s", err, stderr.String()))
+			case json.Valid(out):
+				reply["body"] = json.RawMessage(out)
+			default:
+				reply["body"] = string(out)
+			}
+			if err := c.call(cmd.Context(), "POST", "/v1/reply", reply, io.Discard); err != nil {
+				return false, err
+			}
+			served++
+			return count == 0 || served < count, nil
+		})
+	}, "action")
 	handle.Flags().StringVar(&act, "action", "", "action (scope) to serve")
 	handle.Flags().IntVar(&count, "count", 0, "exit after N requests (0: run until interrupted)")
-	required(handle, "home", "action")
 	return []*cobra.Command{publish, subscribe, handle}
 }

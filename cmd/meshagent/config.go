@@ -1,15 +1,125 @@
 package main
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
 
 	"github.com/meshagent/meshagent/trust"
 	"github.com/spf13/cobra"
+	"gopkg.in/yaml.v3"
 )
+
+// fileConfig is meshagent.yaml in an agent's home.
+type fileConfig struct {
+	Name       string   `yaml:"name"`
+	Listen     []string `yaml:"listen"`
+	Bootstrap  []string `yaml:"bootstrap"`
+	Anchors    []string `yaml:"anchors"`
+	Credential string   `yaml:"credential"`
+	Tokens     []string `yaml:"tokens"`
+	AuditLog   string   `yaml:"audit_log"`
+	APISocket  string   `yaml:"api_socket"`
+	// AuditLogMaxBytes is the size past which the audit log is rotated
+	// (to audit_log.1, keeping auditLogKeep old files). Default 64 MiB.
+	AuditLogMaxBytes int64 `yaml:"audit_log_max_bytes"`
+	// Liveness: heartbeat interval and the silence after which an agent is
+	// dead (defaults 30s and 90s).
+	Heartbeat time.Duration `yaml:"heartbeat"`
+	DeadAfter time.Duration `yaml:"dead_after"`
+	// IssuerKey, when set, is an anchor key file: this daemon then renews
+	// other agents' credentials (and its own).
+	IssuerKey string `yaml:"issuer_key"`
+	// Allowlist narrows the registry to these peer IDs.
+	Allowlist []string `yaml:"allowlist"`
+	// MDNS finds other agents on the LAN (service name "meshagent").
+	MDNS bool `yaml:"mdns"`
+	// MetricsListen, when set (host:port), serves /metrics over HTTP there
+	// too; the local API always serves it.
+	MetricsListen string `yaml:"metrics_listen"`
+}
+
+func inHome(home, p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(home, p)
+}
+
+// apiSocketPath is where the local API of the agent at home listens.
+func apiSocketPath(home string, fc *fileConfig) string {
+	if fc.APISocket == "" {
+		return filepath.Join(home, "api.sock")
+	}
+	return inHome(home, fc.APISocket)
+}
+
+// loadFileConfig reads meshagent.yaml in home. It is strict: a field it
+// does not know (a typo, a setting from another version) is an error that
+// names it, and so is a second YAML document; each error is one line that
+// names the file.
+func loadFileConfig(home string) (*fileConfig, error) {
+	path := filepath.Join(home, configFile)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	c, err := parseFileConfig(data)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %v", path, err)
+	}
+	return c, nil
+}
+
+// parseFileConfig decodes a config, refusing unknown fields. An empty one
+// (or one of comments only) is the zero config.
+func parseFileConfig(data []byte) (*fileConfig, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	var c fileConfig
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return nil, yamlError(err)
+	}
+	var more yaml.Node
+	switch err := dec.Decode(&more); {
+	case err == nil:
+		return nil, fmt.Errorf("line %d: a second YAML document: the config is one", more.Line)
+	case !errors.Is(err, io.EOF):
+		return nil, yamlError(err)
+	}
+	return &c, nil
+}
+
+// yamlUnknownField is how yaml.v3 says that a field is unknown.
+var yamlUnknownField = regexp.MustCompile(`^(line \d+): field (.+) not found in type \S+$`)
+
+// yamlError is err from the YAML decoder in one line, in the config's
+// words: "line 3: unknown field "typo_field"", not Go type names.
+func yamlError(err error) error {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		return errors.New(strings.ReplaceAll(strings.TrimPrefix(err.Error(), "yaml: "), "\n", " "))
+	}
+	msgs := make([]string, len(te.Errors))
+	for i, m := range te.Errors {
+		if g := yamlUnknownField.FindStringSubmatch(m); g != nil {
+			m = fmt.Sprintf("%s: unknown field %q", g[1], g[2])
+		}
+		msgs[i] = strings.ReplaceAll(m, "main.fileConfig", "the config's fields")
+	}
+	return errors.New(strings.Join(msgs, "; "))
+}
 
 const defaultConfig = `# meshagent agent configuration. Flags of 'meshagent run' override these
 # settings; list flags (--listen, --bootstrap, --anchor, --token) replace the
-# list from this file.
+# list from this file. Every field is below: one this version does not know
+# (a misspelt one, say) is refused with its line.
 
 # The agent's name, as in its credential.
 name: %s
@@ -71,7 +181,22 @@ func writeDefaultConfig(path, name string) error {
 }
 
 func addDaemonCommands(root *cobra.Command) {
-	root.AddCommand(newDemoCmd(), newRunCmd())
+	root.AddCommand(newMovedDemoCmd(), newRunCmd())
 	root.AddCommand(newClientCommands()...)
 	root.AddCommand(newStreamCommands()...)
+}
+
+// demoMoved is what `meshagent demo` says: the demo builds its mesh with
+// the simulations package, which the daemon binary does not carry.
+const demoMoved = "the demo moved: make demo / go run ./cmd/meshagent-demo"
+
+// newMovedDemoCmd is the former demo subcommand, hidden from the usage: it
+// says where the demo went, as a usage error (exit 2).
+func newMovedDemoCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:                "demo",
+		Hidden:             true,
+		DisableFlagParsing: true,
+		RunE:               func(*cobra.Command, []string) error { return usagef(demoMoved) },
+	}
 }

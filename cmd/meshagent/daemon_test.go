@@ -99,7 +99,7 @@ func TestDaemonAndLocalAPI(t *testing.T) {
 	}
 	// Bob holds no token: his call is rejected by alice, with the reason.
 	r := cli(t, "send", "--home", b, "--to", aID, "--action", "ping:agent")
-	if r.code != 1 || !strings.Contains(r.stderr, "no_token") {
+	if r.code != 1 || !strings.HasPrefix(r.stderr, "meshagent: no_token: ") || strings.Count(r.stderr, "no_token") != 1 {
 		t.Fatalf("unauthorized send: %+v", r)
 	}
 	// Metrics, on the local API: the credential, the registry, the

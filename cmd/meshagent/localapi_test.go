@@ -307,10 +307,7 @@ type sseStream struct {
 // at the test's end), or the status and error body when the API refused it.
 func getStream(t *testing.T, home, path string) (*http.Response, int, string) {
 	t.Helper()
-	c, err := apiClient(home)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := apiHTTP(t, home)
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, "GET", "http://meshagent"+path, nil)
 	resp, err := c.Do(req)

@@ -23,7 +23,11 @@ import (
 )
 
 func main() {
-	if simulations.RunAttacker() { // started by SeparateAttackScenario
+	if ran, err := simulations.RunAttacker(); ran { // started by SeparateAttacks
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "attacker:", err)
+			os.Exit(1)
+		}
 		return
 	}
 	out := flag.String("out", "docs", "directory for simulation-report.md and img/")
@@ -127,7 +131,7 @@ func run(out, sizeList string) error {
 			did = "throttled it"
 		}
 		fmt.Fprintf(&md, "| %s | %s | %.0f | %.0f | %.2f | %s / %s | %d | %d (%d %s) | %s | **%d** |\n", a.Name, a.What,
-			r.Baseline.PerSecond(), r.Under.PerSecond(), r.Ratio(), ms(pctDur(r.Baseline.Latencies, 0.99)), ms(pctDur(r.Under.Latencies, 0.99)),
+			r.Baseline.PerSecond(), r.Under.PerSecond(), r.Ratio(), ms(simulations.Percentile(r.Baseline.Latencies, 0.99)), ms(simulations.Percentile(r.Under.Latencies, 0.99)),
 			r.Attempts, r.Rejected, r.WithCode, code, did, r.HandlerRuns)
 	}
 	fmt.Fprintf(&md, "\nHonest throughput at least 0.9 × the run without the attack (the goal) in **%d of %d** attacks; lowest %.2f ×. Every rejection spends the sender's budget (100 at once, 20 a second). When a hostile rejection spends it (forgery, tampering, impersonation, replay, escalation, a stolen or foreign token, garbage), the target cuts the attacker off: disconnects it and refuses it for a minute. When one an honest agent can cause by mistake spends it (expired, not yet valid, revoked, stale), the target throttles the attacker: its requests are refused unchecked, and audited once a second, until the budget refills. The outsider is refused at admission, then by the connection gater. Rejections counted include those audits.\n\n", met, len(rs), low)
@@ -184,10 +188,6 @@ func millis(d []time.Duration) []float64 {
 		out[i] = float64(x.Microseconds()) / 1000
 	}
 	return out
-}
-
-func pctDur(d []time.Duration, p float64) time.Duration {
-	return time.Duration(simulations.Percentile(millis(d), p) * float64(time.Millisecond))
 }
 
 const virtualNote = `

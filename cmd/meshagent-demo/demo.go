@@ -18,25 +18,11 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
 	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
-	"github.com/spf13/cobra"
 
 	"github.com/meshagent/meshagent/node"
 	"github.com/meshagent/meshagent/simulations"
 	"github.com/meshagent/meshagent/trust"
 )
-
-func newDemoCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "demo",
-		Short: "Run a small mesh on 127.0.0.1 and show calls that pass and attacks that fail",
-		Args:  exactArgs(0),
-		RunE: action(func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel := context.WithTimeout(cmd.Context(), 60*time.Second)
-			defer cancel()
-			return runDemo(ctx, cmd.OutOrStdout())
-		}),
-	}
-}
 
 type demoRow struct {
 	scenario, want, got string

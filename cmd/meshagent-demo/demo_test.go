@@ -26,3 +26,11 @@ func TestDemo(t *testing.T) {
 		t.Fatal("a handler ran for a rejected call")
 	}
 }
+
+// The demo takes no arguments: anything else is a one-line usage error.
+func TestDemoTakesNoArguments(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"--fast"}, &out, &errb); code != 2 || out.Len() != 0 || strings.Count(errb.String(), "\n") != 1 {
+		t.Fatalf("exit %d, stdout %q, stderr %q", code, out.String(), errb.String())
+	}
+}
