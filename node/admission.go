@@ -18,6 +18,7 @@ import (
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/protocol/protocolpb"
 	"github.com/meshagent/meshagent/trust"
+	"github.com/meshagent/meshagent/wire"
 )
 
 const maxHelloSize = trust.MaxCredentialSize + 64
@@ -115,7 +116,7 @@ func (m *members) exchange(ctx context.Context, p peer.ID) error {
 	h := m.n.host()
 	ctx, cancel := context.WithTimeout(ctx, m.n.cfg.AdmissionTimeout)
 	defer cancel()
-	s, err := h.NewStream(network.WithAllowLimitedConn(ctx, "admission"), p, protocol.ProtocolAdmission)
+	s, err := h.NewStream(network.WithAllowLimitedConn(ctx, "admission"), p, wire.ProtocolAdmission)
 	if err != nil {
 		return fmt.Errorf("node: admission to %s: %w", p, err)
 	}
@@ -159,7 +160,7 @@ func (m *members) handleAdmission(s network.Stream) {
 	// An admitted peer that sends hello after hello on new streams gets a
 	// few checked and then one a heartbeat (each costs a signature check
 	// and an audit line).
-	if m.isAdmitted(p) && !m.n.serveAllowed(p, protocol.ProtocolAdmission) { // an outsider has one connection's worth anyway
+	if m.isAdmitted(p) && !m.n.serveAllowed(p, wire.ProtocolAdmission) { // an outsider has one connection's worth anyway
 		s.Reset()
 		return
 	}

@@ -17,8 +17,8 @@ import (
 	"github.com/libp2p/go-msgio"
 
 	"github.com/meshagent/meshagent/node"
-	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/simulations"
+	"github.com/meshagent/meshagent/wire"
 )
 
 // The audit log's documented bounds (docs/security.md; node/audit.go).
@@ -276,7 +276,7 @@ func TestAuditFreshIdentityDialLoopIsBounded(t *testing.T) {
 					return
 				}
 				if h.Connect(loop, target) == nil {
-					if s, err := h.NewStream(loop, worker.ID(), protocol.ProtocolAdmission); err == nil {
+					if s, err := h.NewStream(loop, worker.ID(), wire.ProtocolAdmission); err == nil {
 						refused.Add(1)
 						_ = msgio.NewVarintWriter(s).WriteMsg([]byte("not a hello"))
 						_, _ = s.Read(make([]byte, 1)) // reset once refused

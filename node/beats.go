@@ -19,9 +19,10 @@ import (
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/protocol/protocolpb"
 	"github.com/meshagent/meshagent/trust"
+	"github.com/meshagent/meshagent/wire"
 )
 
-// ProtocolBeat carries heartbeats between beat neighbours. Each agent signs
+// wire.ProtocolBeat carries heartbeats between beat neighbours. Each agent signs
 // its own heartbeat (discovery.SignBeat); every node verifies each new one
 // once, applies it to its registry, and relays it to its other neighbours,
 // batched with the others it learned in the same short interval. A beat
@@ -32,7 +33,6 @@ import (
 // number, topic and signature envelope around a 16-byte body), there is no
 // gossip of message IDs, and a node relays each beat at most once per link,
 // never back to the neighbour it came from.
-const ProtocolBeat = "/meshagent/beat/1.0.0"
 
 const (
 	maxBeatLinks   = 64        // links in all, inbound ones included
@@ -86,7 +86,7 @@ func flushEvery(hb time.Duration) time.Duration {
 }
 
 func (b *beats) start() {
-	b.n.h.SetStreamHandler(ProtocolBeat, b.n.gateWrap(b.handleStream))
+	b.n.h.SetStreamHandler(wire.ProtocolBeat, b.n.gateWrap(b.handleStream))
 	go b.loop()
 }
 
@@ -266,7 +266,7 @@ func (b *beats) open(p peer.ID, far bool) {
 	}
 	ctx, cancel := context.WithTimeout(b.n.ctx, b.n.cfg.AdmissionTimeout)
 	defer cancel()
-	s, err := b.n.host().NewStream(ctx, p, ProtocolBeat)
+	s, err := b.n.host().NewStream(ctx, p, wire.ProtocolBeat)
 	if err != nil {
 		return
 	}

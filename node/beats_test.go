@@ -22,6 +22,7 @@ import (
 	"github.com/meshagent/meshagent/simulations"
 	"github.com/meshagent/meshagent/trust"
 	"github.com/meshagent/meshagent/trust/trustpb"
+	"github.com/meshagent/meshagent/wire"
 )
 
 // beatStream opens a raw beat link from one agent to another.
@@ -29,7 +30,7 @@ func beatStream(t *testing.T, m *simulations.Mesh, from, to string) (network.Str
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	s, err := m.Agents[from].Node.Host().NewStream(ctx, m.Agents[to].ID(), node.ProtocolBeat)
+	s, err := m.Agents[from].Node.Host().NewStream(ctx, m.Agents[to].ID(), wire.ProtocolBeat)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -307,7 +308,7 @@ func TestBeatLinkNeedsAdmission(t *testing.T) {
 		_, err := s.Read(make([]byte, 1))
 		return err
 	}
-	s, err := h.NewStream(ctx, w.ID(), node.ProtocolBeat)
+	s, err := h.NewStream(ctx, w.ID(), wire.ProtocolBeat)
 	if err == nil {
 		err = read(s)
 	}

@@ -29,6 +29,7 @@ import (
 	"github.com/meshagent/meshagent/protocol/protocolpb"
 	"github.com/meshagent/meshagent/simulations"
 	"github.com/meshagent/meshagent/trust"
+	"github.com/meshagent/meshagent/wire"
 )
 
 var errNotYet = errors.New("not yet")
@@ -176,7 +177,7 @@ func TestOutsiderStreamsDoNotStarveCalls(t *testing.T) {
 	if raceEnabled {
 		t.Skip("CPU-bound: make test runs it without -race")
 	}
-	for _, tc := range []struct{ name, proto string }{{"rpc", protocol.ProtocolRPC}, {"unnegotiated", ""}} {
+	for _, tc := range []struct{ name, proto string }{{"rpc", wire.ProtocolRPC}, {"unnegotiated", ""}} {
 		t.Run(tc.name, func(t *testing.T) {
 			m, runs := convergedMesh(t)
 			worker := m.Agents["worker"].Node
@@ -337,7 +338,7 @@ func TestRefusedPeersAreForgotten(t *testing.T) {
 		h := freshHost(t, "127.0.0.14")
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		if h.Connect(ctx, target) == nil {
-			if s, err := h.NewStream(ctx, worker.ID(), protocol.ProtocolAdmission); err == nil {
+			if s, err := h.NewStream(ctx, worker.ID(), wire.ProtocolAdmission); err == nil {
 				_ = msgio.NewVarintWriter(s).WriteMsg([]byte("not a hello"))
 				_, _ = s.Read(make([]byte, 1))
 			}
@@ -378,7 +379,7 @@ func TestRenewalRequestsAreRateLimited(t *testing.T) {
 	answered := 0
 	for range requests {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		s, err := mallory.Host().NewStream(ctx, worker.ID(), node.ProtocolRenew)
+		s, err := mallory.Host().NewStream(ctx, worker.ID(), wire.ProtocolRenew)
 		if err == nil {
 			_ = msgio.NewVarintWriter(s).WriteMsg([]byte("not a request"))
 			if raw, err := msgio.NewVarintReaderSize(s, 1<<16).ReadMsg(); err == nil {
@@ -413,7 +414,7 @@ func TestSyncFetchesOfAnInsiderAreBounded(t *testing.T) {
 	m, _ := convergedMesh(t)
 	mal := m.Agents["mallory"].Node
 	var fetches atomic.Int32
-	mal.Host().SetStreamHandler(node.ProtocolSync, func(s network.Stream) {
+	mal.Host().SetStreamHandler(wire.ProtocolSync, func(s network.Stream) {
 		fetches.Add(1)
 		_, _ = s.Write(binary.AppendUvarint(nil, 32<<20))
 		_, _ = s.Write(make([]byte, 64<<10))

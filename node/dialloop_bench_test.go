@@ -35,9 +35,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/meshagent/meshagent/node"
-	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/simulations"
 	"github.com/meshagent/meshagent/trust"
+	"github.com/meshagent/meshagent/wire"
 )
 
 // BenchmarkFreshIdentityDialLoop measures what an outsider that re-dials
@@ -625,7 +625,7 @@ func dialOnce(ctx context.Context, target peer.AddrInfo, ip net.IP, mode string,
 		}()
 		return attemptHandshake
 	}
-	if s, err := h.NewStream(cctx, target.ID, protocol.ProtocolAdmission); err == nil {
+	if s, err := h.NewStream(cctx, target.ID, wire.ProtocolAdmission); err == nil {
 		_ = msgio.NewVarintWriter(s).WriteMsg([]byte("not a hello"))
 		_, _ = s.Read(make([]byte, 1)) // until the target resets it
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/meshagent/meshagent/protocol/protocolpb"
 	"github.com/meshagent/meshagent/simulations"
 	"github.com/meshagent/meshagent/trust"
+	"github.com/meshagent/meshagent/wire"
 )
 
 func peerInfo(n *node.Node) peer.AddrInfo { return peer.AddrInfo{ID: n.ID(), Addrs: n.Host().Addrs()} }
@@ -268,7 +269,7 @@ func TestRegistryTopicForgeriesAreCharged(t *testing.T) {
 		l := discovery.SignLeave(orch.Identity, 1<<62+uint64(i), time.Now())
 		l.Signature[0] ^= 1 // forged
 		raw, _ := proto.Marshal(&protocolpb.RegistryMessage{Msg: &protocolpb.RegistryMessage_Leave{Leave: l}})
-		_ = mal.PublishRaw(ctx, node.RegistryTopic, raw)
+		_ = mal.PublishRaw(ctx, wire.TopicRegistry, raw)
 	}
 	var checked int
 	if err := simulations.WaitFor(10*time.Second, func() error {

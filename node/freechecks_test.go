@@ -13,10 +13,10 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/meshagent/meshagent/discovery"
-	"github.com/meshagent/meshagent/node"
 	"github.com/meshagent/meshagent/protocol/protocolpb"
 	"github.com/meshagent/meshagent/simulations"
 	"github.com/meshagent/meshagent/trust"
+	"github.com/meshagent/meshagent/wire"
 )
 
 func cpuTime() time.Duration {
@@ -140,7 +140,7 @@ func TestSyncAnswersAreRateLimited(t *testing.T) {
 	answered := 0
 	start := time.Now()
 	for range asked {
-		s, err := mal.Host().NewStream(ctx, worker.ID(), node.ProtocolSync)
+		s, err := mal.Host().NewStream(ctx, worker.ID(), wire.ProtocolSync)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -188,7 +188,7 @@ func TestForgedCredentialsInASyncAnswerAreCharged(t *testing.T) {
 		answers = append(answers, rec.Proto())
 	}
 	answer, _ := proto.Marshal(&protocolpb.SyncResponse{Announcements: answers})
-	mal.Host().SetStreamHandler(node.ProtocolSync, func(s network.Stream) {
+	mal.Host().SetStreamHandler(wire.ProtocolSync, func(s network.Stream) {
 		_ = msgio.NewVarintWriter(s).WriteMsg(answer)
 		s.Close()
 	})

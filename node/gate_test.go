@@ -25,6 +25,7 @@ import (
 	"github.com/meshagent/meshagent/protocol/protocolpb"
 	"github.com/meshagent/meshagent/simulations"
 	"github.com/meshagent/meshagent/trust"
+	"github.com/meshagent/meshagent/wire"
 )
 
 // convergedMesh is testMesh once every agent sees every other alive.
@@ -115,7 +116,7 @@ func TestOutsiderGetsNothingBeforeAdmission(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got atomic.Int64
-	for _, name := range []string{"tasks", node.RegistryTopic, node.RevocationTopic} {
+	for _, name := range []string{"tasks", wire.TopicRegistry, wire.TopicRevocations} {
 		topic, err := ps.Join(name)
 		if err != nil {
 			t.Fatal(err)
@@ -148,7 +149,7 @@ func TestOutsiderGetsNothingBeforeAdmission(t *testing.T) {
 		t.Fatalf("TLS connection refused before admission: %v", err)
 	}
 	// Every other protocol the node serves: a frame in, nothing out.
-	for _, pid := range []p2pprotocol.ID{protocol.ProtocolRPC, node.ProtocolSync, node.ProtocolRevocations, node.ProtocolLeave, node.ProtocolBeat} {
+	for _, pid := range []p2pprotocol.ID{wire.ProtocolRPC, wire.ProtocolSync, wire.ProtocolRevocations, wire.ProtocolLeave, wire.ProtocolBeat} {
 		go func() {
 			s, err := out.NewStream(ctx, worker.ID(), pid)
 			if err != nil {
@@ -207,7 +208,7 @@ func TestFreshIdentityDialLoopIsBounded(t *testing.T) {
 			t.Fatal(err)
 		}
 		if h.Connect(ctx, addrs) == nil {
-			if s, err := h.NewStream(ctx, worker.ID(), protocol.ProtocolAdmission); err == nil {
+			if s, err := h.NewStream(ctx, worker.ID(), wire.ProtocolAdmission); err == nil {
 				secured++
 				_ = msgio.NewVarintWriter(s).WriteMsg([]byte("not a hello"))
 				_, _ = s.Read(make([]byte, 1)) // reset once refused
@@ -265,7 +266,7 @@ func TestParallelHellosCheckedOnce(t *testing.T) {
 	}
 	var streams []network.Stream
 	for range 50 {
-		s, err := out.NewStream(ctx, worker.ID(), protocol.ProtocolAdmission)
+		s, err := out.NewStream(ctx, worker.ID(), wire.ProtocolAdmission)
 		if err != nil {
 			break
 		}
@@ -385,7 +386,7 @@ func TestRepeatedHellosAreRateLimited(t *testing.T) {
 	start := time.Now()
 	const sent = 50
 	for range sent {
-		s, err := mal.Host().NewStream(ctx, worker.ID(), protocol.ProtocolAdmission)
+		s, err := mal.Host().NewStream(ctx, worker.ID(), wire.ProtocolAdmission)
 		if err != nil {
 			t.Fatal(err)
 		}

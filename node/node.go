@@ -30,6 +30,7 @@ import (
 	"github.com/meshagent/meshagent/node/internal/revstore"
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/trust"
+	"github.com/meshagent/meshagent/wire"
 )
 
 // Lifecycle errors.
@@ -151,7 +152,7 @@ func (n *Node) Start(ctx context.Context) error {
 	}
 	limits := rcmgr.DefaultLimits
 	libp2p.SetDefaultServiceLimits(&limits)
-	limits.AddProtocolLimit(protocol.ProtocolRPC, rcmgr.BaseLimit{StreamsInbound: 1024, StreamsOutbound: 1024, Streams: 2048, Memory: 64 << 20}, rcmgr.BaseLimitIncrease{})
+	limits.AddProtocolLimit(wire.ProtocolRPC, rcmgr.BaseLimit{StreamsInbound: 1024, StreamsOutbound: 1024, Streams: 2048, Memory: 64 << 20}, rcmgr.BaseLimitIncrease{})
 	// Room for admitted agents whatever waits for admission: at most
 	// maxPending connections (gate.go) and unadmittedStreams streams each;
 	// room for handshakes in flight (transient) beyond a few sources' worth
@@ -218,12 +219,12 @@ func (n *Node) Start(ctx context.Context) error {
 		return fmt.Errorf("node: pubsub: %w", err)
 	}
 	n.h, n.ps = h, ps
-	h.SetStreamHandler(protocol.ProtocolAdmission, n.members.handleAdmission) // the one protocol open before admission
-	h.SetStreamHandler(protocol.ProtocolRPC, n.gateWrap(n.handleRPC))
+	h.SetStreamHandler(wire.ProtocolAdmission, n.members.handleAdmission) // the one protocol open before admission
+	h.SetStreamHandler(wire.ProtocolRPC, n.gateWrap(n.handleRPC))
 	// Every node serves the renewal protocol (a node that is no issuer
 	// refuses), so that identify does not tell an outsider which hosts
 	// hold an anchor key.
-	h.SetStreamHandler(ProtocolRenew, n.gateWrap(n.handleRenew))
+	h.SetStreamHandler(wire.ProtocolRenew, n.gateWrap(n.handleRenew))
 	h.Network().Notify(n.members.notifiee())
 	if err := n.startRegistry(); err != nil {
 		n.cancel()

@@ -22,6 +22,7 @@ import (
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/simulations"
 	"github.com/meshagent/meshagent/trust"
+	"github.com/meshagent/meshagent/wire"
 )
 
 // testMesh starts orchestrator, worker (serving read:logs, counting runs)
@@ -193,7 +194,7 @@ func TestThreatsOverTheWire(t *testing.T) {
 		m, runs := testMesh(t, "tcp")
 		h := m.Agents["mallory"].Node.Host()
 		for _, frame := range [][]byte{make([]byte, protocol.DefaultMaxEnvelopeSize+10), []byte("garbage")} {
-			s, err := h.NewStream(ctx, m.Agents["worker"].ID(), protocol.ProtocolRPC)
+			s, err := h.NewStream(ctx, m.Agents["worker"].ID(), wire.ProtocolRPC)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -234,7 +235,7 @@ func TestOutsiderCannotCallOrPublish(t *testing.T) {
 	h := out.Node.Host()
 	h.Peerstore().AddAddrs(worker.ID(), worker.Node.Host().Addrs(), time.Minute)
 	raw, _ := out.Node.SealRequest(worker.ID(), "read:logs", nil, nil)
-	s, err := h.NewStream(ctx, worker.ID(), protocol.ProtocolRPC)
+	s, err := h.NewStream(ctx, worker.ID(), wire.ProtocolRPC)
 	if err == nil {
 		_ = msgio.NewVarintWriter(s).WriteMsg(raw)
 		s.CloseWrite()

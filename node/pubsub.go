@@ -16,6 +16,7 @@ import (
 	"github.com/meshagent/meshagent/node/internal/audit"
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/trust"
+	"github.com/meshagent/meshagent/wire"
 )
 
 // Message is a verified pubsub message.
@@ -255,7 +256,7 @@ const (
 // or a name a token can grant (the resource of publish:TOPIC). Messages on
 // any other topic are refused by every node, so no one needs it.
 func validTopic(t string) bool {
-	return t == RegistryTopic || t == RevocationTopic || trust.ValidateScope(protocol.TopicAction(t)) == nil
+	return t == wire.TopicRegistry || t == wire.TopicRevocations || trust.ValidateScope(protocol.TopicAction(t)) == nil
 }
 
 // newSubFilter returns the router's subscription filter. An RPC with more

@@ -25,23 +25,11 @@ import (
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/protocol/protocolpb"
 	"github.com/meshagent/meshagent/trust"
+	"github.com/meshagent/meshagent/wire"
 )
 
-// Registry protocol constants.
-const (
-	// RegistryTopic carries records and leaves; heartbeats travel on
-	// ProtocolBeat.
-	RegistryTopic = "meshagent/v1/registry"
-	// RevocationTopic carries anchor-signed revocations.
-	RevocationTopic = "meshagent/v1/revocations"
-	// ProtocolSync is the join-time exchange of records and revocations.
-	ProtocolSync = "/meshagent/sync/1.0.0"
-	// ProtocolRevocations returns the revocations a node holds, for a
-	// neighbour whose revocation digest differs.
-	ProtocolRevocations = "/meshagent/revocations/1.0.0"
-	// maxSyncSize bounds one sync response.
-	maxSyncSize = 32 << 20
-)
+// maxSyncSize bounds one sync response.
+const maxSyncSize = 32 << 20
 
 // liveness is the node's half of the registry: its own sequence numbers,
 // its current record, and the subscribers to registry events.
@@ -139,13 +127,13 @@ func (n *Node) emit(evs []discovery.Event) {
 // startRegistry joins the registry and revocation topics, announces this
 // node, and starts the heartbeat and liveness loops.
 func (n *Node) startRegistry() error {
-	if err := n.ps.RegisterTopicValidator(RegistryTopic, n.registryValidator, pubsub.WithValidatorInline(true)); err != nil {
+	if err := n.ps.RegisterTopicValidator(wire.TopicRegistry, n.registryValidator, pubsub.WithValidatorInline(true)); err != nil {
 		return err
 	}
-	if err := n.ps.RegisterTopicValidator(RevocationTopic, n.revocationValidator, pubsub.WithValidatorInline(true)); err != nil {
+	if err := n.ps.RegisterTopicValidator(wire.TopicRevocations, n.revocationValidator, pubsub.WithValidatorInline(true)); err != nil {
 		return err
 	}
-	for _, name := range []string{RegistryTopic, RevocationTopic} {
+	for _, name := range []string{wire.TopicRegistry, wire.TopicRevocations} {
 		t, err := n.ps.Join(name)
 		if err != nil {
 			return err
@@ -168,9 +156,9 @@ func (n *Node) startRegistry() error {
 			}
 		}()
 	}
-	n.h.SetStreamHandler(ProtocolSync, n.gateWrap(n.handleSync))
-	n.h.SetStreamHandler(ProtocolRevocations, n.gateWrap(n.handleSync))
-	n.h.SetStreamHandler(ProtocolLeave, n.gateWrap(n.handleLeave))
+	n.h.SetStreamHandler(wire.ProtocolSync, n.gateWrap(n.handleSync))
+	n.h.SetStreamHandler(wire.ProtocolRevocations, n.gateWrap(n.handleSync))
+	n.h.SetStreamHandler(wire.ProtocolLeave, n.gateWrap(n.handleLeave))
 	n.beats.start()
 	go n.heartbeatLoop()
 	go n.tickLoop()
@@ -183,7 +171,7 @@ func (n *Node) publishRegistry(m *protocolpb.RegistryMessage) error {
 		return err
 	}
 	n.mu.Lock()
-	t := n.topics[RegistryTopic]
+	t := n.topics[wire.TopicRegistry]
 	n.mu.Unlock()
 	if t == nil {
 		return ErrNotStarted
@@ -250,7 +238,7 @@ func (n *Node) heartbeatLoop() {
 				continue
 			}
 			n.mu.Lock()
-			topic := n.topics[RegistryTopic]
+			topic := n.topics[wire.TopicRegistry]
 			n.mu.Unlock()
 			if len(topic.ListPeers()) > 0 && n.announce() == nil {
 				announced = true
@@ -512,7 +500,7 @@ func (n *Node) handleSync(s network.Stream) {
 	}
 	_ = s.SetDeadline(time.Now().Add(n.cfg.AdmissionTimeout))
 	var snap []*protocolpb.Announcement
-	if s.Protocol() == ProtocolSync {
+	if s.Protocol() == wire.ProtocolSync {
 		snap = n.registry.Snapshot()
 		if rec, err := n.currentRecord(); err == nil {
 			snap = append(snap, rec.Proto())
@@ -564,7 +552,7 @@ func (n *Node) syncSoon(p peer.ID) {
 // pullSoon asks p for its revocations unless it did within a heartbeat.
 func (n *Node) pullSoon(p peer.ID) {
 	if n.due(n.live.lastPull, p) {
-		go n.fetch(p, ProtocolRevocations)
+		go n.fetch(p, wire.ProtocolRevocations)
 	}
 }
 
@@ -591,7 +579,7 @@ func (n *Node) due(m map[peer.ID]time.Time, p peer.ID) bool {
 
 // syncFrom asks p for its records and revocations and applies them as
 // relayed: they teach who exists, never who is alive.
-func (n *Node) syncFrom(p peer.ID) { n.fetch(p, ProtocolSync) }
+func (n *Node) syncFrom(p peer.ID) { n.fetch(p, wire.ProtocolSync) }
 
 func (n *Node) fetch(p peer.ID, which p2pprotocol.ID) {
 	h := n.host()
@@ -690,10 +678,6 @@ func readGrowing(r io.Reader, max int) ([]byte, error) {
 	return buf, nil
 }
 
-// ProtocolLeave delivers a leave straight to each connected peer, which
-// applies it and relays it on the registry topic.
-const ProtocolLeave = "/meshagent/leave/1.0.0"
-
 // sendLeave tells the mesh this node is stopping: on the registry topic,
 // and directly to every connected peer, waiting (at most the admission
 // timeout) for their acknowledgements so that the leave is out before the
@@ -713,7 +697,7 @@ func (n *Node) sendLeave() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s, err := h.NewStream(ctx, p, ProtocolLeave)
+			s, err := h.NewStream(ctx, p, wire.ProtocolLeave)
 			if err != nil {
 				return
 			}

@@ -9,6 +9,7 @@ import (
 	"github.com/meshagent/meshagent/node/internal/refused"
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/trust"
+	"github.com/meshagent/meshagent/wire"
 )
 
 // applyRevocation verifies and applies one encoded revocation, remembers it
@@ -73,7 +74,7 @@ func (n *Node) Revoke(ctx context.Context, raw []byte) error {
 		return err
 	}
 	n.mu.Lock()
-	t := n.topics[RevocationTopic]
+	t := n.topics[wire.TopicRevocations]
 	n.mu.Unlock()
 	if t == nil {
 		return ErrNotStarted

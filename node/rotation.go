@@ -14,10 +14,8 @@ import (
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/protocol/protocolpb"
 	"github.com/meshagent/meshagent/trust"
+	"github.com/meshagent/meshagent/wire"
 )
-
-// ProtocolRenew is the credential renewal protocol served by issuers.
-const ProtocolRenew = "/meshagent/renew/1.0.0"
 
 // handleRenew serves a renewal: the requester is the TLS-authenticated
 // peer, its current credential must be its own, valid and unrevoked, and it
@@ -29,7 +27,7 @@ func (n *Node) handleRenew(s network.Stream) {
 	// A few requests at once and one a heartbeat per peer (an honest agent
 	// renews a day's credential once): past that, a request is answered
 	// flood unread, with no check and no audit line.
-	if !n.serveAllowed(remote, ProtocolRenew) {
+	if !n.serveAllowed(remote, wire.ProtocolRenew) {
 		b, _ := proto.Marshal(&protocolpb.RenewResponse{ErrorCode: string(protocol.CodeFlood), ErrorDetail: "renewal requests past the rate"})
 		_ = s.SetDeadline(time.Now().Add(n.cfg.AdmissionTimeout))
 		if msgio.NewVarintWriter(s).WriteMsg(b) != nil {
@@ -105,7 +103,7 @@ func (n *Node) renewFor(remote peer.ID, raw []byte) (*trust.Credential, error) {
 
 // renewFrom asks issuer p for a fresh credential.
 func (n *Node) renewFrom(ctx context.Context, p peer.ID) (*trust.Credential, error) {
-	s, err := n.host().NewStream(ctx, p, ProtocolRenew)
+	s, err := n.host().NewStream(ctx, p, wire.ProtocolRenew)
 	if err != nil {
 		return nil, err
 	}
@@ -205,7 +203,7 @@ func (n *Node) renew() (*trust.Credential, error) {
 	h := n.host()
 	var last error = fmt.Errorf("no issuer reachable")
 	for _, p := range h.Network().Peers() {
-		if ok, _ := h.Peerstore().SupportsProtocols(p, ProtocolRenew); len(ok) == 0 {
+		if ok, _ := h.Peerstore().SupportsProtocols(p, wire.ProtocolRenew); len(ok) == 0 {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.AdmissionTimeout)

@@ -14,6 +14,7 @@ import (
 	"github.com/meshagent/meshagent/protocol/protocolpb"
 	"github.com/meshagent/meshagent/simulations"
 	"github.com/meshagent/meshagent/trust"
+	"github.com/meshagent/meshagent/wire"
 )
 
 // renew sends one renewal request from one agent to another and returns
@@ -30,7 +31,7 @@ func renew(t *testing.T, m *simulations.Mesh, from, to string, req []byte) strin
 func tryRenew(m *simulations.Mesh, from, to string, req []byte) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	s, err := m.Agents[from].Node.Host().NewStream(ctx, m.Agents[to].ID(), node.ProtocolRenew)
+	s, err := m.Agents[from].Node.Host().NewStream(ctx, m.Agents[to].ID(), wire.ProtocolRenew)
 	if err != nil {
 		return "", err
 	}

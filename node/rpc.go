@@ -14,6 +14,7 @@ import (
 	"github.com/meshagent/meshagent/node/internal/audit"
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/trust"
+	"github.com/meshagent/meshagent/wire"
 )
 
 // Request is an accepted inbound call, handed to a Handler only after the
@@ -143,7 +144,7 @@ func (n *Node) exchange(ctx context.Context, to peer.ID, toKey trust.PublicKey, 
 			return nil, protocol.Reject(protocol.CodeUnavailable, "%v", err)
 		}
 	}
-	s, err := h.NewStream(ctx, to, protocol.ProtocolRPC)
+	s, err := h.NewStream(ctx, to, wire.ProtocolRPC)
 	if err != nil {
 		return nil, protocol.Reject(protocol.CodeUnavailable, "open stream to %s: %v", to, err)
 	}

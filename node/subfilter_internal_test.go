@@ -9,6 +9,7 @@ import (
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	pubsubpb "github.com/libp2p/go-libp2p-pubsub/pb"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/meshagent/meshagent/wire"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -39,7 +40,7 @@ func TestSubscriptionFilterBounds(t *testing.T) {
 			t.Errorf("CanSubscribe(%q) = true", bad)
 		}
 	}
-	for _, good := range []string{"tasks", "a.b_c-1", strings.Repeat("a", 31), RegistryTopic, RevocationTopic} {
+	for _, good := range []string{"tasks", "a.b_c-1", strings.Repeat("a", 31), wire.TopicRegistry, wire.TopicRevocations} {
 		if !f.CanSubscribe(good) {
 			t.Errorf("CanSubscribe(%q) = false", good)
 		}

@@ -29,6 +29,7 @@ import (
 	"github.com/meshagent/meshagent/protocol/protocolpb"
 	"github.com/meshagent/meshagent/simulations"
 	"github.com/meshagent/meshagent/trust"
+	"github.com/meshagent/meshagent/wire"
 )
 
 // meshsub is the gossipsub protocol the insiders speak by hand.
@@ -66,7 +67,7 @@ func insiderHost(t *testing.T, ctx context.Context, m *simulations.Mesh, name st
 	if err := h.Connect(ctx, peer.AddrInfo{ID: target.ID(), Addrs: target.Host().Addrs()}); err != nil {
 		t.Fatal(err)
 	}
-	s, err := h.NewStream(ctx, target.ID(), protocol.ProtocolAdmission)
+	s, err := h.NewStream(ctx, target.ID(), wire.ProtocolAdmission)
 	if err != nil {
 		t.Fatal(err)
 	}

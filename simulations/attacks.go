@@ -15,6 +15,7 @@ import (
 	"github.com/meshagent/meshagent/node"
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/trust"
+	"github.com/meshagent/meshagent/wire"
 )
 
 // Attack is one row of the threat model played as a sustained flood: the
@@ -183,7 +184,7 @@ func (k *kit) attempt(ctx context.Context, a string) (func(), error) {
 			frame = make([]byte, protocol.DefaultMaxEnvelopeSize+1)
 		}
 		return func() {
-			if s, err := k.n.Host().NewStream(ctx, k.tid, protocol.ProtocolRPC); err == nil {
+			if s, err := k.n.Host().NewStream(ctx, k.tid, wire.ProtocolRPC); err == nil {
 				_ = msgio.NewVarintWriter(s).WriteMsg(frame)
 				_ = s.Reset()
 			}

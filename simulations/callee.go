@@ -10,6 +10,7 @@ import (
 
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/trust"
+	"github.com/meshagent/meshagent/wire"
 )
 
 // AnswerWithErrors makes h answer every RPC with an error reply signed by
@@ -19,7 +20,7 @@ import (
 // count of requests answered.
 func AnswerWithErrors(h host.Host, id *trust.Identity, code func(n int64) trust.Code) *atomic.Int64 {
 	var served atomic.Int64
-	h.SetStreamHandler(protocol.ProtocolRPC, func(s network.Stream) {
+	h.SetStreamHandler(wire.ProtocolRPC, func(s network.Stream) {
 		defer s.Close()
 		raw, err := msgio.NewVarintReaderSize(s, 1<<20).ReadMsg()
 		if err != nil {

@@ -25,10 +25,10 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/meshagent/meshagent/discovery"
-	"github.com/meshagent/meshagent/node"
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/protocol/protocolpb"
 	"github.com/meshagent/meshagent/trust"
+	"github.com/meshagent/meshagent/wire"
 )
 
 // ResourceAttacks are the attacks of issue 11 (bounded under attack) that a
@@ -131,7 +131,7 @@ func (k *kit) resourceAttempt(ctx context.Context, a string) (func(), error) {
 				var err error
 				if a == "rpc-streams" {
 					var s network.Stream
-					if s, err = h.NewStream(c, k.tid, protocol.ProtocolRPC); err == nil {
+					if s, err = h.NewStream(c, k.tid, wire.ProtocolRPC); err == nil {
 						_ = s.SetWriteDeadline(time.Now().Add(5 * time.Second))
 						_, err = s.Write(claim)
 					}
@@ -155,7 +155,7 @@ func (k *kit) resourceAttempt(ctx context.Context, a string) (func(), error) {
 			k.landed.Add(1)
 			c, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
-			if s, err := h.NewStream(c, k.tid, protocol.ProtocolAdmission); err == nil {
+			if s, err := h.NewStream(c, k.tid, wire.ProtocolAdmission); err == nil {
 				_ = s.SetDeadline(time.Now().Add(10 * time.Second))
 				_ = msgio.NewVarintWriter(s).WriteMsg([]byte("not a hello"))
 				_, _ = s.Read(make([]byte, 1)) // until the target resets it
@@ -172,7 +172,7 @@ func (k *kit) resourceAttempt(ctx context.Context, a string) (func(), error) {
 			if x == nil {
 				return
 			}
-			s, err := in.stream(ctx, k, protocol.ProtocolRPC)
+			s, err := in.stream(ctx, k, wire.ProtocolRPC)
 			if err == nil {
 				_ = s.SetWriteDeadline(time.Now().Add(5 * time.Second))
 				if _, err = s.Write(claim); err != nil {
@@ -207,7 +207,7 @@ func (k *kit) resourceAttempt(ctx context.Context, a string) (func(), error) {
 		return func() {
 			c, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()
-			s, err := k.n.Host().NewStream(c, k.tid, protocol.ProtocolRPC)
+			s, err := k.n.Host().NewStream(c, k.tid, wire.ProtocolRPC)
 			if err != nil {
 				return
 			}
@@ -221,12 +221,12 @@ func (k *kit) resourceAttempt(ctx context.Context, a string) (func(), error) {
 		}, nil
 	case "renew-loop", "sync-loop":
 		var req []byte
-		var pid p2pprotocol.ID = node.ProtocolSync
+		var pid p2pprotocol.ID = wire.ProtocolSync
 		if a == "renew-loop" {
 			if k.cred == nil {
 				return nil, fmt.Errorf("%s: no credential given", a)
 			}
-			pid = node.ProtocolRenew
+			pid = wire.ProtocolRenew
 			req, _ = proto.Marshal(&protocolpb.RenewRequest{Credential: k.cred.Proto()})
 		}
 		return func() {
@@ -428,7 +428,7 @@ func (in *insider) hello(ctx context.Context, k *kit) error {
 	if err != nil {
 		return err
 	}
-	s, err := in.h.NewStream(ctx, k.tid, protocol.ProtocolAdmission)
+	s, err := in.h.NewStream(ctx, k.tid, wire.ProtocolAdmission)
 	if err != nil {
 		return err
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/meshagent/meshagent/simulations"
 	"github.com/meshagent/meshagent/trust"
 	"github.com/meshagent/meshagent/trust/trustpb"
+	"github.com/meshagent/meshagent/wire"
 )
 
 // threatMesh is 20 honest agents (ring plus chords) that all serve
@@ -227,7 +228,7 @@ func TestThreatModelInAMeshOfTwenty(t *testing.T) {
 					if i%50 == 0 {
 						frame = make([]byte, protocol.DefaultMaxEnvelopeSize+1)
 					}
-					s, err := h.NewStream(ctx, tid, protocol.ProtocolRPC)
+					s, err := h.NewStream(ctx, tid, wire.ProtocolRPC)
 					if err != nil {
 						continue // the target may refuse streams mid-flood
 					}
@@ -340,7 +341,7 @@ func TestThreatModelInAMeshOfTwenty(t *testing.T) {
 			t.Fatal(err)
 		}
 		var got atomic.Int64
-		for _, name := range []string{node.RegistryTopic, node.RevocationTopic, "tasks"} {
+		for _, name := range []string{wire.TopicRegistry, wire.TopicRevocations, "tasks"} {
 			topic, _ := ps.Join(name)
 			sub, _ := topic.Subscribe()
 			go func() {

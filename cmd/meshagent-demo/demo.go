@@ -22,6 +22,7 @@ import (
 	"github.com/meshagent/meshagent/node"
 	"github.com/meshagent/meshagent/simulations"
 	"github.com/meshagent/meshagent/trust"
+	"github.com/meshagent/meshagent/wire"
 )
 
 type demoRow struct {
@@ -179,7 +180,7 @@ func runDemo(ctx context.Context, w io.Writer) error {
 			return "error: " + err.Error()
 		}
 		var got atomic.Int64
-		for _, name := range []string{node.RegistryTopic, node.RevocationTopic, "tasks"} {
+		for _, name := range []string{wire.TopicRegistry, wire.TopicRevocations, "tasks"} {
 			t, _ := ps.Join(name)
 			sub, _ := t.Subscribe()
 			go func() {
