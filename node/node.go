@@ -26,9 +26,11 @@ import (
 	"github.com/meshagent/meshagent/node/internal/audit"
 	"github.com/meshagent/meshagent/node/internal/gate"
 	"github.com/meshagent/meshagent/node/internal/limit"
+	"github.com/meshagent/meshagent/node/internal/overlay"
 	"github.com/meshagent/meshagent/node/internal/refused"
 	"github.com/meshagent/meshagent/node/internal/revstore"
 	"github.com/meshagent/meshagent/protocol"
+	"github.com/meshagent/meshagent/protocol/protocolpb"
 	"github.com/meshagent/meshagent/trust"
 	"github.com/meshagent/meshagent/wire"
 )
@@ -51,7 +53,7 @@ type Node struct {
 	members  *members
 	registry *discovery.Registry
 	live     liveness
-	beats    *beats
+	beats    *overlay.Overlay
 	audit    *audit.Log
 	revs     *revstore.Store // applied revocations, encoded
 	bad      *refused.Cache  // relayed items refused, by hash
@@ -116,11 +118,29 @@ func New(cfg Config) (*Node, error) {
 		Blocked: n.blockedHook(),
 	})
 	n.members = newMembers(n, n.gate)
-	n.beats = newBeats(n)
 	n.registry = discovery.NewRegistry(discovery.Config{Verifier: v, Self: n.self, SuspectMissed: cfg.SuspectMissed,
 		DeadAfter: cfg.DeadAfter, Allowlist: cfg.Allowlist})
 	n.live.seq.Store(uint64(time.Now().UnixNano()))
 	n.revs, n.bad = revstore.New(v.Policy().MaxRevocations), refused.New()
+	n.beats = overlay.New(overlay.Deps{
+		Self: n.self, Registry: n.registry, Clock: n.now,
+		HeartbeatInterval: cfg.HeartbeatInterval, DeadAfter: cfg.DeadAfter, AdmissionTimeout: cfg.AdmissionTimeout,
+		Degree:          cfg.BeatDegree,
+		Admitted:        n.isAdmitted,
+		Connect:         n.connect,
+		ApplyRevocation: n.applyRevocation,
+		ApplyRecord: func(a *protocolpb.Announcement) error {
+			return n.applyRecord(a, discovery.Relayed, trust.PublicKey{})
+		},
+		ApplyLeave: func(l *protocolpb.Leave) error { _, err := n.applyLeave(l); return err },
+		Blame:      n.blame,
+		Emit:       n.emit,
+		SyncSoon:   n.syncSoon,
+		PullSoon:   n.pullSoon,
+		RevDigest:  n.revs.Sum,
+		Frozen:     n.frozenHook(),
+		Lost:       n.lostHook(),
+	})
 	n.live.lastSync, n.live.lastPull = map[peer.ID]time.Time{}, map[peer.ID]time.Time{}
 	hb := cfg.HeartbeatInterval
 	n.live.serving, n.live.records, n.live.renewals = limit.New(hb, serveBurst), limit.New(hb, recordBurst), limit.New(hb, 1)

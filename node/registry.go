@@ -21,6 +21,7 @@ import (
 	"github.com/meshagent/meshagent/discovery"
 	"github.com/meshagent/meshagent/node/internal/audit"
 	"github.com/meshagent/meshagent/node/internal/limit"
+	"github.com/meshagent/meshagent/node/internal/overlay"
 	"github.com/meshagent/meshagent/node/internal/refused"
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/protocol/protocolpb"
@@ -159,7 +160,8 @@ func (n *Node) startRegistry() error {
 	n.h.SetStreamHandler(wire.ProtocolSync, n.gateWrap(n.handleSync))
 	n.h.SetStreamHandler(wire.ProtocolRevocations, n.gateWrap(n.handleSync))
 	n.h.SetStreamHandler(wire.ProtocolLeave, n.gateWrap(n.handleLeave))
-	n.beats.start()
+	n.beats.Start(n.ctx, n.h)
+	n.h.SetStreamHandler(wire.ProtocolBeat, n.gateWrap(n.beats.HandleStream))
 	go n.heartbeatLoop()
 	go n.tickLoop()
 	return nil
@@ -187,7 +189,7 @@ func (n *Node) publishRegistry(m *protocolpb.RegistryMessage) error {
 func (n *Node) learn(rec *discovery.Record, src discovery.Source) error {
 	evs, err := n.registry.Announce(rec, src, n.now())
 	n.emit(evs)
-	n.beats.pushRecords(evs)
+	n.beats.PushRecords(evs)
 	return err
 }
 
@@ -217,7 +219,7 @@ const announceMinGap = 10
 func (n *Node) heartbeatLoop() {
 	t := time.NewTicker(n.cfg.HeartbeatInterval)
 	defer t.Stop()
-	poll := time.NewTicker(min(flushEvery(n.cfg.HeartbeatInterval), 100*time.Millisecond))
+	poll := time.NewTicker(min(overlay.FlushEvery(n.cfg.HeartbeatInterval), 100*time.Millisecond))
 	defer poll.Stop()
 	announced := false // a record went out to at least one neighbour
 	lastAnnounce := -announceMinGap
@@ -264,7 +266,7 @@ func (n *Node) heartbeatLoop() {
 		} else {
 			beat := discovery.SignBeat(n.cfg.Identity, n.nextSeq(), n.now())
 			beat.Revocations = n.revs.Sum()
-			n.beats.originate(beat)
+			n.beats.Originate(beat)
 		}
 		n.maybeRenew()
 		n.pruneRevocations(n.now())
@@ -463,7 +465,7 @@ func (n *Node) applyLeave(l *protocolpb.Leave) (news bool, err error) {
 	evs, err := n.registry.Leave(agent, l.Seq, n.now())
 	n.emit(evs)
 	if err == nil && len(evs) > 0 {
-		n.beats.pushLeave(l)
+		n.beats.PushLeave(l)
 	}
 	return len(evs) > 0, err
 }
@@ -651,7 +653,7 @@ func (n *Node) applySync(p peer.ID, resp *protocolpb.SyncResponse) {
 		}
 	}
 	if learned {
-		n.beats.linkSoon() // agents to link to, if this node has too few links
+		n.beats.LinkSoon() // agents to link to, if this node has too few links
 	}
 }
 

@@ -55,7 +55,7 @@ func (n *Node) applyRevocation(raw []byte) error {
 	if n.cfg.OnRevocation != nil {
 		n.cfg.OnRevocation(canon)
 	}
-	n.beats.pushRevocation(canon)
+	n.beats.PushRevocation(canon)
 	n.emit(n.registry.Tick(n.now()))
 	return nil
 }

@@ -19,3 +19,7 @@ func (*Node) dropSimulated(peer.ID, *pubsub.RPC) {}
 
 // blockedHook is nil: the gate asks no filter.
 func (*Node) blockedHook() func(peer.ID) bool { return nil }
+
+// frozenHook and lostHook are nil: the overlay is never paused nor lossy.
+func (*Node) frozenHook() func() bool      { return nil }
+func (*Node) lostHook() func(peer.ID) bool { return nil }

@@ -61,6 +61,8 @@ func (n *Node) blocked(p peer.ID) bool {
 }
 
 func (n *Node) blockedHook() func(peer.ID) bool { return n.blocked }
+func (n *Node) frozenHook() func() bool         { return n.frozen }
+func (n *Node) lostHook() func(peer.ID) bool    { return n.lost }
 
 func (n *Node) dropSimulated(from peer.ID, rpc *pubsub.RPC) {
 	if n.sim.drop.Load() == nil || len(rpc.Publish) == 0 {

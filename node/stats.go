@@ -39,8 +39,8 @@ func (n *Node) Stats() Stats {
 	return Stats{
 		Agents:        n.registry.Len(),
 		Credential:    n.credentialStatus(),
-		BeatLinks:     n.beats.linkCount(),
-		BeatBytesIn:   n.beats.bytesIn.Load(),
+		BeatLinks:     n.beats.Links(),
+		BeatBytesIn:   n.beats.BytesIn(),
 		PubsubBytesIn: n.pubsubIn.Load(),
 		Throttled:     n.gate.Throttles(),
 		Gated:         n.gate.Gated(),

@@ -1,4 +1,8 @@
-package node
+// Package overlay is the beat overlay: the long-lived links over which
+// agents' signed heartbeats (and new records, leaves and revocations)
+// travel between neighbours, each item verified once by each node and
+// relayed at most once per link. It knows the mesh through Deps only.
+package overlay
 
 import (
 	"context"
@@ -9,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-msgio"
@@ -57,41 +62,91 @@ type beatLink struct {
 	leaves   []*protocolpb.Leave                  // leaves not yet sent
 }
 
-// beats is the node's part of the beat overlay: it opens BeatDegree links
+// Deps is what the overlay needs of the node. Every function must be safe
+// for concurrent use; none may block for long.
+type Deps struct {
+	Self     trust.PublicKey
+	Registry *discovery.Registry
+	Clock    func() time.Time
+	// HeartbeatInterval, DeadAfter and AdmissionTimeout are the node's.
+	HeartbeatInterval, DeadAfter, AdmissionTimeout time.Duration
+	// Degree is how many links this node opens (Config.BeatDegree).
+	Degree int
+	// Admitted reports whether p passed admission (the registry lists it).
+	Admitted func(p peer.ID) bool
+	// Connect connects to p and completes admission.
+	Connect func(ctx context.Context, ai peer.AddrInfo) error
+	// ApplyRevocation, ApplyRecord and ApplyLeave apply a relayed item
+	// (ApplyRecord and ApplyLeave relay it on when it was news).
+	ApplyRevocation func(raw []byte) error
+	ApplyRecord     func(a *protocolpb.Announcement) error
+	ApplyLeave      func(l *protocolpb.Leave) error
+	// Blame audits and charges p for a relayed item refused with code
+	// when p should have refused it itself; it reports whether p was cut
+	// off.
+	Blame func(p peer.ID, kind audit.Kind, code trust.Code) bool
+	// Emit handles registry events (audit, close the dead, listeners).
+	Emit func([]discovery.Event)
+	// SyncSoon asks p for the records it holds; PullSoon for its
+	// revocations (both at most once a heartbeat per peer).
+	SyncSoon, PullSoon func(p peer.ID)
+	// RevDigest is the digest of the revocations this node holds.
+	RevDigest func() uint64
+	// Frozen, when set, pauses the overlay (simulations); Lost drops an
+	// item received from p (simulations). nil in production.
+	Frozen func() bool
+	Lost   func(p peer.ID) bool
+}
+
+// Overlay is the node's part of the beat overlay: it opens BeatDegree links
 // to connected agents chosen at random (others open links to it), so the
 // overlay is a random graph of out-degree BeatDegree over the connections,
 // which stays connected with high probability however dense the
 // connections are. A node with fewer connected agents dials more from its
 // registry, so a newcomer that knows one member links to several.
-type beats struct {
-	n            *Node
+//
+// Lock order: mu alone; no Deps function is called while it is held, but
+// Registry's and Admitted's (which take only the registry's own lock).
+type Overlay struct {
+	d            Deps
+	h            host.Host
+	ctx          context.Context
 	mu           sync.Mutex
 	links        map[peer.ID]*beatLink
 	dialing      map[peer.ID]bool
 	wake         chan struct{}
 	lastMaintain time.Time
-	soon         bool // linkSoon asked for soonLinks links before the next look
-	bytesIn      atomic.Int64
+	soon         bool         // linkSoon asked for soonLinks links before the next look
+	bytesIn      atomic.Int64 // batches received, with their framing
 }
 
-func newBeats(n *Node) *beats {
-	return &beats{n: n, links: map[peer.ID]*beatLink{}, dialing: map[peer.ID]bool{}, wake: make(chan struct{}, 1)}
+// New returns an overlay; nothing runs until Start.
+func New(d Deps) *Overlay {
+	if d.Frozen == nil {
+		d.Frozen = func() bool { return false }
+	}
+	if d.Lost == nil {
+		d.Lost = func(peer.ID) bool { return false }
+	}
+	return &Overlay{d: d, links: map[peer.ID]*beatLink{}, dialing: map[peer.ID]bool{}, wake: make(chan struct{}, 1)}
 }
 
-// flushEvery is how long a node gathers beats before relaying them: a
+// FlushEvery is how long a node gathers beats before relaying them: a
 // thirtieth of the heartbeat (1 s at the default 30 s), so that a beat
 // crosses a mesh of diameter 10 in a third of a heartbeat.
-func flushEvery(hb time.Duration) time.Duration {
+func FlushEvery(hb time.Duration) time.Duration {
 	return min(max(hb/30, 2*time.Millisecond), time.Second)
 }
 
-func (b *beats) start() {
-	b.n.h.SetStreamHandler(wire.ProtocolBeat, b.n.gateWrap(b.handleStream))
+// Start runs the overlay on h until ctx ends. The caller registers
+// HandleStream for wire.ProtocolBeat, behind the gate.
+func (b *Overlay) Start(ctx context.Context, h host.Host) {
+	b.ctx, b.h = ctx, h
 	go b.loop()
 }
 
 // queue adds to every link's queue with add, then wakes the flush loop.
-func (b *beats) queue(add func(l *beatLink)) {
+func (b *Overlay) queue(add func(l *beatLink)) {
 	b.mu.Lock()
 	for _, l := range b.links {
 		add(l)
@@ -103,13 +158,13 @@ func (b *beats) queue(add func(l *beatLink)) {
 	}
 }
 
-// originate sends this node's own new beat to every neighbour at once.
-func (b *beats) originate(beat *protocolpb.Beat) {
-	b.queue(func(l *beatLink) { l.pending[b.n.self] = beat })
+// Originate sends this node's own new beat to every neighbour at once.
+func (b *Overlay) Originate(beat *protocolpb.Beat) {
+	b.queue(func(l *beatLink) { l.pending[b.d.Self] = beat })
 }
 
-// pushRevocation sends a newly applied revocation to every neighbour.
-func (b *beats) pushRevocation(raw []byte) {
+// PushRevocation sends a newly applied revocation to every neighbour.
+func (b *Overlay) PushRevocation(raw []byte) {
 	b.queue(func(l *beatLink) {
 		if len(l.revs) < revsPerBatch {
 			l.revs = append(l.revs, raw)
@@ -117,13 +172,13 @@ func (b *beats) pushRevocation(raw []byte) {
 	})
 }
 
-// pushRecords sends the records of agents that just joined to every
+// PushRecords sends the records of agents that just joined to every
 // neighbour.
-func (b *beats) pushRecords(evs []discovery.Event) {
+func (b *Overlay) PushRecords(evs []discovery.Event) {
 	var recs []*protocolpb.Announcement
 	for _, e := range evs {
 		if e.Reason == "joined" {
-			if r := b.n.registry.Record(e.Agent); r != nil {
+			if r := b.d.Registry.Record(e.Agent); r != nil {
 				recs = append(recs, r.Proto())
 			}
 		}
@@ -133,8 +188,8 @@ func (b *beats) pushRecords(evs []discovery.Event) {
 	}
 }
 
-// pushLeave sends a newly applied leave to every neighbour.
-func (b *beats) pushLeave(leave *protocolpb.Leave) {
+// PushLeave sends a newly applied leave to every neighbour.
+func (b *Overlay) PushLeave(leave *protocolpb.Leave) {
 	b.queue(func(l *beatLink) {
 		if len(l.leaves) < leavesPerBatch {
 			l.leaves = append(l.leaves, leave)
@@ -142,17 +197,17 @@ func (b *beats) pushLeave(leave *protocolpb.Leave) {
 	})
 }
 
-func (b *beats) loop() {
-	t := time.NewTicker(flushEvery(b.n.cfg.HeartbeatInterval))
+func (b *Overlay) loop() {
+	t := time.NewTicker(FlushEvery(b.d.HeartbeatInterval))
 	defer t.Stop()
 	for {
 		select {
-		case <-b.n.ctx.Done():
+		case <-b.ctx.Done():
 			return
 		case <-t.C:
 		case <-b.wake:
 		}
-		if b.n.frozen() {
+		if b.d.Frozen() {
 			continue
 		}
 		b.maintain()
@@ -163,15 +218,15 @@ func (b *beats) loop() {
 // maintain opens links to random connected, listed agents until this
 // node has BeatDegree outbound links; it looks at most four times a
 // heartbeat.
-func (b *beats) maintain() {
+func (b *Overlay) maintain() {
 	now := time.Now()
 	b.mu.Lock()
-	degree := b.n.cfg.BeatDegree
+	degree := b.d.Degree
 	switch {
 	case b.soon:
 		b.soon = false
 		degree = min(degree, soonLinks)
-	case now.Sub(b.lastMaintain) < b.n.cfg.HeartbeatInterval/4:
+	case now.Sub(b.lastMaintain) < b.d.HeartbeatInterval/4:
 		b.mu.Unlock()
 		return
 	default:
@@ -186,11 +241,11 @@ func (b *beats) maintain() {
 	need := degree - out
 	var cands []peer.ID
 	if need > 0 && len(b.links) < maxBeatLinks {
-		for _, p := range b.n.host().Network().Peers() {
+		for _, p := range b.h.Network().Peers() {
 			if b.links[p] != nil || b.dialing[p] {
 				continue
 			}
-			if !b.n.members.isAdmitted(p) {
+			if !b.d.Admitted(p) {
 				continue
 			}
 			cands = append(cands, p)
@@ -205,9 +260,9 @@ func (b *beats) maintain() {
 	// registry, at the addresses in their records.
 	var far []peer.ID
 	if short := degree - len(b.links) - len(b.dialing) - len(cands); short > 0 {
-		for _, e := range b.n.registry.Entries() {
+		for _, e := range b.d.Registry.Entries() {
 			if e.State == discovery.Alive.String() && b.links[e.PeerID] == nil && !b.dialing[e.PeerID] &&
-				!slices.Contains(cands, e.PeerID) && b.n.host().Network().Connectedness(e.PeerID) != network.Connected {
+				!slices.Contains(cands, e.PeerID) && b.h.Network().Connectedness(e.PeerID) != network.Connected {
 				far = append(far, e.PeerID)
 			}
 		}
@@ -227,10 +282,10 @@ func (b *beats) maintain() {
 }
 
 // soonLinks is how many links a node with fewer looks for at once, when a
-// sync taught it agents (linkSoon); the rest wait for the regular look.
+// sync taught it agents (LinkSoon); the rest wait for the regular look.
 const soonLinks = 2
 
-// linkSoon makes the flush loop look for a second link at once when this
+// LinkSoon makes the flush loop look for a second link at once when this
 // node has only one: a newcomer that just learned the registry from its
 // first contact has two paths within a flush, not a quarter heartbeat
 // later (7.5 s at the default), during which its one link would be the
@@ -238,9 +293,9 @@ const soonLinks = 2
 // wait for the regular look, so that nodes wiring up at a cold start do
 // not dial far agents their wiring would have given them anyway (each
 // link more costs every node's relay traffic).
-func (b *beats) linkSoon() {
+func (b *Overlay) LinkSoon() {
 	b.mu.Lock()
-	short := len(b.links)+len(b.dialing) < min(b.n.cfg.BeatDegree, soonLinks)
+	short := len(b.links)+len(b.dialing) < min(b.d.Degree, soonLinks)
 	if short {
 		b.soon = true
 	}
@@ -255,7 +310,7 @@ func (b *beats) linkSoon() {
 
 // open opens a beat link to p; when p is far (not a neighbour yet) it
 // first connects to it at the addresses of its record.
-func (b *beats) open(p peer.ID, far bool) {
+func (b *Overlay) open(p peer.ID, far bool) {
 	defer func() {
 		b.mu.Lock()
 		delete(b.dialing, p)
@@ -264,9 +319,9 @@ func (b *beats) open(p peer.ID, far bool) {
 	if far && !b.connect(p) {
 		return
 	}
-	ctx, cancel := context.WithTimeout(b.n.ctx, b.n.cfg.AdmissionTimeout)
+	ctx, cancel := context.WithTimeout(b.ctx, b.d.AdmissionTimeout)
 	defer cancel()
-	s, err := b.n.host().NewStream(ctx, p, wire.ProtocolBeat)
+	s, err := b.h.NewStream(ctx, p, wire.ProtocolBeat)
 	if err != nil {
 		return
 	}
@@ -279,25 +334,25 @@ func (b *beats) open(p peer.ID, far bool) {
 
 // connect connects to (and is admitted by) p at the addresses of its
 // record.
-func (b *beats) connect(p peer.ID) bool {
+func (b *Overlay) connect(p peer.ID) bool {
 	k, err := trust.PublicKeyFromPeerID(p)
 	if err != nil {
 		return false
 	}
-	rec := b.n.registry.Record(k)
+	rec := b.d.Registry.Record(k)
 	if rec == nil {
 		return false
 	}
-	ctx, cancel := context.WithTimeout(b.n.ctx, b.n.cfg.AdmissionTimeout)
+	ctx, cancel := context.WithTimeout(b.ctx, b.d.AdmissionTimeout)
 	defer cancel()
-	return b.n.connect(ctx, peer.AddrInfo{ID: p, Addrs: rec.Addrs()}) == nil
+	return b.d.Connect(ctx, peer.AddrInfo{ID: p, Addrs: rec.Addrs()}) == nil
 }
 
-// handleStream accepts a link from a listed agent. A dead agent may link:
+// HandleStream accepts a link from a listed agent. A dead agent may link:
 // its own signed beat is what brings it back.
-func (b *beats) handleStream(s network.Stream) {
+func (b *Overlay) HandleStream(s network.Stream) {
 	p := s.Conn().RemotePeer()
-	if !b.n.members.isAdmitted(p) || !b.add(p, s, false) {
+	if !b.d.Admitted(p) || !b.add(p, s, false) {
 		s.Reset()
 		return
 	}
@@ -306,7 +361,7 @@ func (b *beats) handleStream(s network.Stream) {
 
 // add makes s the link to p unless there is one already, in which case s
 // is only read from. It refuses when the node has too many links.
-func (b *beats) add(p peer.ID, s network.Stream, outbound bool) bool {
+func (b *Overlay) add(p peer.ID, s network.Stream, outbound bool) bool {
 	k, err := trust.PublicKeyFromPeerID(p)
 	if err != nil {
 		return false
@@ -324,7 +379,7 @@ func (b *beats) add(p peer.ID, s network.Stream, outbound bool) bool {
 }
 
 // drop forgets the link written on s and resets s.
-func (b *beats) drop(p peer.ID, s network.Stream) {
+func (b *Overlay) drop(p peer.ID, s network.Stream) {
 	b.mu.Lock()
 	if l := b.links[p]; l != nil && l.s == s {
 		delete(b.links, p)
@@ -336,7 +391,7 @@ func (b *beats) drop(p peer.ID, s network.Stream) {
 // read applies the batches p sends on s until the stream ends. A batch that
 // does not decode, or a beat with a bad signature, is hostile: an honest
 // neighbour relays only beats it verified.
-func (b *beats) read(p peer.ID, s network.Stream) {
+func (b *Overlay) read(p peer.ID, s network.Stream) {
 	r := msgio.NewVarintReaderSize(s, maxBeatBatch)
 	for {
 		raw, err := r.ReadMsg()
@@ -349,11 +404,11 @@ func (b *beats) read(p peer.ID, s network.Stream) {
 		err = proto.Unmarshal(raw, &batch)
 		r.ReleaseMsg(raw)
 		if err != nil {
-			b.n.blame(p, audit.Beat, trust.CodeMalformed)
+			b.d.Blame(p, audit.Beat, trust.CodeMalformed)
 			b.drop(p, s)
 			return
 		}
-		if !b.n.frozen() && b.apply(p, &batch) {
+		if !b.d.Frozen() && b.apply(p, &batch) {
 			b.drop(p, s)
 			return
 		}
@@ -362,92 +417,77 @@ func (b *beats) read(p peer.ID, s network.Stream) {
 
 // apply applies what a batch from p carries, each item unless the injected
 // loss drops it. It reports whether p was cut off for hostile items.
-func (b *beats) apply(p peer.ID, batch *protocolpb.BeatBatch) (cut bool) {
-	lost := func() bool { return b.n.lost(p) }
+func (b *Overlay) apply(p peer.ID, batch *protocolpb.BeatBatch) (cut bool) {
+	lost := func() bool { return b.d.Lost(p) }
 	for _, raw := range batch.Revocations {
-		if !lost() && b.n.blame(p, audit.Revocation, trust.CodeOf(b.n.applyRevocation(raw))) {
+		if !lost() && b.d.Blame(p, audit.Revocation, trust.CodeOf(b.d.ApplyRevocation(raw))) {
 			return true
 		}
 	}
 	for _, a := range batch.Records {
-		if !lost() && b.n.blame(p, audit.Announcement, b.applyRecord(a)) {
+		if !lost() && b.d.Blame(p, audit.Announcement, b.applyRecord(a)) {
 			return true
 		}
 	}
 	for _, l := range batch.Leaves {
-		if !lost() && b.n.blame(p, audit.Leave, b.applyLeave(l)) {
+		if !lost() && b.d.Blame(p, audit.Leave, b.applyLeave(l)) {
 			return true
 		}
 	}
 	for _, beat := range batch.Beats {
-		if !lost() && b.n.blame(p, audit.Beat, b.receive(p, beat)) {
+		if !lost() && b.d.Blame(p, audit.Beat, b.receive(p, beat)) {
 			return true
 		}
 	}
 	return false
 }
 
-// blame audits a relayed item's refusal with a code that p, which sent it,
-// should have refused itself (forwarderFault), and spends p's rejection
-// budget; it reports whether p was cut off. Other codes are not p's doing
-// and pass.
-func (n *Node) blame(p peer.ID, kind audit.Kind, code trust.Code) bool {
-	if !forwarderFault[code] {
-		return false
-	}
-	r := n.record(audit.In, kind, p.String())
-	reject(&r, code, "")
-	n.audit.Write(r)
-	return n.gate.Penalize(p, code)
-}
-
 // applyRecord applies a record relayed on the overlay (which relays it on
 // when it named a new agent).
-func (b *beats) applyRecord(a *protocolpb.Announcement) trust.Code {
-	return trust.CodeOf(b.n.applyRecord(a, discovery.Relayed, trust.PublicKey{}))
+func (b *Overlay) applyRecord(a *protocolpb.Announcement) trust.Code {
+	return trust.CodeOf(b.d.ApplyRecord(a))
 }
 
 // applyLeave applies a leave relayed on the overlay and relays it on when
 // it was news.
-func (b *beats) applyLeave(l *protocolpb.Leave) trust.Code {
-	_, err := b.n.applyLeave(l)
-	return trust.CodeOf(err)
+func (b *Overlay) applyLeave(l *protocolpb.Leave) trust.Code {
+	return trust.CodeOf(b.d.ApplyLeave(l))
 }
 
 // receive applies one beat relayed by from and queues it for the other
 // neighbours when it is news. It returns the code of a hostile beat.
-func (b *beats) receive(from peer.ID, beat *protocolpb.Beat) trust.Code {
+func (b *Overlay) receive(from peer.ID, beat *protocolpb.Beat) trust.Code {
 	if len(beat.Agent) != trust.PublicKeySize {
 		return trust.CodeMalformed
 	}
 	agent := trust.PublicKey(beat.Agent)
-	if agent.Equal(b.n.self) || beat.Seq <= b.n.registry.Seq(agent) {
+	if agent.Equal(b.d.Self) || beat.Seq <= b.d.Registry.Seq(agent) {
 		b.seen(from, agent, beat.Seq)
 		return ""
 	}
-	if b.n.registry.State(agent) == 0 {
+	if b.d.Registry.State(agent) == 0 {
 		// Not listed here: the beat would be dropped, so its signature is
 		// not checked; learn the agent from whoever relayed it.
-		b.n.syncSoon(from)
+		b.d.SyncSoon(from)
 		return ""
 	}
-	if d := b.n.now().Sub(time.UnixMilli(beat.Timestamp)); d > b.n.cfg.DeadAfter || -d > b.n.cfg.DeadAfter {
+	if d := b.d.Clock().Sub(time.UnixMilli(beat.Timestamp)); d > b.d.DeadAfter || -d > b.d.DeadAfter {
 		return "" // stale: it would be refused after the signature check
 	}
 	_, ts, err := discovery.VerifyBeat(beat)
 	if err != nil {
 		return trust.CodeOf(err)
 	}
-	if beat.Revocations != b.n.revs.Sum() && agent.Equal(b.linkKey(from)) {
-		b.n.pullSoon(from) // a neighbour holds other revocations
+	if beat.Revocations != b.d.RevDigest() && agent.Equal(b.linkKey(from)) {
+		b.d.PullSoon(from) // a neighbour holds other revocations
 	}
-	evs, err := b.n.registry.Heartbeat(agent, beat.Seq, ts, b.n.now())
-	b.n.emit(evs)
+	evs, err := b.d.Registry.Heartbeat(agent, beat.Seq, ts, b.d.Clock())
+	b.d.Emit(evs)
 	switch trust.CodeOf(err) {
 	case "":
 		b.relay(from, agent, beat)
 	case protocol.CodeUnlisted:
-		b.n.syncSoon(from) // learn the agent from whoever relayed it
+		b.d.SyncSoon(from) // learn the agent from whoever relayed it
 	case protocol.CodeReplay: // another neighbour was faster
 		b.seen(from, agent, beat.Seq)
 	}
@@ -455,7 +495,7 @@ func (b *beats) receive(from peer.ID, beat *protocolpb.Beat) trust.Code {
 }
 
 // linkKey returns the key of the neighbour p (zero when not linked).
-func (b *beats) linkKey(p peer.ID) trust.PublicKey {
+func (b *Overlay) linkKey(p peer.ID) trust.PublicKey {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if l := b.links[p]; l != nil {
@@ -465,7 +505,7 @@ func (b *beats) linkKey(p peer.ID) trust.PublicKey {
 }
 
 // seen notes that from has agent's beat seq, so it is not sent back.
-func (b *beats) seen(from peer.ID, agent trust.PublicKey, seq uint64) {
+func (b *Overlay) seen(from peer.ID, agent trust.PublicKey, seq uint64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if l := b.links[from]; l != nil {
@@ -477,7 +517,7 @@ func (b *beats) seen(from peer.ID, agent trust.PublicKey, seq uint64) {
 
 // relay queues a new beat for every neighbour but the one it came from and
 // the agent itself.
-func (b *beats) relay(from peer.ID, agent trust.PublicKey, beat *protocolpb.Beat) {
+func (b *Overlay) relay(from peer.ID, agent trust.PublicKey, beat *protocolpb.Beat) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for p, l := range b.links {
@@ -494,7 +534,7 @@ func (b *beats) relay(from peer.ID, agent trust.PublicKey, beat *protocolpb.Beat
 }
 
 // flush writes each neighbour's pending beats as one batch (or a few).
-func (b *beats) flush() {
+func (b *Overlay) flush() {
 	type write struct {
 		p     peer.ID
 		l     *beatLink
@@ -522,7 +562,7 @@ func (b *beats) flush() {
 		writes = append(writes, write{p, l, batch})
 	}
 	b.mu.Unlock()
-	deadline := time.Now().Add(b.n.cfg.AdmissionTimeout)
+	deadline := time.Now().Add(b.d.AdmissionTimeout)
 	for _, w := range writes {
 		raw, err := proto.Marshal(w.batch)
 		if err != nil {
@@ -535,9 +575,13 @@ func (b *beats) flush() {
 	}
 }
 
-// links returns how many beat neighbours this node has.
-func (b *beats) linkCount() int {
+// Links returns how many beat neighbours this node has.
+func (b *Overlay) Links() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return len(b.links)
 }
+
+// BytesIn returns the bytes of heartbeat batches (with the records, leaves
+// and revocations they carry) received.
+func (b *Overlay) BytesIn() int64 { return b.bytesIn.Load() }
