@@ -2,6 +2,7 @@ package node
 
 import (
 	"github.com/libp2p/go-libp2p/core/peer"
+
 	"github.com/meshagent/meshagent/node/internal/audit"
 	"github.com/meshagent/meshagent/trust"
 )

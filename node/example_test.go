@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+
 	"github.com/meshagent/meshagent/node"
 	"github.com/meshagent/meshagent/trust"
 )

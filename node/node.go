@@ -425,19 +425,6 @@ func (n *Node) connect(ctx context.Context, ai peer.AddrInfo) error {
 // sees it.
 func (n *Node) Peers() []discovery.Entry { return n.registry.Entries() }
 
-// gossipParams scales gossipsub's own heartbeat (the one that repairs lost
-// messages through IHAVE/IWANT) to a fifth of the agent heartbeat, at most
-// its default 1 s, so that tests with millisecond heartbeats repair losses
-// as production does.
-func gossipParams(agentHeartbeat time.Duration) pubsub.GossipSubParams {
-	p := pubsub.DefaultGossipSubParams()
-	if hb := agentHeartbeat / 5; hb < p.HeartbeatInterval {
-		p.HeartbeatInterval = max(hb, 10*time.Millisecond)
-		p.HeartbeatInitialDelay = min(p.HeartbeatInitialDelay, p.HeartbeatInterval)
-	}
-	return p
-}
-
 // inspectRPC drops every RPC of a peer that is not admitted (the gate
 // keeps such peers out of pubsub; this holds if one ever got in) and the
 // messages of a peer that is throttled, counts received pubsub bytes and

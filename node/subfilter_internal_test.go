@@ -9,8 +9,9 @@ import (
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	pubsubpb "github.com/libp2p/go-libp2p-pubsub/pb"
 	"github.com/libp2p/go-libp2p/core/peer"
-	"github.com/meshagent/meshagent/wire"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/meshagent/meshagent/wire"
 )
 
 func subOpts(subscribe bool, topics ...string) []*pubsubpb.RPC_SubOpts {

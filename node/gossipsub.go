@@ -49,3 +49,16 @@ func peerScoreThresholds() *pubsub.PeerScoreThresholds {
 		OpportunisticGraftThreshold: 1,
 	}
 }
+
+// gossipParams scales gossipsub's own heartbeat (the one that repairs lost
+// messages through IHAVE/IWANT) to a fifth of the agent heartbeat, at most
+// its default 1 s, so that tests with millisecond heartbeats repair losses
+// as production does.
+func gossipParams(agentHeartbeat time.Duration) pubsub.GossipSubParams {
+	p := pubsub.DefaultGossipSubParams()
+	if hb := agentHeartbeat / 5; hb < p.HeartbeatInterval {
+		p.HeartbeatInterval = max(hb, 10*time.Millisecond)
+		p.HeartbeatInitialDelay = min(p.HeartbeatInitialDelay, p.HeartbeatInterval)
+	}
+	return p
+}
