@@ -29,6 +29,7 @@ import (
 	"github.com/meshagent/meshagent/node/internal/overlay"
 	"github.com/meshagent/meshagent/node/internal/refused"
 	"github.com/meshagent/meshagent/node/internal/revstore"
+	"github.com/meshagent/meshagent/node/internal/subfilter"
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/protocol/protocolpb"
 	"github.com/meshagent/meshagent/trust"
@@ -230,7 +231,7 @@ func (n *Node) Start(ctx context.Context) error {
 		pubsub.WithLogger(n.cfg.Logger.With("logger", "pubsub")),
 		pubsub.WithGossipSubParams(gossipParams(n.cfg.HeartbeatInterval)),
 		pubsub.WithAppSpecificRpcInspector(n.inspectRPC),
-		pubsub.WithSubscriptionFilter(newSubFilter(h.Network())),
+		pubsub.WithSubscriptionFilter(subfilter.New(h.Network())),
 		pubsub.WithSeenMessagesTTL(seenMessagesTTL),
 	)
 	if err != nil {

@@ -5,18 +5,16 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	pubsubpb "github.com/libp2p/go-libp2p-pubsub/pb"
-	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/meshagent/meshagent/node/internal/audit"
+	"github.com/meshagent/meshagent/node/internal/subfilter"
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/trust"
-	"github.com/meshagent/meshagent/wire"
 )
 
 // Message is a verified pubsub message.
@@ -56,10 +54,10 @@ func (s *Subscription) Next(ctx context.Context) (*Message, error) {
 func (s *Subscription) Cancel() { s.sub.Cancel() }
 
 // join returns the topic, joining it and registering its validator once.
-// A node joins at most maxTopics topics, the registry's two among them, and
+// A node joins at most subfilter.MaxTopics topics, the registry's two among them, and
 // stays in each until it stops.
 func (n *Node) join(name string) (*pubsub.Topic, error) {
-	if !validTopic(name) {
+	if !subfilter.ValidTopic(name) {
 		return nil, protocol.Reject(trust.CodeMalformed, "topic %q: a topic is the resource of a publish scope, 1-%d characters of [a-z0-9._-] starting with a letter or digit", name, trust.MaxScopePart)
 	}
 	n.mu.Lock()
@@ -70,8 +68,8 @@ func (n *Node) join(name string) (*pubsub.Topic, error) {
 	if t, ok := n.topics[name]; ok {
 		return t, nil
 	}
-	if len(n.topics) >= maxTopics {
-		return nil, protocol.Reject(trust.CodeFull, "topic %q: this node already joined %d topics, the most it keeps until it stops", name, maxTopics)
+	if len(n.topics) >= subfilter.MaxTopics {
+		return nil, protocol.Reject(trust.CodeFull, "topic %q: this node already joined %d topics, the most it keeps until it stops", name, subfilter.MaxTopics)
 	}
 	if err := n.ps.RegisterTopicValidator(name, n.validator(name), pubsub.WithValidatorInline(true)); err != nil {
 		return nil, fmt.Errorf("node: validator for %q: %w", name, err)
@@ -238,99 +236,4 @@ func (n *Node) publishSealed(ctx context.Context, topic string, raw []byte) erro
 	}
 	n.audit.Write(rec)
 	return nil
-}
-
-// Subscription bounds. A node joins at most maxTopics topics, so the RPC
-// that lists them all when a peer connects is never over maxSubsPerRPC;
-// the router keeps, besides the topics this node joined, at most
-// maxForeignTopics others for each peer, so that a topic this node joins
-// later reaches the peers that joined it first (their subscription is not
-// sent again).
-const (
-	maxTopics        = 256
-	maxSubsPerRPC    = maxTopics
-	maxForeignTopics = maxTopics
-)
-
-// validTopic reports whether a topic may be joined: the registry's topics,
-// or a name a token can grant (the resource of publish:TOPIC). Messages on
-// any other topic are refused by every node, so no one needs it.
-func validTopic(t string) bool {
-	return t == wire.TopicRegistry || t == wire.TopicRevocations || trust.ValidateScope(protocol.TopicAction(t)) == nil
-}
-
-// newSubFilter returns the router's subscription filter. An RPC with more
-// than maxSubsPerRPC subscriptions is dropped whole by the router (its
-// messages and gossip too, with no penalty; an honest node never sends
-// one). Otherwise a subscription is kept if its topic is valid and either
-// joined here or among the first maxForeignTopics others the peer claims;
-// the rest are dropped silently. A peer's count is released when it
-// unsubscribes or its last connection closes.
-func newSubFilter(net network.Network) pubsub.SubscriptionFilter {
-	f := &subFilter{joined: map[string]bool{}, foreign: map[peer.ID]map[string]struct{}{}}
-	net.Notify(&network.NotifyBundle{DisconnectedF: func(nw network.Network, c network.Conn) {
-		if p := c.RemotePeer(); nw.Connectedness(p) != network.Connected {
-			f.forget(p)
-		}
-	}})
-	return pubsub.WrapLimitSubscriptionFilter(f, maxSubsPerRPC)
-}
-
-// subFilter is called from Join (CanSubscribe), from the router's event
-// loop (FilterIncomingSubscriptions) and from network notifications.
-type subFilter struct {
-	mu      sync.Mutex
-	joined  map[string]bool                 // topics this node joined
-	foreign map[peer.ID]map[string]struct{} // other topics the router keeps, by peer
-}
-
-// CanSubscribe allows a valid topic. The router asks only when this node
-// joins a topic, so the topics it allows are the ones this node joined
-// (the registry's are joined without Node.join).
-func (f *subFilter) CanSubscribe(topic string) bool {
-	if !validTopic(topic) {
-		return false
-	}
-	f.mu.Lock()
-	f.joined[topic] = true
-	f.mu.Unlock()
-	return true
-}
-
-// FilterIncomingSubscriptions keeps what the router may hold of from's
-// subscriptions; unsubscriptions pass and release their count.
-func (f *subFilter) FilterIncomingSubscriptions(from peer.ID, subs []*pubsubpb.RPC_SubOpts) ([]*pubsubpb.RPC_SubOpts, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	mine := f.foreign[from]
-	kept := make([]*pubsubpb.RPC_SubOpts, 0, len(subs))
-	for _, s := range subs {
-		t := s.GetTopicid()
-		switch _, known := mine[t]; {
-		case !validTopic(t):
-			continue
-		case !s.GetSubscribe():
-			delete(mine, t)
-		case f.joined[t], known:
-		case len(mine) >= maxForeignTopics:
-			continue
-		default:
-			if mine == nil {
-				mine = map[string]struct{}{}
-				f.foreign[from] = mine
-			}
-			mine[t] = struct{}{}
-		}
-		kept = append(kept, s)
-	}
-	if len(mine) == 0 {
-		delete(f.foreign, from)
-	}
-	return kept, nil
-}
-
-func (f *subFilter) forget(p peer.ID) {
-	f.mu.Lock()
-	delete(f.foreign, p)
-	f.mu.Unlock()
 }

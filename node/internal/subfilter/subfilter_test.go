@@ -1,4 +1,4 @@
-package node
+package subfilter
 
 import (
 	"errors"
@@ -35,7 +35,7 @@ func topicNames(subs []*pubsubpb.RPC_SubOpts) []string {
 // maxForeignTopics others per peer until they are given up or the peer
 // leaves, and refuses an RPC of more than maxSubsPerRPC subscriptions.
 func TestSubscriptionFilterBounds(t *testing.T) {
-	f := &subFilter{joined: map[string]bool{}, foreign: map[peer.ID]map[string]struct{}{}}
+	f := newFilter()
 	for _, bad := range []string{"", "Tasks", "a/b", "a:b", "publish:x", "-a", "x\n", "t*", strings.Repeat("a", 32), strings.Repeat("é", 8)} {
 		if f.CanSubscribe(bad) {
 			t.Errorf("CanSubscribe(%q) = true", bad)
