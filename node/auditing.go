@@ -1,8 +1,6 @@
 package node
 
 import (
-	"github.com/libp2p/go-libp2p/core/peer"
-
 	"github.com/meshagent/meshagent/node/internal/audit"
 	"github.com/meshagent/meshagent/trust"
 )
@@ -29,17 +27,3 @@ func reject(r *audit.Record, code trust.Code, detail string) {
 
 // SetAuditHook registers f to see every audit record as it is written.
 func (n *Node) SetAuditHook(f func(AuditRecord)) { n.audit.SetHook(f) }
-
-// blame audits a relayed item's refusal with a code that p, which sent it,
-// should have refused itself (forwarderFault), and spends p's rejection
-// budget; it reports whether p was cut off. Other codes are not p's doing
-// and pass.
-func (n *Node) blame(p peer.ID, kind audit.Kind, code trust.Code) bool {
-	if !forwarderFault[code] {
-		return false
-	}
-	r := n.record(audit.In, kind, p.String())
-	reject(&r, code, "")
-	n.audit.Write(r)
-	return n.gate.Penalize(p, code)
-}

@@ -290,7 +290,7 @@ func (n *Node) tickLoop() {
 		last = mono
 		n.emit(n.registry.Tick(now))
 		if ticks++; ticks%4 == 0 {
-			n.members.forgetStrangers()
+			n.admission.ForgetStrangers()
 		}
 	}
 }

@@ -45,19 +45,19 @@ var (
 
 // Node is one agent on the mesh. Its methods are safe for concurrent use.
 type Node struct {
-	cfg      Config
-	log      *slog.Logger
-	self     trust.PublicKey
-	verifier *trust.Verifier
-	decider  *protocol.Decider
-	gate     *gate.Gate
-	members  *members
-	registry *discovery.Registry
-	live     liveness
-	beats    *overlay.Overlay
-	audit    *audit.Log
-	revs     *revstore.Store // applied revocations, encoded
-	bad      *refused.Cache  // relayed items refused, by hash
+	cfg       Config
+	log       *slog.Logger
+	self      trust.PublicKey
+	verifier  *trust.Verifier
+	decider   *protocol.Decider
+	gate      *gate.Gate
+	admission *gate.Admission
+	registry  *discovery.Registry
+	live      liveness
+	beats     *overlay.Overlay
+	audit     *audit.Log
+	revs      *revstore.Store // applied revocations, encoded
+	bad       *refused.Cache  // relayed items refused, by hash
 
 	// calls holds one token per handler running: MaxConcurrentCalls slots.
 	calls chan struct{}
@@ -118,7 +118,6 @@ func New(cfg Config) (*Node, error) {
 		},
 		Blocked: n.blockedHook(),
 	})
-	n.members = newMembers(n, n.gate)
 	n.registry = discovery.NewRegistry(discovery.Config{Verifier: v, Self: n.self, SuspectMissed: cfg.SuspectMissed,
 		DeadAfter: cfg.DeadAfter, Allowlist: cfg.Allowlist})
 	n.live.seq.Store(uint64(time.Now().UnixNano()))
@@ -219,6 +218,22 @@ func (n *Node) Start(ctx context.Context) error {
 		return fmt.Errorf("node: libp2p host: %w", err)
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
+	n.admission = gate.NewAdmission(n.ctx, gate.AdmissionDeps{
+		Gate: n.gate, Host: n.host, Timeout: n.cfg.AdmissionTimeout, Listed: n.isAdmitted,
+		Record:       n.currentRecord,
+		Learn:        func(rec *discovery.Record) error { return n.learn(rec, discovery.Direct) },
+		HelloAllowed: func(p peer.ID) bool { return n.serveAllowed(p, wire.ProtocolAdmission) },
+		Admitted: func(p peer.ID) {
+			n.live.announceSoon.Store(true) // peers that joined meanwhile may not know this node
+			r := n.record(audit.In, audit.Admission, p.String())
+			r.Decision = audit.Accept
+			n.audit.Write(r)
+		},
+		Exchanged: func(p peer.ID) {
+			n.syncSoon(p) // at most once a heartbeat per peer
+			n.resyncOnce(p)
+		},
+	})
 	// The router sees the host through the admission gate: it opens and
 	// reads pubsub streams only with admitted peers.
 	ps, err := pubsub.NewGossipSub(n.ctx, n.gate.Host(n.ctx, h),
@@ -240,13 +255,13 @@ func (n *Node) Start(ctx context.Context) error {
 		return fmt.Errorf("node: pubsub: %w", err)
 	}
 	n.h, n.ps = h, ps
-	h.SetStreamHandler(wire.ProtocolAdmission, n.members.handleAdmission) // the one protocol open before admission
+	h.SetStreamHandler(wire.ProtocolAdmission, n.admission.Handle) // the one protocol open before admission
 	h.SetStreamHandler(wire.ProtocolRPC, n.gateWrap(n.handleRPC))
 	// Every node serves the renewal protocol (a node that is no issuer
 	// refuses), so that identify does not tell an outsider which hosts
 	// hold an anchor key.
 	h.SetStreamHandler(wire.ProtocolRenew, n.gateWrap(n.handleRenew))
-	h.Network().Notify(n.members.notifiee())
+	h.Network().Notify(n.admission.Notifiee())
 	if err := n.startRegistry(); err != nil {
 		n.cancel()
 		h.Close()
@@ -419,7 +434,7 @@ func (n *Node) connect(ctx context.Context, ai peer.AddrInfo) error {
 	if err := h.Connect(ctx, ai); err != nil {
 		return fmt.Errorf("node: connect %s: %w", ai.ID, err)
 	}
-	return n.members.admit(ctx, ai.ID)
+	return n.admission.Admit(ctx, ai.ID)
 }
 
 // Peers lists the agents in the registry with their state as this node

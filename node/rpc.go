@@ -139,8 +139,8 @@ func (n *Node) exchange(ctx context.Context, to peer.ID, toKey trust.PublicKey, 
 			h.Peerstore().AddAddrs(to, rec.Addrs(), peerstore.TempAddrTTL)
 		}
 	}
-	if !n.members.isAdmitted(to) {
-		if err := n.members.admit(ctx, to); err != nil {
+	if !n.isAdmitted(to) {
+		if err := n.admission.Admit(ctx, to); err != nil {
 			return nil, protocol.Reject(protocol.CodeUnavailable, "%v", err)
 		}
 	}

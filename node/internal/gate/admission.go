@@ -1,4 +1,8 @@
-package node
+package gate
+
+// The admission exchange: each side of a new connection sends a hello
+// (its signed registry record, with its credential) and checks the
+// other's before the gate lets the peer through.
 
 import (
 	"context"
@@ -6,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-msgio"
@@ -13,8 +18,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/meshagent/meshagent/discovery"
-	"github.com/meshagent/meshagent/node/internal/audit"
-	"github.com/meshagent/meshagent/node/internal/gate"
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/protocol/protocolpb"
 	"github.com/meshagent/meshagent/trust"
@@ -23,37 +26,48 @@ import (
 
 const maxHelloSize = trust.MaxCredentialSize + 64
 
-// members is the node's gatekeeper: the connection gater, the admission
-// protocol, and the protocol.Membership that the decision function asks on
-// every envelope. The list of agents itself is the discovery registry.
-type members struct {
-	n         *Node
-	g         *gate.Gate
+// AdmissionDeps is what the exchange needs of the node.
+type AdmissionDeps struct {
+	Gate *Gate
+	// Host returns the libp2p host (nil before start).
+	Host func() host.Host
+	// Timeout is the admission timeout.
+	Timeout time.Duration
+	// Listed reports whether the registry lists p.
+	Listed func(p peer.ID) bool
+	// Record returns this node's current signed record, for its hello.
+	Record func() (*discovery.Record, error)
+	// Learn enters a peer's verified record in the registry, as learned
+	// from the peer itself.
+	Learn func(rec *discovery.Record) error
+	// HelloAllowed reports whether an admitted p may have another hello
+	// checked now (each costs a signature check and an audit line).
+	HelloAllowed func(p peer.ID) bool
+	// Admitted is told of each peer whose hello passed (it audits the
+	// admission and announces this node soon); Exchanged of each completed
+	// exchange (it asks the peer for what it knows).
+	Admitted, Exchanged func(p peer.ID)
+}
+
+// Admission runs the exchange on both sides. Its methods are safe for
+// concurrent use.
+type Admission struct {
+	d         AdmissionDeps
+	ctx       context.Context
 	admitting singleflight.Group
 	helloing  sync.Map // peers whose hello is being checked
 }
 
-func newMembers(n *Node, g *gate.Gate) *members { return &members{n: n, g: g} }
-
-// forwarderFault are the rejections of a relayed item that its forwarder
-// could and should have refused itself, whatever its own configuration:
-// the item is broken or forged in itself. A verdict that rests on the
-// receiver's own anchors, policy limits, clock, revocations or state
-// (untrusted_root, too_large, too_deep, expired, revoked, stale, dead,
-// unlisted, replay, version) is not the forwarder's doing: such an item is
-// ignored, and no forwarder is ever blamed for it.
-var forwarderFault = map[trust.Code]bool{
-	trust.CodeBadSignature: true, trust.CodeMalformed: true, trust.CodeEscalation: true, trust.CodeWildcard: true,
-	trust.CodeNotHolder: true, protocol.CodeImpersonation: true, protocol.CodeWrongRecipient: true,
-	protocol.CodeNoToken: true, trust.CodeScopeNotGranted: true, protocol.CodeWrongKind: true,
+// NewAdmission returns the exchange; ctx is the node's (the waits of
+// inbound connections end with it).
+func NewAdmission(ctx context.Context, d AdmissionDeps) *Admission {
+	return &Admission{d: d, ctx: ctx}
 }
-
-func (m *members) isAdmitted(p peer.ID) bool { return m.n.isAdmitted(p) }
 
 // check verifies a peer's hello: a registry record of exactly that peer,
 // self-signed, with a credential from a trusted anchor, valid now and
 // unrevoked. It enters the record in the registry.
-func (m *members) check(p peer.ID, raw []byte) error {
+func (a *Admission) check(p peer.ID, raw []byte) error {
 	var h protocolpb.Hello
 	if err := proto.Unmarshal(raw, &h); err != nil {
 		return protocol.Reject(trust.CodeMalformed, "hello: %v", err)
@@ -78,23 +92,20 @@ func (m *members) check(p peer.ID, raw []byte) error {
 	if err != nil {
 		return err
 	}
-	if err := m.n.learn(rec, discovery.Direct); err != nil && trust.CodeOf(err) != protocol.CodeReplay {
+	if err := a.d.Learn(rec); err != nil && trust.CodeOf(err) != protocol.CodeReplay {
 		return err
 	}
-	m.g.Forgive(p)
-	if h := m.n.host(); h != nil {
-		m.g.AdmittedConns(h.Network().ConnsToPeer(p))
+	a.d.Gate.Forgive(p)
+	if h := a.d.Host(); h != nil {
+		a.d.Gate.AdmittedConns(h.Network().ConnsToPeer(p))
 	}
-	m.g.Wake()
-	m.n.live.announceSoon.Store(true)
-	r := m.n.record(audit.In, audit.Admission, p.String())
-	r.Decision = audit.Accept
-	m.n.audit.Write(r)
+	a.d.Gate.Wake()
+	a.d.Admitted(p)
 	return nil
 }
 
-func (m *members) hello() ([]byte, error) {
-	rec, err := m.n.currentRecord()
+func (a *Admission) hello() ([]byte, error) {
+	rec, err := a.d.Record()
 	if err != nil {
 		return nil, err
 	}
@@ -103,26 +114,26 @@ func (m *members) hello() ([]byte, error) {
 	return proto.Marshal(&protocolpb.Hello{Version: protocol.Version, Announcement: rec.Proto()})
 }
 
-// admit runs the exchange as the initiator: send our hello, read theirs.
+// Admit runs the exchange as the initiator: send our hello, read theirs.
 // It runs even when p is listed here, since p may not list this node (it
 // restarted, or it forgot a dead agent); concurrent calls for one peer
 // share one exchange.
-func (m *members) admit(ctx context.Context, p peer.ID) error {
-	_, err, _ := m.admitting.Do(string(p), func() (any, error) { return nil, m.exchange(ctx, p) })
+func (a *Admission) Admit(ctx context.Context, p peer.ID) error {
+	_, err, _ := a.admitting.Do(string(p), func() (any, error) { return nil, a.exchange(ctx, p) })
 	return err
 }
 
-func (m *members) exchange(ctx context.Context, p peer.ID) error {
-	h := m.n.host()
-	ctx, cancel := context.WithTimeout(ctx, m.n.cfg.AdmissionTimeout)
+func (a *Admission) exchange(ctx context.Context, p peer.ID) error {
+	h := a.d.Host()
+	ctx, cancel := context.WithTimeout(ctx, a.d.Timeout)
 	defer cancel()
 	s, err := h.NewStream(network.WithAllowLimitedConn(ctx, "admission"), p, wire.ProtocolAdmission)
 	if err != nil {
 		return fmt.Errorf("node: admission to %s: %w", p, err)
 	}
 	defer s.Close()
-	_ = s.SetDeadline(time.Now().Add(m.n.cfg.AdmissionTimeout))
-	hello, err := m.hello()
+	_ = s.SetDeadline(time.Now().Add(a.d.Timeout))
+	hello, err := a.hello()
 	if err != nil {
 		s.Reset()
 		return err
@@ -136,52 +147,51 @@ func (m *members) exchange(ctx context.Context, p peer.ID) error {
 		s.Reset()
 		return fmt.Errorf("node: admission to %s refused: %w", p, err)
 	}
-	if err := m.check(p, raw); err != nil {
+	if err := a.check(p, raw); err != nil {
 		s.Reset()
-		m.g.Refuse(p, err)
+		a.d.Gate.Refuse(p, err)
 		return fmt.Errorf("node: admission of %s: %w", p, err)
 	}
-	m.n.syncSoon(p) // at most once a heartbeat per peer
-	m.n.resyncOnce(p)
+	a.d.Exchanged(p)
 	return nil
 }
 
-// handleAdmission runs the exchange as the responder: read their hello,
+// Handle runs the exchange as the responder: read their hello,
 // verify it, then send ours. An outsider learns nothing but a reset.
-func (m *members) handleAdmission(s network.Stream) {
+func (a *Admission) Handle(s network.Stream) {
 	p := s.Conn().RemotePeer()
 	// One hello at a time per peer, and none after a refusal (its
 	// connections are being closed): a peer that opens many admission
 	// streams at once gets one checked, not each of them.
-	if m.g.Refused(p) {
+	if a.d.Gate.Refused(p) {
 		s.Reset()
 		return
 	}
 	// An admitted peer that sends hello after hello on new streams gets a
 	// few checked and then one a heartbeat (each costs a signature check
 	// and an audit line).
-	if m.isAdmitted(p) && !m.n.serveAllowed(p, wire.ProtocolAdmission) { // an outsider has one connection's worth anyway
+	if a.d.Listed(p) && !a.d.HelloAllowed(p) { // an outsider has one connection's worth anyway
 		s.Reset()
 		return
 	}
-	if _, busy := m.helloing.LoadOrStore(p, true); busy {
+	if _, busy := a.helloing.LoadOrStore(p, true); busy {
 		s.Reset()
 		return
 	}
-	defer m.helloing.Delete(p)
-	_ = s.SetDeadline(time.Now().Add(m.n.cfg.AdmissionTimeout))
+	defer a.helloing.Delete(p)
+	_ = s.SetDeadline(time.Now().Add(a.d.Timeout))
 	raw, err := msgio.NewVarintReaderSize(s, maxHelloSize).ReadMsg()
 	if err != nil {
-		m.g.Refuse(p, protocol.Reject(trust.CodeMalformed, "no hello: %v", err))
+		a.d.Gate.Refuse(p, protocol.Reject(trust.CodeMalformed, "no hello: %v", err))
 		s.Reset()
 		return
 	}
-	if err := m.check(p, raw); err != nil {
-		m.g.Refuse(p, err) // audited before the peer sees the reset
+	if err := a.check(p, raw); err != nil {
+		a.d.Gate.Refuse(p, err) // audited before the peer sees the reset
 		s.Reset()
 		return
 	}
-	hello, err := m.hello()
+	hello, err := a.hello()
 	if err == nil {
 		err = msgio.NewVarintWriter(s).WriteMsg(hello)
 	}
@@ -190,27 +200,26 @@ func (m *members) handleAdmission(s network.Stream) {
 		return
 	}
 	s.Close()
-	m.n.syncSoon(p) // both sides learn what the other knows (at most once a heartbeat per peer)
-	m.n.resyncOnce(p)
+	a.d.Exchanged(p) // both sides learn what the other knows
 }
 
-// notifiee starts admission on every new connection: the dialer initiates,
+// Notifiee starts admission on every new connection: the dialer initiates,
 // always; on an inbound connection the node waits AdmissionTimeout for the
 // peer's hello and then closes the connection of a peer that has not
 // proved itself. An inbound connection that ends without admission spends
-// its source's budget (package gate).
-func (m *members) notifiee() network.Notifiee {
+// its source's budget.
+func (a *Admission) Notifiee() network.Notifiee {
 	return &network.NotifyBundle{ConnectedF: func(_ network.Network, c network.Conn) {
 		p := c.RemotePeer()
-		ctx := m.n.ctx
+		ctx := a.ctx
 		if c.Stat().Direction == network.DirOutbound {
-			go func() { _ = m.admit(ctx, p) }()
+			go func() { _ = a.Admit(ctx, p) }()
 			return
 		}
-		if m.isAdmitted(p) {
+		if a.d.Listed(p) {
 			return
 		}
-		evict, ok := m.g.OpenPending(c, m.n.cfg.AdmissionTimeout/4)
+		evict, ok := a.d.Gate.OpenPending(c, a.d.Timeout/4)
 		if evict != nil {
 			go evict.Close()
 		}
@@ -219,23 +228,23 @@ func (m *members) notifiee() network.Notifiee {
 			return
 		}
 		go func() {
-			t := time.NewTimer(m.n.cfg.AdmissionTimeout)
+			t := time.NewTimer(a.d.Timeout)
 			defer t.Stop()
 			select {
 			case <-ctx.Done():
 				return
 			case <-t.C:
 			}
-			if !m.isAdmitted(p) {
-				m.g.Refuse(p, protocol.Reject(protocol.CodeUnlisted, "no credential within %s", m.n.cfg.AdmissionTimeout))
+			if !a.d.Listed(p) {
+				a.d.Gate.Refuse(p, protocol.Reject(protocol.CodeUnlisted, "no credential within %s", a.d.Timeout))
 				return
 			}
-			m.g.Settled(c) // listed meanwhile (a record from gossip): not a failure
+			a.d.Gate.Settled(c) // listed meanwhile (a record from gossip): not a failure
 		}()
 	}, DisconnectedF: func(nw network.Network, c network.Conn) {
-		m.g.Closed(c) // closed before its peer was admitted: its source's failure
-		if p := c.RemotePeer(); !m.isAdmitted(p) && nw.Connectedness(p) != network.Connected {
-			m.forget(p)
+		a.d.Gate.Closed(c) // closed before its peer was admitted: its source's failure
+		if p := c.RemotePeer(); !a.d.Listed(p) && nw.Connectedness(p) != network.Connected {
+			a.forget(p)
 		}
 	}}
 }
@@ -243,38 +252,24 @@ func (m *members) notifiee() network.Notifiee {
 // forget drops what the peerstore keeps of p (keys, addresses, protocols,
 // metadata): an outsider's fresh key per connection would else stay for
 // good.
-func (m *members) forget(p peer.ID) {
-	if h := m.n.host(); h != nil {
+func (a *Admission) forget(p peer.ID) {
+	if h := a.d.Host(); h != nil {
 		h.Peerstore().RemovePeer(p)
 		h.Peerstore().ClearAddrs(p)
 	}
 }
 
-// forgetStrangers forgets every peer that is neither connected nor listed
+// ForgetStrangers forgets every peer that is neither connected nor listed
 // (once a heartbeat: identify may store a peer's addresses and protocols
 // after its connection closed). Peers kept connected (bootstrap) stay.
-func (m *members) forgetStrangers() {
-	h := m.n.host()
+func (a *Admission) ForgetStrangers() {
+	h := a.d.Host()
 	if h == nil {
 		return
 	}
 	for _, p := range h.Peerstore().Peers() {
-		if p != h.ID() && h.Network().Connectedness(p) != network.Connected && !m.isAdmitted(p) && !h.ConnManager().IsProtected(p, "") {
-			m.forget(p)
+		if p != h.ID() && h.Network().Connectedness(p) != network.Connected && !a.d.Listed(p) && !h.ConnManager().IsProtected(p, "") {
+			a.forget(p)
 		}
 	}
-}
-
-func codeOrDefault(err error, def trust.Code) trust.Code {
-	if c := trust.CodeOf(err); c != "" {
-		return c
-	}
-	return def
-}
-
-func errDetail(err error) string {
-	if err == nil {
-		return ""
-	}
-	return err.Error()
 }
