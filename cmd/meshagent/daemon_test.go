@@ -3,8 +3,11 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -132,5 +135,50 @@ func TestDaemonRefusesBadConfig(t *testing.T) {
 	r = cli(t, "run", "--home", home, "--anchor", "bogus")
 	if r.code != 1 || !strings.Contains(r.stderr, "anchors") {
 		t.Fatalf("bad anchor: %+v", r)
+	}
+}
+
+// Through the binary: 'meshagent run' says on stderr, in one line, when it
+// is up: its peer ID, every address it listens on, its API socket. It
+// prints nothing else, and nothing on stdout.
+func TestRunSaysWhenUp(t *testing.T) {
+	_, anchor, home, id := enrolled(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stdout, stderr syncBuffer
+	done := make(chan int, 1)
+	go func() { done <- runContext(ctx, []string{"run", "--home", home, "--anchor", anchor}, &stdout, &stderr) }()
+	if err := simulations.WaitFor(20*time.Second, func() error {
+		select {
+		case code := <-done:
+			t.Fatalf("run exited %d: %s", code, stderr.String())
+		default:
+		}
+		if !strings.Contains(stderr.String(), "\n") {
+			return errors.New("no line yet")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		ListenAddrs []string `json:"listen_addrs"`
+	}
+	if err := json.Unmarshal([]byte(mustOK(t, "status", "--home", home)), &st); err != nil || len(st.ListenAddrs) < 2 {
+		t.Fatalf("status: %+v %v", st, err)
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("run exited %d: %s", code, stderr.String())
+	}
+	up := regexp.MustCompile(`^meshagent: up: peer (\S+) listening on (.+); local API on (\S+)\n$`).FindStringSubmatch(stderr.String())
+	if up == nil || stdout.String() != "" {
+		t.Fatalf("stderr %q, stdout %q; want one up line on stderr", stderr.String(), stdout.String())
+	}
+	addrs := strings.Fields(up[2])
+	slices.Sort(addrs)
+	slices.Sort(st.ListenAddrs)
+	if up[1] != id || !slices.Equal(addrs, st.ListenAddrs) || up[3] != filepath.Join(home, "api.sock") {
+		t.Fatalf("up line %q: want peer %s, addresses %v, socket %s", up[0], id, st.ListenAddrs, filepath.Join(home, "api.sock"))
 	}
 }

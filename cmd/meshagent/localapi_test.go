@@ -267,6 +267,11 @@ func TestDaemonDropsRevocationsThatNoLongerApply(t *testing.T) {
 		t.Fatal("daemon did not start in time")
 	}
 	lines := strings.Split(strings.TrimSpace(log.String()), "\n")
+	// The last line says the daemon is up (TestRunSaysWhenUp).
+	if up := lines[len(lines)-1]; !strings.HasPrefix(up, "meshagent: up: peer "+n.ID().String()) {
+		t.Fatalf("the last line is not the daemon's up line:\n%s", log.String())
+	}
+	lines = lines[:len(lines)-1]
 	want := map[string]string{
 		"removed.pem": "issuer " + removedID + " is no longer a trusted anchor",
 		"garbage.pem": "no longer parses",
