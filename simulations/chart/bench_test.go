@@ -5,8 +5,6 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-
-	kit "github.com/meshagent/meshagent/simulations/internal/plot"
 )
 
 // soakLike is the largest line chart the reports draw: make soak's memory
@@ -24,35 +22,22 @@ func soakLike() []Series {
 	return ss
 }
 
-// BenchmarkLineChart renders the same line chart (soakLike) to a PNG file
-// with gonum.org/v1/plot (this package) and with the hand-drawn kit it
-// replaces (simulations/internal/plot: Bresenham lines, a 7×13 bitmap
-// font), and reports each PNG's size.
+// BenchmarkLineChart renders soakLike to a PNG file and reports the PNG's
+// size. Its kit half, the hand-drawn charts this package replaced, ran
+// until 2f67a6d (BENCHMARKS.md).
 func BenchmarkLineChart(b *testing.B) {
 	ss := soakLike()
-	kitSS := make([]kit.Series, len(ss))
-	for i, s := range ss {
-		kitSS[i] = kit.Series{Name: s.Name, X: s.X, Y: s.Y}
-	}
-	for _, impl := range []struct {
-		name string
-		draw func(path string) error
-	}{
-		{"gonum", func(p string) error { return LineChart(p, "Daemon memory", "minutes", "MiB", ss) }},
-		{"kit", func(p string) error { return kit.LineChart(p, "Daemon memory", "minutes", "MiB", kitSS) }},
-	} {
-		b.Run(impl.name, func(b *testing.B) {
-			path := filepath.Join(b.TempDir(), "chart.png")
-			for b.Loop() {
-				if err := impl.draw(path); err != nil {
-					b.Fatal(err)
-				}
-			}
-			fi, err := os.Stat(path)
-			if err != nil {
+	b.Run("gonum", func(b *testing.B) {
+		path := filepath.Join(b.TempDir(), "chart.png")
+		for b.Loop() {
+			if err := LineChart(path, "Daemon memory", "minutes", "MiB", ss); err != nil {
 				b.Fatal(err)
 			}
-			b.ReportMetric(float64(fi.Size()), "png_bytes")
-		})
-	}
+		}
+		fi, err := os.Stat(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(float64(fi.Size()), "png_bytes")
+	})
 }
