@@ -76,11 +76,6 @@ func newRunCmd() *cobra.Command {
 	return cmd
 }
 
-// runDaemon is serveDaemon logging to stderr.
-func runDaemon(ctx context.Context, home string, fc *fileConfig, ready func(*node.Node)) error {
-	return serveDaemon(ctx, home, fc, ready, os.Stderr)
-}
-
 // testHookNodeConfig, when set by a test, adjusts the node's config (its
 // handler timeout, say) before the node is built.
 var testHookNodeConfig func(*node.Config)

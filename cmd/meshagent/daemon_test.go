@@ -12,50 +12,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshagent/meshagent/node"
 	"github.com/meshagent/meshagent/simulations"
 )
 
-// writeConfig replaces the default config with one for a test mesh.
-func writeConfig(t *testing.T, home, name, anchor string, tokens ...string) *fileConfig {
-	fc := &fileConfig{Name: name, Listen: []string{"/ip4/127.0.0.1/tcp/0"}, Anchors: []string{anchor},
-		Credential: credentialFile, Tokens: tokens, AuditLog: "audit.log", APISocket: "api.sock"}
-	return fc
-}
-
-func startDaemon(t *testing.T, home string, fc *fileConfig) *node.Node {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan *node.Node, 1)
-	done := make(chan error, 1)
-	go func() { done <- runDaemon(ctx, home, fc, func(n *node.Node) { ready <- n }) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("daemon %s: %v", home, err)
-		}
-	})
-	select {
-	case n := <-ready:
-		return n
-	case err := <-done:
-		t.Fatalf("daemon did not start: %v", err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("daemon did not start in time")
-	}
-	return nil
-}
-
 func TestDaemonAndLocalAPI(t *testing.T) {
-	dir := t.TempDir()
-	ca := filepath.Join(dir, "ca")
-	anchor := mustOK(t, "ca", "init", "--dir", ca)
-	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
-	aID := mustOK(t, "init", "--home", a, "--name", "alice")
-	bID := mustOK(t, "init", "--home", b, "--name", "bob")
-	mustOK(t, "ca", "issue", "--dir", ca, "--agent", aID, "--name", "alice", "--out", filepath.Join(a, credentialFile))
-	mustOK(t, "ca", "issue", "--dir", ca, "--agent", bID, "--name", "bob", "--out", filepath.Join(b, credentialFile))
-	mustOK(t, "token", "issue", "--ca", ca, "--to", aID, "--scopes", "ping:agent", "--out", filepath.Join(a, "ping.token"))
+	m := newTestMesh(t)
+	a, aID, fa := m.agent("alice", "ping:agent")
+	b, bID, fb := m.agent("bob", "")
 
 	// The default config written by init parses and names the agent.
 	fc, err := loadFileConfig(a)
@@ -63,10 +26,7 @@ func TestDaemonAndLocalAPI(t *testing.T) {
 		t.Fatalf("default config: %+v %v", fc, err)
 	}
 
-	bn := startDaemon(t, b, writeConfig(t, b, "bob", anchor))
-	fa := writeConfig(t, a, "alice", anchor, "ping.token")
-	fa.Bootstrap = []string{bn.Addrs()[0].String()}
-	startDaemon(t, a, fa)
+	m.start(a, fa, m.start(b, fb))
 
 	st, _ := os.Stat(filepath.Join(a, "api.sock"))
 	if st.Mode().Perm() != 0o600 {
