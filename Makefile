@@ -62,7 +62,7 @@ sim500: ## the seeded 500-node release scenario in virtual time (about 9 minutes
 	GOMEMLIMIT=1850MiB MESHAGENT_VIRTUAL_N=500 $(GO) test -count=1 -timeout 30m -run TestVirtualTimeScenario -v ./simulations
 
 sim: ## run the large simulation scenarios and write docs/simulation-report.md (several minutes)
-	$(GO) run ./simulations/report -out docs
+	$(GO) run ./cmd/simreport -out docs
 	MESHAGENT_VIRTUAL_N=100 $(GO) test -count=1 -run TestVirtualTimeScenario -v ./simulations
 
 soak: build ## two daemons under full load for SOAK_DURATION (10m): docs/soak-report.md, memory and throughput plots

@@ -1,12 +1,13 @@
 package discovery
 
 import (
-	"google.golang.org/protobuf/proto"
+	"fmt"
 	"sort"
 	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/protocol/protocolpb"
@@ -33,6 +34,31 @@ func (s State) String() string {
 		return "dead"
 	}
 	return "unknown"
+}
+
+// MarshalText returns the state's name, as String does, and "" for 0 (not
+// listed). It is what a State field encodes to in JSON or YAML: the same
+// string as Entry.State holds.
+func (s State) MarshalText() ([]byte, error) {
+	switch s {
+	case 0:
+		return []byte{}, nil
+	case Alive, Suspect, Dead:
+		return []byte(s.String()), nil
+	}
+	return nil, fmt.Errorf("discovery: no state %d", int(s))
+}
+
+// UnmarshalText parses what MarshalText returns: "alive", "suspect",
+// "dead", or "" for 0.
+func (s *State) UnmarshalText(b []byte) error {
+	for _, st := range []State{0, Alive, Suspect, Dead} {
+		if t, _ := st.MarshalText(); string(t) == string(b) {
+			*s = st
+			return nil
+		}
+	}
+	return fmt.Errorf("discovery: no state %q", b)
 }
 
 // Config configures a Registry.

@@ -70,6 +70,7 @@ func want(t *testing.T, err error, code trust.Code) {
 }
 
 func TestLifecycle(t *testing.T) {
+	t.Parallel()
 	f := newFx(t, 1)
 	r := f.registry()
 	a := f.agents[0].Public()
@@ -122,6 +123,7 @@ func TestLifecycle(t *testing.T) {
 }
 
 func TestRecordsAreChecked(t *testing.T) {
+	t.Parallel()
 	f := newFx(t, 2)
 	r := f.registry()
 	good := f.record(t, 0, 1, t0)
@@ -156,6 +158,7 @@ func TestRecordsAreChecked(t *testing.T) {
 }
 
 func TestRevokedAndExpiredAreRemoved(t *testing.T) {
+	t.Parallel()
 	f := newFx(t, 2)
 	r := f.registry()
 	for i := range f.agents {
@@ -180,6 +183,7 @@ func TestRevokedAndExpiredAreRemoved(t *testing.T) {
 }
 
 func TestAllowlistAndBound(t *testing.T) {
+	t.Parallel()
 	f := newFx(t, 3)
 	r := NewRegistry(Config{Verifier: f.v, Self: f.self.Public(), Allowlist: []trust.PublicKey{f.agents[0].Public(), f.agents[1].Public()}, MaxEntries: 1})
 	_, err := r.Announce(f.record(t, 2, 1, t0), Direct, t0)
@@ -202,6 +206,7 @@ func TestAllowlistAndBound(t *testing.T) {
 // arrives directly and its timestamp is recent: only something the agent
 // signed after its last heartbeat brings it back from dead.
 func TestOldRecordDoesNotRevive(t *testing.T) {
+	t.Parallel()
 	f := newFx(t, 1)
 	r := f.registry()
 	k := f.agents[0].Public()
@@ -229,6 +234,7 @@ func TestOldRecordDoesNotRevive(t *testing.T) {
 
 // Holds recognises exactly the record held, and nothing else.
 func TestHolds(t *testing.T) {
+	t.Parallel()
 	f := newFx(t, 1)
 	r := f.registry()
 	rec := f.record(t, 0, 5, t0)
@@ -252,6 +258,7 @@ func TestHolds(t *testing.T) {
 // A new record that carries the credential already held skips the
 // credential's signature check, but not its revocation or expiry.
 func TestHeldCredentialIsRechecked(t *testing.T) {
+	t.Parallel()
 	f := newFx(t, 1)
 	r := f.registry()
 	if _, err := r.Announce(f.record(t, 0, 1, t0), Direct, t0); err != nil {
@@ -281,6 +288,7 @@ func TestHeldCredentialIsRechecked(t *testing.T) {
 // agent heard just before it is not declared dead when the node resumes,
 // but one silent for longer than the timeout before the pause still is.
 func TestExcuseOwnPause(t *testing.T) {
+	t.Parallel()
 	f := newFx(t, 2)
 	r := f.registry()
 	quiet, heard := f.agents[0].Public(), f.agents[1].Public()

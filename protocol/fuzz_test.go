@@ -32,6 +32,7 @@ func FuzzDecide(f *testing.F) {
 }
 
 func TestWriteFuzzSeed(t *testing.T) {
+	t.Parallel()
 	if os.Getenv("MESHAGENT_UPDATE_CORPUS") == "" {
 		t.Skip("set MESHAGENT_UPDATE_CORPUS=1 to rewrite testdata/fuzz/FuzzDecide")
 	}
@@ -49,6 +50,7 @@ func TestWriteFuzzSeed(t *testing.T) {
 // TestEnvelopeVector decodes a pinned envelope (alice -> bob, read:logs,
 // sealed at t0) so that the wire format cannot drift silently.
 func TestEnvelopeVector(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	path := filepath.Join("testdata", "envelope-v1.bin")
 	if os.Getenv("MESHAGENT_UPDATE_CORPUS") != "" {

@@ -80,6 +80,7 @@ func mutate(t testing.TB, raw []byte, f func(*protocolpb.EnvelopeBody), signer *
 func code(err error) trust.Code { return trust.CodeOf(err) }
 
 func TestDecideAccepts(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	raw := w.request(t, w.alice, w.aliceTok, "read:logs", t0)
 	e, err := w.bobDecider.Decide(raw, w.expect(w.alice), t0.Add(time.Second))
@@ -102,6 +103,7 @@ func TestDecideAccepts(t *testing.T) {
 }
 
 func TestDecideRejects(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	now := t0.Add(time.Second)
 	good := func() []byte { return w.request(t, w.alice, w.aliceTok, "read:logs", t0) }
@@ -137,6 +139,8 @@ func TestDecideRejects(t *testing.T) {
 		{"oversized", make([]byte, DefaultMaxEnvelopeSize+1), w.expect(w.alice), trust.CodeTooLarge},
 	}
 	for _, c := range cases {
+		// Serial: the cases share bobDecider, whose replay guard must
+		// stay empty after all of them.
 		t.Run(c.name, func(t *testing.T) {
 			_, err := w.bobDecider.Decide(c.raw, c.x, now)
 			if code(err) != c.code {
@@ -150,6 +154,7 @@ func TestDecideRejects(t *testing.T) {
 }
 
 func TestReplay(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	raw := w.request(t, w.alice, w.aliceTok, "read:logs", t0)
 	if _, err := w.bobDecider.Decide(raw, w.expect(w.alice), t0); err != nil {
@@ -187,6 +192,7 @@ func (denyAll) AdmitHolder(trust.PublicKey, time.Time) error {
 }
 
 func TestMembershipRunsBeforeSignature(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	w.bobDecider.Membership = denyAll{}
 	raw := w.request(t, w.alice, w.aliceTok, "read:logs", t0)
@@ -196,6 +202,7 @@ func TestMembershipRunsBeforeSignature(t *testing.T) {
 }
 
 func TestRevokedChainRejected(t *testing.T) {
+	t.Parallel()
 	w := newWorld(t)
 	r, _ := trust.RevokeLink(w.anchor, w.aliceTok.Links[0].ID, t0, time.Hour)
 	if err := w.bobDecider.Verifier.AddRevocation(r, t0); err != nil {

@@ -54,6 +54,7 @@ func heapInUse() uint64 {
 // A replay is refused for as long as its timestamp is inside the window,
 // wherever in ±window the timestamp was, and is stale afterwards.
 func TestReplayGuardRefusesReplaysAcrossTheWindow(t *testing.T) {
+	t.Parallel()
 	const W = DefaultWindow
 	g := NewReplayGuard(0, 0, 0)
 	alice := senderKey(1)
@@ -104,6 +105,7 @@ func TestReplayGuardRefusesReplaysAcrossTheWindow(t *testing.T) {
 // its timestamp left the window, and Len counts exactly the live buckets.
 // The guard is small, so its tables wrap, grow and shrink.
 func TestReplayGuardForgetsOnlyAfterTheWindow(t *testing.T) {
+	t.Parallel()
 	const W = time.Minute
 	g := NewReplayGuard(W, 20_000, 0)
 	if len(g.shards) < 8 {
@@ -178,6 +180,7 @@ func TestReplayGuardForgetsOnlyAfterTheWindow(t *testing.T) {
 // A sender that restarts draws new random nonces: they are accepted, and
 // its envelopes from before the restart are still refused as replays.
 func TestReplayGuardSenderRestart(t *testing.T) {
+	t.Parallel()
 	g := NewReplayGuard(0, 0, 0)
 	alice := senderKey(1)
 	type sent struct {
@@ -212,6 +215,7 @@ func TestReplayGuardSenderRestart(t *testing.T) {
 // window arrive shuffled, each twice (two forwarders): the first copy is
 // accepted whatever the order, the second refused.
 func TestReplayGuardOutOfOrder(t *testing.T) {
+	t.Parallel()
 	const W = DefaultWindow
 	g := NewReplayGuard(0, 0, 0)
 	rng := mrand.New(mrand.NewPCG(3, 4))
@@ -253,6 +257,7 @@ func TestReplayGuardOutOfOrder(t *testing.T) {
 // there is room again. (Before the fingerprint guard these were
 // replay_full.)
 func TestReplayGuardBounds(t *testing.T) {
+	t.Parallel()
 	const W = time.Minute
 	g := NewReplayGuard(W, 4, 2)
 	alice, bob, carol := senderKey(1), senderKey(2), senderKey(3)
@@ -303,6 +308,7 @@ func TestReplayGuardBounds(t *testing.T) {
 // Nonces of at most maxSenders senders are held: a further sender waits
 // (busy) while those already holding some go on.
 func TestReplayGuardSenderLimit(t *testing.T) {
+	t.Parallel()
 	g := NewReplayGuard(time.Minute, 4096, 0)
 	g.maxSenders = 3
 	var b [16]byte
@@ -327,7 +333,8 @@ func TestReplayGuardSenderLimit(t *testing.T) {
 // fast as it can (a million a second of simulated time). It fills the
 // guard to the high-water mark and is then refused busy, while an honest
 // sender with a small share, and a sender that was not there before the
-// flood, always get in; the memory stays within the bound.
+// flood, always get in; the memory stays within the bound. Not parallel:
+// it measures the process's heap.
 func TestReplayGuardFloodingInsider(t *testing.T) {
 	capacity, bound := DefaultReplayEntries, DefaultReplayBytes
 	if !replayLong() { // 10 bytes a nonce and 256 KiB
@@ -384,6 +391,7 @@ func TestReplayGuardFloodingInsider(t *testing.T) {
 // Several flooders (fewer than 15) cannot take the room above the
 // high-water mark either: each holds more than capacity / senders.
 func TestReplayGuardSeveralFlooders(t *testing.T) {
+	t.Parallel()
 	const capacity = 1 << 14
 	g := NewReplayGuard(0, capacity, 0)
 	var b [16]byte
@@ -412,6 +420,7 @@ func TestReplayGuardSeveralFlooders(t *testing.T) {
 // DefaultReplayBytes: eight senders of which one sends 70 %. Scaled down
 // (1 000 a second against a tenth of the capacity), the same with one
 // sender at the full rate; under -race or -short only the scaled runs.
+// Not parallel, nor its runs: each measures the process's heap.
 func TestReplayGuardSustainsTenThousandASecond(t *testing.T) {
 	type run struct {
 		name                    string
@@ -462,6 +471,7 @@ func TestReplayGuardSustainsTenThousandASecond(t *testing.T) {
 // Tables shrink once their nonces left the window: an idle guard costs
 // little however busy it was.
 func TestReplayGuardShrinks(t *testing.T) {
+	t.Parallel()
 	g := NewReplayGuard(0, 0, 0)
 	idle := g.bytes()
 	var b [16]byte
@@ -488,6 +498,7 @@ func TestReplayGuardShrinks(t *testing.T) {
 // envelope that the later clock already puts out of the window is refused
 // stale; everything else works as usual.
 func TestReplayGuardClockReadingsOutOfOrder(t *testing.T) {
+	t.Parallel()
 	const W = time.Minute
 	g := NewReplayGuard(W, 0, 0)
 	alice := senderKey(1)
@@ -514,6 +525,7 @@ func TestReplayGuardClockReadingsOutOfOrder(t *testing.T) {
 // Many goroutines at once: each nonce is accepted exactly once, however
 // many race for it.
 func TestReplayGuardConcurrent(t *testing.T) {
+	t.Parallel()
 	g := NewReplayGuard(0, 0, 0)
 	const workers, own, shared = 8, 3000, 1000
 	var wins atomic.Int64
@@ -553,6 +565,7 @@ func TestReplayGuardConcurrent(t *testing.T) {
 // found (deletions move words back over the hole, across the table's end
 // too) and no word of a swept one is.
 func TestReplayShardSweepKeepsEveryLiveWord(t *testing.T) {
+	t.Parallel()
 	rng := mrand.New(mrand.NewPCG(5, 6))
 	for round := range 200 {
 		s := &replayShard{cap: 55, maxSlots: 64, floor: math.MinInt64}

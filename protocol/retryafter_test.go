@@ -11,6 +11,7 @@ import (
 // A busy error envelope carries its retry-after in whole milliseconds; one
 // read from the wire is capped at an hour (more would overflow).
 func TestRetryAfterOnTheWire(t *testing.T) {
+	t.Parallel()
 	id, _ := trust.GenerateIdentity(rand.Reader)
 	for _, tc := range []struct{ sent, want time.Duration }{
 		{1500 * time.Millisecond, 1500 * time.Millisecond},

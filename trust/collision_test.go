@@ -84,6 +84,7 @@ func applyThroughWire(t *testing.T, v *Verifier, r *Revocation) {
 // ID that inspect shows: her chain is revoked, the victim's credential and
 // chain are not.
 func TestRevokingAnAttackersLinkSparesTheVictim(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	now := t0.Add(time.Minute)
 	cred, err := IssueCredential(f.anchor, f.carol.Public(), "carol", t0, DefaultCredentialTTL)
@@ -112,6 +113,7 @@ func TestRevokingAnAttackersLinkSparesTheVictim(t *testing.T) {
 		{"body copied from the victim's link", victimLinks[2].body, f.carol},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
 			atk := withLeafBody(t, toEve, c.body, mallorySigns)
 			v := testVerifier(t, f.anchor.Public())
 			wantCode(t, v.Authorize(atk, c.holder.Public(), "read:logs", now), "")
@@ -141,6 +143,7 @@ func TestRevokingAnAttackersLinkSparesTheVictim(t *testing.T) {
 // TestRevocationNamespaces: a link revocation never matches a credential and
 // a credential revocation never matches a link, whatever their bytes.
 func TestRevocationNamespaces(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	now := t0.Add(time.Minute)
 	cred, _ := IssueCredential(f.anchor, f.carol.Public(), "carol", t0, DefaultCredentialTTL)
@@ -149,6 +152,7 @@ func TestRevocationNamespaces(t *testing.T) {
 	wantCode(t, f.v.Authorize(twin, f.carol.Public(), "read:logs", now), "")
 
 	t.Run("credential revocation spares the link", func(t *testing.T) {
+		t.Parallel()
 		v := testVerifier(t, f.anchor.Public())
 		applyThroughWire(t, v, mustRevoke(t)(RevokeCredential(f.anchor, cred.Serial, now, DefaultMaxTokenLife)))
 		wantCode(t, v.VerifyCredential(cred, now), CodeRevoked)
@@ -156,12 +160,14 @@ func TestRevocationNamespaces(t *testing.T) {
 		wantCode(t, v.Authorize(f.toCar, f.carol.Public(), "read:logs", now), "")
 	})
 	t.Run("link revocation with the serial's bytes spares the credential", func(t *testing.T) {
+		t.Parallel()
 		v := testVerifier(t, f.anchor.Public())
 		applyThroughWire(t, v, mustRevoke(t)(RevokeLink(f.anchor, LinkID(cred.Serial), now, DefaultMaxTokenLife)))
 		wantCode(t, v.VerifyCredential(cred, now), "")
 		wantCode(t, v.Authorize(twin, f.carol.Public(), "read:logs", now), "")
 	})
 	t.Run("credential revocation with a link ID's bytes spares the link", func(t *testing.T) {
+		t.Parallel()
 		v := testVerifier(t, f.anchor.Public())
 		applyThroughWire(t, v, mustRevoke(t)(RevokeCredential(f.anchor, [16]byte(f.toCar.Links[1].ID), now, DefaultMaxTokenLife)))
 		wantCode(t, v.Authorize(f.toCar, f.carol.Public(), "read:logs", now), "")
@@ -172,6 +178,7 @@ func TestRevocationNamespaces(t *testing.T) {
 // TestLinkIDIsDerived: the ID is the same whether the link was made here or
 // decoded, is never the body's nonce, and is the documented hash.
 func TestLinkIDIsDerived(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	p, err := ParseToken(f.toCar.Bytes(), DefaultMaxTokenSize)
 	if err != nil {
@@ -199,6 +206,7 @@ func TestLinkIDIsDerived(t *testing.T) {
 }
 
 func TestRevocationWireFormat(t *testing.T) {
+	t.Parallel()
 	a := testAnchor(t, 20)
 	agent := testIdentity(t, 21).Public()
 	serial := [16]byte{1, 2, 3}
@@ -213,6 +221,7 @@ func TestRevocationWireFormat(t *testing.T) {
 		{"agent", must(RevokeAgent(a, agent, t0, t0, time.Hour))},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
 			p, err := ParseRevocation(c.r.Bytes())
 			if err != nil {
 				t.Fatal(err)
@@ -252,6 +261,7 @@ func TestRevocationWireFormat(t *testing.T) {
 		{"weak issuer", func(b *trustpb.RevocationBody) { b.Issuer = weak[:]; b.LinkId = link[:] }, "small-order"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
 			b := base()
 			c.edit(b)
 			_, err := ParseRevocation(sign(b))

@@ -15,6 +15,7 @@ import (
 // a directory another user owns or group or others can write, is refused
 // with one line that says what to run; the run fixes it.
 func TestKeyFileOwnership(t *testing.T) {
+	t.Parallel()
 	const stranger = 4242 // a uid nobody in the test runs as
 	euid := os.Geteuid()
 	for _, c := range []struct {
@@ -44,6 +45,7 @@ func TestKeyFileOwnership(t *testing.T) {
 			}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
 			if c.root && euid != 0 {
 				t.Skipf("needs root to chown a file to uid %d; this test runs as uid %d", stranger, euid)
 			}

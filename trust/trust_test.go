@@ -58,6 +58,7 @@ func wantCode(t *testing.T, err error, code Code) {
 }
 
 func TestPeerIDMatchesLibp2p(t *testing.T) {
+	t.Parallel()
 	id := testIdentity(t, 1)
 	want, err := peer.IDFromPrivateKey(id.Libp2pKey())
 	if err != nil {
@@ -86,6 +87,7 @@ func TestPeerIDMatchesLibp2p(t *testing.T) {
 }
 
 func TestKeyFiles(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	id := testIdentity(t, 2)
 	p := filepath.Join(dir, "identity.key")
@@ -123,6 +125,7 @@ func TestKeyFiles(t *testing.T) {
 }
 
 func TestScopes(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		s    string
 		code Code
@@ -140,6 +143,7 @@ func TestScopes(t *testing.T) {
 }
 
 func TestCredential(t *testing.T) {
+	t.Parallel()
 	a, other := testAnchor(t, 10), testAnchor(t, 11)
 	agent := testIdentity(t, 12)
 	v := testVerifier(t, a.Public())
@@ -227,6 +231,7 @@ func newFixture(t *testing.T) *fixture {
 }
 
 func TestTokenHappyPath(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	now := t0.Add(time.Minute)
 	wantCode(t, f.v.Authorize(f.root, f.alice.Public(), "write:reports", now), "")
@@ -248,6 +253,7 @@ func TestTokenHappyPath(t *testing.T) {
 }
 
 func TestDelegateRefusesWidening(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	for _, c := range []struct {
 		name   string
@@ -266,6 +272,7 @@ func TestDelegateRefusesWidening(t *testing.T) {
 		{"expired at birth", Grant{Scopes: []string{"read:logs"}, Expires: t0.Add(-time.Hour)}, CodeMalformed, ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
 			_, err := f.root.Delegate(f.alice, f.bob.Public(), c.g, t0)
 			wantCode(t, err, c.code)
 			if !strings.Contains(err.Error(), c.detail) {
@@ -314,6 +321,7 @@ func craft(t *testing.T, tok *Token, signer func([]byte) []byte, to PublicKey, g
 }
 
 func TestVerifyRejectsHandCraftedChains(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	now := t0.Add(time.Minute)
 	bobSigns := func(m []byte) []byte { return f.bob.Sign(DomainLink, m) }
@@ -332,6 +340,7 @@ func TestVerifyRejectsHandCraftedChains(t *testing.T) {
 		{"wildcard", craft(t, f.toBob, bobSigns, f.carol.Public(), Grant{Scopes: []string{"read:*"}, NotBefore: t0, Expires: t0.Add(time.Hour)}, 0), CodeWildcard, 2},
 		{"signed by non-holder", craft(t, f.toBob, mallorySigns, f.mallory.Public(), Grant{Scopes: []string{"read:logs"}, NotBefore: t0, Expires: t0.Add(time.Hour)}, 0), CodeBadSignature, 2},
 	} {
+		// Serial: the cases share f.v and its cache of verified links.
 		t.Run(c.name, func(t *testing.T) {
 			// Through the wire, as an attacker would send it.
 			p, err := ParseToken(c.tok.Bytes(), DefaultMaxTokenSize)
@@ -349,6 +358,7 @@ func TestVerifyRejectsHandCraftedChains(t *testing.T) {
 }
 
 func TestVerifyRejects(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	now := t0.Add(time.Minute)
 	// Forged root: mallory's own "anchor".
@@ -389,6 +399,7 @@ func TestVerifyRejects(t *testing.T) {
 }
 
 func TestCacheNeverSkipsTimeOrRevocation(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	now := t0.Add(time.Minute)
 	wantCode(t, f.v.Authorize(f.toCar, f.carol.Public(), "read:logs", now), "")
@@ -406,6 +417,7 @@ func TestCacheNeverSkipsTimeOrRevocation(t *testing.T) {
 }
 
 func TestRevocations(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	now := t0.Add(time.Minute)
 	// Bob's key is compromised: everything he holds or issued before now.
@@ -458,6 +470,7 @@ func TestRevocations(t *testing.T) {
 // policy accepts (an operator mistake: --keep 1h) is still kept until what
 // it revokes has expired: the refusal does not lapse into acceptance.
 func TestShortKeepDoesNotLapse(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	now := t0.Add(time.Minute)
 	long, err := IssueToken(f.anchor, f.alice.Public(), Grant{Scopes: []string{"read:logs"}, Expires: t0.Add(20 * 24 * time.Hour)}, t0)

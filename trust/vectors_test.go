@@ -70,6 +70,7 @@ func linkIDs(t *Token) []string {
 }
 
 func TestVectors(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join("testdata", "vectors.json")
 	if *update {
 		vs := makeVectors(t)
@@ -94,6 +95,7 @@ func TestVectors(t *testing.T) {
 	}
 	for _, vec := range vs {
 		t.Run(vec.Name, func(t *testing.T) {
+			t.Parallel()
 			raw := mustHex(t, vec.Hex)
 			anchor, err := ParsePublicKey(vec.Anchor)
 			if err != nil {

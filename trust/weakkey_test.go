@@ -57,6 +57,7 @@ func trivialForgery(key []byte, domain string, rs [][]byte) (msg []byte, sig []b
 // for which anyone can sign (the trivial signature verifies under
 // crypto/ed25519), and each is refused wherever a key is accepted.
 func TestSmallOrderKeysRefused(t *testing.T) {
+	t.Parallel()
 	encs := smallOrderEncodings()
 	if len(encs) != 14 {
 		t.Fatalf("%d encodings, want 14", len(encs))
@@ -88,6 +89,7 @@ func TestSmallOrderKeysRefused(t *testing.T) {
 	for _, e := range encs {
 		k := PublicKey(e)
 		t.Run(k.String(), func(t *testing.T) {
+			t.Parallel()
 			// Without the refusal, anyone could sign as k.
 			msg, sig := trivialForgery(e[:], DomainLink, rs)
 			if sig == nil {
@@ -163,6 +165,7 @@ func TestSmallOrderKeysRefused(t *testing.T) {
 // to herself. The chain is refused on the wire (the holder is malformed)
 // and, built in memory past the parser, by the signature check.
 func TestWeakHolderCannotBeSignedFor(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	weak := PublicKey{1}
 	l, err := linkOf(weak, Grant{Scopes: []string{"read:logs"}, Delegatable: []string{"read:logs"}, Expires: t0.Add(time.Hour)}, 1, t0)
@@ -186,6 +189,7 @@ func TestWeakHolderCannotBeSignedFor(t *testing.T) {
 // keys, on keys with a small-order component added (mixed order: not weak)
 // and on the small-order encodings.
 func TestWeakMatchesCofactorCheck(t *testing.T) {
+	t.Parallel()
 	identity := edwards25519.NewIdentityPoint()
 	torsion, _ := new(edwards25519.Point).SetBytes(smallOrderY[3][:]) // order 8
 	var keys [][32]byte
@@ -216,6 +220,7 @@ func TestWeakMatchesCofactorCheck(t *testing.T) {
 // point is refused at once (the wire path leaves it to the signature
 // check, which no signature passes).
 func TestParsePublicKeyRefusesNonPoints(t *testing.T) {
+	t.Parallel()
 	var notPoint [32]byte
 	for i := byte(2); ; i++ { // y = i: find one whose x^2 is not a square
 		notPoint[0] = i

@@ -5,9 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -15,7 +13,6 @@ import (
 	"time"
 
 	"github.com/meshagent/meshagent/node"
-	"github.com/meshagent/meshagent/simulations"
 	"github.com/meshagent/meshagent/trust"
 )
 
@@ -25,16 +22,10 @@ import (
 // returns alice's home, bob's ID and the handler's count.
 func benchPair(t *testing.T) (a, bID string, handled *atomic.Int64) {
 	t.Helper()
-	dir := t.TempDir()
-	ca := filepath.Join(dir, "ca")
-	anchor := mustOK(t, "ca", "init", "--dir", ca)
-	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
-	aID := mustOK(t, "init", "--home", a, "--name", "alice")
-	bID = mustOK(t, "init", "--home", b, "--name", "bob")
-	mustOK(t, "ca", "issue", "--dir", ca, "--agent", aID, "--name", "alice", "--out", filepath.Join(a, credentialFile))
-	mustOK(t, "ca", "issue", "--dir", ca, "--agent", bID, "--name", "bob", "--out", filepath.Join(b, credentialFile))
-	mustOK(t, "token", "issue", "--ca", ca, "--to", aID, "--scopes", "ping:agent,read:logs", "--out", filepath.Join(a, "a.token"))
-	bn := startDaemon(t, b, writeConfig(t, b, "bob", anchor))
+	m := newTestMesh(t)
+	a, _, fa := m.agent("alice", "ping:agent,read:logs")
+	b, bID, fb := m.agent("bob", "")
+	bn := m.start(b, fb)
 	handled = new(atomic.Int64)
 	if err := bn.Handle("read:logs", func(context.Context, *node.Request) ([]byte, error) {
 		handled.Add(1)
@@ -42,17 +33,8 @@ func benchPair(t *testing.T) (a, bID string, handled *atomic.Int64) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	fa := writeConfig(t, a, "alice", anchor, "a.token")
-	fa.Bootstrap = []string{bn.Addrs()[0].String()}
-	startDaemon(t, a, fa)
-	if err := simulations.WaitFor(15*time.Second, func() error {
-		if out := mustOK(t, "peers", "--home", a); !strings.Contains(out, bID) {
-			return fmt.Errorf("alice has not admitted bob: %s", out)
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	m.start(a, fa, bn)
+	admitted(t, a, bID, 15*time.Second)
 	return a, bID, handled
 }
 
@@ -245,18 +227,6 @@ func TestLatencyHistogram(t *testing.T) {
 func busyDaemon(t *testing.T, busy func(n int64) bool, retryAfterMs int) (home, peer string, sends, refused *atomic.Int64) {
 	t.Helper()
 	peer = mustOK(t, "init", "--home", filepath.Join(t.TempDir(), "p"), "--name", "peer")
-	home, err := os.MkdirTemp("", "busy") // short: a socket path has at most 108 bytes
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(home) })
-	if err := os.WriteFile(filepath.Join(home, configFile), []byte("api_socket: api.sock\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("unix", filepath.Join(home, "api.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	sends, refused = new(atomic.Int64), new(atomic.Int64)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
@@ -278,10 +248,7 @@ func busyDaemon(t *testing.T, busy func(n int64) bool, retryAfterMs int) (home, 
 		}
 		writeJSON(w, 200, map[string]any{"from": peer, "body": map[string]string{}})
 	})
-	srv := &http.Server{Handler: mux}
-	go func() { _ = srv.Serve(l) }()
-	t.Cleanup(func() { srv.Close() })
-	return home, peer, sends, refused
+	return fakeAPI(t, mux), peer, sends, refused
 }
 
 func benchJSON(t *testing.T, args ...string) benchSummary {

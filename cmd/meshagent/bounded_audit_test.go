@@ -190,9 +190,9 @@ func TestBoundedRotatingFile(t *testing.T) {
 // A negative audit_log_max_bytes is refused before anything starts.
 func TestBoundedAuditLogConfig(t *testing.T) {
 	_, anchor, a, _ := enrolled(t)
-	fc := writeConfig(t, a, "alice", anchor)
+	fc := daemonConfig("alice", anchor)
 	fc.AuditLogMaxBytes = -1
-	err := runDaemon(t.Context(), a, fc, func(*node.Node) { t.Error("the daemon started") })
+	err := serveDaemon(t.Context(), a, fc, func(*node.Node) { t.Error("the daemon started") }, daemonLog(t, a))
 	if err == nil || !strings.Contains(err.Error(), "audit_log_max_bytes") {
 		t.Fatalf("want a refusal naming audit_log_max_bytes, got %v", err)
 	}

@@ -29,8 +29,8 @@ func handlerTimeout(t *testing.T, d time.Duration) {
 // another action keep being served.
 func TestBoundedPendingCalls(t *testing.T) {
 	handlerTimeout(t, time.Second)
-	ca, a, b, _, bID := twoDaemons(t, "read:logs", "read:status", nil)
-	c := joinDaemon(t, ca, "carol", "read:status", b)
+	m, a, b, _, bID := twoDaemons(t, "read:logs", "read:status", nil)
+	c := m.join("carol", "read:status", b)
 
 	// An honest process serves read:status.
 	ctx, cancel := context.WithCancel(context.Background())

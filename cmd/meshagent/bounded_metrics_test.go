@@ -25,7 +25,7 @@ import (
 // reason, and the page grows by a few bytes at most.
 func TestBoundedErrorCodeLabels(t *testing.T) {
 	dir, anchor, a, _ := enrolled(t)
-	dn := startDaemon(t, a, writeConfig(t, a, "alice", anchor))
+	dn := startDaemon(t, a, daemonConfig("alice", anchor))
 
 	// mallory: an enrolled node whose RPC handler forges error codes.
 	ak, err := trust.LoadAnchorKey(filepath.Join(dir, "ca", anchorKeyFile))

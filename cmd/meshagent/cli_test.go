@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -9,27 +8,6 @@ import (
 	"strings"
 	"testing"
 )
-
-type result struct {
-	code           int
-	stdout, stderr string
-}
-
-func cli(t *testing.T, args ...string) result {
-	t.Helper()
-	var out, errb bytes.Buffer
-	code := run(args, &out, &errb)
-	return result{code, strings.TrimSpace(out.String()), strings.TrimSpace(errb.String())}
-}
-
-func mustOK(t *testing.T, args ...string) string {
-	t.Helper()
-	r := cli(t, args...)
-	if r.code != 0 {
-		t.Fatalf("meshagent %v: exit %d: %s", args, r.code, r.stderr)
-	}
-	return r.stdout
-}
 
 func TestCLITrustFlow(t *testing.T) {
 	dir := t.TempDir()

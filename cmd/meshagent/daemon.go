@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -75,19 +76,14 @@ func newRunCmd() *cobra.Command {
 	return cmd
 }
 
-// runDaemon is serveDaemon logging to stderr.
-func runDaemon(ctx context.Context, home string, fc *fileConfig, ready func(*node.Node)) error {
-	return serveDaemon(ctx, home, fc, ready, os.Stderr)
-}
-
 // testHookNodeConfig, when set by a test, adjusts the node's config (its
 // handler timeout, say) before the node is built.
 var testHookNodeConfig func(*node.Config)
 
 // serveDaemon runs the agent at home as fc says until ctx ends: it checks
 // the config (planDaemon), builds and starts the node, then serves the local
-// API on its socket. ready, if not nil, is called once the API socket is
-// listening. What the daemon does not stop for (a persisted revocation it
+// API on its socket. Once the socket listens it says so on logw in one line
+// (upLine) and calls ready, if not nil. What the daemon does not stop for (a persisted revocation it
 // drops, a renewed credential it could not save) is said on logw, one line
 // each.
 func serveDaemon(ctx context.Context, home string, fc *fileConfig, ready func(*node.Node), logw io.Writer) error {
@@ -126,10 +122,22 @@ func serveDaemon(ctx context.Context, home string, fc *fileConfig, ready func(*n
 	if err != nil {
 		return fmt.Errorf("api socket: %v", err)
 	}
+	fmt.Fprintln(logw, upLine(n, plan.sock))
 	if ready != nil {
 		ready(n)
 	}
 	return api.serve(ctx)
+}
+
+// upLine is the one line the daemon says once it is up: who it is, the
+// addresses peers reach it at (each ends in /p2p/PEERID, as --bootstrap
+// takes them) and the socket of its local API.
+func upLine(n *node.Node, sock string) string {
+	addrs := make([]string, 0, len(n.Addrs()))
+	for _, a := range n.Addrs() {
+		addrs = append(addrs, a.String())
+	}
+	return fmt.Sprintf("meshagent: up: peer %s listening on %s; local API on %s", n.ID(), strings.Join(addrs, " "), sock)
 }
 
 // daemonPlan is an agent's config, checked, as what the daemon runs: the

@@ -3,56 +3,22 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/meshagent/meshagent/node"
 	"github.com/meshagent/meshagent/simulations"
 )
 
-// writeConfig replaces the default config with one for a test mesh.
-func writeConfig(t *testing.T, home, name, anchor string, tokens ...string) *fileConfig {
-	fc := &fileConfig{Name: name, Listen: []string{"/ip4/127.0.0.1/tcp/0"}, Anchors: []string{anchor},
-		Credential: credentialFile, Tokens: tokens, AuditLog: "audit.log", APISocket: "api.sock"}
-	return fc
-}
-
-func startDaemon(t *testing.T, home string, fc *fileConfig) *node.Node {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan *node.Node, 1)
-	done := make(chan error, 1)
-	go func() { done <- runDaemon(ctx, home, fc, func(n *node.Node) { ready <- n }) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("daemon %s: %v", home, err)
-		}
-	})
-	select {
-	case n := <-ready:
-		return n
-	case err := <-done:
-		t.Fatalf("daemon did not start: %v", err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("daemon did not start in time")
-	}
-	return nil
-}
-
 func TestDaemonAndLocalAPI(t *testing.T) {
-	dir := t.TempDir()
-	ca := filepath.Join(dir, "ca")
-	anchor := mustOK(t, "ca", "init", "--dir", ca)
-	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
-	aID := mustOK(t, "init", "--home", a, "--name", "alice")
-	bID := mustOK(t, "init", "--home", b, "--name", "bob")
-	mustOK(t, "ca", "issue", "--dir", ca, "--agent", aID, "--name", "alice", "--out", filepath.Join(a, credentialFile))
-	mustOK(t, "ca", "issue", "--dir", ca, "--agent", bID, "--name", "bob", "--out", filepath.Join(b, credentialFile))
-	mustOK(t, "token", "issue", "--ca", ca, "--to", aID, "--scopes", "ping:agent", "--out", filepath.Join(a, "ping.token"))
+	m := newTestMesh(t)
+	a, aID, fa := m.agent("alice", "ping:agent")
+	b, bID, fb := m.agent("bob", "")
 
 	// The default config written by init parses and names the agent.
 	fc, err := loadFileConfig(a)
@@ -60,10 +26,7 @@ func TestDaemonAndLocalAPI(t *testing.T) {
 		t.Fatalf("default config: %+v %v", fc, err)
 	}
 
-	bn := startDaemon(t, b, writeConfig(t, b, "bob", anchor))
-	fa := writeConfig(t, a, "alice", anchor, "ping.token")
-	fa.Bootstrap = []string{bn.Addrs()[0].String()}
-	startDaemon(t, a, fa)
+	m.start(a, fa, m.start(b, fb))
 
 	st, _ := os.Stat(filepath.Join(a, "api.sock"))
 	if st.Mode().Perm() != 0o600 {
@@ -132,5 +95,50 @@ func TestDaemonRefusesBadConfig(t *testing.T) {
 	r = cli(t, "run", "--home", home, "--anchor", "bogus")
 	if r.code != 1 || !strings.Contains(r.stderr, "anchors") {
 		t.Fatalf("bad anchor: %+v", r)
+	}
+}
+
+// Through the binary: 'meshagent run' says on stderr, in one line, when it
+// is up: its peer ID, every address it listens on, its API socket. It
+// prints nothing else, and nothing on stdout.
+func TestRunSaysWhenUp(t *testing.T) {
+	_, anchor, home, id := enrolled(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stdout, stderr syncBuffer
+	done := make(chan int, 1)
+	go func() { done <- runContext(ctx, []string{"run", "--home", home, "--anchor", anchor}, &stdout, &stderr) }()
+	if err := simulations.WaitFor(20*time.Second, func() error {
+		select {
+		case code := <-done:
+			t.Fatalf("run exited %d: %s", code, stderr.String())
+		default:
+		}
+		if !strings.Contains(stderr.String(), "\n") {
+			return errors.New("no line yet")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		ListenAddrs []string `json:"listen_addrs"`
+	}
+	if err := json.Unmarshal([]byte(mustOK(t, "status", "--home", home)), &st); err != nil || len(st.ListenAddrs) < 2 {
+		t.Fatalf("status: %+v %v", st, err)
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("run exited %d: %s", code, stderr.String())
+	}
+	up := regexp.MustCompile(`^meshagent: up: peer (\S+) listening on (.+); local API on (\S+)\n$`).FindStringSubmatch(stderr.String())
+	if up == nil || stdout.String() != "" {
+		t.Fatalf("stderr %q, stdout %q; want one up line on stderr", stderr.String(), stdout.String())
+	}
+	addrs := strings.Fields(up[2])
+	slices.Sort(addrs)
+	slices.Sort(st.ListenAddrs)
+	if up[1] != id || !slices.Equal(addrs, st.ListenAddrs) || up[3] != filepath.Join(home, "api.sock") {
+		t.Fatalf("up line %q: want peer %s, addresses %v, socket %s", up[0], id, st.ListenAddrs, filepath.Join(home, "api.sock"))
 	}
 }

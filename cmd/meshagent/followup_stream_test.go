@@ -5,10 +5,8 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -24,19 +22,7 @@ import (
 // ends it. It returns the home.
 func fakeDaemon(t *testing.T, streams map[string]string) string {
 	t.Helper()
-	home, err := os.MkdirTemp("", "fake") // short: a socket path has at most 108 bytes
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(home) })
-	if err := os.WriteFile(filepath.Join(home, configFile), []byte("api_socket: api.sock\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("unix", filepath.Join(home, "api.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return fakeAPI(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		query, _ := url.QueryUnescape(r.URL.RawQuery)
 		body, ok := streams[r.URL.Path+"?"+query]
 		if !ok {
@@ -47,10 +33,7 @@ func fakeDaemon(t *testing.T, streams map[string]string) string {
 		w.WriteHeader(200)
 		w.(http.Flusher).Flush()
 		_, _ = io.WriteString(w, body)
-	})}
-	go func() { _ = srv.Serve(l) }()
-	t.Cleanup(func() { srv.Close() })
-	return home
+	}))
 }
 
 // The events the fake daemon ends its streams with, as the real one

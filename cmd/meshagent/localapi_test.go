@@ -1,19 +1,15 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,36 +21,6 @@ import (
 	"github.com/meshagent/meshagent/trust"
 	"github.com/meshagent/meshagent/trust/trustpb"
 )
-
-// syncBuffer is a bytes.Buffer that a daemon may write while a test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// enrolled makes a CA and one enrolled agent, alice, and returns the
-// anchor ID, alice's home and her ID.
-func enrolled(t *testing.T) (dir, anchor, home, id string) {
-	dir = t.TempDir()
-	ca := filepath.Join(dir, "ca")
-	anchor = mustOK(t, "ca", "init", "--dir", ca)
-	home = filepath.Join(dir, "a")
-	id = mustOK(t, "init", "--home", home, "--name", "alice")
-	mustOK(t, "ca", "issue", "--dir", ca, "--agent", id, "--name", "alice", "--out", filepath.Join(home, credentialFile))
-	return dir, anchor, home, id
-}
 
 // othersCanConnect reports why a user other than the owner could connect to
 // the socket at path right now (it exists, group or others may write it and
@@ -117,7 +83,7 @@ func TestAPISocketNeverReachableByOthers(t *testing.T) {
 		}
 	}
 	t.Cleanup(func() { testHookSocketBound = nil })
-	startDaemon(t, a, writeConfig(t, a, "alice", anchor))
+	startDaemon(t, a, daemonConfig("alice", anchor))
 	syscall.Umask(old)
 
 	if len(bound) != 1 {
@@ -149,17 +115,17 @@ func TestDaemonRefusesUnsafeSocketPlace(t *testing.T) {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		err := runDaemon(ctx, a, fc, func(*node.Node) {
+		err := serveDaemon(ctx, a, fc, func(*node.Node) {
 			t.Errorf("the daemon started (want a refusal naming %q)", want)
 			cancel()
-		})
+		}, daemonLog(t, a))
 		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {
 			t.Fatalf("want one line naming %q, got %v", want, err)
 		}
 	}
 	// A group-writable directory, and a shared one such as /tmp (sticky,
 	// world-writable). (The home itself is checked too, with its keys.)
-	fc := writeConfig(t, a, "alice", anchor)
+	fc := daemonConfig("alice", anchor)
 	for name, mode := range map[string]os.FileMode{"group": 0o775, "shared": 0o1777} {
 		d := filepath.Join(dir, name)
 		if err := os.Mkdir(d, 0o700); err != nil {
@@ -190,8 +156,8 @@ func TestDaemonRefusesUnsafeSocketPlace(t *testing.T) {
 		t.Fatalf("credential damaged: %v", err)
 	}
 	// A second daemon on the same socket does not steal it.
-	startDaemon(t, a, writeConfig(t, a, "alice", anchor))
-	try(writeConfig(t, a, "alice", anchor), "another daemon is serving it")
+	startDaemon(t, a, daemonConfig("alice", anchor))
+	try(daemonConfig("alice", anchor), "another daemon is serving it")
 	mustOK(t, "status", "--home", a)
 }
 
@@ -245,28 +211,13 @@ func TestDaemonDropsRevocationsThatNoLongerApply(t *testing.T) {
 	}
 
 	var log syncBuffer
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan *node.Node, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- serveDaemon(ctx, a, writeConfig(t, a, "alice", anchor), func(n *node.Node) { ready <- n }, &log)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("daemon: %v", err)
-		}
-	})
-	var n *node.Node
-	select {
-	case n = <-ready:
-	case err := <-done:
-		done <- nil // for the clean-up
-		t.Fatalf("daemon did not start: %v", err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("daemon did not start in time")
-	}
+	n := startDaemonLogging(t, a, daemonConfig("alice", anchor), &log)
 	lines := strings.Split(strings.TrimSpace(log.String()), "\n")
+	// The last line says the daemon is up (TestRunSaysWhenUp).
+	if up := lines[len(lines)-1]; !strings.HasPrefix(up, "meshagent: up: peer "+n.ID().String()) {
+		t.Fatalf("the last line is not the daemon's up line:\n%s", log.String())
+	}
+	lines = lines[:len(lines)-1]
 	want := map[string]string{
 		"removed.pem": "issuer " + removedID + " is no longer a trusted anchor",
 		"garbage.pem": "no longer parses",
@@ -295,87 +246,6 @@ func TestDaemonDropsRevocationsThatNoLongerApply(t *testing.T) {
 			t.Fatalf("%s: %v", f, err)
 		}
 	}
-}
-
-// sseStream is an open server-sent-event stream on a local API.
-type sseStream struct {
-	resp  *http.Response
-	lines chan string
-}
-
-// getStream GETs path on home's API and returns the open response (closed
-// at the test's end), or the status and error body when the API refused it.
-func getStream(t *testing.T, home, path string) (*http.Response, int, string) {
-	t.Helper()
-	c := apiHTTP(t, home)
-	ctx, cancel := context.WithCancel(context.Background())
-	req, _ := http.NewRequestWithContext(ctx, "GET", "http://meshagent"+path, nil)
-	resp, err := c.Do(req)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	if resp.StatusCode != 200 {
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		cancel()
-		return nil, resp.StatusCode, strings.TrimSpace(string(body))
-	}
-	t.Cleanup(func() { cancel(); resp.Body.Close() })
-	return resp, 200, ""
-}
-
-// openStream GETs path on home's API and returns the stream, or the status
-// and error body when the API refused it.
-func openStream(t *testing.T, home, path string) (*sseStream, int, string) {
-	t.Helper()
-	resp, code, body := getStream(t, home, path)
-	if resp == nil {
-		return nil, code, body
-	}
-	s := &sseStream{resp: resp, lines: make(chan string, 16)}
-	go func() {
-		defer close(s.lines)
-		sc := bufio.NewScanner(resp.Body)
-		for sc.Scan() {
-			if d, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
-				s.lines <- d
-			}
-		}
-	}()
-	return s, 200, ""
-}
-
-func (s *sseStream) close() { s.resp.Body.Close() }
-
-// next returns the next event's data, or fails the test after d.
-func (s *sseStream) next(t *testing.T, d time.Duration) string {
-	t.Helper()
-	select {
-	case l, ok := <-s.lines:
-		if !ok {
-			t.Fatal("the stream ended")
-		}
-		return l
-	case <-time.After(d):
-		t.Fatalf("no event in %s", d)
-	}
-	return ""
-}
-
-// within runs a CLI command and fails the test if it does not exit in d.
-func within(t *testing.T, d time.Duration, args ...string) result {
-	t.Helper()
-	c := make(chan result, 1)
-	wait := background(t, args...)
-	go func() { c <- wait() }()
-	select {
-	case r := <-c:
-		return r
-	case <-time.After(d):
-		t.Fatalf("meshagent %v still running after %s", args, d)
-	}
-	return result{}
 }
 
 // One local process per action: a second handler is refused (409, and the

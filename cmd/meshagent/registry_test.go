@@ -17,24 +17,15 @@ import (
 // renews it from bob after about 2.7 s and writes it to disk. A revocation
 // applied through alice's CLI reaches bob and is persisted by both.
 func TestDaemonRenewalAndRevocation(t *testing.T) {
-	dir := t.TempDir()
-	ca := filepath.Join(dir, "ca")
-	anchor := mustOK(t, "ca", "init", "--dir", ca)
-	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
-	aID := mustOK(t, "init", "--home", a, "--name", "alice")
-	bID := mustOK(t, "init", "--home", b, "--name", "bob")
-	mustOK(t, "ca", "issue", "--dir", ca, "--agent", aID, "--name", "alice", "--ttl", "4s", "--out", filepath.Join(a, credentialFile))
-	mustOK(t, "ca", "issue", "--dir", ca, "--agent", bID, "--name", "bob", "--out", filepath.Join(b, credentialFile))
-	mustOK(t, "token", "issue", "--ca", ca, "--to", aID, "--scopes", "ping:agent", "--out", filepath.Join(a, "a.token"))
+	m := newTestMesh(t)
+	dir, ca := m.dir, m.ca
+	a, _, fa := m.agent("alice", "ping:agent", "--ttl", "4s")
+	b, bID, fb := m.agent("bob", "")
 	before, _ := os.ReadFile(filepath.Join(a, credentialFile))
 
-	fb := writeConfig(t, b, "bob", anchor)
 	fb.Heartbeat, fb.DeadAfter, fb.IssuerKey = 100*time.Millisecond, 2*time.Second, filepath.Join(ca, anchorKeyFile)
-	bn := startDaemon(t, b, fb)
-	fa := writeConfig(t, a, "alice", anchor, "a.token")
 	fa.Heartbeat, fa.DeadAfter = 100*time.Millisecond, 2*time.Second
-	fa.Bootstrap = []string{bn.Addrs()[0].String()}
-	startDaemon(t, a, fa)
+	m.start(a, fa, m.start(b, fb))
 
 	if err := simulations.WaitFor(10*time.Second, func() error {
 		now, _ := os.ReadFile(filepath.Join(a, credentialFile))
@@ -68,7 +59,7 @@ func TestDaemonRenewalAndRevocation(t *testing.T) {
 			ID string `json:"id"`
 		} `json:"links"`
 	}
-	_ = json.Unmarshal([]byte(mustOK(t, "token", "inspect", filepath.Join(a, "a.token"))), &info)
+	_ = json.Unmarshal([]byte(mustOK(t, "token", "inspect", filepath.Join(a, testTokenFile))), &info)
 	rev := filepath.Join(dir, "rev.pem")
 	mustOK(t, "ca", "revoke", "--dir", ca, "--token", info.Links[0].ID, "--out", rev)
 	mustOK(t, "revoke", "--home", a, rev)

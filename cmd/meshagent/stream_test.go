@@ -9,50 +9,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/meshagent/meshagent/simulations"
 )
-
-// pair makes a CA and two enrolled agents, alice (tokens for ping:agent,
-// read:logs and publish:tasks) and bob (publish:tasks), and starts both
-// daemons, alice bootstrapping from bob. It returns the homes and IDs.
-func pair(t *testing.T) (a, b, aID, bID string) {
-	dir := t.TempDir()
-	ca := filepath.Join(dir, "ca")
-	anchor := mustOK(t, "ca", "init", "--dir", ca)
-	a, b = filepath.Join(dir, "a"), filepath.Join(dir, "b")
-	aID = mustOK(t, "init", "--home", a, "--name", "alice")
-	bID = mustOK(t, "init", "--home", b, "--name", "bob")
-	mustOK(t, "ca", "issue", "--dir", ca, "--agent", aID, "--name", "alice", "--out", filepath.Join(a, credentialFile))
-	mustOK(t, "ca", "issue", "--dir", ca, "--agent", bID, "--name", "bob", "--out", filepath.Join(b, credentialFile))
-	mustOK(t, "token", "issue", "--ca", ca, "--to", aID, "--scopes", "ping:agent,read:logs,publish:tasks", "--out", filepath.Join(a, "a.token"))
-	mustOK(t, "token", "issue", "--ca", ca, "--to", bID, "--scopes", "publish:tasks", "--out", filepath.Join(b, "b.token"))
-	bn := startDaemon(t, b, writeConfig(t, b, "bob", anchor, "b.token"))
-	fa := writeConfig(t, a, "alice", anchor, "a.token")
-	fa.Bootstrap = []string{bn.Addrs()[0].String()}
-	startDaemon(t, a, fa)
-	return a, b, aID, bID
-}
-
-// background runs a CLI command in a goroutine and returns a function that
-// waits for it and returns its result.
-func background(t *testing.T, args ...string) func() result {
-	var out, errb bytes.Buffer
-	var code int
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		code = run(args, &out, &errb)
-	}()
-	return func() result {
-		wg.Wait()
-		return result{code, strings.TrimSpace(out.String()), strings.TrimSpace(errb.String())}
-	}
-}
 
 func TestHandleAndPubSubThroughTheCLI(t *testing.T) {
 	a, b, aID, bID := pair(t)
@@ -172,17 +133,13 @@ func TestPythonExampleAgent(t *testing.T) {
 }
 
 func TestDaemonRestartKeepsIdentity(t *testing.T) {
-	dir := t.TempDir()
-	ca := filepath.Join(dir, "ca")
-	anchor := mustOK(t, "ca", "init", "--dir", ca)
-	a := filepath.Join(dir, "a")
-	aID := mustOK(t, "init", "--home", a, "--name", "alice")
-	mustOK(t, "ca", "issue", "--dir", ca, "--agent", aID, "--name", "alice", "--out", filepath.Join(a, credentialFile))
-	fc := writeConfig(t, a, "alice", anchor)
+	_, anchor, a, aID := enrolled(t)
+	fc := daemonConfig("alice", anchor)
 	for i := 0; i < 2; i++ {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
-		go func() { done <- runDaemon(ctx, a, fc, nil) }()
+		logw := daemonLog(t, a)
+		go func() { done <- serveDaemon(ctx, a, fc, nil, logw) }()
 		if err := simulations.WaitFor(10*time.Second, func() error {
 			r := cli(t, "status", "--home", a)
 			if r.code != 0 {

@@ -36,7 +36,7 @@ import (
 	"time"
 
 	"github.com/meshagent/meshagent/protocol"
-	"github.com/meshagent/meshagent/simulations/internal/plot"
+	"github.com/meshagent/meshagent/simulations/chart"
 )
 
 func main() {
@@ -625,9 +625,9 @@ func (r *report) write() (bool, error) {
 	if err := os.WriteFile(filepath.Join(img, "soak-bench.json"), r.benchJSON, 0o644); err != nil {
 		return false, err
 	}
-	var mem []plot.Series
+	var mem []chart.Series
 	for _, name := range []string{"alice", "bob"} {
-		rss, heap := plot.Series{Name: name + " RSS"}, plot.Series{Name: name + " heap in use"}
+		rss, heap := chart.Series{Name: name + " RSS"}, chart.Series{Name: name + " heap in use"}
 		for _, s := range r.samples {
 			if s.daemon == name {
 				rss.X, rss.Y = append(rss.X, s.t.Minutes()), append(rss.Y, s.rss/(1<<20))
@@ -636,18 +636,18 @@ func (r *report) write() (bool, error) {
 		}
 		mem = append(mem, rss, heap)
 	}
-	if err := plot.LineChart(filepath.Join(img, "soak-memory.png"),
+	if err := chart.LineChart(filepath.Join(img, "soak-memory.png"),
 		fmt.Sprintf("Daemon memory under full load (replay window %s)", r.window), "minutes", "MiB", mem); err != nil {
 		return false, err
 	}
-	tput := plot.Series{Name: "calls passed /s"}
-	errs := plot.Series{Name: "errors /s"}
+	tput := chart.Series{Name: "calls passed /s"}
+	errs := chart.Series{Name: "errors /s"}
 	for _, b := range r.buckets(10) {
 		tput.X, tput.Y = append(tput.X, float64(b.to)/60), append(tput.Y, b.okS)
 		errs.X, errs.Y = append(errs.X, float64(b.to)/60), append(errs.Y, b.errorS)
 	}
-	if err := plot.LineChart(filepath.Join(img, "soak-throughput.png"), "Calls a second, per 10 s (alice calls bob through the local API)", "minutes", "calls/s",
-		[]plot.Series{tput, errs}); err != nil {
+	if err := chart.LineChart(filepath.Join(img, "soak-throughput.png"), "Calls a second, per 10 s (alice calls bob through the local API)", "minutes", "calls/s",
+		[]chart.Series{tput, errs}); err != nil {
 		return false, err
 	}
 

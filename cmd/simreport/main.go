@@ -1,7 +1,7 @@
-// Command report runs meshagent's large simulation scenarios on this
+// Command simreport runs meshagent's large simulation scenarios on this
 // machine and writes a Markdown report with PNG plots (make sim).
 //
-//	go run ./simulations/report -out docs
+//	go run ./cmd/simreport -out docs
 //
 // Every figure in the report is measured in the run that wrote it.
 package main
@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/meshagent/meshagent/simulations"
-	"github.com/meshagent/meshagent/simulations/internal/plot"
+	"github.com/meshagent/meshagent/simulations/chart"
 )
 
 func main() {
@@ -34,7 +34,7 @@ func main() {
 	sizes := flag.String("sizes", "10,50,100", "registry scenario sizes (N)")
 	flag.Parse()
 	if err := run(*out, *sizes); err != nil {
-		fmt.Fprintln(os.Stderr, "report:", err)
+		fmt.Fprintln(os.Stderr, "simreport:", err)
 		os.Exit(1)
 	}
 }
@@ -49,7 +49,7 @@ func run(out, sizeList string) error {
 	}
 	var md strings.Builder
 	started := time.Now()
-	fmt.Fprintf(&md, "# Simulation report\n\nWritten by `make sim` (`go run ./simulations/report -out docs`) on %s, %d CPUs, %s. ",
+	fmt.Fprintf(&md, "# Simulation report\n\nWritten by `make sim` (`go run ./cmd/simreport -out docs`) on %s, %d CPUs, %s. ",
 		started.UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.Version())
 	md.WriteString("Every node is a real meshagent node (libp2p host, TLS 1.3 over TCP on 127.0.0.1) in one process; ")
 	md.WriteString("heartbeats are scaled down and times are also given in heartbeat intervals. Re-run the command to reproduce; absolute times vary with the machine.\n\n")
@@ -88,16 +88,16 @@ func run(out, sizeList string) error {
 			fmt.Fprintf(&md, "\nFalse dead verdicts at N = %d: %s.\n", r.N, strings.Join(r.FalseDeadPairs, "; "))
 		}
 	}
-	if err := plot.LineChart(filepath.Join(img, "detection-vs-n.png"), "Crash detection (heartbeat intervals)", "N", "heartbeats",
-		[]plot.Series{{Name: "p50", X: xs, Y: det50}, {Name: "p99", X: xs, Y: det99}, {Name: "timeout+1 hb", X: xs, Y: repeat(4, len(xs))}}); err != nil {
+	if err := chart.LineChart(filepath.Join(img, "detection-vs-n.png"), "Crash detection (heartbeat intervals)", "N", "heartbeats",
+		[]chart.Series{{Name: "p50", X: xs, Y: det50}, {Name: "p99", X: xs, Y: det99}, {Name: "timeout+1 hb", X: xs, Y: repeat(4, len(xs))}}); err != nil {
 		return err
 	}
-	if err := plot.LineChart(filepath.Join(img, "convergence-vs-n.png"), "Cold start: wiring + convergence (heartbeat intervals)", "N", "heartbeats",
-		[]plot.Series{{Name: "cold start", X: xs, Y: conv}, {Name: "goal: 3", X: xs, Y: repeat(3, len(xs))}}); err != nil {
+	if err := chart.LineChart(filepath.Join(img, "convergence-vs-n.png"), "Cold start: wiring + convergence (heartbeat intervals)", "N", "heartbeats",
+		[]chart.Series{{Name: "cold start", X: xs, Y: conv}, {Name: "goal: 3", X: xs, Y: repeat(3, len(xs))}}); err != nil {
 		return err
 	}
-	if err := plot.LineChart(filepath.Join(img, "traffic-vs-n.png"), "Liveness traffic per node at a 30 s heartbeat (kbit/s)", "N", "kbit/s",
-		[]plot.Series{{Name: "measured", X: xs, Y: kbit}}); err != nil {
+	if err := chart.LineChart(filepath.Join(img, "traffic-vs-n.png"), "Liveness traffic per node at a 30 s heartbeat (kbit/s)", "N", "kbit/s",
+		[]chart.Series{{Name: "measured", X: xs, Y: kbit}}); err != nil {
 		return err
 	}
 	md.WriteString("\n![detection](img/detection-vs-n.png)\n\n![convergence](img/convergence-vs-n.png)\n\n![traffic](img/traffic-vs-n.png)\n\n")
@@ -143,8 +143,8 @@ func run(out, sizeList string) error {
 	}
 	fmt.Fprintf(&md, "The mixed attack from inside the honest agents' process (`simulations.AttackScenario`, 3 s windows): %.0f honest calls/s without it, %.0f under it: %.2f ×. The attacker sent %d requests; the target audited %d rejections of it; handler runs caused by the attacker: **%d**. Here the attacker's retry loops, after it was cut off, share the two cores with the honest callers: the ratio measures that share, which an attacker on another machine does not take.\n\n",
 		a.Baseline.PerSecond(), a.Under.PerSecond(), a.Ratio(), a.Attempts, a.Rejected, a.HandlerRuns)
-	if err := plot.Histogram(filepath.Join(img, "latency-attack.png"), "Honest call latency (ms) during the mixed attack, up to the 99th percentile", "ms",
-		[]plot.Series{{Name: "without attack", Y: millis(mixed.Baseline.Latencies)}, {Name: "under attack", Y: millis(mixed.Under.Latencies)}}, 30); err != nil {
+	if err := chart.Histogram(filepath.Join(img, "latency-attack.png"), "Honest call latency (ms) during the mixed attack, up to the 99th percentile", "ms",
+		[]chart.Series{{Name: "without attack", Y: millis(mixed.Baseline.Latencies)}, {Name: "under attack", Y: millis(mixed.Under.Latencies)}}, 30); err != nil {
 		return err
 	}
 	md.WriteString("![latency](img/latency-attack.png)\n\n")
@@ -193,7 +193,7 @@ func millis(d []time.Duration) []float64 {
 const virtualNote = `
 ## Reproducing and the virtual-time scenario
 
-` + "`make sim`" + ` writes this file (` + "`go run ./simulations/report -out docs`" + `), then
+` + "`make sim`" + ` writes this file (` + "`go run ./cmd/simreport -out docs`" + `), then
 runs the 100-node scenario in virtual time
 (` + "`MESHAGENT_VIRTUAL_N=100 go test -run TestVirtualTimeScenario -v ./simulations`" + `:
 simnet QUIC + TLS inside ` + "`testing/synctest`" + `, 30 s heartbeats and 25 ms links;
