@@ -22,6 +22,7 @@ import (
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/simulations"
 	"github.com/meshagent/meshagent/trust"
+	"github.com/meshagent/meshagent/trust/trusttest"
 	"github.com/meshagent/meshagent/wire"
 )
 
@@ -130,7 +131,7 @@ func TestThreatsOverTheWire(t *testing.T) {
 		m, runs := testMesh(t, "tcp")
 		tok, _ := m.Grant("orchestrator", []string{"read:logs", "write:reports"}, []string{"read:logs"}, time.Hour)
 		mal := m.Agents["mallory"]
-		forged := tok.ForgeDelegation(m.Agents["orchestrator"].Identity, mal.Identity.Public(),
+		forged := trusttest.ForgeDelegation(tok, m.Agents["orchestrator"].Identity, mal.Identity.Public(),
 			trust.Grant{Scopes: []string{"write:reports"}, Expires: time.Now().Add(time.Hour)}, time.Now())
 		m.Agents["worker"].Node.Handle("write:reports", func(context.Context, *node.Request) ([]byte, error) { runs.Add(1); return nil, nil })
 		_, err := mal.Node.Call(ctx, m.Agents["worker"].ID(), "write:reports", nil, &node.CallOptions{Token: forged})
@@ -140,7 +141,7 @@ func TestThreatsOverTheWire(t *testing.T) {
 		m, runs := testMesh(t, "tcp")
 		tok, _ := m.Grant("orchestrator", []string{"read:logs"}, []string{"read:logs"}, time.Hour)
 		mal := m.Agents["mallory"]
-		forged := tok.ForgeDelegation(mal.Identity, mal.Identity.Public(), trust.Grant{Scopes: []string{"read:logs"}, Expires: time.Now().Add(time.Minute)}, time.Now())
+		forged := trusttest.ForgeDelegation(tok, mal.Identity, mal.Identity.Public(), trust.Grant{Scopes: []string{"read:logs"}, Expires: time.Now().Add(time.Minute)}, time.Now())
 		_, err := mal.Node.Call(ctx, m.Agents["worker"].ID(), "read:logs", nil, &node.CallOptions{Token: forged})
 		rejected(t, m, runs, err, trust.CodeBadSignature)
 	})

@@ -15,6 +15,7 @@ import (
 	"github.com/meshagent/meshagent/node"
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/trust"
+	"github.com/meshagent/meshagent/trust/trusttest"
 	"github.com/meshagent/meshagent/wire"
 )
 
@@ -141,17 +142,17 @@ func (k *kit) attempt(ctx context.Context, a string) (func(), error) {
 	case "misdirected":
 		return send(k.misdirected), nil
 	case "escalation":
-		return sealWith(k.own.ForgeDelegation(k.id, k.id.Public(), trust.Grant{Scopes: []string{"read:logs"}, Expires: now.Add(time.Hour)}, now))
+		return sealWith(trusttest.ForgeDelegation(k.own, k.id, k.id.Public(), trust.Grant{Scopes: []string{"read:logs"}, Expires: now.Add(time.Hour)}, now))
 	case "widened":
 		if k.delegated == nil {
 			return nil, fmt.Errorf("widened: no delegation given")
 		}
-		return sealWith(k.delegated.ForgeDelegation(k.id, k.id.Public(), trust.Grant{Scopes: []string{"read:logs"}, Expires: now.Add(48 * time.Hour)}, now))
+		return sealWith(trusttest.ForgeDelegation(k.delegated, k.id, k.id.Public(), trust.Grant{Scopes: []string{"read:logs"}, Expires: now.Add(48 * time.Hour)}, now))
 	case "wildcard":
 		if k.delegated == nil {
 			return nil, fmt.Errorf("wildcard: no delegation given")
 		}
-		return sealWith(k.delegated.ForgeDelegation(k.id, k.id.Public(), trust.Grant{Scopes: []string{"read:*"}, Expires: now.Add(time.Hour)}, now))
+		return sealWith(trusttest.ForgeDelegation(k.delegated, k.id, k.id.Public(), trust.Grant{Scopes: []string{"read:*"}, Expires: now.Add(time.Hour)}, now))
 	case "stolen-token":
 		return sealWith(k.stolen)
 	case "expired":

@@ -25,6 +25,7 @@ import (
 	"github.com/meshagent/meshagent/simulations"
 	"github.com/meshagent/meshagent/trust"
 	"github.com/meshagent/meshagent/trust/trustpb"
+	"github.com/meshagent/meshagent/trust/trusttest"
 	"github.com/meshagent/meshagent/wire"
 )
 
@@ -150,15 +151,15 @@ func TestThreatModelInAMeshOfTwenty(t *testing.T) {
 		}, protocol.CodeReplay},
 		{"escalated delegation", func() error {
 			mt := mal.Node.Tokens()[0]
-			return call(&node.CallOptions{Token: mt.ForgeDelegation(mal.Identity, mal.Identity.Public(), trust.Grant{Scopes: []string{"read:logs"}, Expires: now.Add(time.Minute)}, now)})
+			return call(&node.CallOptions{Token: trusttest.ForgeDelegation(mt, mal.Identity, mal.Identity.Public(), trust.Grant{Scopes: []string{"read:logs"}, Expires: now.Add(time.Minute)}, now)})
 		}, trust.CodeEscalation},
 		{"widened expiry", func() error {
 			d, _ := tm.orchTok.Delegate(orch.Identity, mal.Identity.Public(), trust.Grant{Scopes: []string{"read:logs"}, Delegatable: []string{"read:logs"}, Expires: now.Add(30 * time.Minute)}, now)
-			return call(&node.CallOptions{Token: d.ForgeDelegation(mal.Identity, mal.Identity.Public(), trust.Grant{Scopes: []string{"read:logs"}, Expires: now.Add(48 * time.Hour)}, now)})
+			return call(&node.CallOptions{Token: trusttest.ForgeDelegation(d, mal.Identity, mal.Identity.Public(), trust.Grant{Scopes: []string{"read:logs"}, Expires: now.Add(48 * time.Hour)}, now)})
 		}, trust.CodeEscalation},
 		{"wildcard scope", func() error {
 			d, _ := tm.orchTok.Delegate(orch.Identity, mal.Identity.Public(), trust.Grant{Scopes: []string{"read:logs"}, Delegatable: []string{"read:logs"}, Expires: now.Add(30 * time.Minute)}, now)
-			return call(&node.CallOptions{Token: d.ForgeDelegation(mal.Identity, mal.Identity.Public(), trust.Grant{Scopes: []string{"read:*"}, Expires: now.Add(time.Minute)}, now)})
+			return call(&node.CallOptions{Token: trusttest.ForgeDelegation(d, mal.Identity, mal.Identity.Public(), trust.Grant{Scopes: []string{"read:*"}, Expires: now.Add(time.Minute)}, now)})
 		}, trust.CodeWildcard},
 		{"stolen token", func() error { return call(&node.CallOptions{Token: tm.orchTok}) }, trust.CodeNotHolder},
 		{"expired token", func() error {

@@ -163,8 +163,7 @@ func newLink(to PublicKey, g Grant, now time.Time, i int) (*Link, error) {
 }
 
 // linkOf builds the unsigned link of g for to, delegatable scopes given as
-// a mask over g.Scopes, without any check: newLink checks g first,
-// ForgeDelegation on purpose does not.
+// a mask over g.Scopes, without any check: newLink checks g first.
 func linkOf(to PublicKey, g Grant, mask uint64, now time.Time) (*Link, error) {
 	nb := g.NotBefore
 	if nb.IsZero() {
@@ -412,23 +411,3 @@ func encodeLinkBody(l *Link, mask uint64) []byte {
 	return body
 }
 
-// ForgeDelegation appends a link signed by signer WITHOUT any of Delegate's
-// checks: scopes may widen, expiry may grow, signer need not be the holder.
-// It is what an attacker with an identity key can always build by hand, and
-// exists for attack simulations and tests: every verifier rejects what it
-// makes unless the link happens to obey the rules.
-//
-// Deprecated: use trusttest.ForgeDelegation; it leaves the package when callers move.
-func (t *Token) ForgeDelegation(signer *Identity, to PublicKey, g Grant, now time.Time) *Token {
-	var mask uint64
-	for _, d := range g.Delegatable {
-		if j := indexOf(g.Scopes, d); j >= 0 {
-			mask |= 1 << uint(j)
-		}
-	}
-	l, _ := linkOf(to, g, mask, now) // its only error is crypto/rand's, which since Go 1.24 crashes instead
-	prev := t.chainHash()
-	l.ID = deriveLinkID(t.Leaf().Holder, prev, l.body) // the ID a verifier derives, whoever signed
-	l.sig = signer.kp.sign(wire.DomainLink, linkMessage(prev, l.body))
-	return &Token{Anchor: t.Anchor, Links: append(append([]*Link(nil), t.Links...), l)}
-}

@@ -22,6 +22,7 @@ import (
 	"github.com/meshagent/meshagent/node"
 	"github.com/meshagent/meshagent/simulations"
 	"github.com/meshagent/meshagent/trust"
+	"github.com/meshagent/meshagent/trust/trusttest"
 	"github.com/meshagent/meshagent/wire"
 )
 
@@ -116,7 +117,7 @@ func runDemo(ctx context.Context, w io.Writer) error {
 		return outcome(err)
 	})
 	guard("escalated delegation: sub-agent-1 grants itself write:logs", "rejected: escalation", func() string {
-		forged := delegated.ForgeDelegation(sub1.Identity, sub1.Identity.Public(), trust.Grant{Scopes: []string{"write:logs"}, Expires: now.Add(10 * time.Minute)}, now)
+		forged := trusttest.ForgeDelegation(delegated, sub1.Identity, sub1.Identity.Public(), trust.Grant{Scopes: []string{"write:logs"}, Expires: now.Add(10 * time.Minute)}, now)
 		return callAs(sub1, "write:logs", &node.CallOptions{Token: forged})
 	})
 	guard("delegation refused at creation (write:logs not delegatable)", "rejected: escalation", func() string {
