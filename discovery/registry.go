@@ -37,8 +37,8 @@ func (s State) String() string {
 }
 
 // MarshalText returns the state's name, as String does, and "" for 0 (not
-// listed). It is what a State field encodes to in JSON or YAML: the same
-// string as Entry.State holds.
+// listed). It is what a State field (Entry.State) encodes to in JSON or
+// YAML.
 func (s State) MarshalText() ([]byte, error) {
 	switch s {
 	case 0:
@@ -94,7 +94,7 @@ type Event struct {
 type Entry struct {
 	PeerID        peer.ID   `json:"peer_id"`
 	Name          string    `json:"name"`
-	State         string    `json:"state"`
+	State         State     `json:"state"` // encodes as alive, suspect or dead
 	LastHeartbeat time.Time `json:"last_heartbeat"`
 	Expires       time.Time `json:"credential_expires"`
 	Seq           uint64    `json:"seq"`
@@ -420,7 +420,7 @@ func (r *Registry) Entries() []Entry {
 	defer r.mu.RUnlock()
 	out := make([]Entry, 0, len(r.entries))
 	for _, e := range r.entries {
-		out = append(out, Entry{PeerID: e.rec.Agent.PeerID(), Name: e.rec.Credential.Name, State: e.state.String(),
+		out = append(out, Entry{PeerID: e.rec.Agent.PeerID(), Name: e.rec.Credential.Name, State: e.state,
 			LastHeartbeat: e.lastHeard.UTC(), Expires: e.rec.Credential.Expires.UTC(), Seq: max(e.seq, e.rec.Seq)})
 	}
 	sort.Slice(out, func(i, j int) bool {

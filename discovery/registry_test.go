@@ -197,7 +197,7 @@ func TestAllowlistAndBound(t *testing.T) {
 		t.Fatalf("snapshot has %d", got)
 	}
 	e := r.Entries()
-	if len(e) != 1 || e[0].State != "alive" || e[0].Name != "agent-a" {
+	if len(e) != 1 || e[0].State != Alive || e[0].Name != "agent-a" {
 		t.Fatalf("entries: %+v", e)
 	}
 }

@@ -379,7 +379,7 @@ func (m *Mesh) Converged(want string, except ...string) error {
 			if of == on || skip[of] {
 				continue
 			}
-			if st := seen[m.Agents[of].ID()].State; st != want {
+			if st := stateName(seen[m.Agents[of].ID()].State); st != want {
 				return fmt.Errorf("%s sees %s as %q, want %q", on, of, st, want)
 			}
 		}
@@ -434,7 +434,13 @@ func (m *Mesh) WaitSilentDead(observer, subject string, since time.Time, silence
 
 // StateOf returns how observer sees subject ("" when unlisted).
 func (m *Mesh) StateOf(observer, subject string) string {
-	return m.view(observer)[m.Agents[subject].ID()].State
+	return stateName(m.view(observer)[m.Agents[subject].ID()].State)
+}
+
+// stateName is a state's name, "" for an unlisted agent.
+func stateName(st discovery.State) string {
+	b, _ := st.MarshalText()
+	return string(b)
 }
 
 // view returns observer's registry entries by agent.

@@ -59,7 +59,7 @@ func (m *daemonMetrics) watch(n *node.Node) {
 			func() float64 {
 				c := 0
 				for _, e := range n.Peers() {
-					if e.State == st.String() {
+					if e.State == st {
 						c++
 					}
 				}

@@ -261,7 +261,7 @@ func (b *Overlay) maintain() {
 	var far []peer.ID
 	if short := degree - len(b.links) - len(b.dialing) - len(cands); short > 0 {
 		for _, e := range b.d.Registry.Entries() {
-			if e.State == discovery.Alive.String() && b.links[e.PeerID] == nil && !b.dialing[e.PeerID] &&
+			if e.State == discovery.Alive && b.links[e.PeerID] == nil && !b.dialing[e.PeerID] &&
 				!slices.Contains(cands, e.PeerID) && b.h.Network().Connectedness(e.PeerID) != network.Connected {
 				far = append(far, e.PeerID)
 			}
