@@ -7,6 +7,10 @@ PROTOC_GEN_GO := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.11
 GOBIN         := $(shell $(GO) env GOPATH)/bin
 PROTOS        := trust/trustpb/trust.proto protocol/protocolpb/protocol.proto
 SOAK_DURATION ?= 10m
+# The simulation and attack hooks (node/sim_on.go) and everything that
+# uses them (simulations, the demo, most tests) build only with this tag;
+# the meshagent binary never has it.
+SIM           := -tags meshsim
 
 .PHONY: help demo test check lint race build bench bench-dialloop bench-attacks fuzz proto tidy sim sim500 soak
 
@@ -14,33 +18,35 @@ help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
 demo: ## run a small mesh on 127.0.0.1: calls that pass, attacks that fail
-	$(GO) run ./cmd/meshagent-demo
+	$(GO) run $(SIM) ./cmd/meshagent-demo
 
 test: lint ## gofmt, vet, staticcheck, then every test (-race) with fuzz seeds
-	$(GO) test -race -count=1 -timeout 8m ./...
+	$(GO) test $(SIM) -race -count=1 -timeout 8m ./...
 	@# The virtual-time tests skip themselves under -race (golang/go#78156),
 	@# and so do the attacks that measure the target's CPU.
-	$(GO) test -count=1 -timeout 5m -run 'TestVirtualTimeScenario|TestPauseUnderTheTimeoutIsNoDeath|TestSeparateResourceAttacks' ./simulations
-	$(GO) test -count=1 -timeout 5m -run 'TestSilentConnectionsLeaveRoomForNewAgents|TestHonestLoadIsNeverLockedOut|TestOutsiderStreamsDoNotStarveCalls' ./node
+	$(GO) test $(SIM) -count=1 -timeout 5m -run 'TestVirtualTimeScenario|TestPauseUnderTheTimeoutIsNoDeath|TestSeparateResourceAttacks' ./simulations
+	$(GO) test $(SIM) -count=1 -timeout 5m -run 'TestSilentConnectionsLeaveRoomForNewAgents|TestHonestLoadIsNeverLockedOut|TestOutsiderStreamsDoNotStarveCalls' ./node
 
-lint: ## gofmt, go vet and staticcheck
+lint: ## gofmt, go vet and staticcheck, with and without the simulation hooks
 	@unformatted="$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$'))"; \
 	  if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet $(SIM) ./...
 	@test -x $(GOBIN)/staticcheck || $(GO) install $(STATICCHECK)
 	$(GOBIN)/staticcheck ./...
+	$(GOBIN)/staticcheck $(SIM) ./...
 
 build: ## build the meshagent binary into ./bin
 	$(GO) build -trimpath -o bin/meshagent ./cmd/meshagent
 
 bench: ## run the benchmarks recorded in BENCHMARKS.md
-	$(GO) test -run '^$$' -bench . -benchmem ./protocol/ ./node/
+	$(GO) test $(SIM) -run '^$$' -bench . -benchmem ./protocol/ ./node/
 
 bench-dialloop: ## what a fresh-identity dial loop costs a node (about two minutes; BENCHMARKS.md)
-	$(GO) test ./node -run '^$$' -bench FreshIdentityDialLoop -benchtime 1x -timeout 10m
+	$(GO) test $(SIM) ./node -run '^$$' -bench FreshIdentityDialLoop -benchtime 1x -timeout 10m
 
 bench-attacks: ## honest calls and what the target holds under each resource attack (about seven minutes; BENCHMARKS.md)
-	$(GO) test ./simulations -run '^$$' -bench ResourceAttacks -benchtime 1x -timeout 20m -v
+	$(GO) test $(SIM) ./simulations -run '^$$' -bench ResourceAttacks -benchtime 1x -timeout 20m -v
 
 fuzz: ## fuzz every decoder for 30 s each
 	$(GO) test ./trust -run '^$$' -fuzz FuzzParseToken -fuzztime 30s
@@ -59,11 +65,11 @@ tidy: ## fail when go.mod or go.sum drift
 	git diff --exit-code go.mod go.sum
 
 sim500: ## the seeded 500-node release scenario in virtual time (about 9 minutes, under 2 GiB)
-	GOMEMLIMIT=1850MiB MESHAGENT_VIRTUAL_N=500 $(GO) test -count=1 -timeout 30m -run TestVirtualTimeScenario -v ./simulations
+	GOMEMLIMIT=1850MiB MESHAGENT_VIRTUAL_N=500 $(GO) test $(SIM) -count=1 -timeout 30m -run TestVirtualTimeScenario -v ./simulations
 
 sim: ## run the large simulation scenarios and write docs/simulation-report.md (several minutes)
-	$(GO) run ./cmd/simreport -out docs
-	MESHAGENT_VIRTUAL_N=100 $(GO) test -count=1 -run TestVirtualTimeScenario -v ./simulations
+	$(GO) run $(SIM) ./cmd/simreport -out docs
+	MESHAGENT_VIRTUAL_N=100 $(GO) test $(SIM) -count=1 -run TestVirtualTimeScenario -v ./simulations
 
 soak: build ## two daemons under full load for SOAK_DURATION (10m): docs/soak-report.md, memory and throughput plots
 	$(GO) run ./simulations/soak -meshagent bin/meshagent -duration $(SOAK_DURATION) -out docs

@@ -1,3 +1,5 @@
+//go:build meshsim
+
 package node_test
 
 import (

@@ -67,7 +67,6 @@ type Node struct {
 	renewing atomic.Bool
 	pubsubIn atomic.Int64
 	leaving  atomic.Bool
-	sim      simState // simulation hooks: empty in production (sim_off.go)
 
 	mu       sync.Mutex
 	started  bool
@@ -302,6 +301,7 @@ func (n *Node) close(graceful bool) error {
 		return nil
 	}
 	n.closed = true
+	n.simClosed()
 	h, cancel, started := n.h, n.cancel, n.started
 	n.mu.Unlock()
 	n.leaving.Store(true) // no heartbeat may follow the leave

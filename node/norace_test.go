@@ -1,4 +1,4 @@
-//go:build !race
+//go:build meshsim && !race
 
 package node_test
 

@@ -11,9 +11,7 @@ import (
 // these are the constant answers of a node that no one freezes, cuts or
 // makes lossy.
 
-type simState struct{}
-
-func (*Node) lost(peer.ID) bool                  { return false }
+func (*Node) simClosed()                         {}
 func (*Node) frozen() bool                       { return false }
 func (*Node) dropSimulated(peer.ID, *pubsub.RPC) {}
 

@@ -9,6 +9,7 @@ package node
 
 import (
 	"context"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -20,12 +21,33 @@ import (
 	"github.com/meshagent/meshagent/trust"
 )
 
-// simState is what the hooks set.
+// simState is what the hooks set on one node, kept beside it (a
+// production Node has no field for it).
 type simState struct {
 	frozenUntil atomic.Int64
 	drop        atomic.Pointer[func(from peer.ID) bool]
 	filter      atomic.Pointer[func(p peer.ID) bool]
 }
+
+// simStates holds the state of nodes a hook was set on, until they close.
+var simStates sync.Map // *Node → *simState
+
+// sim returns n's hook state, making it.
+func (n *Node) sim() *simState {
+	s, _ := simStates.LoadOrStore(n, &simState{})
+	return s.(*simState)
+}
+
+// simSet returns n's hook state, nil when no hook was set.
+func (n *Node) simSet() *simState {
+	if s, ok := simStates.Load(n); ok {
+		return s.(*simState)
+	}
+	return nil
+}
+
+// simClosed forgets n's hook state.
+func (n *Node) simClosed() { simStates.Delete(n) }
 
 // SetDropMessage makes the node drop each pubsub message and each
 // heartbeat received from a peer for which f returns true, before pubsub
@@ -33,10 +55,10 @@ type simState struct {
 // another path. nil stops it.
 func (n *Node) SetDropMessage(f func(from peer.ID) bool) {
 	if f == nil {
-		n.sim.drop.Store(nil)
+		n.sim().drop.Store(nil)
 		return
 	}
-	n.sim.drop.Store(&f)
+	n.sim().drop.Store(&f)
 }
 
 // SetPeerFilter makes the connection gater refuse every peer for which f
@@ -44,19 +66,27 @@ func (n *Node) SetDropMessage(f func(from peer.ID) bool) {
 // would. nil stops it.
 func (n *Node) SetPeerFilter(f func(p peer.ID) bool) {
 	if f == nil {
-		n.sim.filter.Store(nil)
+		n.sim().filter.Store(nil)
 		return
 	}
-	n.sim.filter.Store(&f)
+	n.sim().filter.Store(&f)
 }
 
 func (n *Node) lost(from peer.ID) bool {
-	d := n.sim.drop.Load()
+	s := n.simSet()
+	if s == nil {
+		return false
+	}
+	d := s.drop.Load()
 	return d != nil && (*d)(from)
 }
 
 func (n *Node) blocked(p peer.ID) bool {
-	f := n.sim.filter.Load()
+	s := n.simSet()
+	if s == nil {
+		return false
+	}
+	f := s.filter.Load()
 	return f != nil && !(*f)(p)
 }
 
@@ -65,7 +95,7 @@ func (n *Node) frozenHook() func() bool         { return n.frozen }
 func (n *Node) lostHook() func(peer.ID) bool    { return n.lost }
 
 func (n *Node) dropSimulated(from peer.ID, rpc *pubsub.RPC) {
-	if n.sim.drop.Load() == nil || len(rpc.Publish) == 0 {
+	if s := n.simSet(); s == nil || s.drop.Load() == nil || len(rpc.Publish) == 0 {
 		return
 	}
 	kept := rpc.Publish[:0]
@@ -86,10 +116,13 @@ func (n *Node) Crash() error { return n.close(false) }
 // with a real pause, a heartbeat that fell due during it goes out as soon
 // as it ends, not at the next interval.
 func (n *Node) Freeze(d time.Duration) {
-	n.sim.frozenUntil.Store(time.Now().Add(d).UnixNano())
+	n.sim().frozenUntil.Store(time.Now().Add(d).UnixNano())
 }
 
-func (n *Node) frozen() bool { return time.Now().UnixNano() < n.sim.frozenUntil.Load() }
+func (n *Node) frozen() bool {
+	s := n.simSet()
+	return s != nil && time.Now().UnixNano() < s.frozenUntil.Load()
+}
 
 // SendRaw sends pre-sealed request bytes and waits for the reply: the
 // attack scenarios (replay, tampering) use it. Normal code calls Call.

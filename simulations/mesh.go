@@ -1,3 +1,5 @@
+//go:build meshsim
+
 // Package simulations runs many meshagent nodes in one process, to check a
 // topology, a failure or an attack before it happens in production. A Mesh
 // makes the trust anchor, identities, credentials and tokens for its agents

@@ -1,3 +1,5 @@
+//go:build meshsim
+
 package simulations_test
 
 // The set-up the tests of this package share: meshes, their convergence,

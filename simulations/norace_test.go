@@ -1,4 +1,4 @@
-//go:build !race
+//go:build meshsim && !race
 
 package simulations_test
 

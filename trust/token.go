@@ -410,4 +410,3 @@ func encodeLinkBody(l *Link, mask uint64) []byte {
 	})
 	return body
 }
-

@@ -1,3 +1,5 @@
+//go:build meshsim
+
 // Command meshagent-demo runs a small mesh on 127.0.0.1 (an orchestrator,
 // two sub-agents and a log service, over TCP and TLS 1.3) and shows the
 // calls that pass and the attacks that fail, one row each. It is what

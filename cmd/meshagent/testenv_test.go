@@ -1,3 +1,5 @@
+//go:build meshsim
+
 package main
 
 // The set-up the tests of this package share: running the CLI, a CA with

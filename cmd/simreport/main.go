@@ -1,3 +1,5 @@
+//go:build meshsim
+
 // Command simreport runs meshagent's large simulation scenarios on this
 // machine and writes a Markdown report with PNG plots (make sim).
 //

@@ -2,7 +2,6 @@ package trusttest_test
 
 import (
 	"bytes"
-	"fmt"
 	"testing"
 	"time"
 
@@ -49,14 +48,6 @@ func newWorld(t *testing.T) *world {
 		t.Fatal(err)
 	}
 	return w
-}
-
-func scopes(n int) []string {
-	out := make([]string, n)
-	for i := range out {
-		out[i] = fmt.Sprintf("read:s%d", i)
-	}
-	return out
 }
 
 // What the helper makes is judged as the rules say: refused where it
