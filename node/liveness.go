@@ -257,7 +257,7 @@ func (n *Node) heartbeatLoop() {
 			n.beats.Originate(beat)
 		}
 		n.maybeRenew()
-		n.pruneRevocations(n.now())
+		n.revs.Prune(n.now())
 	}
 }
 

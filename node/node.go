@@ -28,7 +28,7 @@ import (
 	"github.com/meshagent/meshagent/node/internal/limit"
 	"github.com/meshagent/meshagent/node/internal/overlay"
 	"github.com/meshagent/meshagent/node/internal/refused"
-	"github.com/meshagent/meshagent/node/internal/revstore"
+	"github.com/meshagent/meshagent/node/internal/revocation"
 	"github.com/meshagent/meshagent/node/internal/subfilter"
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/protocol/protocolpb"
@@ -56,7 +56,7 @@ type Node struct {
 	live      liveness
 	beats     *overlay.Overlay
 	audit     *audit.Log
-	revs      *revstore.Store // applied revocations, encoded
+	revs      *revocation.Set // applied revocations, encoded
 	bad       *refused.Cache  // relayed items refused, by hash
 
 	// calls holds one token per handler running: MaxConcurrentCalls slots.
@@ -120,7 +120,9 @@ func New(cfg Config) (*Node, error) {
 	n.registry = discovery.NewRegistry(discovery.Config{Verifier: v, Self: n.self, SuspectMissed: cfg.SuspectMissed,
 		DeadAfter: cfg.DeadAfter, Allowlist: cfg.Allowlist})
 	n.live.seq.Store(uint64(time.Now().UnixNano()))
-	n.revs, n.bad = revstore.New(v.Policy().MaxRevocations), refused.New()
+	n.bad = refused.New()
+	n.revs = revocation.New(revocation.Deps{Verifier: v, Refused: n.bad, Clock: n.now, Max: v.Policy().MaxRevocations,
+		Applied: n.revocationApplied})
 	n.beats = overlay.New(overlay.Deps{
 		Self: n.self, Registry: n.registry, Clock: n.now,
 		HeartbeatInterval: cfg.HeartbeatInterval, DeadAfter: cfg.DeadAfter, AdmissionTimeout: cfg.AdmissionTimeout,

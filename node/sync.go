@@ -41,7 +41,7 @@ func (n *Node) handleSync(s network.Stream) {
 			snap = append(snap, rec.Proto())
 		}
 	}
-	b, err := proto.Marshal(&protocolpb.SyncResponse{Announcements: snap, Revocations: n.revocations()})
+	b, err := proto.Marshal(&protocolpb.SyncResponse{Announcements: snap, Revocations: n.revs.All()})
 	if err != nil || msgio.NewVarintWriter(s).WriteMsg(b) != nil {
 		s.Reset()
 	}

@@ -1,6 +1,4 @@
-// Package revstore holds the revocations a node applied, encoded, for the
-// join-time exchange and the revocation digest its heartbeats carry.
-package revstore
+package revocation
 
 import (
 	"encoding/binary"
@@ -27,8 +25,8 @@ type heldRevocation struct {
 	keep time.Time
 }
 
-// New returns a store of at most max revocations.
-func New(max int) *Store {
+// newStore returns a store of at most max revocations.
+func newStore(max int) *Store {
 	return &Store{max: max, m: map[[32]byte]heldRevocation{}}
 }
 
