@@ -35,9 +35,9 @@ type liveness struct {
 	resynced     atomic.Bool // resyncOnce ran
 	lastPull     map[peer.ID]time.Time
 	// Per-key limits of what peers make this node do: answers per peer
-	// and protocol (sync, revocation pull, hello), new records per listed
-	// agent, renewals per agent.
-	serving, records, renewals *limit.Keyed
+	// and protocol (sync, revocation pull, hello, renewal), new records
+	// per listed agent.
+	serving, records *limit.Keyed
 	// ownRefused counts, per peer, its own pubsub messages refused and not
 	// charged (stale, dead, replay...).
 	ownRefused *limit.Keyed
@@ -256,7 +256,7 @@ func (n *Node) heartbeatLoop() {
 			beat.Revocations = n.revs.Sum()
 			n.beats.Originate(beat)
 		}
-		n.maybeRenew()
+		n.renewer.MaybeRenew(n.ctx)
 		n.revs.Prune(n.now())
 	}
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/meshagent/meshagent/node/internal/limit"
 	"github.com/meshagent/meshagent/node/internal/overlay"
 	"github.com/meshagent/meshagent/node/internal/refused"
+	"github.com/meshagent/meshagent/node/internal/renewal"
 	"github.com/meshagent/meshagent/node/internal/revocation"
 	"github.com/meshagent/meshagent/node/internal/subfilter"
 	"github.com/meshagent/meshagent/protocol"
@@ -52,6 +53,7 @@ type Node struct {
 	decider   *protocol.Decider
 	gate      *gate.Gate
 	admission *gate.Admission
+	renewer   *renewal.Renewer
 	registry  *discovery.Registry
 	live      liveness
 	beats     *overlay.Overlay
@@ -142,9 +144,14 @@ func New(cfg Config) (*Node, error) {
 		Frozen:     n.frozenHook(),
 		Lost:       n.lostHook(),
 	})
+	n.renewer = renewal.New(renewal.Deps{Self: n.self, Issuer: cfg.Issuer, Verifier: v, Registry: n.registry,
+		Host: n.host, Clock: n.now, Logger: n.log, Timeout: cfg.AdmissionTimeout, HeartbeatInterval: cfg.HeartbeatInterval,
+		RenewAfter: cfg.RenewAfter, Credential: n.credential,
+		ServeAllowed: func(p peer.ID) bool { return n.serveAllowed(p, wire.ProtocolRenew) },
+		Served:       n.renewalServed, Renewed: n.renewed})
 	n.live.lastSync, n.live.lastPull = map[peer.ID]time.Time{}, map[peer.ID]time.Time{}
 	hb := cfg.HeartbeatInterval
-	n.live.serving, n.live.records, n.live.renewals = limit.New(hb, serveBurst), limit.New(hb, recordBurst), limit.New(hb, 1)
+	n.live.serving, n.live.records = limit.New(hb, serveBurst), limit.New(hb, recordBurst)
 	n.live.ownRefused = limit.New(time.Second/gate.RejectRate, gate.RejectBurst)
 	n.live.subscriptions = limit.New(time.Second/subscriptionRate, subscriptionBurst)
 	for _, raw := range cfg.Revocations {
@@ -261,7 +268,7 @@ func (n *Node) Start(ctx context.Context) error {
 	// Every node serves the renewal protocol (a node that is no issuer
 	// refuses), so that identify does not tell an outsider which hosts
 	// hold an anchor key.
-	h.SetStreamHandler(wire.ProtocolRenew, n.gateWrap(n.handleRenew))
+	h.SetStreamHandler(wire.ProtocolRenew, n.gateWrap(n.renewer.Handle))
 	h.Network().Notify(n.admission.Notifiee())
 	if err := n.startRegistry(); err != nil {
 		n.cancel()

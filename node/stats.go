@@ -38,7 +38,7 @@ func (s Stats) GossipBytesIn() int64 { return s.BeatBytesIn + s.PubsubBytesIn }
 func (n *Node) Stats() Stats {
 	return Stats{
 		Agents:        n.registry.Len(),
-		Credential:    n.credentialStatus(),
+		Credential:    n.renewer.Status(),
 		BeatLinks:     n.beats.Links(),
 		BeatBytesIn:   n.beats.BytesIn(),
 		PubsubBytesIn: n.pubsubIn.Load(),
