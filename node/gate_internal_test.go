@@ -15,6 +15,7 @@ import (
 
 	"github.com/meshagent/meshagent/discovery"
 	"github.com/meshagent/meshagent/node/internal/gate"
+	"github.com/meshagent/meshagent/node/internal/records"
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/trust"
 )
@@ -90,7 +91,7 @@ func TestInspectRPCCapsChargedPeers(t *testing.T) {
 	}
 }
 
-// New records of a listed agent are checked at most recordBurst at once
+// New records of a listed agent are checked at most records.RecordBurst at once
 // and one a heartbeat; past that they are refused before their signature
 // check (here the signatures are broken: the refusal says flood, not
 // bad_signature), so an insider's record flood costs each node little and
@@ -104,12 +105,12 @@ func TestRecordFloodRefusedBeforeTheCheck(t *testing.T) {
 		a := rec.Proto()
 		a.Signature = append([]byte(nil), a.Signature...)
 		a.Signature[0] ^= 1
-		_, _, err := n.checkRecord(a, other.Public())
+		_, _, err := n.records.Check(a, other.Public())
 		codes = append(codes, trust.CodeOf(err))
 	}
 	for i, c := range codes {
 		want := trust.CodeBadSignature
-		if i >= recordBurst {
+		if i >= records.RecordBurst {
 			want = protocol.CodeFlood
 		}
 		if c != want {

@@ -68,7 +68,7 @@ func (n *Node) handleLeave(s network.Stream) {
 			l = x.Leave
 		}
 	}
-	news, err := n.applyLeave(l)
+	news, err := n.records.ApplyLeave(l)
 	if code := trust.CodeOf(err); forwarderFault[code] {
 		n.gate.Penalize(s.Conn().RemotePeer(), code)
 		s.Reset()

@@ -35,9 +35,8 @@ type liveness struct {
 	resynced     atomic.Bool // resyncOnce ran
 	lastPull     map[peer.ID]time.Time
 	// Per-key limits of what peers make this node do: answers per peer
-	// and protocol (sync, revocation pull, hello, renewal), new records
-	// per listed agent.
-	serving, records *limit.Keyed
+	// and protocol (sync, revocation pull, hello, renewal).
+	serving *limit.Keyed
 	// ownRefused counts, per peer, its own pubsub messages refused and not
 	// charged (stale, dead, replay...).
 	ownRefused *limit.Keyed

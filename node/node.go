@@ -27,6 +27,7 @@ import (
 	"github.com/meshagent/meshagent/node/internal/gate"
 	"github.com/meshagent/meshagent/node/internal/limit"
 	"github.com/meshagent/meshagent/node/internal/overlay"
+	"github.com/meshagent/meshagent/node/internal/records"
 	"github.com/meshagent/meshagent/node/internal/refused"
 	"github.com/meshagent/meshagent/node/internal/renewal"
 	"github.com/meshagent/meshagent/node/internal/revocation"
@@ -54,6 +55,7 @@ type Node struct {
 	gate      *gate.Gate
 	admission *gate.Admission
 	renewer   *renewal.Renewer
+	records   *records.Intake
 	registry  *discovery.Registry
 	live      liveness
 	beats     *overlay.Overlay
@@ -133,9 +135,9 @@ func New(cfg Config) (*Node, error) {
 		Connect:         n.connect,
 		ApplyRevocation: n.applyRevocation,
 		ApplyRecord: func(a *protocolpb.Announcement) error {
-			return n.applyRecord(a, discovery.Relayed, trust.PublicKey{})
+			return n.records.Apply(a, discovery.Relayed, trust.PublicKey{})
 		},
-		ApplyLeave: func(l *protocolpb.Leave) error { _, err := n.applyLeave(l); return err },
+		ApplyLeave: func(l *protocolpb.Leave) error { _, err := n.records.ApplyLeave(l); return err },
 		Blame:      n.blame,
 		Emit:       n.emit,
 		SyncSoon:   n.syncSoon,
@@ -144,6 +146,14 @@ func New(cfg Config) (*Node, error) {
 		Frozen:     n.frozenHook(),
 		Lost:       n.lostHook(),
 	})
+	n.records = records.New(records.Deps{Registry: n.registry, Verifier: v, Refused: n.bad, Clock: n.now,
+		HeartbeatInterval: cfg.HeartbeatInterval, Learn: n.learn,
+		Left: func(evs []discovery.Event, news bool, l *protocolpb.Leave) {
+			n.emit(evs)
+			if news {
+				n.beats.PushLeave(l)
+			}
+		}})
 	n.renewer = renewal.New(renewal.Deps{Self: n.self, Issuer: cfg.Issuer, Verifier: v, Registry: n.registry,
 		Host: n.host, Clock: n.now, Logger: n.log, Timeout: cfg.AdmissionTimeout, HeartbeatInterval: cfg.HeartbeatInterval,
 		RenewAfter: cfg.RenewAfter, Credential: n.credential,
@@ -151,7 +161,7 @@ func New(cfg Config) (*Node, error) {
 		Served:       n.renewalServed, Renewed: n.renewed})
 	n.live.lastSync, n.live.lastPull = map[peer.ID]time.Time{}, map[peer.ID]time.Time{}
 	hb := cfg.HeartbeatInterval
-	n.live.serving, n.live.records = limit.New(hb, serveBurst), limit.New(hb, recordBurst)
+	n.live.serving = limit.New(hb, serveBurst)
 	n.live.ownRefused = limit.New(time.Second/gate.RejectRate, gate.RejectBurst)
 	n.live.subscriptions = limit.New(time.Second/subscriptionRate, subscriptionBurst)
 	for _, raw := range cfg.Revocations {

@@ -170,7 +170,7 @@ func (n *Node) applySync(p peer.ID, resp *protocolpb.SyncResponse) {
 	now := n.now()
 	learned := false
 	for _, a := range resp.Announcements {
-		rec, key, err := n.checkRecord(a, trust.PublicKey{})
+		rec, key, err := n.records.Check(a, trust.PublicKey{})
 		if fault(audit.Announcement, err) {
 			return
 		}
