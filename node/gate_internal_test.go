@@ -1,12 +1,8 @@
 package node
 
 import (
-	"bytes"
 	"crypto/rand"
-	"encoding/binary"
 	"fmt"
-	"io"
-	"runtime"
 	"testing"
 	"time"
 
@@ -19,42 +15,6 @@ import (
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/trust"
 )
-
-type trickle struct{ b []byte }
-
-func (t *trickle) Read(p []byte) (int, error) {
-	if len(t.b) == 0 {
-		return 0, io.EOF
-	}
-	n := copy(p, t.b)
-	t.b = t.b[n:]
-	return n, nil
-}
-
-// A sync answer that announces 32 MiB and sends 10 bytes makes the node
-// allocate about what arrived, not what was announced.
-func TestReadGrowingAllocatesWhatArrives(t *testing.T) {
-	frame := binary.AppendUvarint(nil, maxSyncSize)
-	frame = append(frame, bytes.Repeat([]byte{1}, 10)...)
-	var before, after runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&before)
-	_, err := readGrowing(&trickle{b: frame}, maxSyncSize)
-	runtime.ReadMemStats(&after)
-	if err == nil {
-		t.Fatal("a short frame was read whole")
-	}
-	if grew := after.TotalAlloc - before.TotalAlloc; grew > 1<<20 {
-		t.Fatalf("reading a 10-byte frame that announced %d bytes allocated %d bytes", maxSyncSize, grew)
-	}
-	full := append(binary.AppendUvarint(nil, 5), "hello"...)
-	if got, err := readGrowing(&trickle{b: full}, maxSyncSize); err != nil || string(got) != "hello" {
-		t.Fatalf("a whole frame: %q, %v", got, err)
-	}
-	if _, err := readGrowing(&trickle{b: binary.AppendUvarint(nil, maxSyncSize+1)}, maxSyncSize); err == nil {
-		t.Fatal("a frame over the limit was accepted")
-	}
-}
 
 // A peer charged lately gets no more messages of one RPC checked than its
 // budget has left, and none once throttled; an uncharged peer's RPCs pass

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
-	"github.com/libp2p/go-libp2p/core/peer"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/meshagent/meshagent/discovery"
@@ -27,13 +26,10 @@ type liveness struct {
 	mu        sync.Mutex
 	record    *discovery.Record
 	listeners []func(discovery.Event)
-	lastSync  map[peer.ID]time.Time
 	// announceSoon asks the heartbeat loop for a full record at the next
 	// beat (after an admission: peers that joined meanwhile may not know
 	// this node), at most every announceMinGap beats.
 	announceSoon atomic.Bool
-	resynced     atomic.Bool // resyncOnce ran
-	lastPull     map[peer.ID]time.Time
 	// Per-key limits of what peers make this node do: answers per peer
 	// and protocol (sync, revocation pull, hello, renewal).
 	serving *limit.Keyed
@@ -144,8 +140,8 @@ func (n *Node) startRegistry() error {
 			}
 		}()
 	}
-	n.h.SetStreamHandler(wire.ProtocolSync, n.gateWrap(n.handleSync))
-	n.h.SetStreamHandler(wire.ProtocolRevocations, n.gateWrap(n.handleSync))
+	n.h.SetStreamHandler(wire.ProtocolSync, n.gateWrap(n.syncer.Handle))
+	n.h.SetStreamHandler(wire.ProtocolRevocations, n.gateWrap(n.syncer.Handle))
 	n.h.SetStreamHandler(wire.ProtocolLeave, n.gateWrap(n.handleLeave))
 	n.beats.Start(n.ctx, n.h)
 	n.h.SetStreamHandler(wire.ProtocolBeat, n.gateWrap(n.beats.HandleStream))

@@ -24,6 +24,7 @@ import (
 
 	"github.com/meshagent/meshagent/discovery"
 	"github.com/meshagent/meshagent/node/internal/audit"
+	"github.com/meshagent/meshagent/node/internal/exchange"
 	"github.com/meshagent/meshagent/node/internal/gate"
 	"github.com/meshagent/meshagent/node/internal/limit"
 	"github.com/meshagent/meshagent/node/internal/overlay"
@@ -55,6 +56,7 @@ type Node struct {
 	gate      *gate.Gate
 	admission *gate.Admission
 	renewer   *renewal.Renewer
+	syncer    *exchange.Exchange // the join-time exchange
 	records   *records.Intake
 	registry  *discovery.Registry
 	live      liveness
@@ -140,8 +142,8 @@ func New(cfg Config) (*Node, error) {
 		ApplyLeave: func(l *protocolpb.Leave) error { _, err := n.records.ApplyLeave(l); return err },
 		Blame:      n.blame,
 		Emit:       n.emit,
-		SyncSoon:   n.syncSoon,
-		PullSoon:   n.pullSoon,
+		SyncSoon:   func(p peer.ID) { n.syncer.SyncSoon(p) },
+		PullSoon:   func(p peer.ID) { n.syncer.PullSoon(p) },
 		RevDigest:  n.revs.Sum,
 		Frozen:     n.frozenHook(),
 		Lost:       n.lostHook(),
@@ -154,12 +156,19 @@ func New(cfg Config) (*Node, error) {
 				n.beats.PushLeave(l)
 			}
 		}})
+	n.syncer = exchange.New(exchange.Deps{Registry: n.registry, Host: n.host, Clock: n.now,
+		Timeout: cfg.AdmissionTimeout, HeartbeatInterval: cfg.HeartbeatInterval,
+		ResyncAfter:  3 * gossipParams(cfg.HeartbeatInterval).HeartbeatInterval,
+		Own:          n.currentRecord,
+		Revocations:  n.revs.All,
+		ServeAllowed: n.serveAllowed, ApplyRevocation: n.applyRevocation, Check: n.records.Check, Refused: n.bad,
+		Blame: n.blame, Charged: func(c trust.Code) bool { return forwarderFault[c] },
+		Emit: n.emit, LinkSoon: n.beats.LinkSoon})
 	n.renewer = renewal.New(renewal.Deps{Self: n.self, Issuer: cfg.Issuer, Verifier: v, Registry: n.registry,
 		Host: n.host, Clock: n.now, Logger: n.log, Timeout: cfg.AdmissionTimeout, HeartbeatInterval: cfg.HeartbeatInterval,
 		RenewAfter: cfg.RenewAfter, Credential: n.credential,
 		ServeAllowed: func(p peer.ID) bool { return n.serveAllowed(p, wire.ProtocolRenew) },
 		Served:       n.renewalServed, Renewed: n.renewed})
-	n.live.lastSync, n.live.lastPull = map[peer.ID]time.Time{}, map[peer.ID]time.Time{}
 	hb := cfg.HeartbeatInterval
 	n.live.serving = limit.New(hb, serveBurst)
 	n.live.ownRefused = limit.New(time.Second/gate.RejectRate, gate.RejectBurst)
@@ -236,6 +245,7 @@ func (n *Node) Start(ctx context.Context) error {
 		return fmt.Errorf("node: libp2p host: %w", err)
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
+	n.syncer.Start(n.ctx)
 	n.admission = gate.NewAdmission(n.ctx, gate.AdmissionDeps{
 		Gate: n.gate, Host: n.host, Timeout: n.cfg.AdmissionTimeout, Listed: n.isAdmitted,
 		Record:       n.currentRecord,
@@ -248,8 +258,8 @@ func (n *Node) Start(ctx context.Context) error {
 			n.audit.Write(r)
 		},
 		Exchanged: func(p peer.ID) {
-			n.syncSoon(p) // at most once a heartbeat per peer
-			n.resyncOnce(p)
+			n.syncer.SyncSoon(p) // at most once a heartbeat per peer
+			n.syncer.ResyncOnce(p)
 		},
 	})
 	// The router sees the host through the admission gate: it opens and

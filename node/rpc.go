@@ -12,6 +12,7 @@ import (
 	"github.com/libp2p/go-msgio"
 
 	"github.com/meshagent/meshagent/node/internal/audit"
+	"github.com/meshagent/meshagent/node/internal/frame"
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/trust"
 	"github.com/meshagent/meshagent/wire"
@@ -155,7 +156,7 @@ func (n *Node) exchange(ctx context.Context, to peer.ID, toKey trust.PublicKey, 
 		return nil, protocol.Reject(protocol.CodeUnavailable, "send to %s: %v", to, err)
 	}
 	_ = s.CloseWrite()
-	resp, err := readGrowing(s, n.cfg.MaxEnvelopeSize)
+	resp, err := frame.ReadGrowing(s, n.cfg.MaxEnvelopeSize)
 	if err != nil {
 		s.Reset()
 		return nil, protocol.Reject(protocol.CodeUnavailable, "no reply from %s: %v", to, err)
@@ -207,7 +208,7 @@ func (n *Node) handleRPC(s network.Stream) {
 		return
 	}
 	_ = s.SetDeadline(start.Add(n.cfg.HandlerTimeout + time.Second))
-	raw, err := readGrowing(s, n.cfg.MaxEnvelopeSize) // what arrives, not what the header claims
+	raw, err := frame.ReadGrowing(s, n.cfg.MaxEnvelopeSize) // what arrives, not what the header claims
 	if err != nil {
 		s.Reset()
 		code := trust.CodeMalformed

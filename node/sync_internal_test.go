@@ -49,7 +49,7 @@ func TestSyncAnswerOfRefusedRecordsIsCheap(t *testing.T) {
 	perCheck := time.Since(start) / 200
 	responder := peer.ID("responder")
 	start = time.Now()
-	n.applySync(responder, resp)
+	n.syncer.Apply(responder, resp)
 	took := time.Since(start)
 	t.Logf("%d refused records applied in %s; one signature check costs %s here", records, took, perCheck)
 	// Before: at least records × perCheck. The bound: a tenth of that.
