@@ -9,7 +9,6 @@ import (
 	"github.com/libp2p/go-msgio"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/meshagent/meshagent/discovery"
 	"github.com/meshagent/meshagent/protocol/protocolpb"
 	"github.com/meshagent/meshagent/trust"
 	"github.com/meshagent/meshagent/wire"
@@ -20,7 +19,7 @@ import (
 // timeout) for their acknowledgements so that the leave is out before the
 // connections close.
 func (n *Node) sendLeave() {
-	msg := &protocolpb.RegistryMessage{Msg: &protocolpb.RegistryMessage_Leave{Leave: discovery.SignLeave(n.cfg.Identity, n.nextSeq(), n.now())}}
+	msg := &protocolpb.RegistryMessage{Msg: &protocolpb.RegistryMessage_Leave{Leave: n.own.Leave()}}
 	_ = n.publishRegistry(msg)
 	b, err := proto.Marshal(msg)
 	if err != nil {

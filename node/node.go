@@ -27,6 +27,7 @@ import (
 	"github.com/meshagent/meshagent/node/internal/exchange"
 	"github.com/meshagent/meshagent/node/internal/gate"
 	"github.com/meshagent/meshagent/node/internal/limit"
+	"github.com/meshagent/meshagent/node/internal/liveness"
 	"github.com/meshagent/meshagent/node/internal/overlay"
 	"github.com/meshagent/meshagent/node/internal/records"
 	"github.com/meshagent/meshagent/node/internal/refused"
@@ -57,9 +58,10 @@ type Node struct {
 	admission *gate.Admission
 	renewer   *renewal.Renewer
 	syncer    *exchange.Exchange // the join-time exchange
+	own       *liveness.Self     // this agent's record, beats and liveness loops
 	records   *records.Intake
 	registry  *discovery.Registry
-	live      liveness
+	live      upkeep
 	beats     *overlay.Overlay
 	audit     *audit.Log
 	revs      *revocation.Set // applied revocations, encoded
@@ -70,9 +72,7 @@ type Node struct {
 
 	credMu   sync.RWMutex
 	cred     *trust.Credential
-	renewing atomic.Bool
 	pubsubIn atomic.Int64
-	leaving  atomic.Bool
 
 	mu       sync.Mutex
 	started  bool
@@ -125,7 +125,6 @@ func New(cfg Config) (*Node, error) {
 	})
 	n.registry = discovery.NewRegistry(discovery.Config{Verifier: v, Self: n.self, SuspectMissed: cfg.SuspectMissed,
 		DeadAfter: cfg.DeadAfter, Allowlist: cfg.Allowlist})
-	n.live.seq.Store(uint64(time.Now().UnixNano()))
 	n.bad = refused.New()
 	n.revs = revocation.New(revocation.Deps{Verifier: v, Refused: n.bad, Clock: n.now, Max: v.Policy().MaxRevocations,
 		Applied: n.revocationApplied})
@@ -148,6 +147,27 @@ func New(cfg Config) (*Node, error) {
 		Frozen:     n.frozenHook(),
 		Lost:       n.lostHook(),
 	})
+	n.own = liveness.New(liveness.Deps{Identity: cfg.Identity, Credential: n.credential, Addrs: n.listenAddrs,
+		Registry: n.registry, Clock: n.now, HeartbeatInterval: cfg.HeartbeatInterval,
+		Publish: n.publishRegistry,
+		TopicPeers: func() int {
+			n.mu.Lock()
+			t := n.topics[wire.TopicRegistry]
+			n.mu.Unlock()
+			if t == nil {
+				return 0
+			}
+			return len(t.ListPeers())
+		},
+		Originate: n.beats.Originate, RevDigest: n.revs.Sum,
+		EveryBeat: func() {
+			n.renewer.MaybeRenew(n.ctx)
+			n.revs.Prune(n.now())
+		},
+		EveryFourTicks: func() { n.admission.ForgetStrangers() },
+		Emit:           n.emit,
+		Frozen:         n.frozenHook(),
+	})
 	n.records = records.New(records.Deps{Registry: n.registry, Verifier: v, Refused: n.bad, Clock: n.now,
 		HeartbeatInterval: cfg.HeartbeatInterval, Learn: n.learn,
 		Left: func(evs []discovery.Event, news bool, l *protocolpb.Leave) {
@@ -159,7 +179,7 @@ func New(cfg Config) (*Node, error) {
 	n.syncer = exchange.New(exchange.Deps{Registry: n.registry, Host: n.host, Clock: n.now,
 		Timeout: cfg.AdmissionTimeout, HeartbeatInterval: cfg.HeartbeatInterval,
 		ResyncAfter:  3 * gossipParams(cfg.HeartbeatInterval).HeartbeatInterval,
-		Own:          n.currentRecord,
+		Own:          n.own.Record,
 		Revocations:  n.revs.All,
 		ServeAllowed: n.serveAllowed, ApplyRevocation: n.applyRevocation, Check: n.records.Check, Refused: n.bad,
 		Blame: n.blame, Charged: func(c trust.Code) bool { return forwarderFault[c] },
@@ -248,11 +268,11 @@ func (n *Node) Start(ctx context.Context) error {
 	n.syncer.Start(n.ctx)
 	n.admission = gate.NewAdmission(n.ctx, gate.AdmissionDeps{
 		Gate: n.gate, Host: n.host, Timeout: n.cfg.AdmissionTimeout, Listed: n.isAdmitted,
-		Record:       n.currentRecord,
+		Record:       n.own.Record,
 		Learn:        func(rec *discovery.Record) error { return n.learn(rec, discovery.Direct) },
 		HelloAllowed: func(p peer.ID) bool { return n.serveAllowed(p, wire.ProtocolAdmission) },
 		Admitted: func(p peer.ID) {
-			n.live.announceSoon.Store(true) // peers that joined meanwhile may not know this node
+			n.own.AnnounceSoon() // peers that joined meanwhile may not know this node
 			r := n.record(audit.In, audit.Admission, p.String())
 			r.Decision = audit.Accept
 			n.audit.Write(r)
@@ -333,7 +353,7 @@ func (n *Node) close(graceful bool) error {
 	n.simClosed()
 	h, cancel, started := n.h, n.cancel, n.started
 	n.mu.Unlock()
-	n.leaving.Store(true) // no heartbeat may follow the leave
+	n.own.Stop() // no heartbeat may follow the leave
 	if started && graceful {
 		n.sendLeave() // a graceful stop: tell the mesh
 

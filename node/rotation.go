@@ -35,7 +35,7 @@ func (n *Node) renewed(c *trust.Credential) {
 	n.credMu.Lock()
 	n.cred = c
 	n.credMu.Unlock()
-	_ = n.announce()
+	_ = n.own.Announce()
 	r := n.record(audit.Out, audit.Renewal, "")
 	r.Decision, r.Detail = audit.Accept, "credential renewed until "+c.Expires.UTC().Format(time.RFC3339)
 	n.audit.Write(r)

@@ -1,0 +1,235 @@
+// Package liveness is this agent's own side of the registry: its signed
+// record and sequence numbers, the heartbeat loop that signs a beat (or,
+// now and then, a full record) every interval, and the tick loop that
+// ages every other agent's liveness.
+package liveness
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/meshagent/meshagent/discovery"
+	"github.com/meshagent/meshagent/node/internal/overlay"
+	"github.com/meshagent/meshagent/protocol/protocolpb"
+	"github.com/meshagent/meshagent/trust"
+)
+
+// Deps is what the loops need of the node.
+type Deps struct {
+	Identity *trust.Identity
+	// Credential returns the agent's current credential.
+	Credential func() *trust.Credential
+	// Addrs returns the listen addresses (nil before start).
+	Addrs             func() []ma.Multiaddr
+	Registry          *discovery.Registry
+	Clock             func() time.Time
+	HeartbeatInterval time.Duration
+	// Publish sends a message on the registry topic; TopicPeers says how
+	// many peers are on it.
+	Publish    func(m *protocolpb.RegistryMessage) error
+	TopicPeers func() int
+	// Originate sends this agent's beat on the overlay; RevDigest is the
+	// digest of the revocations held, which every beat carries.
+	Originate func(beat *protocolpb.Beat)
+	RevDigest func() uint64
+	// EveryBeat runs after each beat (renewal, pruning); EveryFourTicks
+	// every fourth tick (forgetting strangers).
+	EveryBeat, EveryFourTicks func()
+	// Emit handles registry events.
+	Emit func([]discovery.Event)
+	// Frozen, when set, pauses both loops (simulations).
+	Frozen func() bool
+}
+
+// Self is this agent's liveness. Its methods are safe for concurrent use.
+//
+// Lock order: mu alone; Deps are called without it but Credential, Addrs
+// and Clock.
+type Self struct {
+	d      Deps
+	seq    atomic.Uint64
+	mu     sync.Mutex
+	record *discovery.Record
+	// announceSoon asks the heartbeat loop for a full record at the next
+	// beat (after an admission: peers that joined meanwhile may not know
+	// this node), at most every announceMinGap beats.
+	announceSoon atomic.Bool
+	leaving      atomic.Bool // a leave was signed: no record or beat after it
+}
+
+// New returns this agent's liveness; nothing runs until Run.
+func New(d Deps) *Self {
+	if d.Frozen == nil {
+		d.Frozen = func() bool { return false }
+	}
+	s := &Self{d: d}
+	s.seq.Store(uint64(time.Now().UnixNano())) // above any seq of an earlier run
+	return s
+}
+
+// Run starts the heartbeat and tick loops; they end with ctx.
+func (s *Self) Run(ctx context.Context) {
+	go s.heartbeatLoop(ctx)
+	go s.tickLoop(ctx)
+}
+
+// AnnounceSoon asks for a full record at the next beat.
+func (s *Self) AnnounceSoon() { s.announceSoon.Store(true) }
+
+// Leave signs this agent's leave; no record or beat follows it.
+func (s *Self) Leave() *protocolpb.Leave {
+	s.leaving.Store(true)
+	return discovery.SignLeave(s.d.Identity, s.NextSeq(), s.d.Clock())
+}
+
+// Stop stops the loops from signing anything more (a crash: no leave).
+func (s *Self) Stop() { s.leaving.Store(true) }
+
+// NextSeq returns the next sequence number of this agent's signed items.
+func (s *Self) NextSeq() uint64 { return s.seq.Add(1) }
+
+// ErrLeaving is the error of a record asked for after the leave.
+var ErrLeaving = errors.New("node: leaving: no new record after the leave")
+
+// Record returns this node's signed record, making a new one when
+// the credential or the addresses changed, or when it is more than a
+// heartbeat old: a node that admits this one takes a record as a sign of
+// life only when it is fresh (a frozen node gives no sign of life).
+func (s *Self) Record() (*discovery.Record, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cred := s.d.Credential()
+	addrs := s.d.Addrs()
+	r := s.record
+	if r != nil && (s.d.Frozen() || s.leaving.Load() || r.Credential.Serial == cred.Serial && r.NumAddrs() == len(addrs) &&
+		s.d.Clock().Sub(r.Timestamp) < s.d.HeartbeatInterval) {
+		return r, nil
+	}
+	if s.leaving.Load() {
+		// A record signed now would carry a sequence number above the
+		// leave's, and every node that got it first would refuse the
+		// leave as a replay.
+		return nil, ErrLeaving
+	}
+	r, err := discovery.NewRecord(s.d.Identity, cred, addrs, s.NextSeq(), s.d.HeartbeatInterval, s.d.Clock())
+	if err != nil {
+		return nil, err
+	}
+	s.record = r
+	return r, nil
+}
+
+// Announce publishes this node's current record.
+func (s *Self) Announce() error {
+	rec, err := s.Record()
+	if err != nil {
+		return err
+	}
+	return s.d.Publish(&protocolpb.RegistryMessage{Msg: &protocolpb.RegistryMessage_Announce{Announce: rec.Proto()}})
+}
+
+// announceEvery is how many heartbeats pass between full records: the
+// record (with its credential) is re-signed and re-announced every
+// sixtieth beat (30 minutes at the default heartbeat) as anti-entropy, when
+// the credential was renewed, as soon as a new node has a neighbour on the
+// registry topic after its first admission, and at the beat after an
+// admission (at most every tenth beat). The beats in between
+// travel on the beat overlay. An agent that missed a record learns it from
+// the join-time exchange, or when a beat of an unknown agent arrives.
+const announceEvery = 60
+
+// announceMinGap is the fewest beats between two records sent because of
+// admissions.
+const announceMinGap = 10
+
+func (s *Self) heartbeatLoop(ctx context.Context) {
+	t := time.NewTicker(s.d.HeartbeatInterval)
+	defer t.Stop()
+	poll := time.NewTicker(min(overlay.FlushEvery(s.d.HeartbeatInterval), 100*time.Millisecond))
+	defer poll.Stop()
+	announced := false // a record went out to at least one neighbour
+	lastAnnounce := -announceMinGap
+	missed := false // a beat fell due while frozen
+	for beat := 0; ; {
+		select {
+		case <-ctx.Done():
+			return
+		case <-poll.C:
+			if missed && !s.d.Frozen() {
+				// The pause is over: the beat that fell due during it goes
+				// out now, as a paused process's ticker fires at once when
+				// it resumes.
+				missed = false
+				break
+			}
+			if announced || s.d.Frozen() || s.leaving.Load() {
+				continue
+			}
+			if s.d.TopicPeers() > 0 && s.Announce() == nil {
+				announced = true
+				t.Reset(s.d.HeartbeatInterval)
+			}
+			continue
+		case <-t.C:
+			beat++
+		}
+		if s.leaving.Load() {
+			continue
+		}
+		if s.d.Frozen() {
+			missed = true
+			continue
+		}
+		if beat%announceEvery == 0 || (beat-lastAnnounce >= announceMinGap && s.announceSoon.CompareAndSwap(true, false)) {
+			lastAnnounce = beat
+			s.mu.Lock()
+			s.record = nil // sign a fresh record: new seq and timestamp
+			s.mu.Unlock()
+			_ = s.Announce()
+		} else {
+			beat := discovery.SignBeat(s.d.Identity, s.NextSeq(), s.d.Clock())
+			beat.Revocations = s.d.RevDigest()
+			s.d.Originate(beat)
+		}
+		s.d.EveryBeat()
+	}
+}
+
+func (s *Self) tickLoop(ctx context.Context) {
+	every := s.d.HeartbeatInterval / 4
+	if every < 5*time.Millisecond {
+		every = 5 * time.Millisecond
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	last := time.Now() // the pause is measured on the monotonic clock, not the (skewable) Clock
+	ticks := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if s.d.Frozen() {
+			continue
+		}
+		now, mono := s.d.Clock(), time.Now()
+		// A tick half a heartbeat late means this node was paused (or
+		// starved): the others' silence during the pause is excused.
+		// Shorter delays are scheduling noise, which the timeout's margin
+		// of a heartbeat absorbs; excusing them would delay detection.
+		if late := mono.Sub(last) - every; late > s.d.HeartbeatInterval/2 {
+			s.d.Registry.Excuse(late, now)
+		}
+		last = mono
+		s.d.Emit(s.d.Registry.Tick(now))
+		if ticks++; ticks%4 == 0 {
+			s.d.EveryFourTicks()
+		}
+	}
+}
