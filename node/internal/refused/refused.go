@@ -5,6 +5,7 @@ package refused
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"sync"
 
 	"github.com/meshagent/meshagent/protocol"
@@ -31,12 +32,18 @@ const maxRefusals = 8192 // about 1 MiB
 // New returns an empty cache.
 func New() *Cache { return &Cache{m: map[[32]byte]*trust.Error{}} }
 
-// Key hashes an item's bytes with its kind.
+// Key hashes an item's parts, each with its length, and its kind.
 func Key(kind string, b ...[]byte) [32]byte {
 	h := sha256.New()
 	h.Write([]byte(kind))
 	h.Write([]byte{0})
+	var n [binary.MaxVarintLen64]byte
 	for _, x := range b {
+		// Each part with its length: bytes moved from one part to the
+		// next (a record's last body byte into its signature) make
+		// another key, so a broken copy's refusal is never taken for the
+		// honest item's.
+		h.Write(n[:binary.PutUvarint(n[:], uint64(len(x)))])
 		h.Write(x)
 	}
 	var k [32]byte
