@@ -59,9 +59,15 @@ func (s *Set) Apply(raw []byte) error {
 	now := s.d.Clock()
 	keep := s.d.Verifier.KeepUntil(r)
 	if !now.Before(keep) {
-		// What it revokes has expired: verified, nothing to keep.
+		// What it revokes has expired: verified, nothing to keep. The
+		// same bytes again cost a hash: they are remembered as expired
+		// (and then ignored, not relayed; no one is charged).
 		err := s.d.Verifier.AddRevocation(r, now)
-		s.d.Refused.Add(bad, err)
+		if err == nil {
+			s.d.Refused.Add(bad, protocol.Reject(trust.CodeExpired, "revocation of what has expired"))
+		} else {
+			s.d.Refused.Add(bad, err)
+		}
 		return err
 	}
 	if !s.store.Room(now) {

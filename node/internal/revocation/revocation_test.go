@@ -148,6 +148,12 @@ func TestExpiredDropped(t *testing.T) {
 	if f.set.Len() != 0 || f.v.Revocations() != 0 || len(f.applied) != 0 {
 		t.Fatalf("expired revocation held: %d, verifier %d, applied %d", f.set.Len(), f.v.Revocations(), len(f.applied))
 	}
+	// The same bytes again cost a hash: the cached verdict, the very same
+	// error each time (no signature check makes a new one).
+	again1, again2 := f.set.Apply(r.Bytes()), f.set.Apply(r.Bytes())
+	if trust.CodeOf(again1) != trust.CodeExpired || again1 != again2 {
+		t.Fatalf("expired again: %v, then %v; want one cached expired verdict", again1, again2)
+	}
 	// An expired one with a broken signature is refused all the same.
 	raw := r.Bytes()
 	raw[len(raw)-1] ^= 1
