@@ -11,13 +11,17 @@ import (
 )
 
 // Keyed is a set of token buckets by key (a peer and a protocol, an
-// agent): burst at once and one every interval after that. It holds at
-// most maxLimiters keys, forgetting those whose bucket refilled.
+// agent): burst at once and one every interval after that. Past
+// maxLimiters keys it forgets those whose bucket refilled, looking at most
+// once a second; a bucket still spent is never forgotten (that would
+// reset its limit), so the keys are bounded by those who spent theirs:
+// callers key only by admitted peers or listed agents.
 type Keyed struct {
 	mu    sync.Mutex
 	m     map[string]*rate.Limiter
 	every time.Duration
 	burst int
+	swept time.Time // when a full map was last swept
 }
 
 const maxLimiters = 4096
@@ -36,7 +40,8 @@ func (l *Keyed) AllowN(key string, n int) bool {
 	defer l.mu.Unlock()
 	b := l.m[key]
 	if b == nil {
-		if len(l.m) >= maxLimiters {
+		if now := time.Now(); len(l.m) >= maxLimiters && now.Sub(l.swept) >= time.Second {
+			l.swept = now
 			for k, kb := range l.m {
 				if kb.Tokens() >= float64(l.burst) {
 					delete(l.m, k)
