@@ -25,5 +25,7 @@ func reject(r *audit.Record, code trust.Code, detail string) {
 	r.Decision, r.Reason, r.Detail = audit.Reject, string(code), detail
 }
 
-// SetAuditHook registers f to see every audit record as it is written.
+// SetAuditHook registers f to see every audit record as it is written. f
+// may be called from several goroutines at once, the pubsub router's
+// among them: it must be safe for concurrent use and must not block.
 func (n *Node) SetAuditHook(f func(AuditRecord)) { n.audit.SetHook(f) }

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/libp2p/go-libp2p"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/meshagent/meshagent/protocol"
@@ -97,11 +96,6 @@ type Config struct {
 	// Prometheus, when set, receives libp2p's own metrics (swarm, resource
 	// manager, identify...). nil disables them.
 	Prometheus prometheus.Registerer
-	// HostOptions are extra libp2p options appended when the host is built.
-	// Simulations pass a simulated network with them (a QUIC transport on
-	// simnet). They must not add a security transport: the host stays
-	// TLS 1.3 only.
-	HostOptions []libp2p.Option
 	// Logger receives the node's own log lines and the pubsub router's.
 	// nil means slog.Default(). (libp2p's internal loggers are not
 	// changed: the daemon routes them with gologshim.SetDefaultHandler.)

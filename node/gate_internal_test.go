@@ -108,3 +108,30 @@ func nodeListing(t *testing.T, hb time.Duration) (*Node, *trust.Identity, *trust
 	}
 	return n, ids[1], creds[1]
 }
+
+// A peer cut off from pubsub's event loop (here for a subscription flood)
+// has its connections closed without waiting for Node.mu: join holds that
+// lock while it waits on the same event loop, so waiting for it there
+// would deadlock the node (found reading the lock order, issue 13).
+func TestCutOffDoesNotWaitForTheNodeLock(t *testing.T) {
+	n, other, _ := nodeListing(t, time.Hour)
+	flood := &pubsub.RPC{}
+	for i := range subscriptionBurst + 1 {
+		topic := fmt.Sprintf("t%d", i)
+		flood.Subscriptions = append(flood.Subscriptions, &pubsubpb.RPC_SubOpts{Topicid: &topic})
+	}
+	n.mu.Lock() // as join holds it while it waits on the event loop
+	done := make(chan error, 1)
+	go func() { done <- n.inspectRPC(other.PeerID(), flood) }()
+	select {
+	case err := <-done:
+		n.mu.Unlock()
+		if err == nil || !n.gate.Refused(other.PeerID()) {
+			t.Fatalf("a subscription flood was not cut off: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		n.mu.Unlock()
+		<-done
+		t.Fatal("cutting a peer off waited for Node.mu: the event loop would deadlock with join")
+	}
+}

@@ -236,18 +236,19 @@ func TestFreshIdentityDialLoopIsBounded(t *testing.T) {
 	t.Logf("%d of %d fresh identities reached admission in %s", secured, attempts, elapsed.Round(time.Millisecond))
 }
 
-// HostOptions cannot bring Noise (or no security) back.
+// A simulated network's host options cannot bring Noise (or no security)
+// back. (A production node takes no libp2p options at all: buildHost.)
 func TestHostOptionsKeepTLSOnly(t *testing.T) {
 	m, _ := testMesh(t, "tcp")
 	ag := m.Agents["worker"]
 	for name, opt := range map[string]libp2p.Option{"noise": libp2p.Security(noise.ID, noise.New), "insecure": libp2p.NoSecurity} {
 		cfg := node.LocalConfig()
 		cfg.Identity, cfg.Credential, cfg.Policy = ag.Identity, ag.Credential, trust.DefaultPolicy(m.Anchor.Public())
-		cfg.HostOptions = []libp2p.Option{opt}
 		n, err := node.New(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
+		n.SetHostOptions(opt)
 		if err := n.Start(context.Background()); err == nil {
 			n.Close()
 			t.Fatalf("a node started with %s in HostOptions", name)

@@ -9,16 +9,12 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/libp2p/go-libp2p"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
-	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
-	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
-	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
 	"google.golang.org/protobuf/proto"
 
@@ -78,6 +74,7 @@ type Node struct {
 	started  bool
 	closed   bool
 	h        host.Host
+	hostRef  atomic.Pointer[host.Host] // h, set once in Start; read without mu
 	ps       *pubsub.PubSub
 	topics   map[string]*pubsub.Topic
 	handlers map[string]Handler
@@ -218,7 +215,7 @@ func (n *Node) Start(ctx context.Context) error {
 		return fmt.Errorf("node: start: %w", err)
 	}
 	limits := rcmgr.DefaultLimits
-	libp2p.SetDefaultServiceLimits(&limits)
+	serviceLimits(&limits)
 	limits.AddProtocolLimit(wire.ProtocolRPC, rcmgr.BaseLimit{StreamsInbound: 1024, StreamsOutbound: 1024, Streams: 2048, Memory: 64 << 20}, rcmgr.BaseLimitIncrease{})
 	// Room for admitted agents whatever waits for admission: at most
 	// maxPending connections (gate.go) and unadmittedStreams streams each;
@@ -235,32 +232,11 @@ func (n *Node) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("node: resource manager: %w", err)
 	}
-	opts := []libp2p.Option{
-		libp2p.Identity(n.cfg.Identity.Libp2pKey()),
-		libp2p.Security(libp2ptls.ID, libp2ptls.New), // TLS 1.3 only: no Noise, no plaintext
-		libp2p.Transport(tcp.NewTCPTransport),
-		libp2p.Transport(quic.NewTransport), // QUIC is TLS 1.3 with the same key binding
-		libp2p.ListenAddrStrings(n.cfg.ListenAddrs...),
-		libp2p.ConnectionGater(n.gate),
-		libp2p.ResourceManager(n.gate.ResourceManager(rm)),
-		libp2p.DisableRelay(),
+	grm := n.gate.ResourceManager(rm)
+	h, ok, err := n.simulatedHost(grm) // a simulated network's host, in simulations only
+	if !ok {
+		h, err = n.buildHost(grm)
 	}
-	if n.cfg.Prometheus != nil {
-		opts = append(opts, libp2p.PrometheusRegisterer(n.cfg.Prometheus))
-	} else {
-		opts = append(opts, libp2p.DisableMetrics())
-	}
-	opts = append(opts, n.cfg.HostOptions...)
-	// HostOptions must not bring another security transport (or none):
-	// the host stays TLS 1.3 only.
-	var probe libp2p.Config
-	if err := probe.Apply(opts...); err != nil {
-		return fmt.Errorf("node: libp2p options: %w", err)
-	}
-	if probe.Insecure || len(probe.SecurityTransports) != 1 || probe.SecurityTransports[0].ID != libp2ptls.ID {
-		return fmt.Errorf("node: HostOptions may not change the security transport: the host is TLS 1.3 only")
-	}
-	h, err := libp2p.New(opts...)
 	if err != nil {
 		return fmt.Errorf("node: libp2p host: %w", err)
 	}
@@ -303,6 +279,7 @@ func (n *Node) Start(ctx context.Context) error {
 		return fmt.Errorf("node: pubsub: %w", err)
 	}
 	n.h, n.ps = h, ps
+	n.hostRef.Store(&h)
 	h.SetStreamHandler(wire.ProtocolAdmission, n.admission.Handle) // the one protocol open before admission
 	h.SetStreamHandler(wire.ProtocolRPC, n.gateWrap(n.handleRPC))
 	// Every node serves the renewal protocol (a node that is no issuer
@@ -423,11 +400,15 @@ func (n *Node) keepConnected(ai peer.AddrInfo) {
 	}
 }
 
-// host returns the libp2p host (nil before Start).
+// host returns the libp2p host (nil before Start). It takes no lock:
+// it is called from pubsub's event loop (a peer cut off closes its
+// connections) while Node.mu may be held by a call that waits on that
+// loop (join).
 func (n *Node) host() host.Host {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.h
+	if h := n.hostRef.Load(); h != nil {
+		return *h
+	}
+	return nil
 }
 
 // Addrs returns the node's listen addresses, each ending in /p2p/PEERID.

@@ -4,6 +4,8 @@ package node
 
 import (
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
@@ -21,3 +23,6 @@ func (*Node) blockedHook() func(peer.ID) bool { return nil }
 // frozenHook and lostHook are nil: the overlay is never paused nor lossy.
 func (*Node) frozenHook() func() bool      { return nil }
 func (*Node) lostHook() func(peer.ID) bool { return nil }
+
+// simulatedHost builds no host: production hosts are built by buildHost.
+func (*Node) simulatedHost(network.ResourceManager) (host.Host, bool, error) { return nil, false, nil }

@@ -9,13 +9,19 @@ package node
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/libp2p/go-libp2p"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
+	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/trust"
@@ -27,6 +33,7 @@ type simState struct {
 	frozenUntil atomic.Int64
 	drop        atomic.Pointer[func(from peer.ID) bool]
 	filter      atomic.Pointer[func(p peer.ID) bool]
+	hostOpts    []libp2p.Option // set before Start
 }
 
 // simStates holds the state of nodes a hook was set on, until they close.
@@ -168,3 +175,38 @@ func (n *Node) Host() host.Host { return n.host() }
 
 // Verifier returns the node's verifier (tests read its revocations).
 func (n *Node) Verifier() *trust.Verifier { return n.verifier }
+
+// SetHostOptions makes Start build the host with libp2p.New and these
+// options (a simulated network's transport) instead of buildHost's: a
+// simulated network is reached only through libp2p's own options. The
+// host stays TLS 1.3 only: options that bring another security transport
+// (or none) are refused at Start.
+func (n *Node) SetHostOptions(opts ...libp2p.Option) { n.sim().hostOpts = opts }
+
+func (n *Node) simulatedHost(rm network.ResourceManager) (host.Host, bool, error) {
+	s := n.simSet()
+	if s == nil || len(s.hostOpts) == 0 {
+		return nil, false, nil
+	}
+	opts := []libp2p.Option{
+		libp2p.Identity(n.cfg.Identity.Libp2pKey()),
+		libp2p.Security(libp2ptls.ID, libp2ptls.New),
+		libp2p.Transport(tcp.NewTCPTransport),
+		libp2p.Transport(quic.NewTransport),
+		libp2p.ListenAddrStrings(n.cfg.ListenAddrs...),
+		libp2p.ConnectionGater(n.gate),
+		libp2p.ResourceManager(rm),
+		libp2p.DisableRelay(),
+		libp2p.DisableMetrics(),
+	}
+	opts = append(opts, s.hostOpts...)
+	var probe libp2p.Config
+	if err := probe.Apply(opts...); err != nil {
+		return nil, true, fmt.Errorf("libp2p options: %w", err)
+	}
+	if probe.Insecure || len(probe.SecurityTransports) != 1 || probe.SecurityTransports[0].ID != libp2ptls.ID {
+		return nil, true, fmt.Errorf("host options may not change the security transport: the host is TLS 1.3 only")
+	}
+	h, err := libp2p.New(opts...)
+	return h, true, err
+}

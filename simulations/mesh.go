@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/net/swarm"
@@ -39,6 +40,10 @@ type Options struct {
 	HeartbeatInterval, DeadAfter time.Duration
 	// CredentialTTL overrides the credentials' 24 h lifetime.
 	CredentialTTL time.Duration
+	// HostOptions, when set, gives each node the libp2p options of a
+	// simulated network (node.SetHostOptions): its host is then built by
+	// libp2p.New on that network.
+	HostOptions func(name string) []libp2p.Option
 }
 
 // Agent is one member of a Mesh.
@@ -48,8 +53,9 @@ type Agent struct {
 	Credential *trust.Credential
 	Node       *node.Node
 
-	cfg   node.Config
-	addrs []string // where it listened: a restart listens there again
+	cfg      node.Config
+	hostOpts []libp2p.Option // a simulated network's, if any
+	addrs    []string        // where it listened: a restart listens there again
 }
 
 // ID returns the agent's peer ID.
@@ -135,13 +141,20 @@ func (m *Mesh) Add(ctx context.Context, name string, enrolled bool, opts Options
 	if opts.Configure != nil {
 		opts.Configure(name, &cfg)
 	}
-	return m.start(ctx, name, id, cred, cfg)
+	var hostOpts []libp2p.Option
+	if opts.HostOptions != nil {
+		hostOpts = opts.HostOptions(name)
+	}
+	return m.start(ctx, name, id, cred, cfg, hostOpts)
 }
 
-func (m *Mesh) start(ctx context.Context, name string, id *trust.Identity, cred *trust.Credential, cfg node.Config) (*Agent, error) {
+func (m *Mesh) start(ctx context.Context, name string, id *trust.Identity, cred *trust.Credential, cfg node.Config, hostOpts []libp2p.Option) (*Agent, error) {
 	n, err := node.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if len(hostOpts) > 0 {
+		n.SetHostOptions(hostOpts...)
 	}
 	self := id.PeerID()
 	n.SetPeerFilter(func(p peer.ID) bool { return m.reachable(self, p) }) // partitions
@@ -162,7 +175,7 @@ func (m *Mesh) start(ctx context.Context, name string, id *trust.Identity, cred 
 		}
 		m.mu.Unlock()
 	})
-	ag := &Agent{Name: name, Identity: id, Credential: cred, Node: n, cfg: cfg}
+	ag := &Agent{Name: name, Identity: id, Credential: cred, Node: n, cfg: cfg, hostOpts: hostOpts}
 	for _, a := range n.Host().Addrs() {
 		ag.addrs = append(ag.addrs, a.String())
 	}
@@ -298,7 +311,7 @@ func (m *Mesh) Restart(ctx context.Context, name, peerName string) (*Agent, erro
 	if len(old.addrs) > 0 {
 		cfg.ListenAddrs = old.addrs
 	}
-	a, err := m.start(ctx, name, old.Identity, old.Credential, cfg)
+	a, err := m.start(ctx, name, old.Identity, old.Credential, cfg, old.hostOpts)
 	if err != nil {
 		return nil, err
 	}

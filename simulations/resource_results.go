@@ -124,7 +124,7 @@ func SeparateResourceAttacks(ctx context.Context, n int, d time.Duration, rounds
 		}
 		cfg := old.cfg
 		cfg.Audit = audit
-		_, err := m.start(ctx, name, old.Identity, old.Credential, cfg)
+		_, err := m.start(ctx, name, old.Identity, old.Credential, cfg, old.hostOpts)
 		return err
 	})
 	if err != nil {

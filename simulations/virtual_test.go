@@ -52,13 +52,13 @@ func virtualMesh(t *testing.T, n int, hook func(name string, c *node.Config), f 
 		next := 0
 		opts := simulations.Options{
 			HeartbeatInterval: 30 * time.Second, DeadAfter: 90 * time.Second,
+			HostOptions: func(string) []libp2p.Option { return []libp2p.Option{simlibp2p.QUICSimnet(nw, link)} },
 			Configure: func(name string, c *node.Config) {
 				mu.Lock()
 				next++
 				ip := simnet.IntToPublicIPv4(next)
 				mu.Unlock()
 				c.ListenAddrs = []string{fmt.Sprintf("/ip4/%s/udp/8000/quic-v1", ip)}
-				c.HostOptions = []libp2p.Option{simlibp2p.QUICSimnet(nw, link)}
 				c.AdmissionTimeout = 10 * time.Second
 				if hook != nil {
 					hook(name, c)

@@ -152,17 +152,19 @@ func New(w io.Writer) *Log {
 func (a *Log) Write(r Record) {
 	r = cleanRecord(r)
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	if a.enc != nil && a.admit(r) {
 		_ = a.enc.Encode(r) // an audit sink that fails is reported by its owner
 	}
-	if a.hook != nil {
-		a.hook(r)
+	hook := a.hook
+	a.mu.Unlock()
+	if hook != nil {
+		hook(r) // without the lock: a hook may write records itself
 	}
 }
 
 // SetHook makes f see every record as it is written, cleaned, whether
-// the log keeps it or not (summaries aside). f must not block.
+// the log keeps it or not (summaries aside). f may be called from several
+// goroutines at once, pubsub's event loop among them: it must not block.
 func (a *Log) SetHook(f func(Record)) {
 	a.mu.Lock()
 	defer a.mu.Unlock()

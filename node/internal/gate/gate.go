@@ -48,8 +48,10 @@ type Deps struct {
 
 // Gate is the admission gate. Its methods are safe for concurrent use.
 //
-// Lock order: mu, then sources.mu or streamCounts.mu, never the other way
-// round; none is held while Deps are called, except Listed and Clock.
+// Locks: mu, sources.mu and streamCounts.mu are never held together, and
+// none is held while Deps are called, except Listed and Clock (which take
+// only the registry's lock). Refuse calls ClosePeer from pubsub's event
+// loop: ClosePeer must take no lock that is held while waiting on it.
 type Gate struct {
 	d       Deps
 	mu      sync.RWMutex
