@@ -523,3 +523,56 @@ func TestMCPServeRefusals(t *testing.T) {
 		t.Fatalf("no daemon: %+v", r)
 	}
 }
+
+// TestMCPServeDaemonRestart: when the daemon behind mcp serve stops and
+// starts again, mcp serve opens its streams again and serves as before.
+func TestMCPServeDaemonRestart(t *testing.T) {
+	defer func(d time.Duration) { mcpRestartMin = d }(mcpRestartMin)
+	mcpRestartMin = 50 * time.Millisecond
+
+	m := newTestMesh(t)
+	b, _, fb := m.agent("bob", "mcp.files:echo")
+	a, aID, fa := m.agent("alice", "")
+	fa.Bootstrap = []string{m.start(b, fb).Addrs()[0].String()}
+	startAlice := func() (stop func()) {
+		ctx, cancel := context.WithCancel(context.Background())
+		done, up := make(chan error, 1), make(chan *node.Node, 1)
+		go func() { done <- serveDaemon(ctx, a, fa, func(n *node.Node) { up <- n }, daemonLog(t, a)) }()
+		select {
+		case <-up:
+		case err := <-done:
+			t.Fatalf("alice: %v", err)
+		}
+		return func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("alice: %v", err)
+			}
+		}
+	}
+	stopAlice := startAlice()
+
+	t.Setenv(mcpHelperEnv, "server")
+	t.Setenv(mcpHelperCount, t.TempDir()+"/runs")
+	serveErr, _ := serveCLI(t, "mcp", "serve", "--home", a, "--name", "files", "--", os.Args[0], "-test.run=^TestMCPHelperProcess$")
+	echo := func(what string) {
+		t.Helper()
+		if err := simulations.WaitFor(20*time.Second, func() error {
+			r := cli(t, "send", "--home", b, "--to", aID, "--action", "mcp.files:echo", "--body", `{"text":"x"}`)
+			if r.code != 0 || !strings.Contains(r.stdout, `"said":"echo: x"`) {
+				return fmt.Errorf("%s: %+v", what, r)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	echo("before the restart")
+	stopAlice()
+	stopAlice = startAlice()
+	defer stopAlice()
+	echo("after the restart")
+	if !strings.Contains(serveErr.String(), "the daemon's stream of mcp.files:echo ended") {
+		t.Fatalf("mcp serve did not say the stream ended: %s", serveErr.String())
+	}
+}
