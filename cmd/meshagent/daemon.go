@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -165,6 +166,9 @@ func planDaemon(home string, fc *fileConfig, logw io.Writer) (*daemonPlan, error
 	}
 	cfg := node.DefaultConfig()
 	cfg.Identity = id
+	// The node's warnings (a renewal overdue) go where the daemon's own
+	// lines go; its routine lines do not repeat the daemon's.
+	cfg.Logger = slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	if len(fc.Listen) > 0 {
 		cfg.ListenAddrs = fc.Listen
 	}
