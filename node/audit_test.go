@@ -87,39 +87,6 @@ func (c *auditCounter) of(sender string) (bytes int, summary string) {
 	return c.bySender[sender], c.summary[sender]
 }
 
-// auditMesh is testMesh with the worker's audit log counted.
-func auditMesh(t *testing.T) (*simulations.Mesh, *auditCounter) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	log := newAuditCounter()
-	m, err := simulations.NewMesh(ctx, []string{"orchestrator", "worker", "mallory"}, simulations.Options{
-		Configure: func(name string, c *node.Config) {
-			if name == "worker" {
-				c.Audit = log
-			}
-		}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(m.Close)
-	if err := m.ConnectAll(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Agents["worker"].Node.Handle("read:logs", func(_ context.Context, r *node.Request) ([]byte, error) {
-		return append([]byte("logs for "), r.Body...), nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := m.Grant("orchestrator", []string{"read:logs"}, nil, time.Hour); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := call(m, "orchestrator", "worker", "read:logs"); err != nil {
-		t.Fatal(err)
-	}
-	return m, log
-}
-
 // auditHonestCalls calls the worker from the orchestrator until stop, and
 // counts the calls that succeeded and failed.
 func auditHonestCalls(m *simulations.Mesh, stop <-chan struct{}) (ok, failed *atomic.Int64, done <-chan struct{}) {

@@ -4,7 +4,6 @@ package node_test
 
 import (
 	"context"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,12 +12,13 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-msgio"
+
+	"github.com/meshagent/meshagent/simulations"
 )
 
+// percentile is the p-th percentile of d in microseconds.
 func percentile(d []time.Duration, p float64) float64 {
-	s := slices.Clone(d)
-	slices.Sort(s)
-	return float64(s[int(float64(len(s)-1)*p)].Microseconds())
+	return float64(simulations.Percentile(d, p).Microseconds())
 }
 
 // servePlain is the baseline: a request/response over a libp2p stream with

@@ -19,38 +19,6 @@ import (
 // case below is refused three times that.
 const budgetBurst = 100
 
-// blameMesh starts orchestrator (the caller, with a token for read:logs),
-// worker (serving read:logs, counting its runs) and the other names, all
-// connected.
-func blameMesh(t *testing.T, opts simulations.Options, names ...string) (*simulations.Mesh, *atomic.Int32) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	m, err := simulations.NewMesh(ctx, append([]string{"orchestrator", "worker"}, names...), opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(m.Close)
-	if err := m.ConnectAll(ctx); err != nil {
-		t.Fatal(err)
-	}
-	var runs atomic.Int32
-	if err := m.Agents["worker"].Node.Handle("read:logs", func(context.Context, *node.Request) ([]byte, error) {
-		runs.Add(1)
-		return []byte("logs"), nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := m.Grant("orchestrator", []string{"read:logs"}, nil, time.Hour); err != nil {
-		t.Fatal(err)
-	}
-	if err := simulations.WaitFor(10*time.Second, func() error { _, err := call(m, "orchestrator", "worker", "read:logs"); return err }); err != nil {
-		t.Fatal(err)
-	}
-	runs.Store(0)
-	return m, &runs
-}
-
 // notCharged checks a sender's n refusals for a reason of the receiver's
 // own: every one refused want after the checks (none unchecked: a
 // throttled call is reset, unavailable), no handler run, and its next

@@ -28,33 +28,6 @@ import (
 	"github.com/meshagent/meshagent/wire"
 )
 
-// testMesh starts orchestrator, worker (serving read:logs, counting runs)
-// and mallory (enrolled, no rights), over the given transport.
-func testMesh(t testing.TB, transport string) (*simulations.Mesh, *atomic.Int32) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	m, err := simulations.NewMesh(ctx, []string{"orchestrator", "worker", "mallory"}, simulations.Options{Transport: transport})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(m.Close)
-	if err := m.ConnectAll(ctx); err != nil {
-		t.Fatal(err)
-	}
-	var runs atomic.Int32
-	if err := m.Agents["worker"].Node.Handle("read:logs", func(_ context.Context, r *node.Request) ([]byte, error) {
-		runs.Add(1)
-		return append([]byte("logs for "), r.Body...), nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := m.Grant("orchestrator", []string{"read:logs", "write:reports"}, []string{"read:logs"}, time.Hour); err != nil {
-		t.Fatal(err)
-	}
-	return m, &runs
-}
-
 func call(m *simulations.Mesh, from, to, action string) (*node.Reply, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
