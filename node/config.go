@@ -97,8 +97,8 @@ type Config struct {
 	// manager, identify...). nil disables them.
 	Prometheus prometheus.Registerer
 	// Logger receives the node's own log lines and the pubsub router's.
-	// nil means slog.Default(). (libp2p's internal loggers are not
-	// changed: the daemon routes them with gologshim.SetDefaultHandler.)
+	// nil logs warnings and errors as text on stderr. (libp2p's own
+	// loggers are not changed: gologshim sets where they go.)
 	Logger *slog.Logger
 	// MDNS finds and connects other agents on the LAN with multicast DNS,
 	// under meshagent's own service name. Admission still applies.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -98,7 +99,7 @@ func New(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("node: own credential: %w", err)
 	}
 	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger.With("logger", "meshagent/node"), self: cfg.Identity.Public(), verifier: v, audit: audit.New(cfg.Audit),
 		topics: map[string]*pubsub.Topic{}, handlers: map[string]Handler{}}
