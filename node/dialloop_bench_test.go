@@ -12,7 +12,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -275,7 +274,7 @@ func (r *dialLoopRun) honest(ctx context.Context, b *testing.B, v dialLoopVarian
 		b.Fatal(err)
 	}
 	const rounds, w, settle = 6, time.Second, 250 * time.Millisecond
-	self, apid := os.Getpid(), att.cmd.Process.Pid
+	self, apid := os.Getpid(), att.Pid()
 	var base, under honestResult
 	var baseCPU, underCPU, baseSelf, underSelf, underAtt time.Duration
 	var underAttempts int64
@@ -636,11 +635,7 @@ func dialOnce(ctx context.Context, target peer.AddrInfo, ip net.IP, mode string,
 }
 
 // helper is a child process of the benchmark, driven over stdin/stdout.
-type helper struct {
-	cmd   *exec.Cmd
-	in    io.WriteCloser
-	lines chan string
-}
+type helper struct{ *simulations.Child }
 
 func startHelper(ctx context.Context, spec dialLoopSpec, name string, args ...string) (*helper, error) {
 	raw, err := json.Marshal(spec)
@@ -649,60 +644,19 @@ func startHelper(ctx context.Context, spec dialLoopSpec, name string, args ...st
 	}
 	cmd := exec.CommandContext(ctx, name, append(args, "-test.run=^TestDialLoopProcess$", "-test.count=1")...)
 	cmd.Env = append(os.Environ(), dialLoopEnv+"="+string(raw))
-	cmd.Stderr = os.Stderr
-	in, err := cmd.StdinPipe()
+	c, err := simulations.StartChild(cmd)
 	if err != nil {
 		return nil, err
 	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	h := &helper{cmd: cmd, in: in, lines: make(chan string, 16)}
-	go func() {
-		defer close(h.lines)
-		s := bufio.NewScanner(out)
-		for s.Scan() {
-			h.lines <- s.Text()
-		}
-	}()
-	return h, nil
+	return &helper{c}, nil
 }
 
-func (h *helper) send(cmd string) { _, _ = fmt.Fprintln(h.in, cmd) }
+func (h *helper) send(cmd string) { h.Send(cmd) }
 
 // expect returns the fields after the next line that starts with word.
-func (h *helper) expect(word string) []string {
-	timeout := time.After(30 * time.Second)
-	for {
-		select {
-		case l, ok := <-h.lines:
-			if !ok {
-				return nil
-			}
-			if f := strings.Fields(l); len(f) > 0 && f[0] == word {
-				return f[1:]
-			}
-		case <-timeout:
-			return nil
-		}
-	}
-}
+func (h *helper) expect(word string) []string { return h.Expect(word, 30*time.Second) }
 
-func (h *helper) stop() {
-	_ = h.in.Close()
-	done := make(chan struct{})
-	go func() { _ = h.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(30 * time.Second):
-		_ = h.cmd.Process.Kill()
-		<-done
-	}
-}
+func (h *helper) stop() { _ = h.Stop(30 * time.Second) }
 
 type dialLoopTarget struct {
 	*helper
@@ -754,7 +708,7 @@ func (t *dialLoopTarget) stats() targetStats {
 }
 
 // cpu returns the target process's utime+stime (all its threads).
-func (t *dialLoopTarget) cpu() time.Duration { return procCPU(t.cmd.Process.Pid) }
+func (t *dialLoopTarget) cpu() time.Duration { return procCPU(t.Pid()) }
 
 // procCPU returns a process's utime+stime (all its threads).
 func procCPU(pid int) time.Duration {
@@ -776,7 +730,7 @@ func procCPU(pid int) time.Duration {
 
 // rssMiB returns the target process's resident memory.
 func (t *dialLoopTarget) rssMiB() float64 {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", t.cmd.Process.Pid))
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", t.Pid()))
 	if err != nil {
 		return 0
 	}

@@ -276,22 +276,12 @@ func (st *attackStage) separate(ctx context.Context, self string, a Attack, d ti
 		cmd = exec.CommandContext(ctx, "nice", "-n", "19", self)
 	}
 	cmd.Env = append(os.Environ(), AttackerEnv+"="+specPath)
-	cmd.Stderr = os.Stderr
-	in, err := cmd.StdinPipe()
+	child, err := StartChild(cmd)
 	if err != nil {
 		return res, err
 	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return res, err
-	}
-	if err := cmd.Start(); err != nil {
-		return res, err
-	}
-	lines := bufio.NewScanner(out)
-	if !lines.Scan() || lines.Text() != "ready" {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
+	if l, ok := <-child.Lines; !ok || l != "ready" {
+		child.Kill()
 		return res, fmt.Errorf("attacker did not start")
 	}
 	attempted, ended := make(chan struct{}), make(chan struct{})
@@ -299,8 +289,8 @@ func (st *attackStage) separate(ctx context.Context, self string, a Attack, d ti
 	go func() {
 		defer close(ended)
 		first := true
-		for lines.Scan() {
-			f := strings.Fields(lines.Text())
+		for l := range child.Lines {
+			f := strings.Fields(l)
 			switch {
 			case len(f) == 1 && f[0] == "attempted" && first:
 				close(attempted)
@@ -318,8 +308,8 @@ func (st *attackStage) separate(ctx context.Context, self string, a Attack, d ti
 	// the target may bound without a rejection, until the attacker made
 	// its first attempt; then windows with and without it alternate, so
 	// that the machine's drift over the run weighs on both alike.
-	g.start(cmd.Process.Pid)
-	_, _ = fmt.Fprintln(in, "on")
+	g.start(child.Pid())
+	child.Send("on")
 	ready := func() error {
 		if len(st.rejectionsOf(id.PeerID())) == 0 {
 			return fmt.Errorf("the target has not rejected the attacker yet")
@@ -337,9 +327,8 @@ func (st *attackStage) separate(ctx context.Context, self string, a Attack, d ti
 		}
 	}
 	if err := WaitFor(30*time.Second, ready); err != nil {
-		_ = cmd.Process.Kill()
+		child.Kill()
 		<-ended
-		_ = cmd.Wait()
 		return res, err
 	}
 	w := d / time.Duration(rounds)
@@ -350,20 +339,20 @@ func (st *attackStage) separate(ctx context.Context, self string, a Attack, d ti
 		under := st.m.HonestLoad(ctx, st.callers, st.target, "read:logs", w)
 		g.end(true, under)
 		res.Under.add(under)
-		_, _ = fmt.Fprintln(in, "off")
+		child.Send("off")
 		time.Sleep(settle)
 		g.begin()
 		without := st.m.HonestLoad(ctx, st.callers, st.target, "read:logs", w)
 		g.end(false, without)
 		res.Baseline.add(without)
-		_, _ = fmt.Fprintln(in, "on")
+		child.Send("on")
 		time.Sleep(settle) // the attack is under way when the window starts
 	}
-	_, _ = fmt.Fprintln(in, "end")
-	_ = in.Close()
+	child.Send("end")
+	err = child.Stop(2*time.Minute + 2*d)
 	<-ended
 	res.Attempts = attempts
-	if err := cmd.Wait(); err != nil {
+	if err != nil {
 		return res, fmt.Errorf("attacker: %w", err)
 	}
 	g.finish(landed)

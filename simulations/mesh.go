@@ -12,7 +12,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	mrand "math/rand/v2"
+	"os"
 	"runtime"
 	"sync"
 	"time"
@@ -26,6 +28,9 @@ import (
 	"github.com/meshagent/meshagent/node"
 	"github.com/meshagent/meshagent/trust"
 )
+
+// quietLogger is the nodes' logger: errors only, on stderr.
+var quietLogger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 
 // Options configure a Mesh.
 type Options struct {
@@ -127,6 +132,9 @@ func (m *Mesh) Add(ctx context.Context, name string, enrolled bool, opts Options
 	cfg.Identity, cfg.Credential = id, cred
 	cfg.Policy = trust.DefaultPolicy(issuer.Public())
 	cfg.Audit = opts.Audit
+	// Errors only: a loaded machine running many nodes makes pubsub warn
+	// of slow heartbeats, which is the point of a simulation, not news.
+	cfg.Logger = quietLogger
 	if opts.Transport == "quic" {
 		cfg.ListenAddrs = []string{"/ip4/127.0.0.1/udp/0/quic-v1"}
 	} else {
