@@ -35,18 +35,31 @@ type Record struct {
 	Interval   time.Duration
 	Timestamp  time.Time
 
-	buf   []byte   // body then signature, exactly as signed
-	n     int      // length of the body
-	addrs [][]byte // each a slice of buf
+	buf     []byte   // body then signature, exactly as signed
+	n       int      // length of the body
+	addrs   [][]byte // each a slice of buf
+	actions [][]byte // the scopes advertised, each a slice of buf
+	digest  *[32]byte
 }
 
 // NewRecord signs a record for id.
 func NewRecord(id *trust.Identity, cred *trust.Credential, addrs []ma.Multiaddr, seq uint64, interval time.Duration, now time.Time) (*Record, error) {
+	return NewRecordAdvertising(id, cred, addrs, seq, interval, now, nil, [32]byte{})
+}
+
+// NewRecordAdvertising signs a record for id that names the actions it
+// serves (sorted, as SignAdvert returns them) and the digest of its
+// advertisement; with no actions, the digest is left out.
+func NewRecordAdvertising(id *trust.Identity, cred *trust.Credential, addrs []ma.Multiaddr, seq uint64, interval time.Duration, now time.Time,
+	actions []string, digest [32]byte) (*Record, error) {
 	if len(addrs) > MaxAddrs {
 		addrs = addrs[:MaxAddrs]
 	}
 	b := &protocolpb.AnnouncementBody{Version: protocol.Version, Agent: publicBytes(id.Public()), Credential: cred.Proto(),
 		Seq: seq, HeartbeatIntervalMs: interval.Milliseconds(), Timestamp: now.UnixNano()}
+	if len(actions) > 0 {
+		b.Actions, b.AdvertDigest = actions, digest[:]
+	}
 	for _, a := range addrs {
 		b.Addrs = append(b.Addrs, a.Bytes())
 	}
@@ -91,6 +104,9 @@ func ParseRecord(a *protocolpb.Announcement) (*Record, error) {
 	if len(b.Addrs) > MaxAddrs {
 		return nil, protocol.Reject(trust.CodeMalformed, "record of %s: %d addresses, at most %d", agent, len(b.Addrs), MaxAddrs)
 	}
+	if err := checkActions(agent, b.Actions, b.AdvertDigest); err != nil {
+		return nil, err
+	}
 	// One buffer for everything kept: the byte fields the decoder copied
 	// out of the body are found again inside it (protobuf writes a bytes
 	// field verbatim) and aliased.
@@ -118,7 +134,58 @@ func ParseRecord(a *protocolpb.Announcement) (*Record, error) {
 		}
 		r.addrs[i] = within(body, ab)
 	}
+	if len(b.Actions) > 0 {
+		r.actions = make([][]byte, len(b.Actions))
+		for i, name := range b.Actions {
+			r.actions[i] = within(body, []byte(name))
+		}
+		r.digest = (*[32]byte)(within(body, b.AdvertDigest))
+	}
 	return r, nil
+}
+
+// checkActions checks a record's advertised names: at most MaxActions
+// scopes, sorted and each once, with a 32-byte digest when there are any.
+func checkActions(agent trust.PublicKey, names []string, digest []byte) error {
+	if len(names) == 0 {
+		if len(digest) != 0 {
+			return protocol.Reject(trust.CodeMalformed, "record of %s: an advertisement digest without actions", agent)
+		}
+		return nil
+	}
+	if len(names) > MaxActions {
+		return protocol.Reject(trust.CodeMalformed, "record of %s: %d actions, at most %d", agent, len(names), MaxActions)
+	}
+	if len(digest) != 32 {
+		return protocol.Reject(trust.CodeMalformed, "record of %s: advertisement digest of %d bytes", agent, len(digest))
+	}
+	for i, name := range names {
+		if err := trust.ValidateScope(name); err != nil {
+			return protocol.Reject(trust.CodeMalformed, "record of %s: action: %v", agent, err)
+		}
+		if i > 0 && names[i-1] >= name {
+			return protocol.Reject(trust.CodeMalformed, "record of %s: actions not sorted or named twice", agent)
+		}
+	}
+	return nil
+}
+
+// Actions returns the scopes the agent advertises, sorted.
+func (r *Record) Actions() []string {
+	out := make([]string, len(r.actions))
+	for i, a := range r.actions {
+		out[i] = string(a)
+	}
+	return out
+}
+
+// AdvertDigest returns the SHA-256 of the agent's advertisement, and
+// whether the record advertises anything.
+func (r *Record) AdvertDigest() ([32]byte, bool) {
+	if r.digest == nil {
+		return [32]byte{}, false
+	}
+	return *r.digest, true
 }
 
 // within returns the slice of buf equal to sub, or sub itself when buf

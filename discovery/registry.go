@@ -98,6 +98,8 @@ type Entry struct {
 	LastHeartbeat time.Time `json:"last_heartbeat"`
 	Expires       time.Time `json:"credential_expires"`
 	Seq           uint64    `json:"seq"`
+	// Actions are the scopes the agent advertises (its signed record's).
+	Actions []string `json:"actions"`
 }
 
 // entry is what the registry keeps of one agent (one per agent per node,
@@ -421,7 +423,7 @@ func (r *Registry) Entries() []Entry {
 	out := make([]Entry, 0, len(r.entries))
 	for _, e := range r.entries {
 		out = append(out, Entry{PeerID: e.rec.Agent.PeerID(), Name: e.rec.Credential.Name, State: e.state,
-			LastHeartbeat: e.lastHeard.UTC(), Expires: e.rec.Credential.Expires.UTC(), Seq: max(e.seq, e.rec.Seq)})
+			LastHeartbeat: e.lastHeard.UTC(), Expires: e.rec.Credential.Expires.UTC(), Seq: max(e.seq, e.rec.Seq), Actions: e.rec.Actions()})
 	}
 	sort.Slice(out, func(i, j int) bool {
 		return out[i].Name < out[j].Name || out[i].Name == out[j].Name && out[i].PeerID < out[j].PeerID
