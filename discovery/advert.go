@@ -27,11 +27,16 @@ const (
 	MaxDescription = 512      // bytes, one line
 	MaxSchema      = 16 << 10 // bytes of JSON per schema
 	MaxAdvertSize  = 64 << 10 // the signed advertisement, body and signature
+	MaxName        = 128      // bytes, an MCP tool name's limit
 )
 
 // Action is what an agent advertises of one action it serves.
 type Action struct {
-	Scope        string          `json:"scope"`
+	Scope string `json:"scope"`
+	// Name is what the agent's side calls the action, when it differs
+	// from the scope (an MCP tool's real name): at most MaxName bytes of
+	// [A-Za-z0-9_.-].
+	Name         string          `json:"name,omitempty"`
 	Description  string          `json:"description,omitempty"`
 	InputSchema  json.RawMessage `json:"input_schema,omitempty"`
 	OutputSchema json.RawMessage `json:"output_schema,omitempty"`
@@ -53,6 +58,11 @@ type Advertisement struct {
 func CheckAction(a Action) error {
 	if err := trust.ValidateScope(a.Scope); err != nil {
 		return err
+	}
+	if len(a.Name) > MaxName || strings.IndexFunc(a.Name, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '.' || r == '-')
+	}) >= 0 {
+		return protocol.Reject(trust.CodeMalformed, "action %s: name %.140q is not 1 to %d characters of [A-Za-z0-9_.-]", a.Scope, a.Name, MaxName)
 	}
 	if len(a.Description) > MaxDescription {
 		return protocol.Reject(trust.CodeTooLarge, "action %s: description is %d bytes, at most %d", a.Scope, len(a.Description), MaxDescription)
@@ -96,7 +106,7 @@ func SignAdvert(id *trust.Identity, actions []Action) (*protocolpb.Advert, [32]b
 		if i > 0 && actions[i-1].Scope == a.Scope {
 			return nil, [32]byte{}, nil, protocol.Reject(trust.CodeMalformed, "action %s advertised twice", a.Scope)
 		}
-		body.Actions = append(body.Actions, &protocolpb.ActionAd{Scope: a.Scope, Description: a.Description,
+		body.Actions = append(body.Actions, &protocolpb.ActionAd{Scope: a.Scope, Name: a.Name, Description: a.Description,
 			InputSchema: string(a.InputSchema), OutputSchema: string(a.OutputSchema)})
 		names = append(names, a.Scope)
 	}
@@ -147,7 +157,7 @@ func VerifyAdvert(ad *protocolpb.Advert, rec *Record) (*Advertisement, error) {
 	}
 	out := &Advertisement{Agent: rec.Agent, Digest: sum, Size: size, Actions: make([]Action, len(b.Actions))}
 	for i, a := range b.Actions {
-		act := Action{Scope: a.Scope, Description: a.Description}
+		act := Action{Scope: a.Scope, Name: a.Name, Description: a.Description}
 		if a.InputSchema != "" {
 			act.InputSchema = json.RawMessage(a.InputSchema)
 		}

@@ -161,7 +161,8 @@ func newHub(n *node.Node, builtin []string) *hub {
 	return h
 }
 
-func (h *hub) register(action string) (*callQueue, error) {
+func (h *hub) register(ad node.Action) (*callQueue, error) {
+	action := ad.Scope
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.builtin[action] {
@@ -189,6 +190,10 @@ func (h *hub) register(action string) (*callQueue, error) {
 	}); err != nil {
 		return nil, err
 	}
+	if err := h.n.Advertise(ad); err != nil {
+		h.n.Handle(action, nil)
+		return nil, err
+	}
 	h.actions[action] = q
 	return q, nil
 }
@@ -200,6 +205,7 @@ func (h *hub) unregister(q *callQueue) {
 	defer h.mu.Unlock()
 	if h.actions[q.action] == q {
 		h.n.Handle(q.action, nil)
+		_ = h.n.Unadvertise(q.action)
 		delete(h.actions, q.action)
 	}
 	q.closed = true
@@ -538,7 +544,12 @@ func addStreamingRoutes(mux *http.ServeMux, n *node.Node, met *daemonMetrics, bu
 			writeJSON(w, 400, apiError{Error: err.Error(), Code: string(trust.CodeOf(err))})
 			return
 		}
-		q, err := h.register(action)
+		ad, err := handlerAdvert(r.URL.Query(), action)
+		if err != nil {
+			writeJSON(w, 400, apiError{Error: err.Error(), Code: string(trust.CodeOf(err))})
+			return
+		}
+		q, err := h.register(ad)
 		var taken errHandled
 		if errors.As(err, &taken) {
 			writeJSON(w, 409, apiError{Error: err.Error(), Code: "already_handled"})

@@ -1006,6 +1006,7 @@ type ActionAd struct {
 	Description   string                 `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`                       // one line
 	InputSchema   string                 `protobuf:"bytes,3,opt,name=input_schema,json=inputSchema,proto3" json:"input_schema,omitempty"`    // a JSON Schema (an object), as JSON text
 	OutputSchema  string                 `protobuf:"bytes,4,opt,name=output_schema,json=outputSchema,proto3" json:"output_schema,omitempty"` // optional
+	Name          string                 `protobuf:"bytes,5,opt,name=name,proto3" json:"name,omitempty"`                                     // the name the agent's own side gives it (an MCP tool's), optional
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1064,6 +1065,13 @@ func (x *ActionAd) GetInputSchema() string {
 func (x *ActionAd) GetOutputSchema() string {
 	if x != nil {
 		return x.OutputSchema
+	}
+	return ""
+}
+
+func (x *ActionAd) GetName() string {
+	if x != nil {
+		return x.Name
 	}
 	return ""
 }
@@ -1265,12 +1273,13 @@ const file_protocol_protocolpb_protocol_proto_rawDesc = "" +
 	"credential\x12\x1d\n" +
 	"\n" +
 	"error_code\x18\x02 \x01(\tR\terrorCode\x12!\n" +
-	"\ferror_detail\x18\x03 \x01(\tR\verrorDetail\"\x8a\x01\n" +
+	"\ferror_detail\x18\x03 \x01(\tR\verrorDetail\"\x9e\x01\n" +
 	"\bActionAd\x12\x14\n" +
 	"\x05scope\x18\x01 \x01(\tR\x05scope\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12!\n" +
 	"\finput_schema\x18\x03 \x01(\tR\vinputSchema\x12#\n" +
-	"\routput_schema\x18\x04 \x01(\tR\foutputSchema\"w\n" +
+	"\routput_schema\x18\x04 \x01(\tR\foutputSchema\x12\x12\n" +
+	"\x04name\x18\x05 \x01(\tR\x04name\"w\n" +
 	"\n" +
 	"AdvertBody\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x14\n" +
