@@ -48,10 +48,13 @@ const actionsTimeout = 10 * time.Second
 
 // actionsView is the JSON of GET /v1/actions.
 type actionsView struct {
-	PeerID  string        `json:"peer_id"`
-	Digest  string        `json:"digest,omitempty"`
-	Actions []node.Action `json:"actions"`
+	PeerID  string     `json:"peer_id"`
+	Digest  string     `json:"digest,omitempty"`
+	Actions []actionAd `json:"actions"`
 }
+
+// actionAd is one action of an advertisement, as JSON.
+type actionAd = node.Action
 
 // serveActions answers GET /v1/actions?peer=ID: the agent's advertisement,
 // fetched from it on demand and verified against its signed record (or
@@ -72,7 +75,7 @@ func serveActions(n *node.Node) http.HandlerFunc {
 		}
 		v := actionsView{PeerID: k.PeerID().String(), Actions: ad.Actions}
 		if v.Actions == nil {
-			v.Actions = []node.Action{}
+			v.Actions = []actionAd{}
 		} else {
 			v.Digest = hex.EncodeToString(ad.Digest[:])
 		}

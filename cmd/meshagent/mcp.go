@@ -132,6 +132,10 @@ type meshPeer struct {
 	PeerID string `json:"peer_id"`
 	Name   string `json:"name"`
 	State  string `json:"state"`
+	// Actions are the scopes it advertises; AdvertDigest keys its
+	// advertisement (mcp_actions.go).
+	Actions      []string `json:"actions,omitempty"`
+	AdvertDigest string   `json:"advert_digest,omitempty"`
 }
 
 // meshView is what the daemon says of the mesh at one time: the tools
@@ -139,6 +143,10 @@ type meshPeer struct {
 type meshView struct {
 	Self  meshPeer
 	Peers []meshPeer // every listed agent but this one, dead ones included
+	// Granted are the scopes this agent holds a token for; Adverts the
+	// advertisements of alive agents that serve one of them, by peer ID.
+	Granted map[string]bool
+	Adverts map[string]*actionsView
 }
 
 // alive returns the agents of v that are alive.
@@ -178,8 +186,9 @@ type meshMCP struct {
 	stderr  io.Writer
 
 	mu      sync.Mutex
-	offered map[string][]byte // tool name -> its definition as JSON, as last added
-	down    bool              // the last poll failed (said once on stderr)
+	offered map[string][]byte       // tool name -> its definition as JSON, as last added
+	down    bool                    // the last poll failed (said once on stderr)
+	adverts map[string]*actionsView // fetched advertisements, by digest
 }
 
 // newMeshMCP makes the server of the daemon that c talks to, with the
@@ -193,7 +202,8 @@ func newMeshMCP(ctx context.Context, c *localClient, stderr io.Writer) (*meshMCP
 			Capabilities: &mcp.ServerCapabilities{Tools: &mcp.ToolCapabilities{ListChanged: true}},
 		}),
 	}
-	ms.sources = []toolSource{ms.builtinTools}
+	ms.sources = []toolSource{ms.builtinTools, actionTools(ms)}
+	ms.adverts = map[string]*actionsView{}
 	var st bytes.Buffer
 	if err := c.call(ctx, "GET", "/v1/status", nil, &st); err != nil {
 		return nil, err
@@ -225,7 +235,7 @@ func (ms *meshMCP) view(ctx context.Context) (meshView, error) {
 			v.Peers = append(v.Peers, p)
 		}
 	}
-	return v, nil
+	return v, ms.actionsView(ctx, &v)
 }
 
 // apply offers the tools of v: tools whose definition changed are added
