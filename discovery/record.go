@@ -6,6 +6,7 @@ import (
 	"time"
 
 	ma "github.com/multiformats/go-multiaddr"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/meshagent/meshagent/protocol"
@@ -35,11 +36,13 @@ type Record struct {
 	Interval   time.Duration
 	Timestamp  time.Time
 
-	buf     []byte   // body then signature, exactly as signed
-	n       int      // length of the body
-	addrs   [][]byte // each a slice of buf
-	actions [][]byte // the scopes advertised, each a slice of buf
-	digest  *[32]byte
+	buf   []byte   // body then signature, exactly as signed
+	n     int      // length of the body
+	addrs [][]byte // each a slice of buf
+	// digestAt is one more than where the advertisement digest starts
+	// in buf (0: no actions). The names are not kept apart: Actions reads them from the
+	// body, so they cost a record nothing but their wire bytes.
+	digestAt uint32
 }
 
 // NewRecord signs a record for id.
@@ -135,11 +138,9 @@ func ParseRecord(a *protocolpb.Announcement) (*Record, error) {
 		r.addrs[i] = within(body, ab)
 	}
 	if len(b.Actions) > 0 {
-		r.actions = make([][]byte, len(b.Actions))
-		for i, name := range b.Actions {
-			r.actions[i] = within(body, []byte(name))
-		}
-		r.digest = (*[32]byte)(within(body, b.AdvertDigest))
+		// The digest's bytes are in the body (protobuf writes a bytes
+		// field verbatim); any occurrence holds the same value.
+		r.digestAt = uint32(bytes.Index(body, b.AdvertDigest)) + 1
 	}
 	return r, nil
 }
@@ -170,11 +171,34 @@ func checkActions(agent trust.PublicKey, names []string, digest []byte) error {
 	return nil
 }
 
-// Actions returns the scopes the agent advertises, sorted.
+// Actions returns the scopes the agent advertises, sorted (read from the
+// signed body, checked when the record was parsed).
 func (r *Record) Actions() []string {
-	out := make([]string, len(r.actions))
-	for i, a := range r.actions {
-		out[i] = string(a)
+	out := []string{}
+	if r.digestAt == 0 {
+		return out
+	}
+	b := r.body()
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			break
+		}
+		b = b[n:]
+		if num == 8 && typ == protowire.BytesType {
+			v, m := protowire.ConsumeBytes(b)
+			if m < 0 {
+				break
+			}
+			out = append(out, string(v))
+			b = b[m:]
+			continue
+		}
+		m := protowire.ConsumeFieldValue(num, typ, b)
+		if m < 0 {
+			break
+		}
+		b = b[m:]
 	}
 	return out
 }
@@ -182,10 +206,10 @@ func (r *Record) Actions() []string {
 // AdvertDigest returns the SHA-256 of the agent's advertisement, and
 // whether the record advertises anything.
 func (r *Record) AdvertDigest() ([32]byte, bool) {
-	if r.digest == nil {
+	if r.digestAt == 0 {
 		return [32]byte{}, false
 	}
-	return *r.digest, true
+	return [32]byte(r.buf[r.digestAt-1 : r.digestAt+31]), true
 }
 
 // within returns the slice of buf equal to sub, or sub itself when buf

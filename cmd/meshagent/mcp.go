@@ -171,10 +171,9 @@ type meshTool struct {
 // tools as the view changes (the SDK then sends
 // notifications/tools/list_changed).
 //
-// This is the seam for per-action tools: when agents advertise signed
-// descriptions of their actions (issue 14 section 1), a second source
-// returns one tool per action of an alive agent that this agent holds a
-// token for, named and described from the advertisement.
+// The sources: builtinTools (mesh_peers, mesh_call) and actionTools
+// (mcp_actions.go: one tool per action of an alive agent that this agent
+// holds a token for, named and described from its signed advertisement).
 type toolSource func(v meshView) []meshTool
 
 // meshMCP is the MCP server of `meshagent mcp`.
