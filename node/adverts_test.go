@@ -334,3 +334,29 @@ func TestAdvertServedOnlyToAdmittedAndBounded(t *testing.T) {
 		t.Fatalf("served %d of 10 at once", got)
 	}
 }
+
+// Many changes at once go out as at most liveness.ChangeBurst records,
+// then one every two heartbeats, the later changes folded in: the peers end
+// with every name, and none of them refused a record of the worker as a
+// flood (records.RecordBurst at once, then one a heartbeat).
+func TestAdvertChangesStayWithinTheRecordRate(t *testing.T) {
+	m, _ := convergedMesh(t)
+	w := m.Agents["worker"].Node
+	var want []string
+	for i := range 20 {
+		scope := fmt.Sprintf("do:thing%02d", i)
+		want = append(want, scope)
+		if err := w.Advertise(node.Action{Scope: scope}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	waitActions(t, m, "orchestrator", "worker", want...)
+	waitActions(t, m, "mallory", "worker", want...)
+	t.Logf("all 20 names everywhere after %s", time.Since(start))
+	for _, a := range m.Audit() {
+		if a.Sender == m.Agents["worker"].ID().String() && a.Decision == "reject" && a.Reason == "flood" {
+			t.Fatalf("a record of the worker was refused: %+v", a)
+		}
+	}
+}
