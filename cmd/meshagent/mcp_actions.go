@@ -159,6 +159,7 @@ func actionTools(ms *meshMCP) toolSource {
 			}
 		}
 		var out []meshTool
+		probe := mcp.NewServer(mcpImplementation, nil) // the SDK's checks of a tool, on a server nobody reaches
 		for _, p := range v.alive() {
 			ad := v.Adverts[p.PeerID]
 			if ad == nil {
@@ -172,11 +173,29 @@ func actionTools(ms *meshMCP) toolSource {
 				if !v.Granted[a.Scope] || len(out) == mcpMaxActionTools {
 					continue
 				}
-				out = append(out, ms.actionTool(p, part, a))
+				t := ms.actionTool(p, part, a)
+				if !sdkAccepts(probe, t.tool) {
+					t.tool.InputSchema = map[string]any{"type": "object"}
+				}
+				out = append(out, t)
 			}
 		}
 		return out
 	}
+}
+
+// sdkAccepts reports whether the SDK takes t: AddTool panics on a schema
+// it refuses (not of type object, an x-mcp-header on an object...), and
+// no advertiser may stop `meshagent mcp` that way.
+func sdkAccepts(probe *mcp.Server, t *mcp.Tool) (ok bool) {
+	defer func() {
+		if recover() != nil {
+			ok = false
+		}
+	}()
+	probe.AddTool(t, func(context.Context, *mcp.CallToolRequest) (*mcp.CallToolResult, error) { return nil, nil })
+	probe.RemoveTools(t.Name)
+	return true
 }
 
 // actionTool is the tool of action a of agent p.

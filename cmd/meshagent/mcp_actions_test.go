@@ -131,12 +131,14 @@ func mapKeys[V any](m map[string]V) func(func(string) bool) {
 // Per-action tool names: two agents of one name are told apart by their
 // peer IDs, names that an MCP tool name cannot hold are mapped, and an
 // advertised input schema that is not of type object is offered as any
-// object (the SDK would refuse it).
+// object (the SDK would refuse it), as is one the SDK refuses for another
+// reason (an x-mcp-header on an object): AddTool panics on those.
 func TestActionToolNaming(t *testing.T) {
 	ms := &meshMCP{}
 	ad := &actionsView{Actions: []actionAd{
 		{Scope: "read:logs", Description: "Logs", InputSchema: json.RawMessage(`{"type":"array"}`)},
 		{Scope: "write:x"},
+		{Scope: "read:headers", InputSchema: json.RawMessage(`{"type":"object","properties":{"o":{"type":"object","x-mcp-header":"Bad Name"}}}`)},
 	}}
 	v := meshView{
 		Peers: []meshPeer{
@@ -145,17 +147,22 @@ func TestActionToolNaming(t *testing.T) {
 			{PeerID: "P3", Name: "odd name/é", State: "alive"},
 			{PeerID: "P4", Name: "dead", State: "dead"},
 		},
-		Granted: map[string]bool{"read:logs": true},
+		Granted: map[string]bool{"read:logs": true, "read:headers": true},
 		Adverts: map[string]*actionsView{"P1": ad, "P2": ad, "P3": ad, "P4": ad},
 	}
 	var names []string
 	for _, tl := range actionTools(ms)(v) {
 		names = append(names, tl.tool.Name)
-		if s := tl.tool.InputSchema.(map[string]any); s["type"] != "object" {
+		if s := tl.tool.InputSchema.(map[string]any); s["type"] != "object" || s["properties"] != nil {
 			t.Fatalf("%s: schema %v", tl.tool.Name, s)
 		}
+		ms.srv = mcp.NewServer(mcpImplementation, nil)
+		ms.srv.AddTool(tl.tool, tl.handler) // would panic on a schema the SDK refuses
 	}
-	want := []string{"twin-" + peerSuffix("P1") + "__read__logs", "twin-" + peerSuffix("P2") + "__read__logs", "odd-name--__read__logs"}
+	var want []string
+	for _, a := range []string{"twin-" + peerSuffix("P1"), "twin-" + peerSuffix("P2"), "odd-name--"} {
+		want = append(want, a+"__read__logs", a+"__read__headers")
+	}
 	if !slices.Equal(names, want) {
 		t.Fatalf("names %v, want %v", names, want)
 	}
