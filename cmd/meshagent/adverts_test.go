@@ -108,3 +108,31 @@ func TestDaemonAdvertisesHandledActions(t *testing.T) {
 	s.close()
 	waitPeerActions(t, a, bID)
 }
+
+// `meshagent handle --description --input-schema` advertises the action
+// with them while it runs; a description of two lines is refused in one
+// line before anything is served.
+func TestHandleCLIAdvertises(t *testing.T) {
+	_, a, b, _, bID := twoDaemons(t, "read:logs", "", nil)
+	admitted(t, a, bID, 10*time.Second)
+	r := within(t, 10*time.Second, "handle", "--home", b, "--action", "read:logs", "--description", "one\ntwo", "--", "cat")
+	if r.code == 0 || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 || !strings.Contains(r.stderr, "one line") {
+		t.Fatalf("two lines: %+v", r)
+	}
+	done := background(t, "handle", "--home", b, "--action", "read:logs", "--description", "Log lines.", "--input-schema", logsSchemaJSON, "--count", "1", "--", "cat")
+	waitPeerActions(t, a, bID, "read:logs")
+	var buf bytes.Buffer
+	if err := apiCall(a, "GET", "/v1/actions?peer="+bID, nil, &buf); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(buf.String(), `"description":"Log lines."`) || !strings.Contains(buf.String(), `"input_schema":`+logsSchemaJSON) {
+		t.Fatalf("/v1/actions: %s", buf.String())
+	}
+	if r := cli(t, "send", "--home", a, "--to", bID, "--action", "read:logs", "--body", "{}"); r.code != 0 {
+		t.Fatalf("send: %+v", r)
+	}
+	if r := done(); r.code != 0 {
+		t.Fatalf("handle: %+v", r)
+	}
+	waitPeerActions(t, a, bID)
+}
