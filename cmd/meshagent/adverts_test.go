@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshagent/meshagent/discovery"
 	"github.com/meshagent/meshagent/simulations"
 )
 
@@ -135,4 +136,35 @@ func TestHandleCLIAdvertises(t *testing.T) {
 		t.Fatalf("handle: %+v", r)
 	}
 	waitPeerActions(t, a, bID)
+}
+
+// Past discovery.MaxActions handled actions, the next is served but not
+// advertised, and the daemon says so in a response header; the record
+// keeps the first MaxActions.
+func TestHandledPastTheAdvertBound(t *testing.T) {
+	_, a, b, _, bID := twoDaemons(t, "do:extra", "", nil)
+	admitted(t, a, bID, 10*time.Second)
+	var want []string
+	for i := range discovery.MaxActions {
+		scope := fmt.Sprintf("do:thing%02d", i)
+		want = append(want, scope)
+		if _, code, body := openStream(t, b, "/v1/handle?action="+scope); code != 200 {
+			t.Fatalf("%s: %d %s", scope, code, body)
+		}
+	}
+	resp, code, body := getStream(t, b, "/v1/handle?action=do:extra")
+	if code != 200 {
+		t.Fatalf("do:extra: %d %s", code, body)
+	}
+	if h := resp.Header.Get("Meshagent-Not-Advertised"); !strings.Contains(h, "at most 32") {
+		t.Fatalf("header %q", h)
+	}
+	waitPeerActions(t, a, bID, want...)
+	// Served all the same: the call reaches the stream.
+	go func() {
+		_ = cli(t, "send", "--home", a, "--to", bID, "--action", "do:extra", "--body", "{}", "--timeout", "2s")
+	}()
+	if ev, err := newRawStream(resp).read(); err != nil || !strings.Contains(ev.data, "do:extra") {
+		t.Fatalf("no request for do:extra: %+v %v", ev, err)
+	}
 }

@@ -115,6 +115,9 @@ type callQueue struct {
 	calls  int // queued or handed to the process
 	bytes  int
 	closed bool // its stream ended
+	// notAdvertised says why the action is served but not advertised
+	// (past discovery.MaxActions or MaxAdvertSize), or is empty.
+	notAdvertised string
 }
 
 type callState int
@@ -190,7 +193,9 @@ func (h *hub) register(ad node.Action) (*callQueue, error) {
 	}); err != nil {
 		return nil, err
 	}
-	if err := h.n.Advertise(ad); err != nil {
+	if err := h.n.Advertise(ad); trust.CodeOf(err) == trust.CodeTooLarge {
+		q.notAdvertised = oneLine(err) // the agent advertises what it can; this one is still served
+	} else if err != nil {
 		h.n.Handle(action, nil)
 		return nil, err
 	}
@@ -560,6 +565,9 @@ func addStreamingRoutes(mux *http.ServeMux, n *node.Node, met *daemonMetrics, bu
 			return
 		}
 		defer h.unregister(q)
+		if q.notAdvertised != "" {
+			w.Header().Set("Meshagent-Not-Advertised", q.notAdvertised)
+		}
 		s, ok := newSSE(w)
 		if !ok {
 			return
