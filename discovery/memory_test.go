@@ -15,9 +15,11 @@ import (
 	"github.com/meshagent/meshagent/trust"
 )
 
-// wireRecords returns k records as they arrive on the wire: agents named
+// wireRecordsAdvertising returns k records as they arrive on the wire: agents named
 // like the simulations' ("agent-0042"), each with a TCP and a QUIC address.
-func wireRecords(tb testing.TB, f *fx, k int) [][]byte {
+// Each advertises actions scopes ("call:tool-number-000"...) and a
+// digest.
+func wireRecordsAdvertising(tb testing.TB, f *fx, k, actions int) [][]byte {
 	tb.Helper()
 	out := make([][]byte, k)
 	for i := range out {
@@ -33,7 +35,11 @@ func wireRecords(tb testing.TB, f *fx, k int) [][]byte {
 		}
 		addrs := []ma.Multiaddr{ma.StringCast(fmt.Sprintf("/ip4/10.0.%d.%d/tcp/4001", i/250, i%250)),
 			ma.StringCast(fmt.Sprintf("/ip4/10.0.%d.%d/udp/4001/quic-v1", i/250, i%250))}
-		r, err := NewRecord(id, c, addrs, 1, 30*time.Second, t0)
+		var names []string
+		for j := range actions {
+			names = append(names, fmt.Sprintf("call:tool-number-%03d", j))
+		}
+		r, err := NewRecordAdvertising(id, c, addrs, 1, 30*time.Second, t0, names, [32]byte{byte(i)})
 		if err != nil {
 			tb.Fatal(err)
 		}
@@ -46,10 +52,17 @@ func wireRecords(tb testing.TB, f *fx, k int) [][]byte {
 // heap after a GC, less the heap before, once k records arrived from the
 // wire and were applied. Every node of a mesh of N keeps N of these, so at
 // N = 500 this figure times 500 is a node's registry.
+// Sub-benchmarks: records advertising 0, 8 and 32 actions.
 func BenchmarkRegistryMemory(b *testing.B) {
+	for _, actions := range []int{0, 8, MaxActions} {
+		b.Run(fmt.Sprintf("actions=%d", actions), func(b *testing.B) { benchRegistryMemory(b, actions) })
+	}
+}
+
+func benchRegistryMemory(b *testing.B, actions int) {
 	const k = 2000
 	f := newFx(b, 0)
-	wire := wireRecords(b, f, k)
+	wire := wireRecordsAdvertising(b, f, k, actions)
 	var perAgent float64
 	for i := 0; i < b.N; i++ {
 		var before, after runtime.MemStats

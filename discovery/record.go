@@ -6,6 +6,7 @@ import (
 	"time"
 
 	ma "github.com/multiformats/go-multiaddr"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/meshagent/meshagent/protocol"
@@ -38,15 +39,30 @@ type Record struct {
 	buf   []byte   // body then signature, exactly as signed
 	n     int      // length of the body
 	addrs [][]byte // each a slice of buf
+	// digestAt is one more than where the advertisement digest starts
+	// in buf (0: no actions). The names are not kept apart: Actions reads them from the
+	// body, so they cost a record nothing but their wire bytes.
+	digestAt uint32
 }
 
 // NewRecord signs a record for id.
 func NewRecord(id *trust.Identity, cred *trust.Credential, addrs []ma.Multiaddr, seq uint64, interval time.Duration, now time.Time) (*Record, error) {
+	return NewRecordAdvertising(id, cred, addrs, seq, interval, now, nil, [32]byte{})
+}
+
+// NewRecordAdvertising signs a record for id that names the actions it
+// serves (sorted, as SignAdvert returns them) and the digest of its
+// advertisement; with no actions, the digest is left out.
+func NewRecordAdvertising(id *trust.Identity, cred *trust.Credential, addrs []ma.Multiaddr, seq uint64, interval time.Duration, now time.Time,
+	actions []string, digest [32]byte) (*Record, error) {
 	if len(addrs) > MaxAddrs {
 		addrs = addrs[:MaxAddrs]
 	}
 	b := &protocolpb.AnnouncementBody{Version: protocol.Version, Agent: publicBytes(id.Public()), Credential: cred.Proto(),
 		Seq: seq, HeartbeatIntervalMs: interval.Milliseconds(), Timestamp: now.UnixNano()}
+	if len(actions) > 0 {
+		b.Actions, b.AdvertDigest = actions, digest[:]
+	}
 	for _, a := range addrs {
 		b.Addrs = append(b.Addrs, a.Bytes())
 	}
@@ -91,6 +107,9 @@ func ParseRecord(a *protocolpb.Announcement) (*Record, error) {
 	if len(b.Addrs) > MaxAddrs {
 		return nil, protocol.Reject(trust.CodeMalformed, "record of %s: %d addresses, at most %d", agent, len(b.Addrs), MaxAddrs)
 	}
+	if err := checkActions(agent, b.Actions, b.AdvertDigest); err != nil {
+		return nil, err
+	}
 	// One buffer for everything kept: the byte fields the decoder copied
 	// out of the body are found again inside it (protobuf writes a bytes
 	// field verbatim) and aliased.
@@ -118,7 +137,79 @@ func ParseRecord(a *protocolpb.Announcement) (*Record, error) {
 		}
 		r.addrs[i] = within(body, ab)
 	}
+	if len(b.Actions) > 0 {
+		// The digest's bytes are in the body (protobuf writes a bytes
+		// field verbatim); any occurrence holds the same value.
+		r.digestAt = uint32(bytes.Index(body, b.AdvertDigest)) + 1
+	}
 	return r, nil
+}
+
+// checkActions checks a record's advertised names: at most MaxActions
+// scopes, sorted and each once, with a 32-byte digest when there are any.
+func checkActions(agent trust.PublicKey, names []string, digest []byte) error {
+	if len(names) == 0 {
+		if len(digest) != 0 {
+			return protocol.Reject(trust.CodeMalformed, "record of %s: an advertisement digest without actions", agent)
+		}
+		return nil
+	}
+	if len(names) > MaxActions {
+		return protocol.Reject(trust.CodeMalformed, "record of %s: %d actions, at most %d", agent, len(names), MaxActions)
+	}
+	if len(digest) != 32 {
+		return protocol.Reject(trust.CodeMalformed, "record of %s: advertisement digest of %d bytes", agent, len(digest))
+	}
+	for i, name := range names {
+		if err := trust.ValidateScope(name); err != nil {
+			return protocol.Reject(trust.CodeMalformed, "record of %s: action: %v", agent, err)
+		}
+		if i > 0 && names[i-1] >= name {
+			return protocol.Reject(trust.CodeMalformed, "record of %s: actions not sorted or named twice", agent)
+		}
+	}
+	return nil
+}
+
+// Actions returns the scopes the agent advertises, sorted (read from the
+// signed body, checked when the record was parsed).
+func (r *Record) Actions() []string {
+	out := []string{}
+	if r.digestAt == 0 {
+		return out
+	}
+	b := r.body()
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			break
+		}
+		b = b[n:]
+		if num == 8 && typ == protowire.BytesType {
+			v, m := protowire.ConsumeBytes(b)
+			if m < 0 {
+				break
+			}
+			out = append(out, string(v))
+			b = b[m:]
+			continue
+		}
+		m := protowire.ConsumeFieldValue(num, typ, b)
+		if m < 0 {
+			break
+		}
+		b = b[m:]
+	}
+	return out
+}
+
+// AdvertDigest returns the SHA-256 of the agent's advertisement, and
+// whether the record advertises anything.
+func (r *Record) AdvertDigest() ([32]byte, bool) {
+	if r.digestAt == 0 {
+		return [32]byte{}, false
+	}
+	return [32]byte(r.buf[r.digestAt-1 : r.digestAt+31]), true
 }
 
 // within returns the slice of buf equal to sub, or sub itself when buf

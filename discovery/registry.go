@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"encoding/hex"
 	"fmt"
 	"sort"
 	"sync"
@@ -98,6 +99,11 @@ type Entry struct {
 	LastHeartbeat time.Time `json:"last_heartbeat"`
 	Expires       time.Time `json:"credential_expires"`
 	Seq           uint64    `json:"seq"`
+	// Actions are the scopes the agent advertises (its signed record's).
+	Actions []string `json:"actions"`
+	// AdvertDigest is the hex SHA-256 of its advertisement, when it
+	// advertises anything: the key of the fetched advertisement.
+	AdvertDigest string `json:"advert_digest,omitempty"`
 }
 
 // entry is what the registry keeps of one agent (one per agent per node,
@@ -420,8 +426,12 @@ func (r *Registry) Entries() []Entry {
 	defer r.mu.RUnlock()
 	out := make([]Entry, 0, len(r.entries))
 	for _, e := range r.entries {
-		out = append(out, Entry{PeerID: e.rec.Agent.PeerID(), Name: e.rec.Credential.Name, State: e.state,
-			LastHeartbeat: e.lastHeard.UTC(), Expires: e.rec.Credential.Expires.UTC(), Seq: max(e.seq, e.rec.Seq)})
+		en := Entry{PeerID: e.rec.Agent.PeerID(), Name: e.rec.Credential.Name, State: e.state,
+			LastHeartbeat: e.lastHeard.UTC(), Expires: e.rec.Credential.Expires.UTC(), Seq: max(e.seq, e.rec.Seq), Actions: e.rec.Actions()}
+		if d, ok := e.rec.AdvertDigest(); ok {
+			en.AdvertDigest = hex.EncodeToString(d[:])
+		}
+		out = append(out, en)
 	}
 	sort.Slice(out, func(i, j int) bool {
 		return out[i].Name < out[j].Name || out[i].Name == out[j].Name && out[i].PeerID < out[j].PeerID

@@ -8,3 +8,6 @@ func CurrentRecord(n *Node) (*discovery.Record, error) { return n.own.Record() }
 
 // Registry returns n's registry (tests read sequence numbers).
 func Registry(n *Node) *discovery.Registry { return n.registry }
+
+// AdvertCache returns how many advertisements n caches and their size.
+func AdvertCache(n *Node) (entries, size int) { return n.adverts.Cached() }

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/meshagent/meshagent/discovery"
+	"github.com/meshagent/meshagent/node/internal/adverts"
 	"github.com/meshagent/meshagent/node/internal/audit"
 	"github.com/meshagent/meshagent/node/internal/exchange"
 	"github.com/meshagent/meshagent/node/internal/gate"
@@ -63,6 +64,7 @@ type Node struct {
 	audit     *audit.Log
 	revs      *revocation.Set // applied revocations, encoded
 	bad       *refused.Cache  // relayed items refused, by hash
+	adverts   *adverts.Service
 
 	// calls holds one token per handler running: MaxConcurrentCalls slots.
 	calls chan struct{}
@@ -165,7 +167,13 @@ func New(cfg Config) (*Node, error) {
 		EveryFourTicks: func() { n.admission.ForgetStrangers() },
 		Emit:           n.emit,
 		Frozen:         n.frozenHook(),
+		Advertised:     func() ([]string, [32]byte) { return n.adverts.Advertised() },
 	})
+	n.adverts = adverts.New(adverts.Deps{Identity: cfg.Identity, Registry: n.registry, Host: n.host, Clock: n.now,
+		Timeout:      cfg.AdmissionTimeout,
+		ServeAllowed: func(p peer.ID) bool { return n.serveAllowed(p, wire.ProtocolAdvert) },
+		Reach:        n.reach,
+		Changed:      n.own.AdvertChanged})
 	n.records = records.New(records.Deps{Registry: n.registry, Verifier: v, Refused: n.bad, Clock: n.now,
 		HeartbeatInterval: cfg.HeartbeatInterval, Learn: n.learn,
 		Left: func(evs []discovery.Event, news bool, l *protocolpb.Leave) {
@@ -287,6 +295,7 @@ func (n *Node) Start(ctx context.Context) error {
 	// refuses), so that identify does not tell an outsider which hosts
 	// hold an anchor key.
 	h.SetStreamHandler(wire.ProtocolRenew, n.gateWrap(n.renewer.Handle))
+	h.SetStreamHandler(wire.ProtocolAdvert, n.gateWrap(n.adverts.Handle))
 	h.Network().Notify(n.admission.Notifiee())
 	if err := n.startRegistry(); err != nil {
 		n.cancel()

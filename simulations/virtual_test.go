@@ -305,6 +305,20 @@ func TestVirtualTimeScenario(t *testing.T) {
 		}
 		// names are the live agents, in the order the phases pick from.
 		names := m.Names()
+		// MESHAGENT_VIRTUAL_ACTIONS=K: every agent advertises K actions
+		// (scopes of 20 characters, a one-line description, a small
+		// input schema), so that the memory figures include them.
+		if k, err := strconv.Atoi(os.Getenv("MESHAGENT_VIRTUAL_ACTIONS")); err == nil && k > 0 {
+			for _, name := range names {
+				for i := range k {
+					if err := m.Agents[name].Node.Advertise(node.Action{Scope: fmt.Sprintf("call:tool-number-%03d", i),
+						Description: "A tool that does one thing with its input and says what it did.",
+						InputSchema: []byte(`{"type":"object","properties":{"text":{"type":"string"}}}`)}); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+		}
 
 		phases.run("cold-start", func(t *phase) {
 			start := time.Now()

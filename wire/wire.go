@@ -43,6 +43,9 @@ const (
 	// ProtocolRenew is the credential renewal served by issuers: the
 	// answer is a new credential (DomainCredential).
 	ProtocolRenew = "/meshagent/renew/1.0.0"
+	// ProtocolAdvert serves the agent's own signed advertisement of the
+	// actions it serves (DomainAdvert), on demand.
+	ProtocolAdvert = "/meshagent/advert/1.0.0"
 )
 
 // Pubsub topics.
@@ -77,6 +80,9 @@ const (
 	// DomainBeat: an agent signs each heartbeat: its key, sequence number
 	// and timestamp.
 	DomainBeat = "meshagent/v1/beat\x00"
+	// DomainAdvert: an agent signs its advertisement, the description
+	// and schemas of the actions it serves.
+	DomainAdvert = "meshagent/v1/advert\x00"
 )
 
 // Hash domains: each prefixes a SHA-256 input, so that these hashes can

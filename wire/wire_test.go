@@ -22,6 +22,7 @@ var pinned = map[string]string{
 	"ProtocolLeave":       "/meshagent/leave/1.0.0",
 	"ProtocolBeat":        "/meshagent/beat/1.0.0",
 	"ProtocolRenew":       "/meshagent/renew/1.0.0",
+	"ProtocolAdvert":      "/meshagent/advert/1.0.0",
 
 	"TopicRegistry":    "meshagent/v1/registry",
 	"TopicRevocations": "meshagent/v1/revocations",
@@ -33,6 +34,7 @@ var pinned = map[string]string{
 	"DomainAnnounce":   "meshagent/v1/announce\x00",
 	"DomainLeave":      "meshagent/v1/leave\x00",
 	"DomainBeat":       "meshagent/v1/beat\x00",
+	"DomainAdvert":     "meshagent/v1/advert\x00",
 	"DomainRoot":       "meshagent/v1/root\x00",
 	"DomainLinkID":     "meshagent/v1/link-id\x00",
 }
@@ -46,6 +48,7 @@ var actual = map[string]string{
 	"ProtocolLeave":       ProtocolLeave,
 	"ProtocolBeat":        ProtocolBeat,
 	"ProtocolRenew":       ProtocolRenew,
+	"ProtocolAdvert":      ProtocolAdvert,
 
 	"TopicRegistry":    TopicRegistry,
 	"TopicRevocations": TopicRevocations,
@@ -57,6 +60,7 @@ var actual = map[string]string{
 	"DomainAnnounce":   DomainAnnounce,
 	"DomainLeave":      DomainLeave,
 	"DomainBeat":       DomainBeat,
+	"DomainAdvert":     DomainAdvert,
 	"DomainRoot":       DomainRoot,
 	"DomainLinkID":     DomainLinkID,
 }

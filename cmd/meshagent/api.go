@@ -115,6 +115,9 @@ type callQueue struct {
 	calls  int // queued or handed to the process
 	bytes  int
 	closed bool // its stream ended
+	// notAdvertised says why the action is served but not advertised
+	// (past discovery.MaxActions or MaxAdvertSize), or is empty.
+	notAdvertised string
 }
 
 type callState int
@@ -161,7 +164,8 @@ func newHub(n *node.Node, builtin []string) *hub {
 	return h
 }
 
-func (h *hub) register(action string) (*callQueue, error) {
+func (h *hub) register(ad node.Action) (*callQueue, error) {
+	action := ad.Scope
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.builtin[action] {
@@ -189,6 +193,12 @@ func (h *hub) register(action string) (*callQueue, error) {
 	}); err != nil {
 		return nil, err
 	}
+	if err := h.n.Advertise(ad); trust.CodeOf(err) == trust.CodeTooLarge {
+		q.notAdvertised = oneLine(err) // the agent advertises what it can; this one is still served
+	} else if err != nil {
+		h.n.Handle(action, nil)
+		return nil, err
+	}
 	h.actions[action] = q
 	return q, nil
 }
@@ -200,6 +210,7 @@ func (h *hub) unregister(q *callQueue) {
 	defer h.mu.Unlock()
 	if h.actions[q.action] == q {
 		h.n.Handle(q.action, nil)
+		_ = h.n.Unadvertise(q.action)
 		delete(h.actions, q.action)
 	}
 	q.closed = true
@@ -538,7 +549,12 @@ func addStreamingRoutes(mux *http.ServeMux, n *node.Node, met *daemonMetrics, bu
 			writeJSON(w, 400, apiError{Error: err.Error(), Code: string(trust.CodeOf(err))})
 			return
 		}
-		q, err := h.register(action)
+		ad, err := handlerAdvert(r.URL.Query(), action)
+		if err != nil {
+			writeJSON(w, 400, apiError{Error: err.Error(), Code: string(trust.CodeOf(err))})
+			return
+		}
+		q, err := h.register(ad)
 		var taken errHandled
 		if errors.As(err, &taken) {
 			writeJSON(w, 409, apiError{Error: err.Error(), Code: "already_handled"})
@@ -549,6 +565,9 @@ func addStreamingRoutes(mux *http.ServeMux, n *node.Node, met *daemonMetrics, bu
 			return
 		}
 		defer h.unregister(q)
+		if q.notAdvertised != "" {
+			w.Header().Set("Meshagent-Not-Advertised", q.notAdvertised)
+		}
 		s, ok := newSSE(w)
 		if !ok {
 			return

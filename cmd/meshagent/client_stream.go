@@ -95,7 +95,7 @@ func (c *localClient) events(ctx context.Context, path string, f func(data []byt
 }
 
 func newStreamCommands() []*cobra.Command {
-	var topic, act, body string
+	var topic, act, body, description, inputSchema string
 	var count int
 	publish := clientCommand(&cobra.Command{
 		Use: "publish --home DIR --topic T --action SCOPE [--body JSON]", Short: "Publish a signed message to a topic", Args: exactArgs(0),
@@ -126,14 +126,15 @@ func newStreamCommands() []*cobra.Command {
 	subscribe.Flags().IntVar(&count, "count", 0, "exit after N messages (0: run until interrupted)")
 
 	handle := clientCommand(&cobra.Command{
-		Use:   "handle --home DIR --action SCOPE [--count N] -- CMD [ARGS]",
+		Use:   "handle --home DIR --action SCOPE [--description TEXT] [--input-schema JSON] [--count N] -- CMD [ARGS]",
 		Short: "Serve an action: run CMD once per verified request, body on stdin, reply from stdout",
 	}, func(cmd *cobra.Command, args []string, c *localClient) error {
 		if len(args) == 0 {
 			return usagef("handle: give the command to run after --")
 		}
 		served := 0
-		return c.events(cmd.Context(), "/v1/handle?action="+url.QueryEscape(act), func(d []byte) (bool, error) {
+		q := advertQuery(url.Values{"action": {act}}, description, json.RawMessage(inputSchema))
+		return c.events(cmd.Context(), "/v1/handle?"+q.Encode(), func(d []byte) (bool, error) {
 			var ev struct {
 				ID   string          `json:"id"`
 				Body json.RawMessage `json:"body"`
@@ -164,5 +165,7 @@ func newStreamCommands() []*cobra.Command {
 	}, "action")
 	handle.Flags().StringVar(&act, "action", "", "action (scope) to serve")
 	handle.Flags().IntVar(&count, "count", 0, "exit after N requests (0: run until interrupted)")
+	handle.Flags().StringVar(&description, "description", "", "one line advertised with the action")
+	handle.Flags().StringVar(&inputSchema, "input-schema", "", "JSON Schema (an object) of the request body, advertised with the action")
 	return []*cobra.Command{publish, subscribe, handle}
 }

@@ -132,6 +132,10 @@ type meshPeer struct {
 	PeerID string `json:"peer_id"`
 	Name   string `json:"name"`
 	State  string `json:"state"`
+	// Actions are the scopes it advertises; AdvertDigest keys its
+	// advertisement (mcp_actions.go).
+	Actions      []string `json:"actions,omitempty"`
+	AdvertDigest string   `json:"advert_digest,omitempty"`
 }
 
 // meshView is what the daemon says of the mesh at one time: the tools
@@ -139,6 +143,10 @@ type meshPeer struct {
 type meshView struct {
 	Self  meshPeer
 	Peers []meshPeer // every listed agent but this one, dead ones included
+	// Granted are the scopes this agent holds a token for; Adverts the
+	// advertisements of alive agents that serve one of them, by peer ID.
+	Granted map[string]bool
+	Adverts map[string]*actionsView
 }
 
 // alive returns the agents of v that are alive.
@@ -163,10 +171,9 @@ type meshTool struct {
 // tools as the view changes (the SDK then sends
 // notifications/tools/list_changed).
 //
-// This is the seam for per-action tools: when agents advertise signed
-// descriptions of their actions (issue 14 section 1), a second source
-// returns one tool per action of an alive agent that this agent holds a
-// token for, named and described from the advertisement.
+// The sources: builtinTools (mesh_peers, mesh_call) and actionTools
+// (mcp_actions.go: one tool per action of an alive agent that this agent
+// holds a token for, named and described from its signed advertisement).
 type toolSource func(v meshView) []meshTool
 
 // meshMCP is the MCP server of `meshagent mcp`.
@@ -178,8 +185,9 @@ type meshMCP struct {
 	stderr  io.Writer
 
 	mu      sync.Mutex
-	offered map[string][]byte // tool name -> its definition as JSON, as last added
-	down    bool              // the last poll failed (said once on stderr)
+	offered map[string][]byte       // tool name -> its definition as JSON, as last added
+	down    bool                    // the last poll failed (said once on stderr)
+	adverts map[string]*actionsView // fetched advertisements, by digest
 }
 
 // newMeshMCP makes the server of the daemon that c talks to, with the
@@ -193,7 +201,8 @@ func newMeshMCP(ctx context.Context, c *localClient, stderr io.Writer) (*meshMCP
 			Capabilities: &mcp.ServerCapabilities{Tools: &mcp.ToolCapabilities{ListChanged: true}},
 		}),
 	}
-	ms.sources = []toolSource{ms.builtinTools}
+	ms.sources = []toolSource{ms.builtinTools, actionTools(ms)}
+	ms.adverts = map[string]*actionsView{}
 	var st bytes.Buffer
 	if err := c.call(ctx, "GET", "/v1/status", nil, &st); err != nil {
 		return nil, err
@@ -225,7 +234,7 @@ func (ms *meshMCP) view(ctx context.Context) (meshView, error) {
 			v.Peers = append(v.Peers, p)
 		}
 	}
-	return v, nil
+	return v, ms.actionsView(ctx, &v)
 }
 
 // apply offers the tools of v: tools whose definition changed are added

@@ -115,12 +115,14 @@ func serveMCP(ctx context.Context, c *localClient, name string, argv []string, s
 		return fmt.Errorf("mcp serve: starting %s: %v", argv[0], err)
 	}
 	var tools []string
+	info := map[string]*mcp.Tool{}
 	for t, err := range run.sess.Tools(ctx, nil) {
 		if err != nil {
 			run.sess.Close()
 			return fmt.Errorf("mcp serve: listing the tools of %s: %v", argv[0], err)
 		}
 		tools = append(tools, t.Name)
+		info[t.Name] = t
 	}
 	mapped, err := mapMCPTools(name, tools)
 	if err == nil && len(mapped) == 0 {
@@ -141,7 +143,8 @@ func serveMCP(ctx context.Context, c *localClient, name string, argv []string, s
 	for _, m := range mapped {
 		fmt.Fprintf(stderr, "meshagent: mcp serve %s: tool %q is served as %s\n", name, m.Tool, m.Scope)
 		wg.Add(1)
-		go func() { defer wg.Done(); fatal <- ch.serveAction(ctx, c, m) }()
+		ad := toolAdvert(m, info[m.Tool])
+		go func() { defer wg.Done(); fatal <- ch.serveAction(ctx, c, m, ad) }()
 	}
 	select {
 	case <-ctx.Done():
@@ -235,12 +238,12 @@ func (ch *mcpChild) current() (*childRun, string) {
 // answers each with a call of m's tool, until ctx ends. A stream that ends
 // (the daemon stopped or restarted) is opened again; a refusal (the
 // action is served by another process, say) is returned.
-func (ch *mcpChild) serveAction(ctx context.Context, c *localClient, m mcpToolScope) error {
+func (ch *mcpChild) serveAction(ctx context.Context, c *localClient, m mcpToolScope, ad url.Values) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	delay := mcpRestartMin
 	for {
-		err := c.events(ctx, "/v1/handle?action="+url.QueryEscape(m.Scope), func(d []byte) (bool, error) {
+		err := c.events(ctx, "/v1/handle?"+ad.Encode(), func(d []byte) (bool, error) {
 			delay = mcpRestartMin
 			var ev struct {
 				ID   string          `json:"id"`

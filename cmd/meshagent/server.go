@@ -148,6 +148,7 @@ func apiHandler(n *node.Node, met *daemonMetrics, builtin ...string) *http.Serve
 	mux.HandleFunc("GET /v1/peers", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, 200, n.Peers())
 	})
+	mux.HandleFunc("GET /v1/actions", serveActions(n))
 	mux.HandleFunc("POST /v1/send", func(w http.ResponseWriter, r *http.Request) {
 		var req struct {
 			To      string          `json:"to"`

@@ -369,7 +369,9 @@ type AnnouncementBody struct {
 	Addrs               [][]byte               `protobuf:"bytes,4,rep,name=addrs,proto3" json:"addrs,omitempty"` // binary multiaddrs
 	Seq                 uint64                 `protobuf:"varint,5,opt,name=seq,proto3" json:"seq,omitempty"`    // per-agent, strictly increasing
 	HeartbeatIntervalMs int64                  `protobuf:"varint,6,opt,name=heartbeat_interval_ms,json=heartbeatIntervalMs,proto3" json:"heartbeat_interval_ms,omitempty"`
-	Timestamp           int64                  `protobuf:"varint,7,opt,name=timestamp,proto3" json:"timestamp,omitempty"` // Unix nanoseconds
+	Timestamp           int64                  `protobuf:"varint,7,opt,name=timestamp,proto3" json:"timestamp,omitempty"`                          // Unix nanoseconds
+	Actions             []string               `protobuf:"bytes,8,rep,name=actions,proto3" json:"actions,omitempty"`                               // scopes the agent serves, sorted, at most 32
+	AdvertDigest        []byte                 `protobuf:"bytes,9,opt,name=advert_digest,json=advertDigest,proto3" json:"advert_digest,omitempty"` // SHA-256 of its AdvertBody, when actions is not empty
 	unknownFields       protoimpl.UnknownFields
 	sizeCache           protoimpl.SizeCache
 }
@@ -451,6 +453,20 @@ func (x *AnnouncementBody) GetTimestamp() int64 {
 		return x.Timestamp
 	}
 	return 0
+}
+
+func (x *AnnouncementBody) GetActions() []string {
+	if x != nil {
+		return x.Actions
+	}
+	return nil
+}
+
+func (x *AnnouncementBody) GetAdvertDigest() []byte {
+	if x != nil {
+		return x.AdvertDigest
+	}
+	return nil
 }
 
 // Announcement is a signed AnnouncementBody.
@@ -983,6 +999,200 @@ func (x *RenewResponse) GetErrorDetail() string {
 	return ""
 }
 
+// ActionAd describes one action an agent serves.
+type ActionAd struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Scope         string                 `protobuf:"bytes,1,opt,name=scope,proto3" json:"scope,omitempty"`                                   // verb:resource
+	Description   string                 `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`                       // one line
+	InputSchema   string                 `protobuf:"bytes,3,opt,name=input_schema,json=inputSchema,proto3" json:"input_schema,omitempty"`    // a JSON Schema (an object), as JSON text
+	OutputSchema  string                 `protobuf:"bytes,4,opt,name=output_schema,json=outputSchema,proto3" json:"output_schema,omitempty"` // optional
+	Name          string                 `protobuf:"bytes,5,opt,name=name,proto3" json:"name,omitempty"`                                     // the name the agent's own side gives it (an MCP tool's), optional
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ActionAd) Reset() {
+	*x = ActionAd{}
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ActionAd) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ActionAd) ProtoMessage() {}
+
+func (x *ActionAd) ProtoReflect() protoreflect.Message {
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ActionAd.ProtoReflect.Descriptor instead.
+func (*ActionAd) Descriptor() ([]byte, []int) {
+	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ActionAd) GetScope() string {
+	if x != nil {
+		return x.Scope
+	}
+	return ""
+}
+
+func (x *ActionAd) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *ActionAd) GetInputSchema() string {
+	if x != nil {
+		return x.InputSchema
+	}
+	return ""
+}
+
+func (x *ActionAd) GetOutputSchema() string {
+	if x != nil {
+		return x.OutputSchema
+	}
+	return ""
+}
+
+func (x *ActionAd) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// AdvertBody is an agent's full advertisement: every action its record
+// names, in the record's order. The record carries the SHA-256 of these
+// exact bytes (advert_digest).
+type AdvertBody struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	Agent         []byte                 `protobuf:"bytes,2,opt,name=agent,proto3" json:"agent,omitempty"` // 32-byte Ed25519 key
+	Actions       []*ActionAd            `protobuf:"bytes,3,rep,name=actions,proto3" json:"actions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdvertBody) Reset() {
+	*x = AdvertBody{}
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdvertBody) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdvertBody) ProtoMessage() {}
+
+func (x *AdvertBody) ProtoReflect() protoreflect.Message {
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdvertBody.ProtoReflect.Descriptor instead.
+func (*AdvertBody) Descriptor() ([]byte, []int) {
+	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *AdvertBody) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *AdvertBody) GetAgent() []byte {
+	if x != nil {
+		return x.Agent
+	}
+	return nil
+}
+
+func (x *AdvertBody) GetActions() []*ActionAd {
+	if x != nil {
+		return x.Actions
+	}
+	return nil
+}
+
+// Advert is a signed AdvertBody (domain "meshagent/v1/advert\0"), served
+// by the agent on the advert protocol.
+type Advert struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Body          []byte                 `protobuf:"bytes,1,opt,name=body,proto3" json:"body,omitempty"`
+	Signature     []byte                 `protobuf:"bytes,2,opt,name=signature,proto3" json:"signature,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Advert) Reset() {
+	*x = Advert{}
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Advert) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Advert) ProtoMessage() {}
+
+func (x *Advert) ProtoReflect() protoreflect.Message {
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Advert.ProtoReflect.Descriptor instead.
+func (*Advert) Descriptor() ([]byte, []int) {
+	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *Advert) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+func (x *Advert) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
 var File_protocol_protocolpb_protocol_proto protoreflect.FileDescriptor
 
 const file_protocol_protocolpb_protocol_proto_rawDesc = "" +
@@ -1014,7 +1224,7 @@ const file_protocol_protocolpb_protocol_proto_rawDesc = "" +
 	"\n" +
 	"credential\x18\x02 \x01(\v2\x1a.meshagent.trust.v1.SignedR\n" +
 	"credential\x12G\n" +
-	"\fannouncement\x18\x03 \x01(\v2#.meshagent.protocol.v1.AnnouncementR\fannouncement\"\xf8\x01\n" +
+	"\fannouncement\x18\x03 \x01(\v2#.meshagent.protocol.v1.AnnouncementR\fannouncement\"\xb7\x02\n" +
 	"\x10AnnouncementBody\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x14\n" +
 	"\x05agent\x18\x02 \x01(\fR\x05agent\x12:\n" +
@@ -1024,7 +1234,9 @@ const file_protocol_protocolpb_protocol_proto_rawDesc = "" +
 	"\x05addrs\x18\x04 \x03(\fR\x05addrs\x12\x10\n" +
 	"\x03seq\x18\x05 \x01(\x04R\x03seq\x122\n" +
 	"\x15heartbeat_interval_ms\x18\x06 \x01(\x03R\x13heartbeatIntervalMs\x12\x1c\n" +
-	"\ttimestamp\x18\a \x01(\x03R\ttimestamp\"@\n" +
+	"\ttimestamp\x18\a \x01(\x03R\ttimestamp\x12\x18\n" +
+	"\aactions\x18\b \x03(\tR\aactions\x12#\n" +
+	"\radvert_digest\x18\t \x01(\fR\fadvertDigest\"@\n" +
 	"\fAnnouncement\x12\x12\n" +
 	"\x04body\x18\x01 \x01(\fR\x04body\x12\x1c\n" +
 	"\tsignature\x18\x02 \x01(\fR\tsignature\"\x97\x01\n" +
@@ -1061,7 +1273,21 @@ const file_protocol_protocolpb_protocol_proto_rawDesc = "" +
 	"credential\x12\x1d\n" +
 	"\n" +
 	"error_code\x18\x02 \x01(\tR\terrorCode\x12!\n" +
-	"\ferror_detail\x18\x03 \x01(\tR\verrorDetail*`\n" +
+	"\ferror_detail\x18\x03 \x01(\tR\verrorDetail\"\x9e\x01\n" +
+	"\bActionAd\x12\x14\n" +
+	"\x05scope\x18\x01 \x01(\tR\x05scope\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\x12!\n" +
+	"\finput_schema\x18\x03 \x01(\tR\vinputSchema\x12#\n" +
+	"\routput_schema\x18\x04 \x01(\tR\foutputSchema\x12\x12\n" +
+	"\x04name\x18\x05 \x01(\tR\x04name\"w\n" +
+	"\n" +
+	"AdvertBody\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\rR\aversion\x12\x14\n" +
+	"\x05agent\x18\x02 \x01(\fR\x05agent\x129\n" +
+	"\aactions\x18\x03 \x03(\v2\x1f.meshagent.protocol.v1.ActionAdR\aactions\":\n" +
+	"\x06Advert\x12\x12\n" +
+	"\x04body\x18\x01 \x01(\fR\x04body\x12\x1c\n" +
+	"\tsignature\x18\x02 \x01(\fR\tsignature*`\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fKIND_REQUEST\x10\x01\x12\x0e\n" +
@@ -1084,7 +1310,7 @@ func file_protocol_protocolpb_protocol_proto_rawDescGZIP() []byte {
 }
 
 var file_protocol_protocolpb_protocol_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_protocol_protocolpb_protocol_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_protocol_protocolpb_protocol_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_protocol_protocolpb_protocol_proto_goTypes = []any{
 	(Kind)(0),                // 0: meshagent.protocol.v1.Kind
 	(*Envelope)(nil),         // 1: meshagent.protocol.v1.Envelope
@@ -1099,28 +1325,32 @@ var file_protocol_protocolpb_protocol_proto_goTypes = []any{
 	(*SyncResponse)(nil),     // 10: meshagent.protocol.v1.SyncResponse
 	(*RenewRequest)(nil),     // 11: meshagent.protocol.v1.RenewRequest
 	(*RenewResponse)(nil),    // 12: meshagent.protocol.v1.RenewResponse
-	(*trustpb.Token)(nil),    // 13: meshagent.trust.v1.Token
-	(*trustpb.Signed)(nil),   // 14: meshagent.trust.v1.Signed
+	(*ActionAd)(nil),         // 13: meshagent.protocol.v1.ActionAd
+	(*AdvertBody)(nil),       // 14: meshagent.protocol.v1.AdvertBody
+	(*Advert)(nil),           // 15: meshagent.protocol.v1.Advert
+	(*trustpb.Token)(nil),    // 16: meshagent.trust.v1.Token
+	(*trustpb.Signed)(nil),   // 17: meshagent.trust.v1.Signed
 }
 var file_protocol_protocolpb_protocol_proto_depIdxs = []int32{
 	0,  // 0: meshagent.protocol.v1.EnvelopeBody.kind:type_name -> meshagent.protocol.v1.Kind
-	13, // 1: meshagent.protocol.v1.EnvelopeBody.token:type_name -> meshagent.trust.v1.Token
-	14, // 2: meshagent.protocol.v1.Hello.credential:type_name -> meshagent.trust.v1.Signed
+	16, // 1: meshagent.protocol.v1.EnvelopeBody.token:type_name -> meshagent.trust.v1.Token
+	17, // 2: meshagent.protocol.v1.Hello.credential:type_name -> meshagent.trust.v1.Signed
 	5,  // 3: meshagent.protocol.v1.Hello.announcement:type_name -> meshagent.protocol.v1.Announcement
-	14, // 4: meshagent.protocol.v1.AnnouncementBody.credential:type_name -> meshagent.trust.v1.Signed
+	17, // 4: meshagent.protocol.v1.AnnouncementBody.credential:type_name -> meshagent.trust.v1.Signed
 	5,  // 5: meshagent.protocol.v1.RegistryMessage.announce:type_name -> meshagent.protocol.v1.Announcement
 	9,  // 6: meshagent.protocol.v1.RegistryMessage.leave:type_name -> meshagent.protocol.v1.Leave
 	7,  // 7: meshagent.protocol.v1.BeatBatch.beats:type_name -> meshagent.protocol.v1.Beat
 	5,  // 8: meshagent.protocol.v1.BeatBatch.records:type_name -> meshagent.protocol.v1.Announcement
 	9,  // 9: meshagent.protocol.v1.BeatBatch.leaves:type_name -> meshagent.protocol.v1.Leave
 	5,  // 10: meshagent.protocol.v1.SyncResponse.announcements:type_name -> meshagent.protocol.v1.Announcement
-	14, // 11: meshagent.protocol.v1.RenewRequest.credential:type_name -> meshagent.trust.v1.Signed
-	14, // 12: meshagent.protocol.v1.RenewResponse.credential:type_name -> meshagent.trust.v1.Signed
-	13, // [13:13] is the sub-list for method output_type
-	13, // [13:13] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	17, // 11: meshagent.protocol.v1.RenewRequest.credential:type_name -> meshagent.trust.v1.Signed
+	17, // 12: meshagent.protocol.v1.RenewResponse.credential:type_name -> meshagent.trust.v1.Signed
+	13, // 13: meshagent.protocol.v1.AdvertBody.actions:type_name -> meshagent.protocol.v1.ActionAd
+	14, // [14:14] is the sub-list for method output_type
+	14, // [14:14] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_protocol_protocolpb_protocol_proto_init() }
@@ -1138,7 +1368,7 @@ func file_protocol_protocolpb_protocol_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_protocol_protocolpb_protocol_proto_rawDesc), len(file_protocol_protocolpb_protocol_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   12,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

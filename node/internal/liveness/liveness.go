@@ -14,6 +14,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/meshagent/meshagent/discovery"
+	"github.com/meshagent/meshagent/node/internal/limit"
 	"github.com/meshagent/meshagent/node/internal/overlay"
 	"github.com/meshagent/meshagent/protocol/protocolpb"
 	"github.com/meshagent/meshagent/trust"
@@ -44,7 +45,21 @@ type Deps struct {
 	Emit func([]discovery.Event)
 	// Frozen, when set, pauses both loops (simulations).
 	Frozen func() bool
+	// Advertised returns the actions the agent advertises (sorted) and
+	// the digest of its advertisement; nil when unset.
+	Advertised func() ([]string, [32]byte)
 }
+
+// Records sent because the advertisement changed: ChangeBurst at once,
+// then one every ChangeEvery heartbeats. Each is a new record that every
+// node rate-limits (records.RecordBurst at once, then one a heartbeat), so
+// changes use at most half of that steady rate and leave the rest to the
+// records of renewals, admissions and anti-entropy. Changes in between are
+// folded into the next record.
+const (
+	ChangeBurst = 2
+	ChangeEvery = 2
+)
 
 // Self is this agent's liveness. Its methods are safe for concurrent use.
 //
@@ -60,6 +75,10 @@ type Self struct {
 	// this node), at most every announceMinGap beats.
 	announceSoon atomic.Bool
 	leaving      atomic.Bool // a leave was signed: no record or beat after it
+	// changed says the advertisement changed since the last record sent;
+	// changes bounds the records sent for that.
+	changed atomic.Bool
+	changes *limit.Keyed
 }
 
 // New returns this agent's liveness; nothing runs until Run.
@@ -67,7 +86,10 @@ func New(d Deps) *Self {
 	if d.Frozen == nil {
 		d.Frozen = func() bool { return false }
 	}
-	s := &Self{d: d}
+	if d.Advertised == nil {
+		d.Advertised = func() ([]string, [32]byte) { return nil, [32]byte{} }
+	}
+	s := &Self{d: d, changes: limit.New(ChangeEvery*d.HeartbeatInterval, ChangeBurst)}
 	s.seq.Store(uint64(time.Now().UnixNano())) // above any seq of an earlier run
 	return s
 }
@@ -105,9 +127,14 @@ func (s *Self) Record() (*discovery.Record, error) {
 	defer s.mu.Unlock()
 	cred := s.d.Credential()
 	addrs := s.d.Addrs()
+	names, digest := s.d.Advertised()
 	r := s.record
+	var had [32]byte
+	if r != nil {
+		had, _ = r.AdvertDigest()
+	}
 	if r != nil && (s.d.Frozen() || s.leaving.Load() || r.Credential.Serial == cred.Serial && r.NumAddrs() == len(addrs) &&
-		s.d.Clock().Sub(r.Timestamp) < s.d.HeartbeatInterval) {
+		had == digest && s.d.Clock().Sub(r.Timestamp) < s.d.HeartbeatInterval) {
 		return r, nil
 	}
 	if s.leaving.Load() {
@@ -116,12 +143,36 @@ func (s *Self) Record() (*discovery.Record, error) {
 		// leave as a replay.
 		return nil, ErrLeaving
 	}
-	r, err := discovery.NewRecord(s.d.Identity, cred, addrs, s.NextSeq(), s.d.HeartbeatInterval, s.d.Clock())
+	r, err := discovery.NewRecordAdvertising(s.d.Identity, cred, addrs, s.NextSeq(), s.d.HeartbeatInterval, s.d.Clock(), names, digest)
 	if err != nil {
 		return nil, err
 	}
 	s.record = r
 	return r, nil
+}
+
+// AdvertChanged says the advertisement changed: a new record goes out now
+// if the change bound allows, else at a later beat that it allows.
+func (s *Self) AdvertChanged() {
+	s.changed.Store(true)
+	s.announceChange()
+}
+
+// announceChange sends a new record if the advertisement changed and the
+// bound allows; it reports whether it did.
+func (s *Self) announceChange() bool {
+	if !s.changed.Load() || s.leaving.Load() || s.d.Frozen() || s.d.TopicPeers() == 0 && s.d.Registry.Len() == 0 {
+		return false
+	}
+	if !s.changes.Allow("") {
+		return false
+	}
+	s.changed.Store(false)
+	s.mu.Lock()
+	s.record = nil // sign a fresh record: new seq, the new digest
+	s.mu.Unlock()
+	_ = s.Announce()
+	return true
 }
 
 // Announce publishes this node's current record.
@@ -185,7 +236,9 @@ func (s *Self) heartbeatLoop(ctx context.Context) {
 			missed = true
 			continue
 		}
-		if beat%announceEvery == 0 || (beat-lastAnnounce >= announceMinGap && s.announceSoon.CompareAndSwap(true, false)) {
+		if s.announceChange() {
+			lastAnnounce = beat
+		} else if beat%announceEvery == 0 || (beat-lastAnnounce >= announceMinGap && s.announceSoon.CompareAndSwap(true, false)) {
 			lastAnnounce = beat
 			s.mu.Lock()
 			s.record = nil // sign a fresh record: new seq and timestamp
