@@ -45,6 +45,9 @@ const (
 	KindReply   = Kind(protocolpb.Kind_KIND_REPLY)   // a successful reply
 	KindError   = Kind(protocolpb.Kind_KIND_ERROR)   // a rejected or failed call
 	KindMessage = Kind(protocolpb.Kind_KIND_MESSAGE) // a pubsub message, needs a token
+	// KindProgress is a callee's progress message on a call, before its
+	// reply: same correlation ID, addressed to the caller, no token.
+	KindProgress = Kind(protocolpb.Kind_KIND_PROGRESS)
 )
 
 func (k Kind) String() string {
@@ -57,6 +60,8 @@ func (k Kind) String() string {
 		return "error"
 	case KindMessage:
 		return "message"
+	case KindProgress:
+		return "progress"
 	}
 	return "unknown"
 }
@@ -174,7 +179,7 @@ func Open(raw []byte, maxSize, maxTokenSize int) (*Envelope, error) {
 		ErrorCode: trust.Code(b.ErrorCode), ErrorDetail: b.ErrorDetail, body: w.Body, sig: w.Signature,
 		RetryAfter: time.Duration(min(max(b.RetryAfterMs, 0), maxRetryAfterMs)) * time.Millisecond}
 	switch e.Kind {
-	case KindRequest, KindReply, KindError, KindMessage:
+	case KindRequest, KindReply, KindError, KindMessage, KindProgress:
 	default:
 		return nil, Reject(trust.CodeMalformed, "unknown envelope kind %d", b.Kind)
 	}

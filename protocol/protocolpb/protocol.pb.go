@@ -36,6 +36,7 @@ const (
 	Kind_KIND_REPLY       Kind = 2 // a successful RPC reply
 	Kind_KIND_ERROR       Kind = 3 // a rejected or failed RPC; error_code says why
 	Kind_KIND_MESSAGE     Kind = 4 // a pubsub message to a topic; needs a capability chain
+	Kind_KIND_PROGRESS    Kind = 5 // an RPC progress message from the callee, before its reply
 )
 
 // Enum value maps for Kind.
@@ -46,6 +47,7 @@ var (
 		2: "KIND_REPLY",
 		3: "KIND_ERROR",
 		4: "KIND_MESSAGE",
+		5: "KIND_PROGRESS",
 	}
 	Kind_value = map[string]int32{
 		"KIND_UNSPECIFIED": 0,
@@ -53,6 +55,7 @@ var (
 		"KIND_REPLY":       2,
 		"KIND_ERROR":       3,
 		"KIND_MESSAGE":     4,
+		"KIND_PROGRESS":    5,
 	}
 )
 
@@ -1061,7 +1064,7 @@ const file_protocol_protocolpb_protocol_proto_rawDesc = "" +
 	"credential\x12\x1d\n" +
 	"\n" +
 	"error_code\x18\x02 \x01(\tR\terrorCode\x12!\n" +
-	"\ferror_detail\x18\x03 \x01(\tR\verrorDetail*`\n" +
+	"\ferror_detail\x18\x03 \x01(\tR\verrorDetail*s\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fKIND_REQUEST\x10\x01\x12\x0e\n" +
@@ -1069,7 +1072,8 @@ const file_protocol_protocolpb_protocol_proto_rawDesc = "" +
 	"KIND_REPLY\x10\x02\x12\x0e\n" +
 	"\n" +
 	"KIND_ERROR\x10\x03\x12\x10\n" +
-	"\fKIND_MESSAGE\x10\x04B4Z2github.com/meshagent/meshagent/protocol/protocolpbb\x06proto3"
+	"\fKIND_MESSAGE\x10\x04\x12\x11\n" +
+	"\rKIND_PROGRESS\x10\x05B4Z2github.com/meshagent/meshagent/protocol/protocolpbb\x06proto3"
 
 var (
 	file_protocol_protocolpb_protocol_proto_rawDescOnce sync.Once
