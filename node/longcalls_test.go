@@ -7,6 +7,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -384,4 +386,101 @@ func TestLongCallHoldsASlot(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("the slot was not freed by the cancellation: %v", err)
 	}
+}
+
+// The caller's W3C trace context travels signed: the handler gets it, and
+// both audit lines carry it next to the correlation ID. A malformed or
+// oversized one is refused by the caller's node before sending, and by the
+// callee's before any handler (malformed): it is a signed claim, bounded,
+// used for nothing else.
+func TestTraceContextTravelsSigned(t *testing.T) {
+	var audit syncWriter
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	m, err := simulations.NewMesh(ctx, []string{"orchestrator", "worker"}, simulations.Options{Audit: &audit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	if err := m.ConnectAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Grant("orchestrator", []string{"read:logs"}, nil, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	const tp, ts = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "vendor=abc"
+	got := make(chan [2]string, 4)
+	_ = m.Agents["worker"].Node.Handle("read:logs", func(_ context.Context, r *node.Request) ([]byte, error) {
+		got <- [2]string{r.Traceparent, r.Tracestate}
+		return nil, nil
+	})
+	rep, err := callWith(m, ctx, "read:logs", &node.CallOptions{Traceparent: tp, Tracestate: ts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := <-got; g != [2]string{tp, ts} {
+		t.Fatalf("the handler got %q", g)
+	}
+	if err := simulations.WaitFor(2*time.Second, func() error {
+		if n := strings.Count(audit.String(), `"correlation_id":"`+rep.CorrelationID.String()+`","traceparent":"`+tp+`","tracestate":"`+ts+`"`); n != 2 {
+			return fmt.Errorf("%d audit lines with the trace context, want 2 (in and out)", n)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{tp + "00", strings.Replace(tp, "4bf9", "4BF9", 1), "00-00000000000000000000000000000000-00f067aa0ba902b7-01", strings.Repeat("a", 4096)} {
+		if _, err := callWith(m, ctx, "read:logs", &node.CallOptions{Traceparent: bad}); trust.CodeOf(err) != trust.CodeMalformed {
+			t.Fatalf("traceparent %.60q: %v", bad, err)
+		}
+	}
+	if _, err := callWith(m, ctx, "read:logs", &node.CallOptions{Traceparent: tp, Tracestate: strings.Repeat("x", 513)}); trust.CodeOf(err) != trust.CodeMalformed {
+		t.Fatalf("a 513-byte tracestate: %v", err)
+	}
+	// Sealed past the caller's check and sent raw: the callee refuses it.
+	orch, worker := m.Agents["orchestrator"], m.Agents["worker"]
+	env := &protocol.Envelope{Kind: protocol.KindRequest, RecipientPeer: worker.Identity.Public(), Action: "read:logs",
+		Token: orch.Node.Tokens()[0], Traceparent: strings.Repeat("f", 4096)}
+	raw, err := protocol.Seal(orch.Identity, env, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// It does not decode, so there is no correlation ID to answer: the
+	// callee resets the stream and audits it malformed.
+	if _, err := orch.Node.SendRaw(ctx, worker.ID(), raw); err == nil {
+		t.Fatal("an oversized traceparent sent raw was answered")
+	}
+	if err := simulations.WaitFor(2*time.Second, func() error {
+		for _, l := range strings.Split(audit.String(), "\n") {
+			if strings.Contains(l, `"direction":"in"`) && strings.Contains(l, `"reason":"malformed"`) && strings.Contains(l, "traceparent is 4096 bytes") {
+				return nil
+			}
+		}
+		return errors.New("no inbound malformed audit line for the oversized traceparent")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case g := <-got:
+		t.Fatalf("a handler ran for a refused trace context: %q", g)
+	default:
+	}
+}
+
+// syncWriter is an io.Writer safe for concurrent use.
+type syncWriter struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (w *syncWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func (w *syncWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
 }

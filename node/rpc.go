@@ -26,6 +26,9 @@ type Request struct {
 	Body          []byte
 	ContentType   string
 	CorrelationID protocol.CorrelationID
+	// Traceparent and Tracestate are the caller's W3C trace context, as
+	// it signed them: for tracing only, never for a decision.
+	Traceparent, Tracestate string
 
 	progress *progressSink // nil outside a call served over the network
 }
@@ -62,6 +65,9 @@ type CallOptions struct {
 	// Timeout bounds the call, reply included; zero is Config.CallTimeout.
 	// At most MaxTimeout. A deadline of ctx that comes sooner wins.
 	Timeout time.Duration
+	// Traceparent and Tracestate, when set, are carried signed in the
+	// request (W3C trace context; protocol.CheckTraceContext's bounds).
+	Traceparent, Tracestate string
 	// OnProgress, when set, is called with each verified progress message
 	// of the callee, in order, before Call returns.
 	OnProgress func(Progress)
@@ -103,8 +109,12 @@ func (n *Node) Call(ctx context.Context, to peer.ID, action string, body []byte,
 	if tok == nil {
 		tok = n.tokenFor(action)
 	}
+	if err := protocol.CheckTraceContext(opts.Traceparent, opts.Tracestate); err != nil {
+		return nil, err
+	}
 	env := &protocol.Envelope{Kind: protocol.KindRequest, RecipientPeer: toKey, Action: action, Payload: body,
-		ContentType: opts.ContentType, CorrelationID: opts.CorrelationID, Token: tok}
+		ContentType: opts.ContentType, CorrelationID: opts.CorrelationID, Token: tok,
+		Traceparent: opts.Traceparent, Tracestate: opts.Tracestate}
 	raw, err := protocol.Seal(n.cfg.Identity, env, n.now())
 	if err != nil {
 		return nil, err
@@ -116,6 +126,7 @@ func (n *Node) roundTrip(ctx context.Context, to peer.ID, toKey trust.PublicKey,
 	start := time.Now()
 	rec := n.record(audit.Out, audit.Request, to.String())
 	rec.CorrelationID, rec.Action = env.CorrelationID.String(), env.Action
+	rec.Traceparent, rec.Tracestate = env.Traceparent, env.Tracestate
 	reply, err := n.exchange(ctx, to, toKey, env, raw, opts)
 	rec.LatencyMS = float64(time.Since(start).Microseconds()) / 1000
 	if err != nil {
@@ -234,6 +245,7 @@ func (n *Node) handleRPC(s network.Stream) {
 	rec := n.record(audit.In, audit.Request, remote.String())
 	if env != nil {
 		rec.CorrelationID, rec.Action = env.CorrelationID.String(), env.Action
+		rec.Traceparent, rec.Tracestate = env.Traceparent, env.Tracestate
 	}
 	var reply *protocol.Envelope
 	if err != nil {
@@ -290,7 +302,7 @@ func (n *Node) serve(env *protocol.Envelope, from peer.ID, fromKey trust.PublicK
 	ctx, cancel := context.WithTimeout(gone, timeout)
 	sink := &progressSink{n: n, s: s, to: fromKey, action: env.Action, corr: env.CorrelationID}
 	body, herr := h(ctx, &Request{From: from, Action: env.Action, Body: env.Payload, ContentType: env.ContentType,
-		CorrelationID: env.CorrelationID, progress: sink})
+		CorrelationID: env.CorrelationID, Traceparent: env.Traceparent, Tracestate: env.Tracestate, progress: sink})
 	sink.finish()
 	cancel()
 	if context.Cause(gone) == ErrCallerCancelled && herr == nil {
