@@ -598,8 +598,7 @@ func addStreamingRoutes(mux *http.ServeMux, n *node.Node, met *daemonMetrics, to
 						break
 					}
 					_ = rc.SetWriteDeadline(time.Now().Add(handleWriteTimeout))
-					if s.send(map[string]any{"id": id, "from": p.req.From.String(), "action": p.req.Action,
-						"correlation_id": p.req.CorrelationID.String(), "body": jsonBody(p.req.Body)}) != nil || rc.Flush() != nil {
+					if s.send(handleEvent(id, p.req)) != nil || rc.Flush() != nil {
 						h.resolve(id, callResult{err: "local handler went away"})
 						return
 					}

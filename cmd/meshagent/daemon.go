@@ -199,6 +199,11 @@ func planDaemon(home string, fc *fileConfig, logw io.Writer) (*daemonPlan, error
 		if err != nil {
 			return nil, fmt.Errorf("config: tokens: %v", err)
 		}
+		if !t.Holder().Equal(id.Public()) {
+			// Another agent's: no call could use it.
+			fmt.Fprintf(logw, "meshagent: config: tokens: %s is held by %s, not by this agent (%s): not loaded\n", tf, t.Holder(), id.Public())
+			continue
+		}
 		cfg.Tokens = append(cfg.Tokens, t)
 	}
 	if fc.Heartbeat != 0 {

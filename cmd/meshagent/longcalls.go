@@ -6,6 +6,7 @@ package main
 // processes.
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -112,6 +113,46 @@ type sendRequest struct {
 	// Stream asks for server-sent events: one "progress" event per
 	// progress message of the callee, then "reply" or "error".
 	Stream bool `json:"stream"`
+	// Token is a PEM token this agent holds, for this call only (instead
+	// of the first held one that grants the action).
+	Token string `json:"token"`
+	// CorrelationID (32 hex digits) continues a conversation.
+	CorrelationID string `json:"correlation_id"`
+	// Traceparent and Tracestate are W3C trace context, signed in the
+	// request.
+	Traceparent string `json:"traceparent"`
+	Tracestate  string `json:"tracestate"`
+}
+
+// callOptions checks req's per-call choices (token, correlation ID, trace
+// context) for a call by the agent self.
+func (req *sendRequest) callOptions(self trust.PublicKey) (*node.CallOptions, error) {
+	opts := &node.CallOptions{Traceparent: req.Traceparent, Tracestate: req.Tracestate}
+	if err := protocol.CheckTraceContext(req.Traceparent, req.Tracestate); err != nil {
+		return nil, err
+	}
+	if req.CorrelationID != "" {
+		c, err := protocol.ParseCorrelationID(req.CorrelationID)
+		if err != nil {
+			return nil, err
+		}
+		opts.CorrelationID = c
+	}
+	if req.Token != "" {
+		raw, err := trust.DecodePEM([]byte(req.Token), trust.PEMToken)
+		if err != nil {
+			return nil, fmt.Errorf("token: %w", err)
+		}
+		t, err := trust.ParseToken(raw, trust.DefaultMaxTokenSize)
+		if err != nil {
+			return nil, fmt.Errorf("token: %w", err)
+		}
+		if !t.Holder().Equal(self) {
+			return nil, protocol.Reject(trust.CodeNotHolder, "the token is held by %s, not by this agent %s", t.Holder(), self)
+		}
+		opts.Token = t
+	}
+	return opts, nil
 }
 
 // sendHandler serves POST /v1/send.
@@ -143,9 +184,15 @@ func sendHandler(n *node.Node, to timeouts) http.HandlerFunc {
 		}
 		// The call ends when the caller's HTTP request does (it went
 		// away): the callee's handler learns it (node.ErrCallerCancelled).
+		self, _ := trust.PublicKeyFromPeerID(n.ID())
+		opts, err := req.callOptions(self)
+		if err != nil {
+			writeJSON(w, 400, apiError{Error: oneLine(err), Code: string(trust.CodeOf(err))})
+			return
+		}
+		opts.Timeout = timeout
 		ctx, cancel := context.WithTimeout(r.Context(), timeout)
 		defer cancel()
-		opts := &node.CallOptions{Timeout: timeout}
 		var events *sse
 		if req.Stream {
 			if events, ok = newSSE(w); !ok {
@@ -275,4 +322,103 @@ func progressHandler(h *hub) http.HandlerFunc {
 		}
 		writeJSON(w, 200, map[string]string{"status": "sent"})
 	}
+}
+
+// handleEvent is the /v1/handle event of a request handed out as id.
+func handleEvent(id string, r *node.Request) map[string]any {
+	ev := map[string]any{"id": id, "from": r.From.String(), "action": r.Action,
+		"correlation_id": r.CorrelationID.String(), "body": jsonBody(r.Body)}
+	if r.Traceparent != "" {
+		ev["traceparent"] = r.Traceparent
+	}
+	if r.Tracestate != "" {
+		ev["tracestate"] = r.Tracestate
+	}
+	return ev
+}
+
+// delegateRequest is the JSON body of POST /v1/delegate.
+type delegateRequest struct {
+	To          string   `json:"to"`
+	Scopes      []string `json:"scopes"`
+	Delegatable []string `json:"delegatable"`
+	TTL         string   `json:"ttl"`   // default 30m, as the CLI's
+	Token       string   `json:"token"` // PEM; default: the first held token that can be delegated so
+}
+
+// defaultDelegateTTL is the lifetime of a delegated token when the request
+// does not say: the CLI's --ttl default.
+const defaultDelegateTTL = 30 * time.Minute
+
+// delegateHandler serves POST /v1/delegate: the daemon signs a narrower
+// token for another agent with its key, with the refusals of 'meshagent
+// token delegate' (trust.Token.Delegate).
+func delegateHandler(n *node.Node) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req delegateRequest
+		data, ok := readBody(w, r, 64<<10)
+		if !ok {
+			return
+		}
+		if err := json.Unmarshal(data, &req); err != nil {
+			writeJSON(w, 400, apiError{Error: "bad JSON: " + err.Error()})
+			return
+		}
+		to, err := trust.ParsePublicKey(req.To)
+		if err != nil {
+			writeJSON(w, 400, apiError{Error: "to: " + oneLine(err), Code: string(trust.CodeOf(err))})
+			return
+		}
+		ttl := defaultDelegateTTL
+		if req.TTL != "" {
+			if ttl, err = time.ParseDuration(req.TTL); err != nil || ttl <= 0 {
+				writeJSON(w, 400, apiError{Error: fmt.Sprintf("ttl %q: want a positive Go duration such as 30m", req.TTL)})
+				return
+			}
+		}
+		var parent *trust.Token
+		if req.Token != "" {
+			self, _ := trust.PublicKeyFromPeerID(n.ID())
+			opts, err := (&sendRequest{Token: req.Token}).callOptions(self)
+			if err != nil {
+				writeJSON(w, 400, apiError{Error: oneLine(err), Code: string(trust.CodeOf(err))})
+				return
+			}
+			parent = opts.Token
+		}
+		nt, err := n.Delegate(parent, to, trust.Grant{Scopes: req.Scopes, Delegatable: req.Delegatable, Expires: time.Now().Add(ttl)})
+		if err != nil {
+			writeJSON(w, 403, apiError{Error: "refused: " + oneLine(err), Code: string(trust.CodeOf(err))})
+			return
+		}
+		writeJSON(w, 200, map[string]any{"token": string(trust.EncodePEM(nt.Bytes(), trust.PEMToken)), "info": nt.Info()})
+	}
+}
+
+// delegateViaDaemon is 'meshagent token delegate --daemon': the daemon at
+// home signs the delegation; the new token is written to out.
+func delegateViaDaemon(ctx context.Context, home, tokenFile, to, scopes, delegatable string, ttl time.Duration, out string) error {
+	t, err := loadToken(tokenFile)
+	if err != nil {
+		return err
+	}
+	if _, err := parseKeyFlag("to", to); err != nil {
+		return err
+	}
+	c, err := newLocalClient(home)
+	if err != nil {
+		return err
+	}
+	var buf bytes.Buffer
+	if err := c.call(ctx, "POST", "/v1/delegate", delegateRequest{To: to, Scopes: splitList(scopes), Delegatable: splitList(delegatable),
+		TTL: ttl.String(), Token: string(trust.EncodePEM(t.Bytes(), trust.PEMToken))}, &buf); err != nil {
+		return err
+	}
+	var ans struct {
+		Token string `json:"token"`
+	}
+	if err := json.Unmarshal(buf.Bytes(), &ans); err != nil || ans.Token == "" {
+		return fmt.Errorf("local API: /v1/delegate answered no token")
+	}
+	return trust.WriteFileExclusive(out, []byte(ans.Token), 0o600)
 }

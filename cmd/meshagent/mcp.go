@@ -441,6 +441,7 @@ func (ms *meshMCP) meshCall(ctx context.Context, req *mcp.CallToolRequest) (*mcp
 	if a.Timeout != "" {
 		in["timeout"] = timeout.String()
 	}
+	traceFromMeta(req.Params.Meta, in)
 	out, e := ms.sendCall(ctx, req, in) // mcp_longcalls.go: progress notifications
 
 	if e != nil {

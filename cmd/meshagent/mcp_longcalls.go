@@ -215,3 +215,13 @@ func forwardProgress(c *localClient, calls *childCalls) func(context.Context, *m
 
 // mcpMaxTimeout is the longest a mesh_call may wait.
 const mcpMaxTimeout = node.MaxTimeout
+
+// traceFromMeta copies the W3C trace context of an MCP request's _meta
+// (traceparent, tracestate) into a /v1/send request, which checks it.
+func traceFromMeta(meta map[string]any, in map[string]any) {
+	for _, k := range []string{"traceparent", "tracestate"} {
+		if v, ok := meta[k].(string); ok && v != "" {
+			in[k] = v
+		}
+	}
+}
