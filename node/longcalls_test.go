@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -483,4 +484,33 @@ func (w *syncWriter) String() string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.b.String()
+}
+
+// The callee's watch of each call's stream ends with the call: after many
+// calls, over TCP and QUIC, no goroutine per call is left behind.
+func TestCallerWatchEndsWithTheCall(t *testing.T) {
+	for _, transport := range []string{"tcp", "quic"} {
+		t.Run(transport, func(t *testing.T) {
+			m := longMesh(t, transport, nil)
+			_ = m.Agents["worker"].Node.Handle("read:logs", func(context.Context, *node.Request) ([]byte, error) { return []byte("ok"), nil })
+			if _, err := callWith(m, context.Background(), "read:logs", nil); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(200 * time.Millisecond)
+			before := runtime.NumGoroutine()
+			for range 200 {
+				if _, err := callWith(m, context.Background(), "read:logs", nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := simulations.WaitFor(5*time.Second, func() error {
+				if n := runtime.NumGoroutine(); n > before+20 {
+					return fmt.Errorf("%d goroutines after 200 calls, %d before", n, before)
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
 }

@@ -194,13 +194,21 @@ func sendHandler(n *node.Node, to timeouts) http.HandlerFunc {
 		ctx, cancel := context.WithTimeout(r.Context(), timeout)
 		defer cancel()
 		var events *sse
+		// Each event has handleWriteTimeout to reach the client: one that
+		// stops reading does not hold the call (nor the callee's progress
+		// writes) for as long as the call may last.
+		rc := http.NewResponseController(w)
+		emit := func(name string, v any) error {
+			_ = rc.SetWriteDeadline(time.Now().Add(handleWriteTimeout))
+			return events.event(name, v)
+		}
 		if req.Stream {
 			if events, ok = newSSE(w); !ok {
 				writeJSON(w, 500, apiError{Error: "this connection cannot stream"})
 				return
 			}
 			opts.OnProgress = func(p node.Progress) {
-				if events.event("progress", map[string]any{"correlation_id": p.CorrelationID.String(), "seq": p.Seq, "body": jsonBody(p.Body)}) != nil {
+				if emit("progress", map[string]any{"correlation_id": p.CorrelationID.String(), "seq": p.Seq, "body": jsonBody(p.Body)}) != nil {
 					cancel() // the client went away
 				}
 			}
@@ -212,10 +220,10 @@ func sendHandler(n *node.Node, to timeouts) http.HandlerFunc {
 				if d, busy := protocol.RetryAfter(err); busy {
 					e.Code, e.RetryAfterMS = string(protocol.CodeBusy), max(d.Milliseconds(), 1)
 				}
-				_ = events.event("error", e)
+				_ = emit("error", e)
 				return
 			}
-			_ = events.event("reply", map[string]any{"from": rep.From.String(), "correlation_id": rep.CorrelationID.String(), "body": jsonBody(rep.Body)})
+			_ = emit("reply", map[string]any{"from": rep.From.String(), "correlation_id": rep.CorrelationID.String(), "body": jsonBody(rep.Body)})
 			return
 		}
 		if d, busy := protocol.RetryAfter(err); busy {
