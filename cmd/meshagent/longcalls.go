@@ -10,6 +10,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"time"
@@ -429,4 +430,19 @@ func delegateViaDaemon(ctx context.Context, home, tokenFile, to, scopes, delegat
 		return fmt.Errorf("local API: /v1/delegate answered no token")
 	}
 	return trust.WriteFileExclusive(out, []byte(ans.Token), 0o600)
+}
+
+// sendWithProgress is 'meshagent send --progress': the call as a stream,
+// each progress message a JSON line on stderr ({"seq", "body"}), the reply
+// on out as without --progress.
+func sendWithProgress(ctx context.Context, c *localClient, req map[string]any, out, stderr io.Writer) error {
+	rep, e := streamSend(ctx, c, req, func(seq int, body json.RawMessage) {
+		b, _ := json.Marshal(map[string]any{"seq": seq, "body": body})
+		fmt.Fprintf(stderr, "%s\n", b)
+	})
+	if e != nil {
+		return e.err()
+	}
+	_, err := fmt.Fprintf(out, "%s\n", rep)
+	return err
 }

@@ -179,3 +179,27 @@ func TestParseTimeouts(t *testing.T) {
 		}
 	}
 }
+
+// meshagent send --progress prints the callee's progress on stderr as it
+// comes and the reply on stdout.
+func TestSendProgressCLI(t *testing.T) {
+	_, a, b, _, bID := twoDaemons(t, "read:slow", "", nil)
+	admitted(t, a, bID, 10*time.Second)
+	slow := openRawStream(t, b, "/v1/handle?action=read:slow")
+	wait := background(t, "send", "--home", a, "--to", bID, "--action", "read:slow", "--progress", "--timeout", "15m")
+	req, err := slow.readWithin(t, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := eventID(t, req)
+	if code, body := postJSON(t, b, "/v1/progress", map[string]any{"id": id, "body": map[string]any{"progress": 1, "message": "half"}}); code != 200 {
+		t.Fatalf("progress: %d %s", code, body)
+	}
+	if code, body := postJSON(t, b, "/v1/reply", map[string]any{"id": id, "body": "done"}); code != 200 {
+		t.Fatalf("reply: %d %s", code, body)
+	}
+	r := wait()
+	if r.code != 0 || r.stderr != `{"body":{"message":"half","progress":1},"seq":1}` || !strings.Contains(r.stdout, `"body":"done"`) {
+		t.Fatalf("send --progress: %+v", r)
+	}
+}

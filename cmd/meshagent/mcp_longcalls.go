@@ -51,6 +51,12 @@ func progressBody(p *mcp.ProgressNotificationParams) json.RawMessage {
 // onProgress with each progress event, and returns the reply event's data
 // (the same JSON as /v1/send's answer) or the refusal.
 func (ms *meshMCP) sendStreaming(ctx context.Context, in map[string]any, onProgress func(seq int, body json.RawMessage)) (json.RawMessage, *apiError) {
+	return streamSend(ctx, ms.c, in, onProgress)
+}
+
+// streamSend posts in to /v1/send of c's daemon as a stream: see
+// sendStreaming.
+func streamSend(ctx context.Context, c *localClient, in map[string]any, onProgress func(seq int, body json.RawMessage)) (json.RawMessage, *apiError) {
 	in["stream"] = true
 	data, _ := json.Marshal(in)
 	req, err := http.NewRequestWithContext(ctx, "POST", "http://meshagent/v1/send", bytes.NewReader(data))
@@ -58,7 +64,7 @@ func (ms *meshMCP) sendStreaming(ctx context.Context, in map[string]any, onProgr
 		return nil, &apiError{Code: mcpCodeBadInput, Error: err.Error()}
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := ms.c.http.Do(req)
+	resp, err := c.http.Do(req)
 	if err != nil {
 		return nil, &apiError{Code: mcpCodeLocalAPI, Error: "local API (is 'meshagent run' running?): " + oneLine(err)}
 	}
