@@ -6,11 +6,17 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshagent/meshagent/simulations"
 )
 
 // postStream POSTs in to path on home's API and returns the event stream
@@ -201,5 +207,65 @@ func TestSendProgressCLI(t *testing.T) {
 	r := wait()
 	if r.code != 0 || r.stderr != `{"body":{"message":"half","progress":1},"seq":1}` || !strings.Contains(r.stdout, `"body":"done"`) {
 		t.Fatalf("send --progress: %+v", r)
+	}
+}
+
+// The Python example: a long call with progress between two daemons, and a
+// delegation that the delegate then uses.
+func TestPythonLongCallAndDelegation(t *testing.T) {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("python3 not installed")
+	}
+	m := newTestMesh(t)
+	a, aID, fa := m.agent("alice", "")
+	b, bID, fb := m.agent("bob", "")
+	c, cID, fc := m.agent("carol", "")
+	mustOK(t, "token", "issue", "--ca", m.ca, "--to", aID, "--scopes", "read:logs", "--delegatable", "read:logs", "--out", filepath.Join(a, "own.token"))
+	fa.Tokens = []string{"own.token"}
+	bn := m.start(b, fb)
+	m.start(a, fa, bn)
+	m.start(c, fc, bn)
+	admitted(t, a, bID, 10*time.Second)
+	admitted(t, c, bID, 10*time.Second)
+	script := filepath.Join("..", "..", "examples", "python", "agent.py")
+	serve := exec.Command(py, script, "serve", "--home", b, "--action", "read:logs", "--long", "--count", "2")
+	var serveErr bytes.Buffer
+	serve.Stderr = &serveErr
+	if err := serve.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer serve.Process.Kill()
+	// Until the Python handler is registered, calls are no_handler.
+	var out string
+	if err := simulations.WaitFor(15*time.Second, func() error {
+		r, err := exec.Command(py, script, "call", "--home", a, "--to", bID, "--action", "read:logs", "--progress").CombinedOutput()
+		if out = string(r); err != nil && strings.Contains(out, "no_handler") {
+			return errors.New(out)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("%v; python serve: %s", err, serveErr.String())
+	}
+	if !strings.Contains(out, `{"seq": 1, "body": {"progress": 1, "total": 2, "message": "step 1"}}`) ||
+		!strings.Contains(out, `{"seq": 2, "body": {"progress": 2, "total": 2, "message": "step 2"}}`) || !strings.Contains(out, `"served_by": "bob"`) {
+		t.Fatalf("python call --progress printed %s; python serve: %s", out, serveErr.String())
+	}
+	// Alice delegates read:logs to carol; carol calls bob with it.
+	pemOut, err := exec.Command(py, script, "delegate", "--home", a, "--to", cID, "--scopes", "read:logs", "--ttl", "10m").Output()
+	if err != nil {
+		t.Fatalf("python delegate: %v: %s", err, pemOut)
+	}
+	tok := filepath.Join(c, "delegated.token")
+	if err := os.WriteFile(tok, pemOut, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(py, script, "call", "--home", c, "--to", bID, "--action", "read:logs", "--token", tok).CombinedOutput(); err != nil ||
+		!strings.Contains(string(out), `"for": "`+cID+`"`) {
+		t.Fatalf("carol's call with the delegated token: %v: %s", err, out)
+	}
+	// A refused delegation: exit 1, the reason code.
+	if out, err := exec.Command(py, script, "delegate", "--home", a, "--to", cID, "--scopes", "write:logs").CombinedOutput(); err == nil || !strings.Contains(string(out), "refused: ") {
+		t.Fatalf("a delegation of a scope alice does not hold: %v: %s", err, out)
 	}
 }
