@@ -83,6 +83,10 @@ type Node struct {
 	handlers map[string]Handler
 	cancel   context.CancelFunc
 	ctx      context.Context
+
+	// handlerTimeouts are the actions' own handler timeouts (HandleWith),
+	// under mu.
+	handlerTimeouts map[string]time.Duration
 }
 
 // New validates cfg and builds a Node. Nothing listens until Start.

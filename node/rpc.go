@@ -26,30 +26,27 @@ type Request struct {
 	Body          []byte
 	ContentType   string
 	CorrelationID protocol.CorrelationID
+	// Traceparent and Tracestate are the caller's W3C trace context, as
+	// it signed them: for tracing only, never for a decision.
+	Traceparent, Tracestate string
+
+	progress *progressSink // nil outside a call served over the network
 }
 
 // Handler serves one action. The returned bytes are the reply body; an
 // error becomes an error reply with code handler_error and the error text,
 // except a busy one (protocol.Busy), which the caller gets as busy with
 // its retry-after: a handler that sheds load says so. At most
-// Config.MaxConcurrentCalls handlers run at once.
+// Config.MaxConcurrentCalls handlers run at once. ctx ends when the
+// handler's timeout passes or the caller gives up (context.Cause(ctx) is
+// then ErrCallerCancelled); req.Progress sends progress messages meanwhile.
 type Handler func(ctx context.Context, req *Request) ([]byte, error)
 
 // Handle registers h for action (a scope such as read:logs), replacing any
 // earlier handler; a nil h removes it (calls are then answered
 // no_handler).
 func (n *Node) Handle(action string, h Handler) error {
-	if err := trust.ValidateScope(action); err != nil {
-		return err
-	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if h == nil {
-		delete(n.handlers, action)
-		return nil
-	}
-	n.handlers[action] = h
-	return nil
+	return n.HandleWith(action, h, HandlerOptions{})
 }
 
 // Reply is the verified reply to a call.
@@ -65,6 +62,15 @@ type CallOptions struct {
 	Token         *trust.Token           // nil: the first held token granting the action
 	CorrelationID protocol.CorrelationID // zero: a new one; set it for onward calls
 	ContentType   string
+	// Timeout bounds the call, reply included; zero is Config.CallTimeout.
+	// At most MaxTimeout. A deadline of ctx that comes sooner wins.
+	Timeout time.Duration
+	// Traceparent and Tracestate, when set, are carried signed in the
+	// request (W3C trace context; protocol.CheckTraceContext's bounds).
+	Traceparent, Tracestate string
+	// OnProgress, when set, is called with each verified progress message
+	// of the callee, in order, before Call returns.
+	OnProgress func(Progress)
 }
 
 // tokenFor returns the first held token whose leaf grants action to this
@@ -103,20 +109,25 @@ func (n *Node) Call(ctx context.Context, to peer.ID, action string, body []byte,
 	if tok == nil {
 		tok = n.tokenFor(action)
 	}
+	if err := protocol.CheckTraceContext(opts.Traceparent, opts.Tracestate); err != nil {
+		return nil, err
+	}
 	env := &protocol.Envelope{Kind: protocol.KindRequest, RecipientPeer: toKey, Action: action, Payload: body,
-		ContentType: opts.ContentType, CorrelationID: opts.CorrelationID, Token: tok}
+		ContentType: opts.ContentType, CorrelationID: opts.CorrelationID, Token: tok,
+		Traceparent: opts.Traceparent, Tracestate: opts.Tracestate}
 	raw, err := protocol.Seal(n.cfg.Identity, env, n.now())
 	if err != nil {
 		return nil, err
 	}
-	return n.roundTrip(ctx, to, toKey, env, raw)
+	return n.roundTrip(ctx, to, toKey, env, raw, opts)
 }
 
-func (n *Node) roundTrip(ctx context.Context, to peer.ID, toKey trust.PublicKey, env *protocol.Envelope, raw []byte) (*Reply, error) {
+func (n *Node) roundTrip(ctx context.Context, to peer.ID, toKey trust.PublicKey, env *protocol.Envelope, raw []byte, opts *CallOptions) (*Reply, error) {
 	start := time.Now()
 	rec := n.record(audit.Out, audit.Request, to.String())
 	rec.CorrelationID, rec.Action = env.CorrelationID.String(), env.Action
-	reply, err := n.exchange(ctx, to, toKey, env, raw)
+	rec.Traceparent, rec.Tracestate = env.Traceparent, env.Tracestate
+	reply, err := n.exchange(ctx, to, toKey, env, raw, opts)
 	rec.LatencyMS = float64(time.Since(start).Microseconds()) / 1000
 	if err != nil {
 		reject(&rec, codeOrDefault(err, protocol.CodeUnavailable), errDetail(err))
@@ -127,11 +138,15 @@ func (n *Node) roundTrip(ctx context.Context, to peer.ID, toKey trust.PublicKey,
 	return reply, err
 }
 
-func (n *Node) exchange(ctx context.Context, to peer.ID, toKey trust.PublicKey, env *protocol.Envelope, raw []byte) (*Reply, error) {
+func (n *Node) exchange(ctx context.Context, to peer.ID, toKey trust.PublicKey, env *protocol.Envelope, raw []byte, opts *CallOptions) (*Reply, error) {
 	h := n.host()
-	if deadline, ok := ctx.Deadline(); !ok || time.Until(deadline) > n.cfg.CallTimeout {
+	limit, err := n.callTimeout(opts)
+	if err != nil {
+		return nil, err
+	}
+	if deadline, ok := ctx.Deadline(); !ok || time.Until(deadline) > limit {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, n.cfg.CallTimeout)
+		ctx, cancel = context.WithTimeout(ctx, limit)
 		defer cancel()
 	}
 	if h.Network().Connectedness(to) != network.Connected {
@@ -155,21 +170,20 @@ func (n *Node) exchange(ctx context.Context, to peer.ID, toKey trust.PublicKey, 
 		s.Reset()
 		return nil, protocol.Reject(protocol.CodeUnavailable, "send to %s: %v", to, err)
 	}
-	_ = s.CloseWrite()
-	resp, err := frame.ReadGrowing(s, n.cfg.MaxEnvelopeSize)
+	// The write side stays open until the reply: a reset of the stream is
+	// how the callee learns that this caller gave up (watchCaller).
+	stop := context.AfterFunc(ctx, func() { s.Reset() })
+	defer stop()
+	re, err := n.readReply(s, to, toKey, env, opts, func(err error) error {
+		if cerr := ctx.Err(); cerr != nil {
+			err = cerr
+		}
+		return protocol.Reject(protocol.CodeUnavailable, "no reply from %s: %v", to, err)
+	})
 	if err != nil {
-		s.Reset()
-		return nil, protocol.Reject(protocol.CodeUnavailable, "no reply from %s: %v", to, err)
+		return nil, err
 	}
 	s.Close()
-	re, err := n.decider.Decide(resp, protocol.Expect{Kinds: []protocol.Kind{protocol.KindReply, protocol.KindError},
-		Peer: n.self, From: toKey}, n.now())
-	if err != nil {
-		return nil, replyRefused(to, err)
-	}
-	if re.CorrelationID != env.CorrelationID {
-		return nil, protocol.Reject(trust.CodeMalformed, "reply correlation ID %s does not match %s", re.CorrelationID, env.CorrelationID)
-	}
 	if re.Kind == protocol.KindError {
 		code, detail := re.ErrorCode, re.ErrorDetail
 		if !protocol.KnownCode(code) { // the callee's choice: not a new audit reason or metric series
@@ -231,6 +245,7 @@ func (n *Node) handleRPC(s network.Stream) {
 	rec := n.record(audit.In, audit.Request, remote.String())
 	if env != nil {
 		rec.CorrelationID, rec.Action = env.CorrelationID.String(), env.Action
+		rec.Traceparent, rec.Tracestate = env.Traceparent, env.Tracestate
 	}
 	var reply *protocol.Envelope
 	if err != nil {
@@ -239,7 +254,7 @@ func (n *Node) handleRPC(s network.Stream) {
 		reply = n.refusal(env, remoteKey, err)
 		reject(&rec, code, err.Error())
 	} else {
-		reply = n.serve(env, remote, remoteKey, &rec)
+		reply = n.serve(env, remote, remoteKey, &rec, s)
 	}
 	rec.LatencyMS = float64(time.Since(start).Microseconds()) / 1000
 	n.audit.Write(rec)
@@ -261,10 +276,8 @@ func (n *Node) handleRPC(s network.Stream) {
 
 // serve runs the handler of an accepted request, within the node's bound
 // on handler runs, and returns the reply; it sets rec's verdict.
-func (n *Node) serve(env *protocol.Envelope, from peer.ID, fromKey trust.PublicKey, rec *AuditRecord) *protocol.Envelope {
-	n.mu.Lock()
-	h := n.handlers[env.Action]
-	n.mu.Unlock()
+func (n *Node) serve(env *protocol.Envelope, from peer.ID, fromKey trust.PublicKey, rec *AuditRecord, s network.Stream) *protocol.Envelope {
+	h, timeout := n.handler(env.Action)
 	if h == nil {
 		reject(rec, protocol.CodeNoHandler, "")
 		return n.errorReply(env, fromKey, protocol.CodeNoHandler, "no handler for "+env.Action)
@@ -280,9 +293,22 @@ func (n *Node) serve(env *protocol.Envelope, from peer.ID, fromKey trust.PublicK
 		reject(rec, protocol.CodeBusy, err.Error())
 		return n.refusal(env, fromKey, err)
 	}
-	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.HandlerTimeout)
-	body, herr := h(ctx, &Request{From: from, Action: env.Action, Body: env.Payload, ContentType: env.ContentType, CorrelationID: env.CorrelationID})
+	// The stream lives as long as the handler may run, and the reply's
+	// write a second more.
+	_ = s.SetDeadline(time.Now().Add(timeout + time.Second))
+	gone, cancelGone := context.WithCancelCause(n.ctx)
+	defer cancelGone(nil)
+	go watchCaller(s, cancelGone)
+	ctx, cancel := context.WithTimeout(gone, timeout)
+	sink := &progressSink{n: n, s: s, to: fromKey, action: env.Action, corr: env.CorrelationID}
+	body, herr := h(ctx, &Request{From: from, Action: env.Action, Body: env.Payload, ContentType: env.ContentType,
+		CorrelationID: env.CorrelationID, Traceparent: env.Traceparent, Tracestate: env.Tracestate, progress: sink})
+	sink.finish()
 	cancel()
+	if context.Cause(gone) == ErrCallerCancelled && herr == nil {
+		// Its reply would reach no one; the audit says why.
+		herr = ErrCallerCancelled
+	}
 	if _, busy := protocol.RetryAfter(herr); busy {
 		// The handler sheds load itself (the daemon's, when its local
 		// process is behind): busy, not handler_error.

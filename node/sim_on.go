@@ -142,7 +142,7 @@ func (n *Node) SendRaw(ctx context.Context, to peer.ID, raw []byte) (*Reply, err
 	if err != nil {
 		env = &protocol.Envelope{}
 	}
-	return n.roundTrip(ctx, to, toKey, env, raw)
+	return n.roundTrip(ctx, to, toKey, env, raw, &CallOptions{})
 }
 
 // SealRequest builds and signs a request without sending it.

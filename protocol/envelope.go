@@ -3,6 +3,7 @@ package protocol
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"strings"
 	"time"
 
 	"github.com/meshagent/meshagent/protocol/protocolpb"
@@ -45,6 +46,9 @@ const (
 	KindReply   = Kind(protocolpb.Kind_KIND_REPLY)   // a successful reply
 	KindError   = Kind(protocolpb.Kind_KIND_ERROR)   // a rejected or failed call
 	KindMessage = Kind(protocolpb.Kind_KIND_MESSAGE) // a pubsub message, needs a token
+	// KindProgress is a callee's progress message on a call, before its
+	// reply: same correlation ID, addressed to the caller, no token.
+	KindProgress = Kind(protocolpb.Kind_KIND_PROGRESS)
 )
 
 func (k Kind) String() string {
@@ -57,6 +61,8 @@ func (k Kind) String() string {
 		return "error"
 	case KindMessage:
 		return "message"
+	case KindProgress:
+		return "progress"
 	}
 	return "unknown"
 }
@@ -107,6 +113,11 @@ type Envelope struct {
 	// RetryAfter is when a busy receiver asks the caller to try again
 	// (KindError with ErrorCode busy only; whole milliseconds on the wire).
 	RetryAfter time.Duration
+	// Traceparent and Tracestate are the W3C trace context of the call:
+	// the sender's signed claim, for correlating traces, never for
+	// deciding anything. Open refuses a malformed or oversized one.
+	Traceparent string
+	Tracestate  string
 
 	body, sig []byte // exactly as signed / received
 }
@@ -132,6 +143,7 @@ func Seal(id *trust.Identity, e *Envelope, now time.Time) ([]byte, error) {
 		Payload: e.Payload, ContentType: e.ContentType, Timestamp: now.UnixNano(), Nonce: e.Nonce,
 		CorrelationId: e.CorrelationID[:], ErrorCode: string(e.ErrorCode), ErrorDetail: e.ErrorDetail,
 		RecipientTopic: e.RecipientTopic, RetryAfterMs: e.RetryAfter.Milliseconds(),
+		Traceparent: e.Traceparent, Tracestate: e.Tracestate,
 	}
 	if !e.RecipientPeer.IsZero() {
 		b.RecipientPeer = e.RecipientPeer[:]
@@ -172,9 +184,13 @@ func Open(raw []byte, maxSize, maxTokenSize int) (*Envelope, error) {
 	e := &Envelope{Kind: Kind(b.Kind), Action: b.Action, Payload: b.Payload, ContentType: b.ContentType,
 		Timestamp: time.Unix(0, b.Timestamp), Nonce: b.Nonce, RecipientTopic: b.RecipientTopic,
 		ErrorCode: trust.Code(b.ErrorCode), ErrorDetail: b.ErrorDetail, body: w.Body, sig: w.Signature,
-		RetryAfter: time.Duration(min(max(b.RetryAfterMs, 0), maxRetryAfterMs)) * time.Millisecond}
+		RetryAfter:  time.Duration(min(max(b.RetryAfterMs, 0), maxRetryAfterMs)) * time.Millisecond,
+		Traceparent: b.Traceparent, Tracestate: b.Tracestate}
+	if err := CheckTraceContext(e.Traceparent, e.Tracestate); err != nil {
+		return nil, err
+	}
 	switch e.Kind {
-	case KindRequest, KindReply, KindError, KindMessage:
+	case KindRequest, KindReply, KindError, KindMessage, KindProgress:
 	default:
 		return nil, Reject(trust.CodeMalformed, "unknown envelope kind %d", b.Kind)
 	}
@@ -214,4 +230,53 @@ func (e *Envelope) Size() int { return len(e.body) + len(e.sig) + 6 }
 // VerifySignature checks the sender's signature over the exact body bytes.
 func (e *Envelope) VerifySignature() bool {
 	return e.Sender.Verify(wire.DomainEnvelope, e.body, e.sig)
+}
+
+// Bounds of the trace context an envelope carries: a version-00
+// traceparent is exactly 55 bytes; W3C asks tracestate to be at most 512.
+const (
+	MaxTraceparent = 55
+	MaxTracestate  = 512
+)
+
+// CheckTraceContext refuses (malformed) a traceparent that is not the W3C
+// form 2hex-32hex-16hex-2hex (lowercase, version not ff, trace and parent
+// IDs not all zero), a tracestate over MaxTracestate bytes or with
+// characters outside printable ASCII, or a tracestate without a
+// traceparent. Both empty is fine.
+func CheckTraceContext(traceparent, tracestate string) error {
+	if traceparent == "" {
+		if tracestate != "" {
+			return Reject(trust.CodeMalformed, "tracestate without traceparent")
+		}
+		return nil
+	}
+	if len(traceparent) != MaxTraceparent {
+		return Reject(trust.CodeMalformed, "traceparent is %d bytes, want %d", len(traceparent), MaxTraceparent)
+	}
+	for i := 0; i < len(traceparent); i++ {
+		c := traceparent[i]
+		switch i {
+		case 2, 35, 52:
+			if c != '-' {
+				return Reject(trust.CodeMalformed, "traceparent %.64q is not version-traceid-parentid-flags", traceparent)
+			}
+		default:
+			if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+				return Reject(trust.CodeMalformed, "traceparent %.64q: not lowercase hex", traceparent)
+			}
+		}
+	}
+	if traceparent[:2] == "ff" || traceparent[3:35] == strings.Repeat("0", 32) || traceparent[36:52] == strings.Repeat("0", 16) {
+		return Reject(trust.CodeMalformed, "traceparent %.64q: invalid version or all-zero ID", traceparent)
+	}
+	if len(tracestate) > MaxTracestate {
+		return Reject(trust.CodeMalformed, "tracestate is %d bytes, at most %d", len(tracestate), MaxTracestate)
+	}
+	for i := 0; i < len(tracestate); i++ {
+		if c := tracestate[i]; c < 0x20 || c > 0x7e {
+			return Reject(trust.CodeMalformed, "tracestate has a byte 0x%02x outside printable ASCII", c)
+		}
+	}
+	return nil
 }

@@ -37,6 +37,10 @@ const (
 	// capacity). It is not the sender's doing: it is never charged, and it
 	// says when to try again (BusyError).
 	CodeBusy trust.Code = "busy"
+	// CodeProgressBound: a callee sent more progress messages on one call,
+	// or a larger one, than the caller takes (node.MaxProgressPerCall,
+	// node.MaxProgressBody). The call fails; the caller is charged nothing.
+	CodeProgressBound trust.Code = "progress_bound"
 )
 
 // BusyError is a busy refusal with the time to wait before trying again.
@@ -75,7 +79,7 @@ func init() {
 		trust.CodeVersion, trust.CodeWeakKey,
 		CodeStale, CodeReplay, CodeReplayFull, CodeWrongRecipient, CodeWrongKind, CodeImpersonation, CodeNoToken,
 		CodeUnlisted, CodeDead, CodeNoHandler, CodeHandlerError, CodeUnavailable, CodeFlood, CodeTopicNotGranted,
-		CodeUnknown, CodeBusy} {
+		CodeUnknown, CodeBusy, CodeProgressBound} {
 		knownCodes[c] = true
 	}
 }

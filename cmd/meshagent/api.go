@@ -91,6 +91,7 @@ type hub struct {
 	waiting map[string]*pendingCall // handed to a process, by id
 	calls   int                     // held, in all actions
 	bytes   int
+	to      timeouts
 }
 
 // Bounds on the calls the hub holds for local processes, below the
@@ -118,6 +119,9 @@ type callQueue struct {
 	// notAdvertised says why the action is served but not advertised
 	// (past discovery.MaxActions or MaxAdvertSize), or is empty.
 	notAdvertised string
+	// cancels are the calls handed to the process that ended before
+	// their reply (longcalls.go), waiting to be told.
+	cancels []cancelNotice
 }
 
 type callState int
@@ -164,7 +168,7 @@ func newHub(n *node.Node, builtin []string) *hub {
 	return h
 }
 
-func (h *hub) register(ad node.Action) (*callQueue, error) {
+func (h *hub) register(ad node.Action, timeout time.Duration) (*callQueue, error) {
 	action := ad.Scope
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -175,7 +179,10 @@ func (h *hub) register(ad node.Action) (*callQueue, error) {
 		return nil, errHandled{action, false}
 	}
 	q := &callQueue{action: action, ready: make(chan struct{}, 1)}
-	if err := h.n.Handle(action, func(ctx context.Context, r *node.Request) ([]byte, error) {
+	if timeout == 0 {
+		timeout = h.to.handlerTimeout(action)
+	}
+	if err := h.n.HandleWith(action, func(ctx context.Context, r *node.Request) ([]byte, error) {
 		p, err := h.enqueue(q, r)
 		if err != nil {
 			return nil, err
@@ -188,9 +195,13 @@ func (h *hub) register(ad node.Action) (*callQueue, error) {
 			}
 			return res.body, nil
 		case <-ctx.Done():
+			h.over(p, ctx)
+			if context.Cause(ctx) == node.ErrCallerCancelled {
+				return nil, node.ErrCallerCancelled
+			}
 			return nil, fmt.Errorf("the local handler of %s did not reply in time", action)
 		}
-	}); err != nil {
+	}, node.HandlerOptions{Timeout: timeout}); err != nil {
 		return nil, err
 	}
 	if err := h.n.Advertise(ad); trust.CodeOf(err) == trust.CodeTooLarge {
@@ -457,8 +468,9 @@ func streamRequest(w http.ResponseWriter, r *http.Request) bool {
 
 // addStreamingRoutes adds publish, subscribe, handle, reply and tokens,
 // and the gauges of what their streams hold to met.
-func addStreamingRoutes(mux *http.ServeMux, n *node.Node, met *daemonMetrics, builtin []string) {
+func addStreamingRoutes(mux *http.ServeMux, n *node.Node, met *daemonMetrics, to timeouts, builtin []string) {
 	h := newHub(n, builtin)
+	h.to = to
 	subs := &subscribers{}
 	met.watchStreams(h, subs)
 	mux.HandleFunc("GET /v1/tokens", func(w http.ResponseWriter, r *http.Request) {
@@ -554,7 +566,17 @@ func addStreamingRoutes(mux *http.ServeMux, n *node.Node, met *daemonMetrics, bu
 			writeJSON(w, 400, apiError{Error: err.Error(), Code: string(trust.CodeOf(err))})
 			return
 		}
-		q, err := h.register(ad)
+		var timeout time.Duration
+		if ts := r.URL.Query().Get("timeout"); ts != "" {
+			if timeout, err = time.ParseDuration(ts); err == nil {
+				err = checkTimeout(timeout)
+			}
+			if err != nil {
+				writeJSON(w, 400, apiError{Error: "timeout: " + err.Error()})
+				return
+			}
+		}
+		q, err := h.register(ad, timeout)
 		var taken errHandled
 		if errors.As(err, &taken) {
 			writeJSON(w, 409, apiError{Error: err.Error(), Code: "already_handled"})
@@ -594,15 +616,21 @@ func addStreamingRoutes(mux *http.ServeMux, n *node.Node, met *daemonMetrics, bu
 						break
 					}
 					_ = rc.SetWriteDeadline(time.Now().Add(handleWriteTimeout))
-					if s.send(map[string]any{"id": id, "from": p.req.From.String(), "action": p.req.Action,
-						"correlation_id": p.req.CorrelationID.String(), "body": jsonBody(p.req.Body)}) != nil || rc.Flush() != nil {
+					if s.send(handleEvent(id, p.req)) != nil || rc.Flush() != nil {
 						h.resolve(id, callResult{err: "local handler went away"})
+						return
+					}
+				}
+				for _, c := range h.takeCancels(q) {
+					_ = rc.SetWriteDeadline(time.Now().Add(handleWriteTimeout))
+					if s.event("cancel", c) != nil || rc.Flush() != nil {
 						return
 					}
 				}
 			}
 		}
 	})
+	mux.HandleFunc("POST /v1/progress", progressHandler(h)) // longcalls.go
 	mux.HandleFunc("POST /v1/reply", func(w http.ResponseWriter, r *http.Request) {
 		var req struct {
 			ID    string          `json:"id"`

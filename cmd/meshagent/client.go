@@ -171,10 +171,11 @@ func newClientCommands() []*cobra.Command {
 		return c.call(cmd.Context(), "GET", "/v1/peers", nil, cmd.OutOrStdout())
 	})
 
-	var to, act, body string
+	var to, act, body, tokenFile, corr string
+	var progress bool
 	var timeout time.Duration
 	send := clientCommand(&cobra.Command{
-		Use: "send --home DIR --to PEERID --action SCOPE [--body JSON] [--timeout 10s]", Short: "Call an action on a peer and print the reply as JSON", Args: exactArgs(0),
+		Use: "send --home DIR --to PEERID --action SCOPE [--body JSON] [--timeout DURATION] [--token FILE] [--correlation-id HEX] [--progress]", Short: "Call an action on a peer and print the reply as JSON", Args: exactArgs(0),
 	}, func(cmd *cobra.Command, _ []string, c *localClient) error {
 		if body == "" {
 			body = "{}"
@@ -182,12 +183,32 @@ func newClientCommands() []*cobra.Command {
 		if !json.Valid([]byte(body)) {
 			return usagef("--body is not valid JSON")
 		}
-		return c.call(cmd.Context(), "POST", "/v1/send", map[string]any{"to": to, "action": act, "body": json.RawMessage(body), "timeout": timeout.String()}, cmd.OutOrStdout())
+		req := map[string]any{"to": to, "action": act, "body": json.RawMessage(body)}
+		if timeout != 0 {
+			req["timeout"] = timeout.String()
+		}
+		if tokenFile != "" {
+			t, err := loadToken(tokenFile)
+			if err != nil {
+				return fmt.Errorf("--token: %v", err)
+			}
+			req["token"] = string(trust.EncodePEM(t.Bytes(), trust.PEMToken))
+		}
+		if corr != "" {
+			req["correlation_id"] = corr
+		}
+		if progress {
+			return sendWithProgress(cmd.Context(), c, req, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		}
+		return c.call(cmd.Context(), "POST", "/v1/send", req, cmd.OutOrStdout())
 	}, "to", "action")
 	send.Flags().StringVar(&to, "to", "", "peer ID to call")
 	send.Flags().StringVar(&act, "action", "", "action (scope) to call")
 	send.Flags().StringVar(&body, "body", "", "JSON body")
-	send.Flags().DurationVar(&timeout, "timeout", defaultCallTimeout, "how long to wait for the reply")
+	send.Flags().StringVar(&tokenFile, "token", "", "token file to present for this call (one this agent holds; default: the daemon's first that grants the action)")
+	send.Flags().BoolVar(&progress, "progress", false, "print the callee's progress messages on stderr, one JSON line each, as they come")
+	send.Flags().StringVar(&corr, "correlation-id", "", "correlation ID (32 hex digits) to continue a conversation")
+	send.Flags().DurationVar(&timeout, "timeout", 0, "how long to wait for the reply, up to 1h (default: the daemon's for the action, 10s unless configured)")
 
 	tokens := clientCommand(&cobra.Command{
 		Use: "tokens --home DIR", Short: "List the capability tokens the daemon holds, as JSON", Args: exactArgs(0),

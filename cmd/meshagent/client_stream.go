@@ -40,6 +40,18 @@ func (e streamError) Error() string {
 // daemon said why (event: error), errStreamEnded otherwise. Events of
 // other types, and comments, are skipped.
 func (c *localClient) events(ctx context.Context, path string, f func(data []byte) (bool, error)) error {
+	return c.namedEvents(ctx, path, func(name string, d []byte) (bool, error) {
+		if name != "" {
+			return true, nil // an event this client does not read (cancel, say)
+		}
+		return f(d)
+	})
+}
+
+// namedEvents is events that also hands f the events of other names than
+// message and error (cancel, progress...), with their name ("" for
+// message).
+func (c *localClient) namedEvents(ctx context.Context, path string, f func(name string, data []byte) (bool, error)) error {
 	req, err := http.NewRequestWithContext(ctx, "GET", "http://meshagent"+path, nil)
 	if err != nil {
 		return err
@@ -76,7 +88,7 @@ func (c *localClient) events(ctx context.Context, path string, f func(data []byt
 		switch {
 		case !ok:
 		case ev == "" || ev == "message":
-			more, err := f(d)
+			more, err := f("", d)
 			if err != nil || !more {
 				return err
 			}
@@ -86,6 +98,11 @@ func (c *localClient) events(ctx context.Context, path string, f func(data []byt
 				e = apiError{Error: string(d)}
 			}
 			return streamError{code: e.Code, msg: e.Error}
+		default:
+			more, err := f(ev, d)
+			if err != nil || !more {
+				return err
+			}
 		}
 	}
 	if err := sc.Err(); err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {

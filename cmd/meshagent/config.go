@@ -43,6 +43,11 @@ type fileConfig struct {
 	// MetricsListen, when set (host:port), serves /metrics over HTTP there
 	// too; the local API always serves it.
 	MetricsListen string `yaml:"metrics_listen"`
+	// Timeouts are per-action call and handler timeouts (longcalls.go).
+	Timeouts []actionTimeout `yaml:"timeouts"`
+
+	// callFlags and handlerFlags are --call-timeout and --handler-timeout.
+	callFlags, handlerFlags []string
 }
 
 func inHome(home, p string) string {
@@ -170,6 +175,15 @@ allowlist: []
 
 # Find other agents on the LAN with multicast DNS (service "meshagent").
 mdns: false
+
+# Per-action timeouts, up to 1h each (the defaults are 10s): call is how long
+# this agent's calls of the action wait when /v1/send gives no timeout;
+# handler is how long its local handler (meshagent handle, /v1/handle) may
+# take. Flags: --call-timeout ACTION=15m, --handler-timeout ACTION=15m.
+timeouts: []
+#  - action: summarize:docs
+#    call: 15m
+#    handler: 15m
 
 # Prometheus metrics are served on the local API at /metrics; set host:port
 # to serve them over TCP too.

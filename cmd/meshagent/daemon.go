@@ -24,6 +24,7 @@ func newRunCmd() *cobra.Command {
 	var home, credential, issuerKey string
 	var listen, bootstrap, anchors, tokens []string
 	var heartbeat, deadAfter time.Duration
+	var callTimeouts, handlerTimeouts []string
 	cmd := &cobra.Command{
 		Use:   "run --home DIR",
 		Short: "Run the agent daemon until SIGINT or SIGTERM, with its local API on a Unix socket",
@@ -58,6 +59,7 @@ func newRunCmd() *cobra.Command {
 			if f.Changed("issuer-key") {
 				fc.IssuerKey = issuerKey
 			}
+			fc.callFlags, fc.handlerFlags = callTimeouts, handlerTimeouts
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return serveDaemon(ctx, home, fc, nil, cmd.ErrOrStderr())
@@ -73,6 +75,8 @@ func newRunCmd() *cobra.Command {
 	f.DurationVar(&heartbeat, "heartbeat", 0, "heartbeat interval (default 30s)")
 	f.DurationVar(&deadAfter, "dead-after", 0, "silence after which an agent is dead (default 90s)")
 	f.StringVar(&issuerKey, "issuer-key", "", "anchor key file: make this daemon an issuer")
+	f.StringArrayVar(&callTimeouts, "call-timeout", nil, "ACTION=DURATION: how long calls of ACTION wait when /v1/send gives no timeout (repeatable; up to 1h)")
+	f.StringArrayVar(&handlerTimeouts, "handler-timeout", nil, "ACTION=DURATION: how long the local handler of ACTION may take (repeatable; up to 1h)")
 	required(cmd, "home")
 	return cmd
 }
@@ -119,7 +123,7 @@ func serveDaemon(ctx context.Context, home string, fc *fileConfig, ready func(*n
 	if err := n.Start(ctx); err != nil {
 		return err
 	}
-	api, err := newAPIServer(plan.sock, n, metrics)
+	api, err := newAPIServer(plan.sock, n, metrics, plan.timeouts)
 	if err != nil {
 		return fmt.Errorf("api socket: %v", err)
 	}
@@ -144,9 +148,10 @@ func upLine(n *node.Node, sock string) string {
 // daemonPlan is an agent's config, checked, as what the daemon runs: the
 // node's config and the path of the local API socket.
 type daemonPlan struct {
-	node  node.Config
-	sock  string
-	audit *rotatingFile // nil without audit_log; open until close
+	node     node.Config
+	sock     string
+	timeouts timeouts      // per action
+	audit    *rotatingFile // nil without audit_log; open until close
 }
 
 func (p *daemonPlan) close() {
@@ -193,6 +198,11 @@ func planDaemon(home string, fc *fileConfig, logw io.Writer) (*daemonPlan, error
 		t, err := loadToken(inHome(home, tf))
 		if err != nil {
 			return nil, fmt.Errorf("config: tokens: %v", err)
+		}
+		if !t.Holder().Equal(id.Public()) {
+			// Another agent's: no call could use it.
+			fmt.Fprintf(logw, "meshagent: config: tokens: %s is held by %s, not by this agent (%s): not loaded\n", tf, t.Holder(), id.Public())
+			continue
 		}
 		cfg.Tokens = append(cfg.Tokens, t)
 	}
@@ -243,7 +253,11 @@ func planDaemon(home string, fc *fileConfig, logw io.Writer) (*daemonPlan, error
 			fmt.Fprintf(logw, "meshagent: saving revocation: %v\n", err)
 		}
 	}
-	plan := &daemonPlan{sock: sock}
+	to, err := parseTimeouts(fc.Timeouts, fc.callFlags, fc.handlerFlags)
+	if err != nil {
+		return nil, err
+	}
+	plan := &daemonPlan{sock: sock, timeouts: to}
 	if fc.AuditLog != "" {
 		max := fc.AuditLogMaxBytes
 		if max < 0 {

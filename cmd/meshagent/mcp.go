@@ -348,7 +348,7 @@ func (ms *meshMCP) builtinTools(v meshView) []meshTool {
 				"to":      map[string]any{"type": "string", "description": "the agent to call: its peer ID (12D3KooW...) or its name. " + agents},
 				"action":  map[string]any{"type": "string", "description": "the action, a scope verb:resource (lowercase), for example read:logs"},
 				"body":    map[string]any{"type": "string", "description": "the request body as JSON text (default {}); text that is not JSON is sent as a JSON string"},
-				"timeout": map[string]any{"type": "string", "description": "how long to wait for the reply, a Go duration such as 30s (default 10s)"},
+				"timeout": map[string]any{"type": "string", "description": "how long to wait for the reply, a Go duration such as 30s, at most 1h (default: the daemon's for the action, 10s unless configured)"},
 			},
 			"required":             []string{"to", "action"},
 			"additionalProperties": false,
@@ -417,11 +417,16 @@ func (ms *meshMCP) meshCall(ctx context.Context, req *mcp.CallToolRequest) (*mcp
 	if err := trust.ValidateScope(a.Action); err != nil {
 		return toolError(apiError{Code: string(trust.CodeOf(err)), Error: "action: " + err.Error()}), nil
 	}
-	timeout := defaultCallTimeout
+	// No timeout: the daemon's for the action (defaultCallTimeout unless
+	// its config says), at most mcpMaxTimeout.
+	timeout := mcpMaxTimeout
 	if a.Timeout != "" {
 		t, err := time.ParseDuration(a.Timeout)
-		if err != nil || t <= 0 {
-			return toolError(apiError{Code: mcpCodeBadInput, Error: fmt.Sprintf("timeout %q: want a positive Go duration such as 30s", a.Timeout)}), nil
+		if err == nil {
+			err = checkTimeout(t)
+		}
+		if err != nil {
+			return toolError(apiError{Code: mcpCodeBadInput, Error: fmt.Sprintf("timeout %q: want a Go duration such as 30s, at most %s", a.Timeout, mcpMaxTimeout)}), nil
 		}
 		timeout = t
 	}
@@ -441,7 +446,13 @@ func (ms *meshMCP) meshCall(ctx context.Context, req *mcp.CallToolRequest) (*mcp
 	// with it, when the MCP client cancels.
 	ctx, cancel := context.WithTimeout(ctx, timeout+5*time.Second)
 	defer cancel()
-	out, e := ms.send(ctx, map[string]any{"to": to, "action": a.Action, "body": body, "timeout": timeout.String()})
+	in := map[string]any{"to": to, "action": a.Action, "body": body}
+	if a.Timeout != "" {
+		in["timeout"] = timeout.String()
+	}
+	traceFromMeta(req.Params.Meta, in)
+	out, e := ms.sendCall(ctx, req, in) // mcp_longcalls.go: progress notifications
+
 	if e != nil {
 		return toolError(*e), nil
 	}

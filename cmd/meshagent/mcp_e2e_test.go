@@ -85,6 +85,7 @@ func runHelperMCPServer() {
 	add("crash", func(in) (out, error) { os.Exit(3); return out{}, nil })
 	add("sleep", func(in) (out, error) { time.Sleep(1500 * time.Millisecond); return out{"slept"}, nil })
 	add("secret", func(in) (out, error) { return out{"the secret"}, nil })
+	addLongTools(s, ran) // mcp_longcalls_test.go
 	if extra := os.Getenv(mcpHelperExtra); extra != "" {
 		add(extra, func(in) (out, error) { return out{"extra"}, nil })
 	}

@@ -25,6 +25,8 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"github.com/spf13/cobra"
+
+	"github.com/meshagent/meshagent/node"
 )
 
 // Restarts of a child that exited: the first after mcpRestartMin, each
@@ -37,16 +39,13 @@ var (
 	mcpRestartReset = 30 * time.Second
 )
 
-// mcpToolTimeout bounds one tool call to the child: the daemon's handler
-// timeout, after which the caller has been answered anyway.
-const mcpToolTimeout = defaultCallTimeout
-
 // mcpMaxResult bounds a tool's result: /v1/reply takes at most 1 MiB,
 // its id and JSON framing included.
 const mcpMaxResult = 1<<20 - 1<<10
 
 func newMCPServeCmd() *cobra.Command {
 	var name string
+	var timeout time.Duration
 	cmd := clientCommand(&cobra.Command{
 		// Arguments and flags are checked before the daemon's config is read.
 		PreRunE: func(cmd *cobra.Command, args []string) error {
@@ -55,6 +54,11 @@ func newMCPServeCmd() *cobra.Command {
 			}
 			if _, err := mcpVerb(name); err != nil {
 				return usageError{err}
+			}
+			if cmd.Flags().Changed("timeout") {
+				if err := checkTimeout(timeout); err != nil {
+					return usagef("mcp serve: --timeout %v", err)
+				}
 			}
 			return nil
 		},
@@ -72,9 +76,10 @@ this process's stderr, each line prefixed with [mcp NAME].`,
 		if err := c.call(ctx, "GET", "/v1/status", nil, io.Discard); err != nil {
 			return err
 		}
-		return serveMCP(ctx, c, name, args, cmd.ErrOrStderr())
+		return serveMCP(ctx, c, name, timeout, args, cmd.ErrOrStderr())
 	}, "name")
 	cmd.Flags().StringVar(&name, "name", "", "the server's name on the mesh: its tools are the actions mcp.NAME:TOOL")
+	cmd.Flags().DurationVar(&timeout, "timeout", 0, "how long one tool call may take, up to 1h (default: the daemon's handler timeout for the action)")
 	return cmd
 }
 
@@ -84,6 +89,10 @@ type mcpChild struct {
 	argv   []string
 	stderr io.Writer // this process's
 	client *mcp.Client
+	// timeout is the handler timeout asked of the daemon for each tool
+	// (0: the daemon's own), and the bound of one call to the child.
+	timeout time.Duration
+	calls   childCalls // in flight, by the daemon's id (mcp_longcalls.go)
 
 	mu  sync.Mutex
 	run *childRun // nil while the child is not running
@@ -99,10 +108,11 @@ type childRun struct {
 
 // serveMCP serves the tools of the MCP server argv as the actions of
 // name, through c, until ctx ends or the daemon refuses a stream.
-func serveMCP(ctx context.Context, c *localClient, name string, argv []string, stderr io.Writer) error {
+func serveMCP(ctx context.Context, c *localClient, name string, timeout time.Duration, argv []string, stderr io.Writer) error {
 	stderr = &lockedWriter{w: stderr} // written by the child's copier and by every goroutine here
-	ch := &mcpChild{name: name, argv: argv, stderr: stderr}
+	ch := &mcpChild{name: name, argv: argv, stderr: stderr, timeout: timeout}
 	ch.client = mcp.NewClient(mcpImplementation, &mcp.ClientOptions{
+		ProgressNotificationHandler: forwardProgress(c, &ch.calls),
 		ToolListChangedHandler: func(context.Context, *mcp.ToolListChangedRequest) {
 			fmt.Fprintf(stderr, "meshagent: mcp serve %s: the server's tools changed; the set served is the one read at start (restart mcp serve to serve the new one)\n", name)
 		},
@@ -243,20 +253,41 @@ func (ch *mcpChild) serveAction(ctx context.Context, c *localClient, m mcpToolSc
 	defer wg.Wait()
 	delay := mcpRestartMin
 	for {
-		err := c.events(ctx, "/v1/handle?"+ad.Encode(), func(d []byte) (bool, error) {
+		q := url.Values{}
+		for k, v := range ad {
+			q[k] = v
+		}
+		if ch.timeout > 0 {
+			q.Set("timeout", ch.timeout.String())
+		}
+		err := c.namedEvents(ctx, "/v1/handle?"+q.Encode(), func(name string, d []byte) (bool, error) {
 			delay = mcpRestartMin
 			var ev struct {
 				ID   string          `json:"id"`
 				Body json.RawMessage `json:"body"`
 			}
 			if err := json.Unmarshal(d, &ev); err != nil {
-				return false, fmt.Errorf("mcp serve: a request of %s: %v", m.Scope, err)
+				return false, fmt.Errorf("mcp serve: a %s event of %s: %v", name, m.Scope, err)
 			}
+			if name == "cancel" {
+				// The caller gave up or the handler timeout passed: the
+				// child gets notifications/cancelled.
+				ch.calls.stop(ev.ID)
+				return true, nil
+			}
+			if name != "" {
+				return true, nil
+			}
+			callCtx, cancel := context.WithCancel(ctx)
+			ch.calls.add(ev.ID, cancel)
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				defer cancel()
 				reply := map[string]any{"id": ev.ID}
-				if body, err := ch.call(ctx, m.Tool, ev.Body); err != nil {
+				body, err := ch.call(callCtx, m.Tool, ev.ID, ev.Body)
+				ch.calls.done(ev.ID)
+				if err != nil {
 					reply["error"] = err.Error()
 				} else {
 					reply["body"] = body
@@ -291,7 +322,10 @@ func (ch *mcpChild) serveAction(ctx context.Context, c *localClient, m mcpToolSc
 // tool's result as JSON (CallToolResult: content, structuredContent). A
 // tool that reports an error, or a child that is down or exits during the
 // call, is an error, which becomes the handler's error.
-func (ch *mcpChild) call(ctx context.Context, tool string, body json.RawMessage) (json.RawMessage, error) {
+//
+// The call's progress token is id, the daemon's: the child's progress
+// notifications go to the caller (forwardProgress).
+func (ch *mcpChild) call(ctx context.Context, tool, id string, body json.RawMessage) (json.RawMessage, error) {
 	args := bytes.TrimSpace(body)
 	if len(args) == 0 || bytes.Equal(args, []byte("null")) {
 		args = []byte("{}")
@@ -303,9 +337,17 @@ func (ch *mcpChild) call(ctx context.Context, tool string, body json.RawMessage)
 	if run == nil {
 		return nil, fmt.Errorf("MCP server %s is not running: %s", ch.name, why)
 	}
-	ctx, cancel := context.WithTimeout(ctx, mcpToolTimeout)
+	timeout := ch.timeout
+	if timeout == 0 {
+		timeout = node.MaxTimeout // the daemon's cancel event ends it sooner
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	res, err := run.sess.CallTool(ctx, &mcp.CallToolParams{Name: tool, Arguments: json.RawMessage(args)})
+	params := &mcp.CallToolParams{Name: tool, Arguments: json.RawMessage(args)}
+	if id != "" {
+		params.SetProgressToken(id)
+	}
+	res, err := run.sess.CallTool(ctx, params)
 	if err != nil {
 		// An error the server answered is its own; any other may be
 		// its exit (EOF on its stdout), seen before the connection's end.

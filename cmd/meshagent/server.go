@@ -50,12 +50,12 @@ type apiServer struct {
 
 // newAPIServer binds the socket at sock (see listenAPI) for the local API of
 // n, whose metrics are met. Nothing is served until serve.
-func newAPIServer(sock string, n *node.Node, met *daemonMetrics) (*apiServer, error) {
+func newAPIServer(sock string, n *node.Node, met *daemonMetrics, to timeouts) (*apiServer, error) {
 	ln, err := listenAPI(sock)
 	if err != nil {
 		return nil, err
 	}
-	mux := apiHandler(n, met, pingAction)
+	mux := apiHandler(n, met, to, pingAction)
 	mux.Handle("GET /metrics", met.handler())
 	return &apiServer{sock: sock, ln: ln, srv: newHTTPServer(mux)}, nil
 }
@@ -134,7 +134,8 @@ func readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, bool) 
 // apiHandler serves the local API. See docs/local-api.md. builtin are the
 // actions the daemon serves itself: no local process may handle them. The
 // gauges of what its streams hold are registered with met.
-func apiHandler(n *node.Node, met *daemonMetrics, builtin ...string) *http.ServeMux {
+// to are the daemon's per-action timeouts.
+func apiHandler(n *node.Node, met *daemonMetrics, to timeouts, builtin ...string) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		st := n.Stats()
@@ -149,50 +150,8 @@ func apiHandler(n *node.Node, met *daemonMetrics, builtin ...string) *http.Serve
 		writeJSON(w, 200, n.Peers())
 	})
 	mux.HandleFunc("GET /v1/actions", serveActions(n))
-	mux.HandleFunc("POST /v1/send", func(w http.ResponseWriter, r *http.Request) {
-		var req struct {
-			To      string          `json:"to"`
-			Action  string          `json:"action"`
-			Body    json.RawMessage `json:"body"`
-			Timeout string          `json:"timeout"`
-		}
-		data, ok := readBody(w, r, 1<<20)
-		if !ok {
-			return
-		}
-		if err := json.Unmarshal(data, &req); err != nil {
-			writeJSON(w, 400, apiError{Error: "bad JSON: " + err.Error()})
-			return
-		}
-		to, err := trust.ParsePublicKey(req.To)
-		if err != nil {
-			writeJSON(w, 400, apiError{Error: "to: " + err.Error(), Code: string(trust.CodeOf(err))})
-			return
-		}
-		timeout := defaultCallTimeout
-		if req.Timeout != "" {
-			if timeout, err = time.ParseDuration(req.Timeout); err != nil {
-				writeJSON(w, 400, apiError{Error: "timeout: " + err.Error()})
-				return
-			}
-		}
-		ctx, cancel := context.WithTimeout(r.Context(), timeout)
-		defer cancel()
-		rep, err := n.Call(ctx, to.PeerID(), req.Action, req.Body, nil)
-		if d, busy := protocol.RetryAfter(err); busy {
-			writeBusy(w, err, d) // shed load, not a refusal: try again then
-			return
-		}
-		if err != nil {
-			writeJSON(w, 403, apiError{Error: err.Error(), Code: string(trust.CodeOf(err))})
-			return
-		}
-		var body any = string(rep.Body)
-		if json.Valid(rep.Body) {
-			body = json.RawMessage(rep.Body)
-		}
-		writeJSON(w, 200, map[string]any{"from": rep.From.String(), "correlation_id": rep.CorrelationID.String(), "body": body})
-	})
+	mux.HandleFunc("POST /v1/send", sendHandler(n, to))     // longcalls.go
+	mux.HandleFunc("POST /v1/delegate", delegateHandler(n)) // longcalls.go
 	mux.HandleFunc("POST /v1/revoke", func(w http.ResponseWriter, r *http.Request) {
 		data, ok := readBody(w, r, 64<<10)
 		if !ok {
@@ -208,7 +167,7 @@ func apiHandler(n *node.Node, met *daemonMetrics, builtin ...string) *http.Serve
 		}
 		writeJSON(w, 200, map[string]string{"status": "applied and published"})
 	})
-	addStreamingRoutes(mux, n, met, builtin)
+	addStreamingRoutes(mux, n, met, to, builtin)
 	return mux
 }
 

@@ -27,6 +27,7 @@ func newTokenCmd() *cobra.Command {
 
 	var caDir, to, scopes, delegatable, out, home, tokenFile string
 	var ttl time.Duration
+	var viaDaemon bool
 	issue := &cobra.Command{
 		Use:   "issue --ca CADIR --to PEERID --scopes read:logs,write:reports [--delegatable read:logs] [--ttl 1h] --out FILE",
 		Short: "Issue a root token signed by the anchor",
@@ -61,6 +62,9 @@ func newTokenCmd() *cobra.Command {
 		Short: "Delegate a subset of a token you hold; refuses to widen scopes or expiry",
 		Args:  exactArgs(0),
 		RunE: action(func(cmd *cobra.Command, _ []string) error {
+			if viaDaemon {
+				return delegateViaDaemon(cmd.Context(), home, tokenFile, to, scopes, delegatable, ttl, out)
+			}
 			id, err := trust.LoadIdentity(filepath.Join(home, identityFile))
 			if err != nil {
 				return err
@@ -88,6 +92,7 @@ func newTokenCmd() *cobra.Command {
 	delegate.Flags().StringVar(&delegatable, "delegatable", "", "comma-separated subset of --scopes the new holder may delegate")
 	delegate.Flags().DurationVar(&ttl, "ttl", 30*time.Minute, "lifetime; may not end after the token's")
 	delegate.Flags().StringVar(&out, "out", "", "output file (must not exist; written 0600)")
+	delegate.Flags().BoolVar(&viaDaemon, "daemon", false, "have the running daemon of --home sign it (POST /v1/delegate): no key is read here")
 	required(delegate, "home", "token", "to", "scopes", "out")
 
 	inspect := &cobra.Command{

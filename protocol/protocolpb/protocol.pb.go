@@ -36,6 +36,7 @@ const (
 	Kind_KIND_REPLY       Kind = 2 // a successful RPC reply
 	Kind_KIND_ERROR       Kind = 3 // a rejected or failed RPC; error_code says why
 	Kind_KIND_MESSAGE     Kind = 4 // a pubsub message to a topic; needs a capability chain
+	Kind_KIND_PROGRESS    Kind = 5 // an RPC progress message from the callee, before its reply
 )
 
 // Enum value maps for Kind.
@@ -46,6 +47,7 @@ var (
 		2: "KIND_REPLY",
 		3: "KIND_ERROR",
 		4: "KIND_MESSAGE",
+		5: "KIND_PROGRESS",
 	}
 	Kind_value = map[string]int32{
 		"KIND_UNSPECIFIED": 0,
@@ -53,6 +55,7 @@ var (
 		"KIND_REPLY":       2,
 		"KIND_ERROR":       3,
 		"KIND_MESSAGE":     4,
+		"KIND_PROGRESS":    5,
 	}
 )
 
@@ -155,6 +158,8 @@ type EnvelopeBody struct {
 	ErrorCode      string                 `protobuf:"bytes,13,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`             // KIND_ERROR: a stable reason code
 	ErrorDetail    string                 `protobuf:"bytes,14,opt,name=error_detail,json=errorDetail,proto3" json:"error_detail,omitempty"`       // KIND_ERROR: human-readable detail
 	RetryAfterMs   int64                  `protobuf:"varint,15,opt,name=retry_after_ms,json=retryAfterMs,proto3" json:"retry_after_ms,omitempty"` // KIND_ERROR with error_code "busy": when to try again
+	Traceparent    string                 `protobuf:"bytes,16,opt,name=traceparent,proto3" json:"traceparent,omitempty"`                          // W3C trace context of the call (the sender's claim), at most 55 bytes
+	Tracestate     string                 `protobuf:"bytes,17,opt,name=tracestate,proto3" json:"tracestate,omitempty"`                            // W3C tracestate, at most 512 bytes
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -292,6 +297,20 @@ func (x *EnvelopeBody) GetRetryAfterMs() int64 {
 		return x.RetryAfterMs
 	}
 	return 0
+}
+
+func (x *EnvelopeBody) GetTraceparent() string {
+	if x != nil {
+		return x.Traceparent
+	}
+	return ""
+}
+
+func (x *EnvelopeBody) GetTracestate() string {
+	if x != nil {
+		return x.Tracestate
+	}
+	return ""
 }
 
 // Hello is the admission message: each side of a new connection sends its
@@ -1200,7 +1219,7 @@ const file_protocol_protocolpb_protocol_proto_rawDesc = "" +
 	"\"protocol/protocolpb/protocol.proto\x12\x15meshagent.protocol.v1\x1a\x19trust/trustpb/trust.proto\"<\n" +
 	"\bEnvelope\x12\x12\n" +
 	"\x04body\x18\x01 \x01(\fR\x04body\x12\x1c\n" +
-	"\tsignature\x18\x02 \x01(\fR\tsignature\"\x8a\x04\n" +
+	"\tsignature\x18\x02 \x01(\fR\tsignature\"\xcc\x04\n" +
 	"\fEnvelopeBody\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12/\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x1b.meshagent.protocol.v1.KindR\x04kind\x12\x16\n" +
@@ -1218,7 +1237,11 @@ const file_protocol_protocolpb_protocol_proto_rawDesc = "" +
 	"\n" +
 	"error_code\x18\r \x01(\tR\terrorCode\x12!\n" +
 	"\ferror_detail\x18\x0e \x01(\tR\verrorDetail\x12$\n" +
-	"\x0eretry_after_ms\x18\x0f \x01(\x03R\fretryAfterMs\"\xa6\x01\n" +
+	"\x0eretry_after_ms\x18\x0f \x01(\x03R\fretryAfterMs\x12 \n" +
+	"\vtraceparent\x18\x10 \x01(\tR\vtraceparent\x12\x1e\n" +
+	"\n" +
+	"tracestate\x18\x11 \x01(\tR\n" +
+	"tracestate\"\xa6\x01\n" +
 	"\x05Hello\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12:\n" +
 	"\n" +
@@ -1287,7 +1310,7 @@ const file_protocol_protocolpb_protocol_proto_rawDesc = "" +
 	"\aactions\x18\x03 \x03(\v2\x1f.meshagent.protocol.v1.ActionAdR\aactions\":\n" +
 	"\x06Advert\x12\x12\n" +
 	"\x04body\x18\x01 \x01(\fR\x04body\x12\x1c\n" +
-	"\tsignature\x18\x02 \x01(\fR\tsignature*`\n" +
+	"\tsignature\x18\x02 \x01(\fR\tsignature*s\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fKIND_REQUEST\x10\x01\x12\x0e\n" +
@@ -1295,7 +1318,8 @@ const file_protocol_protocolpb_protocol_proto_rawDesc = "" +
 	"KIND_REPLY\x10\x02\x12\x0e\n" +
 	"\n" +
 	"KIND_ERROR\x10\x03\x12\x10\n" +
-	"\fKIND_MESSAGE\x10\x04B4Z2github.com/meshagent/meshagent/protocol/protocolpbb\x06proto3"
+	"\fKIND_MESSAGE\x10\x04\x12\x11\n" +
+	"\rKIND_PROGRESS\x10\x05B4Z2github.com/meshagent/meshagent/protocol/protocolpbb\x06proto3"
 
 var (
 	file_protocol_protocolpb_protocol_proto_rawDescOnce sync.Once

@@ -25,6 +25,8 @@ import (
 type Record struct {
 	Time          time.Time `json:"time"`
 	CorrelationID string    `json:"correlation_id,omitempty"`
+	Traceparent   string    `json:"traceparent,omitempty"` // the sender's signed W3C claim: size-bound, never trusted
+	Tracestate    string    `json:"tracestate,omitempty"`
 	Direction     Direction `json:"direction"`
 	Kind          Kind      `json:"kind"`
 	Sender        string    `json:"sender,omitempty"`
