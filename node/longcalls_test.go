@@ -195,7 +195,9 @@ func TestCancelledBeforeArrivalRunsNothing(t *testing.T) {
 func TestProgressReachesCaller(t *testing.T) {
 	m := longMesh(t, "tcp", nil)
 	var late *node.Request
-	_ = m.Agents["worker"].Node.Handle("read:slow", func(ctx context.Context, r *node.Request) ([]byte, error) {
+	// 256 signed progress messages take longer than the mesh's 500 ms
+	// handler timeout under the race detector: this handler has its own.
+	_ = m.Agents["worker"].Node.HandleWith("read:slow", func(ctx context.Context, r *node.Request) ([]byte, error) {
 		late = r
 		for i := range node.MaxProgressPerCall {
 			if err := r.Progress(ctx, fmt.Appendf(nil, `{"progress":%d}`, i+1)); err != nil {
@@ -209,7 +211,7 @@ func TestProgressReachesCaller(t *testing.T) {
 			return nil, errors.New("a progress body over the bound was sent")
 		}
 		return []byte("done"), nil
-	})
+	}, node.HandlerOptions{Timeout: 30 * time.Second})
 	var got []node.Progress
 	rep, err := callWith(m, context.Background(), "read:slow", &node.CallOptions{Timeout: 10 * time.Second,
 		OnProgress: func(p node.Progress) { got = append(got, p) }})

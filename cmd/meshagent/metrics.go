@@ -115,7 +115,8 @@ var (
 		string(protocol.CodeWrongRecipient), string(protocol.CodeWrongKind), string(protocol.CodeImpersonation),
 		string(protocol.CodeNoToken), string(protocol.CodeUnlisted), string(protocol.CodeDead),
 		string(protocol.CodeNoHandler), string(protocol.CodeHandlerError), string(protocol.CodeUnavailable),
-		string(protocol.CodeFlood), string(protocol.CodeTopicNotGranted), string(protocol.CodeBusy))
+		string(protocol.CodeFlood), string(protocol.CodeTopicNotGranted), string(protocol.CodeBusy),
+		string(protocol.CodeProgressBound))
 )
 
 // otherLabel stands for every label value not known in advance.

@@ -75,6 +75,7 @@ type Self struct {
 	// this node), at most every announceMinGap beats.
 	announceSoon atomic.Bool
 	leaving      atomic.Bool // a leave was signed: no record or beat after it
+	settling     atomic.Bool // an advertisement change waits for changeSettle
 	// changed says the advertisement changed since the last record sent;
 	// changes bounds the records sent for that.
 	changed atomic.Bool
@@ -151,11 +152,23 @@ func (s *Self) Record() (*discovery.Record, error) {
 	return r, nil
 }
 
-// AdvertChanged says the advertisement changed: a new record goes out now
-// if the change bound allows, else at a later beat that it allows.
+// changeSettle is how long a change waits for the next before a record
+// goes out: a handler process that stops unregisters its actions one by
+// one, and they make one record, not a burst that spends the bound on
+// the first few while the rest wait two heartbeats.
+const changeSettle = 100 * time.Millisecond
+
+// AdvertChanged says the advertisement changed: a new record goes out
+// once changes settle (changeSettle) if the change bound allows, else at a
+// later beat that it allows.
 func (s *Self) AdvertChanged() {
 	s.changed.Store(true)
-	s.announceChange()
+	if s.settling.CompareAndSwap(false, true) {
+		time.AfterFunc(changeSettle, func() {
+			s.settling.Store(false)
+			s.announceChange()
+		})
+	}
 }
 
 // announceChange sends a new record if the advertisement changed and the
