@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
 	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/meshagent/meshagent/node"
 	"github.com/meshagent/meshagent/simulations"
@@ -96,6 +98,30 @@ func runDemo(ctx context.Context, w io.Writer) error {
 
 	guard("orchestrator reads logs with its root token", "accepted", func() string { return callAs(orch, "read:logs", nil) })
 	guard("sub-agent-1 reads logs with the delegated token", "accepted", func() string { return callAs(sub1, "read:logs", nil) })
+
+	// An MCP tool across the mesh. Real: an MCP server built with the
+	// official Go SDK (in-process, in-memory transport) whose tool is
+	// served as the mesh action mcp.tools:echo on the log service, as
+	// `meshagent mcp serve` serves a child's tools; a signed call with a
+	// token and the decision function on both sides. The caller makes the
+	// node call that `meshagent mcp`'s mesh_call makes and reads the reply
+	// as an MCP CallToolResult; the CLI bridges themselves are the
+	// daemon's (tested in cmd/meshagent).
+	if err := serveMCPTool(ctx, logs.Node, func() { runCount.Add(1) }); err != nil {
+		return err
+	}
+	fmt.Fprintln(w, "log-service serves the tool echo of an MCP server (official Go SDK, in-process) as the action mcp.tools:echo;")
+	fmt.Fprintln(w, "the MCP rows are signed node calls carrying the tool's arguments, as meshagent mcp's mesh_call makes them")
+	fmt.Fprintln(w)
+	if _, err := m.Grant("orchestrator", []string{mcpEchoAction}, nil, time.Hour); err != nil {
+		return err
+	}
+	guard("MCP tool echo (go-sdk server on log-service) called across the mesh", "accepted: echo: hi", func() string {
+		return callMCPTool(ctx, orch.Node, to)
+	})
+	guard("the same MCP tool call without a token (sub-agent-2)", "rejected: no_token", func() string {
+		return callMCPTool(ctx, sub2.Node, to)
+	})
 
 	guard("forged signature: body altered in flight", "rejected: bad_signature", func() string {
 		raw, _ := orch.Node.SealRequest(to, "read:logs", []byte(`{"n":"aaaa"}`), nil)
@@ -257,4 +283,65 @@ func runDemo(ctx context.Context, w io.Writer) error {
 	}
 	fmt.Fprintln(w, "every row came out as it must")
 	return nil
+}
+
+// mcpEchoAction is the mesh action of the demo's MCP tool.
+const mcpEchoAction = "mcp.tools:echo"
+
+// serveMCPTool runs an MCP server (go-sdk) with one tool, echo, connected
+// in memory to an MCP client session, and serves that tool on n as
+// mcpEchoAction: a request's body is the tool's arguments, the reply the
+// tool's CallToolResult. ran is called on each run of the tool.
+func serveMCPTool(ctx context.Context, n *node.Node, ran func()) error {
+	type in struct {
+		Text string `json:"text"`
+	}
+	srv := mcp.NewServer(&mcp.Implementation{Name: "demo-tools", Version: "1"}, nil)
+	mcp.AddTool(srv, &mcp.Tool{Name: "echo", Description: "says its text back"}, func(_ context.Context, _ *mcp.CallToolRequest, a in) (*mcp.CallToolResult, any, error) {
+		ran()
+		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "echo: " + a.Text}}}, nil, nil
+	})
+	ct, st := mcp.NewInMemoryTransports()
+	if _, err := srv.Connect(ctx, st, nil); err != nil {
+		return err
+	}
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "demo-bridge", Version: "1"}, nil).Connect(ctx, ct, nil)
+	if err != nil {
+		return err
+	}
+	return n.Handle(mcpEchoAction, func(ctx context.Context, r *node.Request) ([]byte, error) {
+		var args map[string]any
+		if err := json.Unmarshal(r.Body, &args); err != nil {
+			return nil, err
+		}
+		res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "echo", Arguments: args})
+		if err != nil {
+			return nil, err
+		}
+		return json.Marshal(res)
+	})
+}
+
+// callMCPTool calls the demo's MCP tool on to from n and reads the reply
+// as an MCP tool result: "accepted: " and its text, or the refusal.
+func callMCPTool(ctx context.Context, n *node.Node, to peer.ID) string {
+	rep, err := n.Call(ctx, to, mcpEchoAction, []byte(`{"text":"hi"}`), nil)
+	if err != nil {
+		if c := trust.CodeOf(err); c != "" {
+			return "rejected: " + string(c)
+		}
+		return "error: " + err.Error()
+	}
+	var res mcp.CallToolResult
+	if err := json.Unmarshal(rep.Body, &res); err != nil {
+		return "error: reply is not a tool result: " + err.Error()
+	}
+	if res.IsError || len(res.Content) == 0 {
+		return "error: tool result " + string(rep.Body)
+	}
+	tc, ok := res.Content[0].(*mcp.TextContent)
+	if !ok {
+		return "error: tool result " + string(rep.Body)
+	}
+	return "accepted: " + tc.Text
 }

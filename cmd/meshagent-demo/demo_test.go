@@ -19,7 +19,7 @@ func TestDemo(t *testing.T) {
 	if err := runDemo(ctx, &out); err != nil {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
-	for _, want := range []string{"rejected: bad_signature", "rejected: replay", "rejected: escalation", "rejected: not_holder", "rejected: untrusted_root", "rejected: no connection", "every row came out as it must"} {
+	for _, want := range []string{"rejected: bad_signature", "rejected: replay", "rejected: escalation", "rejected: not_holder", "rejected: untrusted_root", "rejected: no connection", "accepted: echo: hi", "rejected: no_token", "every row came out as it must"} {
 		if !strings.Contains(out.String(), want) {
 			t.Fatalf("demo output lacks %q:\n%s", want, out.String())
 		}

@@ -45,6 +45,9 @@ type fileConfig struct {
 	MetricsListen string `yaml:"metrics_listen"`
 	// Timeouts are per-action call and handler timeouts (longcalls.go).
 	Timeouts []actionTimeout `yaml:"timeouts"`
+	// OTLPEndpoint, when set (http://HOST:PORT), is where the daemon
+	// exports a span per call over OTLP/HTTP (tracing.go).
+	OTLPEndpoint string `yaml:"otlp_endpoint"`
 
 	// callFlags and handlerFlags are --call-timeout and --handler-timeout.
 	callFlags, handlerFlags []string
@@ -188,6 +191,12 @@ timeouts: []
 # Prometheus metrics are served on the local API at /metrics; set host:port
 # to serve them over TCP too.
 # metrics_listen: 127.0.0.1:9464
+
+# OpenTelemetry: an OTLP/HTTP endpoint (a collector, Jaeger, Tempo...) to
+# export one span per call to, continuing the caller's W3C trace. Spans
+# carry the action, peer IDs, decision, reason code and correlation ID;
+# never bodies, keys or tokens. Unset: nothing is exported.
+# otlp_endpoint: http://127.0.0.1:4318
 `
 
 func writeDefaultConfig(path, name string) error {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -111,6 +112,12 @@ func serveDaemon(ctx context.Context, home string, fc *fileConfig, ready func(*n
 		return err
 	}
 	defer n.Close()
+	if plan.otlp != nil {
+		if metrics.tracer, err = newCallTracer(plan.otlp, n.ID().String(), n.Credential().Name); err != nil {
+			return err
+		}
+		defer metrics.tracer.shutdown()
+	}
 	metrics.watch(n)
 	if fc.MetricsListen != "" {
 		if err := serveMetrics(ctx, fc.MetricsListen, metrics); err != nil {
@@ -152,6 +159,7 @@ type daemonPlan struct {
 	sock     string
 	timeouts timeouts      // per action
 	audit    *rotatingFile // nil without audit_log; open until close
+	otlp     *url.URL      // nil without otlp_endpoint
 }
 
 func (p *daemonPlan) close() {
@@ -258,6 +266,11 @@ func planDaemon(home string, fc *fileConfig, logw io.Writer) (*daemonPlan, error
 		return nil, err
 	}
 	plan := &daemonPlan{sock: sock, timeouts: to}
+	if fc.OTLPEndpoint != "" {
+		if plan.otlp, err = parseOTLPEndpoint(fc.OTLPEndpoint); err != nil {
+			return nil, err
+		}
+	}
 	if fc.AuditLog != "" {
 		max := fc.AuditLogMaxBytes
 		if max < 0 {

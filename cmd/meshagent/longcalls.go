@@ -157,7 +157,7 @@ func (req *sendRequest) callOptions(self trust.PublicKey) (*node.CallOptions, er
 }
 
 // sendHandler serves POST /v1/send.
-func sendHandler(n *node.Node, to timeouts) http.HandlerFunc {
+func sendHandler(n *node.Node, to timeouts, tr *callTracer) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		var req sendRequest
 		data, ok := readBody(w, r, 1<<20)
@@ -214,7 +214,14 @@ func sendHandler(n *node.Node, to timeouts) http.HandlerFunc {
 				}
 			}
 		}
-		rep, err := n.Call(ctx, peerKey.PeerID(), req.Action, req.Body, opts)
+		var rep *node.Reply
+		if tr == nil {
+			rep, err = n.Call(ctx, peerKey.PeerID(), req.Action, req.Body, opts)
+		} else {
+			end := tr.startCall(ctx, n.ID().String(), peerKey.PeerID().String(), req.Action, opts)
+			rep, err = n.Call(ctx, peerKey.PeerID(), req.Action, req.Body, opts)
+			end(rep, err)
+		}
 		if events != nil {
 			if err != nil {
 				e := apiError{Error: err.Error(), Code: string(trust.CodeOf(err))}

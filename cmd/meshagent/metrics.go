@@ -19,6 +19,9 @@ import (
 type daemonMetrics struct {
 	reg       *prometheus.Registry
 	decisions *prometheus.CounterVec
+	// tracer, when otlp_endpoint is set, exports a span per call
+	// (tracing.go); nil otherwise.
+	tracer *callTracer
 }
 
 func newDaemonMetrics() *daemonMetrics {
@@ -69,6 +72,7 @@ func (m *daemonMetrics) watch(n *node.Node) {
 	n.SetAuditHook(func(r node.AuditRecord) {
 		m.decisions.WithLabelValues(label(knownDirections, string(r.Direction)), label(knownKinds, string(r.Kind)),
 			label(knownDecisions, string(r.Decision)), label(knownReasons, r.Reason)).Inc()
+		m.tracer.audited(r)
 	})
 }
 

@@ -150,8 +150,8 @@ func apiHandler(n *node.Node, met *daemonMetrics, to timeouts, builtin ...string
 		writeJSON(w, 200, n.Peers())
 	})
 	mux.HandleFunc("GET /v1/actions", serveActions(n))
-	mux.HandleFunc("POST /v1/send", sendHandler(n, to))     // longcalls.go
-	mux.HandleFunc("POST /v1/delegate", delegateHandler(n)) // longcalls.go
+	mux.HandleFunc("POST /v1/send", sendHandler(n, to, met.tracer)) // longcalls.go
+	mux.HandleFunc("POST /v1/delegate", delegateHandler(n))         // longcalls.go
 	mux.HandleFunc("POST /v1/revoke", func(w http.ResponseWriter, r *http.Request) {
 		data, ok := readBody(w, r, 64<<10)
 		if !ok {
