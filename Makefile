@@ -11,6 +11,9 @@ SOAK_DURATION ?= 10m
 # uses them (simulations, the demo, most tests) build only with this tag;
 # the meshagent binary never has it.
 SIM           := -tags meshsim
+# The npm packages of the MCP end-to-end test (cmd/meshagent/mcp_npm_e2e_test.go),
+# pinned in its package-lock.json.
+MCP_E2E       := test/mcp-e2e
 
 .PHONY: help demo test check lint race build bench bench-dialloop bench-attacks fuzz proto tidy sim sim500 soak
 
@@ -20,12 +23,20 @@ help: ## list targets
 demo: ## run a small mesh on 127.0.0.1: calls that pass, attacks that fail
 	$(GO) run $(SIM) ./cmd/meshagent-demo
 
-test: lint ## gofmt, vet, staticcheck, then every test (-race) with fuzz seeds
+test: lint $(MCP_E2E)/node_modules/.package-lock.json ## gofmt, vet, staticcheck, then every test (-race) with fuzz seeds
 	$(GO) test $(SIM) -race -count=1 -timeout 8m ./...
 	@# The virtual-time tests skip themselves under -race (golang/go#78156),
 	@# and so do the attacks that measure the target's CPU.
 	$(GO) test $(SIM) -count=1 -timeout 5m -run 'TestVirtualTimeScenario|TestPauseUnderTheTimeoutIsNoDeath|TestSeparateResourceAttacks' ./simulations
 	$(GO) test $(SIM) -count=1 -timeout 5m -run 'TestSilentConnectionsLeaveRoomForNewAgents|TestHonestLoadIsNeverLockedOut|TestOutsiderStreamsDoNotStarveCalls' ./node
+
+# npm ci installs exactly the lock file, into the test's folder; again
+# whenever package.json or the lock file is newer than what it installed.
+# Without npm, the test skips itself (it needs node).
+$(MCP_E2E)/node_modules/.package-lock.json: $(MCP_E2E)/package.json $(MCP_E2E)/package-lock.json
+	@if command -v npm >/dev/null; then \
+	  cd $(MCP_E2E) && npm ci --ignore-scripts --no-audit --no-fund && touch node_modules/.package-lock.json; \
+	else echo "npm not found: TestMCPNpmEndToEnd will skip"; fi
 
 lint: ## gofmt, go vet and staticcheck, with and without the simulation hooks
 	@unformatted="$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$'))"; \
