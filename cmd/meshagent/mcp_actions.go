@@ -218,9 +218,13 @@ func (ms *meshMCP) actionTool(p meshPeer, part string, a actionAd) meshTool {
 		if len(bytes.TrimSpace(body)) == 0 || string(body) == "null" {
 			body = json.RawMessage("{}")
 		}
-		ctx, cancel := context.WithTimeout(ctx, defaultCallTimeout+5*time.Second)
+		// As mesh_call: the daemon's timeout for the action, the request's
+		// progress token and trace context, cancelled with the request.
+		ctx, cancel := context.WithTimeout(ctx, mcpMaxTimeout+5*time.Second)
 		defer cancel()
-		out, e := ms.send(ctx, map[string]any{"to": to, "action": scope, "body": body, "timeout": defaultCallTimeout.String()})
+		in := map[string]any{"to": to, "action": scope, "body": body}
+		traceFromMeta(req.Params.Meta, in)
+		out, e := ms.sendCall(ctx, req, in)
 		if e != nil {
 			return toolError(*e), nil
 		}

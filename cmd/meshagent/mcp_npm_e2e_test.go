@@ -247,8 +247,8 @@ func TestMCPNpmEndToEnd(t *testing.T) {
 	if len(s.Long.Progress) < 3 {
 		t.Fatalf("a long mesh_call: %d progress notifications of 6, want at least 3: %+v", len(s.Long.Progress), s.Long.Progress)
 	}
-	// Per-action tools do not stream progress yet: their handler
-	// (mcp_actions.go) posts a plain /v1/send and ignores the token.
-	t.Logf("a long call of the per-action tool got %d progress notifications of 6", len(s.LongTool.Progress))
+	if len(s.LongTool.Progress) < 3 {
+		t.Fatalf("a long call of the per-action tool: %d progress notifications of 6, want at least 3: %+v", len(s.LongTool.Progress), s.LongTool.Progress)
+	}
 	t.Logf("%d tools offered to bob (%s)", len(s.Tools), bID)
 }
