@@ -12,6 +12,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"log/slog"
 	"math"
 	"os"
 	"path/filepath"
@@ -20,11 +21,16 @@ import (
 	"strings"
 	"time"
 
+	"github.com/libp2p/go-libp2p/gologshim"
+
 	"github.com/meshagent/meshagent/simulations"
 	"github.com/meshagent/meshagent/simulations/chart"
 )
 
 func main() {
+	// libp2p's own loggers (pubsub's slow-heartbeat warnings on a loaded
+	// machine) say errors only: the report is the output.
+	gologshim.SetDefaultHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 	if ran, err := simulations.RunAttacker(); ran { // started by SeparateAttacks
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "attacker:", err)
