@@ -24,7 +24,7 @@ func (n *Node) renewalServed(p peer.ID, err error) {
 	r := n.record(audit.In, audit.Renewal, p.String())
 	r.Decision = audit.Accept
 	if err != nil {
-		reject(&r, codeOrDefault(err, trust.CodeMalformed), rejectionDetail(err))
+		reject(&r, codeOrDefault(err, trust.CodeMalformed), trust.DetailOf(err))
 	}
 	n.audit.Write(r)
 }

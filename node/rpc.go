@@ -207,7 +207,7 @@ func replyRefused(to peer.ID, err error) error {
 	case protocol.CodeBusy, protocol.CodeReplayFull, trust.CodeFull:
 		d, _ := protocol.RetryAfter(err)
 		return protocol.Busy(retryAfter(d), "this node is busy: it refused the reply of %s for its own capacity, not %s's doing (the call may have run there): %s",
-			to, to, rejectionDetail(err))
+			to, to, trust.DetailOf(err))
 	}
 	return fmt.Errorf("node: reply from %s rejected: %w", to, err)
 }
@@ -350,7 +350,7 @@ func retryAfter(d time.Duration) time.Duration {
 // refusal is the error reply to req for err: its code and detail, and the
 // time to wait when err is busy.
 func (n *Node) refusal(req *protocol.Envelope, to trust.PublicKey, err error) *protocol.Envelope {
-	reply := n.errorReply(req, to, trust.CodeOf(err), rejectionDetail(err))
+	reply := n.errorReply(req, to, trust.CodeOf(err), trust.DetailOf(err))
 	if d, busy := protocol.RetryAfter(err); busy && reply != nil {
 		reply.RetryAfter = retryAfter(d)
 	}
@@ -382,17 +382,4 @@ func (n *Node) Tokens() []*trust.Token {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return append([]*trust.Token(nil), n.cfg.Tokens...)
-}
-
-// rejectionDetail is the detail of a rejection without its code prefix (the
-// code travels in its own field).
-func rejectionDetail(err error) string {
-	var te *trust.Error
-	if errors.As(err, &te) {
-		if te.Link >= 0 {
-			return fmt.Sprintf("link %d: %s", te.Link, te.Detail)
-		}
-		return te.Detail
-	}
-	return err.Error()
 }

@@ -93,3 +93,17 @@ func CodeOf(err error) Code {
 	}
 	return ""
 }
+
+// DetailOf returns err's detail without its code (which travels on its
+// own), with the failing link's index for a chain, or err's text when it
+// is no *Error.
+func DetailOf(err error) string {
+	var e *Error
+	if errors.As(err, &e) {
+		if e.Link >= 0 {
+			return fmt.Sprintf("link %d: %s", e.Link, e.Detail)
+		}
+		return e.Detail
+	}
+	return err.Error()
+}

@@ -6,7 +6,6 @@ package renewal
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync/atomic"
@@ -67,19 +66,6 @@ func New(d Deps) *Renewer {
 	return &Renewer{d: d, renewals: limit.New(d.HeartbeatInterval, 1)}
 }
 
-// detail is an error's text without its code prefix (the code travels on
-// its own).
-func detail(err error) string {
-	var te *trust.Error
-	if errors.As(err, &te) {
-		if te.Link >= 0 {
-			return fmt.Sprintf("link %d: %s", te.Link, te.Detail)
-		}
-		return te.Detail
-	}
-	return err.Error()
-}
-
 // Handle serves a renewal: the requester is the TLS-authenticated
 // peer, its current credential must be its own, valid and unrevoked, and it
 // must not be dead; the new credential has the same subject, name and
@@ -111,7 +97,7 @@ func (r *Renewer) Handle(s network.Stream) {
 		if code == "" {
 			code = trust.CodeMalformed
 		}
-		resp.ErrorCode, resp.ErrorDetail = string(code), detail(err)
+		resp.ErrorCode, resp.ErrorDetail = string(code), trust.DetailOf(err)
 	} else {
 		resp.Credential = cred.Proto()
 	}
