@@ -637,12 +637,7 @@ func addStreamingRoutes(mux *http.ServeMux, n *node.Node, met *daemonMetrics, to
 			Body  json.RawMessage `json:"body"`
 			Error string          `json:"error"`
 		}
-		data, ok := readBody(w, r, 1<<20)
-		if !ok {
-			return
-		}
-		if err := json.Unmarshal(data, &req); err != nil {
-			writeJSON(w, 400, apiError{Error: "bad JSON: " + err.Error()})
+		if !readJSON(w, r, 1<<20, &req) {
 			return
 		}
 		if !h.resolve(req.ID, callResult{body: req.Body, err: req.Error}) {

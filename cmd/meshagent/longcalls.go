@@ -160,12 +160,7 @@ func (req *sendRequest) callOptions(self trust.PublicKey) (*node.CallOptions, er
 func sendHandler(n *node.Node, to timeouts, tr *callTracer) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		var req sendRequest
-		data, ok := readBody(w, r, 1<<20)
-		if !ok {
-			return
-		}
-		if err := json.Unmarshal(data, &req); err != nil {
-			writeJSON(w, 400, apiError{Error: "bad JSON: " + err.Error()})
+		if !readJSON(w, r, 1<<20, &req) {
 			return
 		}
 		peerKey, err := trust.ParsePublicKey(req.To)
@@ -204,6 +199,7 @@ func sendHandler(n *node.Node, to timeouts, tr *callTracer) http.HandlerFunc {
 			return events.event(name, v)
 		}
 		if req.Stream {
+			var ok bool
 			if events, ok = newSSE(w); !ok {
 				writeJSON(w, 500, apiError{Error: "this connection cannot stream"})
 				return
@@ -315,12 +311,7 @@ func progressHandler(h *hub) http.HandlerFunc {
 			ID   string          `json:"id"`
 			Body json.RawMessage `json:"body"`
 		}
-		data, ok := readBody(w, r, node.MaxProgressBody+1<<10)
-		if !ok {
-			return
-		}
-		if err := json.Unmarshal(data, &req); err != nil {
-			writeJSON(w, 400, apiError{Error: "bad JSON: " + err.Error()})
+		if !readJSON(w, r, node.MaxProgressBody+1<<10, &req) {
 			return
 		}
 		if len(req.Body) > node.MaxProgressBody {
@@ -372,12 +363,7 @@ const defaultDelegateTTL = 30 * time.Minute
 func delegateHandler(n *node.Node) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		var req delegateRequest
-		data, ok := readBody(w, r, 64<<10)
-		if !ok {
-			return
-		}
-		if err := json.Unmarshal(data, &req); err != nil {
-			writeJSON(w, 400, apiError{Error: "bad JSON: " + err.Error()})
+		if !readJSON(w, r, 64<<10, &req) {
 			return
 		}
 		to, err := trust.ParsePublicKey(req.To)

@@ -113,6 +113,20 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
+// readJSON reads a request body of at most max bytes into v; it answers
+// 400 and reports false when the body is too large or does not decode.
+func readJSON(w http.ResponseWriter, r *http.Request, max int64, v any) bool {
+	data, ok := readBody(w, r, max)
+	if !ok {
+		return false
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		writeJSON(w, 400, apiError{Error: "bad JSON: " + err.Error()})
+		return false
+	}
+	return true
+}
+
 // readBody reads the whole request body, at most max bytes, within the
 // server's read timeout. Reading it to its end is what lets the server lift
 // the read deadline and watch for the client going away (which cancels the
