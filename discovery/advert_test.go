@@ -14,7 +14,7 @@ import (
 	"github.com/meshagent/meshagent/trust"
 )
 
-func advertAgent(t *testing.T) (*trust.Identity, *trust.Credential) {
+func advertAgent(t testing.TB) (*trust.Identity, *trust.Credential) {
 	t.Helper()
 	anchor, err := trust.GenerateAnchorKey(rand.Reader)
 	if err != nil {
