@@ -53,8 +53,9 @@ func TestMCPHelperProcess(t *testing.T) {
 }
 
 // runHelperMCPServer is a stdio MCP server built with the SDK: its tools
-// echo, shout, fail, crash (the process exits), sleep, and one tool nobody
-// holds a token for. Each tool run appends its name to the count file
+// echo, shout, fail, crash (the process exits), sleep, grow and shrink
+// (which add and remove the tool grown), and one tool nobody holds a
+// token for. Each tool run appends its name to the count file
 // before it does anything else.
 func runHelperMCPServer() {
 	fmt.Fprintf(os.Stderr, "helper server up, pid %d\n", os.Getpid())
@@ -89,6 +90,13 @@ func runHelperMCPServer() {
 	if extra := os.Getenv(mcpHelperExtra); extra != "" {
 		add(extra, func(in) (out, error) { return out{"extra"}, nil })
 	}
+	// grow adds the tool grown while the server runs, and shrink removes
+	// it: the SDK tells the client with tools/list_changed.
+	add("grow", func(in) (out, error) {
+		add("grown", func(in) (out, error) { return out{"grown"}, nil })
+		return out{"grew"}, nil
+	})
+	add("shrink", func(in) (out, error) { s.RemoveTools("grown"); return out{"shrank"}, nil })
 	_ = s.Run(context.Background(), &mcp.StdioTransport{})
 }
 
@@ -575,5 +583,48 @@ func TestMCPServeDaemonRestart(t *testing.T) {
 	echo("after the restart")
 	if !strings.Contains(serveErr.String(), "the daemon's stream of mcp.files:echo ended") {
 		t.Fatalf("mcp serve did not say the stream ended: %s", serveErr.String())
+	}
+}
+
+// mcp serve follows the child's tool list: a tool the server adds while it
+// runs (tools/list_changed) is served and callable across the mesh, and a
+// tool it removes is served no more (its calls: no_handler), without a
+// restart of mcp serve.
+func TestMCPServeFollowsToolChanges(t *testing.T) {
+	m := newTestMesh(t)
+	b, _, fb := m.agent("bob", "mcp.files:grow,mcp.files:grown,mcp.files:shrink")
+	a, aID, fa := m.agent("alice", "")
+	m.start(b, fb, m.start(a, fa))
+	admitted(t, b, aID, 20*time.Second)
+	t.Setenv(mcpHelperEnv, "server")
+	t.Setenv(mcpHelperCount, t.TempDir()+"/runs")
+	_, _ = serveCLI(t, "mcp", "serve", "--home", a, "--name", "files", "--", os.Args[0], "-test.run=^TestMCPHelperProcess$")
+	send := func(action string) result {
+		return cli(t, "send", "--home", b, "--to", aID, "--action", action, "--body", `{}`)
+	}
+	waitSaid := func(action, said string) {
+		t.Helper()
+		if err := simulations.WaitFor(20*time.Second, func() error {
+			if r := send(action); r.code != 0 || !strings.Contains(r.stdout, `"said":"`+said+`"`) {
+				return fmt.Errorf("%s: %+v", action, r)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r := send("mcp.files:grown"); r.code == 0 || !strings.Contains(r.stderr, "no_handler") {
+		t.Fatalf("grown before the server has it: %+v", r)
+	}
+	waitSaid("mcp.files:grow", "grew")
+	waitSaid("mcp.files:grown", "grown") // served without a restart of mcp serve
+	waitSaid("mcp.files:shrink", "shrank")
+	if err := simulations.WaitFor(20*time.Second, func() error {
+		if r := send("mcp.files:grown"); r.code == 0 || !strings.Contains(r.stderr, "no_handler") {
+			return fmt.Errorf("grown after shrink: %+v", r)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -93,6 +93,9 @@ type mcpChild struct {
 	// (0: the daemon's own), and the bound of one call to the child.
 	timeout time.Duration
 	calls   childCalls // in flight, by the daemon's id (mcp_longcalls.go)
+	// changes says the child's tool list may have changed (its
+	// tools/list_changed, or a restart).
+	changes chan struct{}
 
 	mu  sync.Mutex
 	run *childRun // nil while the child is not running
@@ -110,12 +113,10 @@ type childRun struct {
 // name, through c, until ctx ends or the daemon refuses a stream.
 func serveMCP(ctx context.Context, c *localClient, name string, timeout time.Duration, argv []string, stderr io.Writer) error {
 	stderr = &lockedWriter{w: stderr} // written by the child's copier and by every goroutine here
-	ch := &mcpChild{name: name, argv: argv, stderr: stderr, timeout: timeout}
+	ch := &mcpChild{name: name, argv: argv, stderr: stderr, timeout: timeout, changes: make(chan struct{}, 1)}
 	ch.client = mcp.NewClient(mcpImplementation, &mcp.ClientOptions{
 		ProgressNotificationHandler: forwardProgress(c, &ch.calls),
-		ToolListChangedHandler: func(context.Context, *mcp.ToolListChangedRequest) {
-			fmt.Fprintf(stderr, "meshagent: mcp serve %s: the server's tools changed; the set served is the one read at start (restart mcp serve to serve the new one)\n", name)
-		},
+		ToolListChangedHandler:      func(context.Context, *mcp.ToolListChangedRequest) { ch.toolsChanged() },
 	})
 	prefix := newPrefixWriter(stderr, "[mcp "+name+"] ")
 	defer prefix.flush()
@@ -124,44 +125,128 @@ func serveMCP(ctx context.Context, c *localClient, name string, timeout time.Dur
 	if err != nil {
 		return fmt.Errorf("mcp serve: starting %s: %v", argv[0], err)
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	ts := &toolSet{ch: ch, c: c, wg: &wg, fatal: make(chan error, 1), served: map[string]*servedTool{}}
+	if err := ts.reconcile(ctx, run, true); err != nil {
+		cancel()
+		run.sess.Close()
+		return err
+	}
+	wg.Add(2)
+	go func() { defer wg.Done(); ch.supervise(ctx, run, prefix) }()
+	// The child's tool list is followed: a tools/list_changed from it, or
+	// a restart, serves the new set (new tools served, gone ones stopped).
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-ch.changes:
+			}
+			if run, _ := ch.current(); run != nil {
+				if err := ts.reconcile(ctx, run, false); err != nil && ctx.Err() == nil {
+					fmt.Fprintf(stderr, "meshagent: mcp serve %s: the server's new tools: %v; still serving the earlier set\n", name, err)
+				}
+			}
+		}
+	}()
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-ts.fatal:
+		return err
+	}
+}
+
+// toolsChanged notes that the child's tool list may have changed.
+func (ch *mcpChild) toolsChanged() {
+	select {
+	case ch.changes <- struct{}{}:
+	default:
+	}
+}
+
+// toolSet is the set of the child's tools served, one stream each.
+type toolSet struct {
+	ch     *mcpChild
+	c      *localClient
+	wg     *sync.WaitGroup
+	fatal  chan error // the first refusal that ends mcp serve
+	mu     sync.Mutex
+	served map[string]*servedTool // by scope
+}
+
+type servedTool struct {
+	tool   string
+	key    string // its advertisement, encoded: a change restarts its stream
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// reconcile lists run's tools and serves exactly them: a new tool gets a
+// stream of its own, a gone one's stream is closed (the daemon stops
+// serving and advertising it), a changed one's is opened again. At start
+// (initial) a child with no tools is an error.
+func (ts *toolSet) reconcile(ctx context.Context, run *childRun, initial bool) error {
+	ch := ts.ch
 	var tools []string
 	info := map[string]*mcp.Tool{}
 	for t, err := range run.sess.Tools(ctx, nil) {
 		if err != nil {
-			run.sess.Close()
-			return fmt.Errorf("mcp serve: listing the tools of %s: %v", argv[0], err)
+			return fmt.Errorf("mcp serve: listing the tools of %s: %v", ch.argv[0], err)
 		}
 		tools = append(tools, t.Name)
 		info[t.Name] = t
 	}
-	mapped, err := mapMCPTools(name, tools)
-	if err == nil && len(mapped) == 0 {
-		err = fmt.Errorf("mcp serve: %s lists no tools: nothing to serve", argv[0])
+	mapped, err := mapMCPTools(ch.name, tools)
+	if err == nil && len(mapped) == 0 && initial {
+		err = fmt.Errorf("mcp serve: %s lists no tools: nothing to serve", ch.argv[0])
 	}
 	if err != nil {
-		run.sess.Close()
 		return err
 	}
-
-	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	defer func() { cancel(); wg.Wait() }()
-	wg.Add(1)
-	go func() { defer wg.Done(); ch.supervise(ctx, run, prefix) }()
-
-	fatal := make(chan error, len(mapped))
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	want := map[string]bool{}
 	for _, m := range mapped {
-		fmt.Fprintf(stderr, "meshagent: mcp serve %s: tool %q is served as %s\n", name, m.Tool, m.Scope)
-		wg.Add(1)
+		want[m.Scope] = true
 		ad := toolAdvert(m, info[m.Tool])
-		go func() { defer wg.Done(); fatal <- ch.serveAction(ctx, c, m, ad) }()
+		key := ad.Encode()
+		if cur := ts.served[m.Scope]; cur != nil {
+			if cur.key == key {
+				continue
+			}
+			cur.cancel()
+			<-cur.done // its stream closed: the daemon takes the action again
+		}
+		tctx, cancel := context.WithCancel(ctx)
+		st := &servedTool{tool: m.Tool, key: key, cancel: cancel, done: make(chan struct{})}
+		ts.served[m.Scope] = st
+		fmt.Fprintf(ch.stderr, "meshagent: mcp serve %s: tool %q is served as %s\n", ch.name, m.Tool, m.Scope)
+		ts.wg.Add(1)
+		go func() {
+			defer ts.wg.Done()
+			defer close(st.done)
+			if err := ch.serveAction(tctx, ts.c, m, ad); err != nil && tctx.Err() == nil {
+				select {
+				case ts.fatal <- err:
+				default:
+				}
+			}
+		}()
 	}
-	select {
-	case <-ctx.Done():
-		return nil
-	case err := <-fatal:
-		return err
+	for scope, cur := range ts.served {
+		if !want[scope] {
+			cur.cancel()
+			<-cur.done
+			delete(ts.served, scope)
+			fmt.Fprintf(ch.stderr, "meshagent: mcp serve %s: tool %q is gone from the server: %s is no longer served\n", ch.name, cur.tool, scope)
+		}
 	}
+	return nil
 }
 
 // start starts the child and connects to it.
@@ -222,6 +307,7 @@ func (ch *mcpChild) supervise(ctx context.Context, run *childRun, prefix *prefix
 			var err error
 			if run, err = ch.start(ctx, prefix); err == nil {
 				fmt.Fprintf(ch.stderr, "meshagent: mcp serve %s: the MCP server is running again\n", ch.name)
+				ch.toolsChanged() // it may list other tools now
 				break
 			}
 			if ctx.Err() != nil {
