@@ -14,9 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/libp2p/go-libp2p/core/network"
-	"github.com/libp2p/go-msgio"
-
 	"github.com/meshagent/meshagent/node"
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/simulations"
@@ -234,27 +231,11 @@ func TestProgressReachesCaller(t *testing.T) {
 // rogueWorker replaces the worker's RPC handler with one that answers
 // every request with the envelopes of answer, then a signed reply.
 func rogueWorker(t *testing.T, m *simulations.Mesh, answer func(req *protocol.Envelope) [][]byte) {
-	m.Agents["worker"].Node.Host().SetStreamHandler(wire.ProtocolRPC, func(s network.Stream) {
-		defer s.Close()
-		raw, err := msgio.NewVarintReaderSize(s, 1<<20).ReadMsg()
-		if err != nil {
-			s.Reset()
-			return
-		}
-		req, err := protocol.Open(raw, 1<<20, 1<<20)
-		if err != nil {
-			s.Reset()
-			return
-		}
-		w := msgio.NewVarintWriter(s)
-		for _, f := range answer(req) {
-			if w.WriteMsg(f) != nil {
-				return
-			}
-		}
-		reply, _ := protocol.Seal(m.Agents["worker"].Identity, &protocol.Envelope{Kind: protocol.KindReply,
+	worker := m.Agents["worker"]
+	simulations.AnswerRaw(worker.Node.Host(), func(_ int64, req *protocol.Envelope) [][]byte {
+		reply, _ := protocol.Seal(worker.Identity, &protocol.Envelope{Kind: protocol.KindReply,
 			RecipientPeer: req.Sender, Action: req.Action, Payload: []byte("done"), CorrelationID: req.CorrelationID}, time.Now())
-		_ = w.WriteMsg(reply)
+		return append(answer(req), reply)
 	})
 }
 

@@ -15,12 +15,12 @@ import (
 	"github.com/meshagent/meshagent/wire"
 )
 
-// AnswerWithErrors makes h answer every RPC with an error reply signed by
-// id, whose code is code(n) for the n-th request (from 1): a callee that
-// chooses its codes, as a compromised agent would. It replaces h's RPC
-// handler (a node's decision function no longer runs) and returns the
+// AnswerRaw replaces h's RPC handler (a node's decision function no
+// longer runs) with one that reads each request and writes, unchecked,
+// the frames answer returns for it, n counting requests from 1: a callee
+// that sends what it likes, as a compromised agent would. It returns the
 // count of requests answered.
-func AnswerWithErrors(h host.Host, id *trust.Identity, code func(n int64) trust.Code) *atomic.Int64 {
+func AnswerRaw(h host.Host, answer func(n int64, req *protocol.Envelope) [][]byte) *atomic.Int64 {
 	var served atomic.Int64
 	h.SetStreamHandler(wire.ProtocolRPC, func(s network.Stream) {
 		defer s.Close()
@@ -34,14 +34,27 @@ func AnswerWithErrors(h host.Host, id *trust.Identity, code func(n int64) trust.
 			s.Reset()
 			return
 		}
-		out, err := protocol.Seal(id, &protocol.Envelope{Kind: protocol.KindError, RecipientPeer: req.Sender,
-			Action: req.Action, CorrelationID: req.CorrelationID, ErrorCode: code(served.Add(1)), ErrorDetail: "no"}, time.Now())
-		if err == nil {
-			err = msgio.NewVarintWriter(s).WriteMsg(out)
-		}
-		if err != nil {
-			s.Reset()
+		w := msgio.NewVarintWriter(s)
+		for _, f := range answer(served.Add(1), req) {
+			if w.WriteMsg(f) != nil {
+				s.Reset()
+				return
+			}
 		}
 	})
 	return &served
+}
+
+// AnswerWithErrors makes h answer every RPC with an error reply signed by
+// id, whose code is code(n) for the n-th request (from 1): a callee that
+// chooses its codes (AnswerRaw).
+func AnswerWithErrors(h host.Host, id *trust.Identity, code func(n int64) trust.Code) *atomic.Int64 {
+	return AnswerRaw(h, func(n int64, req *protocol.Envelope) [][]byte {
+		out, err := protocol.Seal(id, &protocol.Envelope{Kind: protocol.KindError, RecipientPeer: req.Sender,
+			Action: req.Action, CorrelationID: req.CorrelationID, ErrorCode: code(n), ErrorDetail: "no"}, time.Now())
+		if err != nil {
+			return nil
+		}
+		return [][]byte{out}
+	})
 }

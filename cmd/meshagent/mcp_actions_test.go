@@ -53,24 +53,9 @@ func TestMCPPerActionTools(t *testing.T) {
 	_, stopServe := serveCLI(t, "mcp", "serve", "--home", a, "--name", "files", "--", os.Args[0], "-test.run=^TestMCPHelperProcess$")
 
 	changed := make(chan struct{}, 64)
-	client := mcp.NewClient(&mcp.Implementation{Name: "test-client", Version: "1"}, &mcp.ClientOptions{
+	s, _ := mcpSession(t, b, &mcp.ClientOptions{
 		ToolListChangedHandler: func(context.Context, *mcp.ToolListChangedRequest) { changed <- struct{}{} },
-	})
-	cliErr := new(syncBuffer)
-	cmd := helperCommand("cli", mcpHelperArgs+`=["mcp","--home",`+jsonString(b)+`,"--refresh","200ms"]`)
-	cmd.Stderr = cliErr
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	s, err := client.Connect(ctx, &mcp.CommandTransport{Command: cmd}, nil)
-	cancel()
-	if err != nil {
-		t.Fatalf("connect: %v (%s)", err, cliErr.String())
-	}
-	t.Cleanup(func() {
-		s.Close()
-		if t.Failed() {
-			t.Logf("meshagent mcp said:\n%s", cliErr.String())
-		}
-	})
+	}, "--refresh", "200ms")
 
 	echo := "alice__mcp.files__echo"
 	loud := "alice__" + strings.Replace(shout, ":", "__", 1)

@@ -100,6 +100,32 @@ func runHelperMCPServer() {
 	_ = s.Run(context.Background(), &mcp.StdioTransport{})
 }
 
+// mcpSession launches `meshagent mcp --home home` (with extra flags) as
+// an MCP server over stdio, connects opts' client to it, and closes it at
+// the end of the test, showing its stderr if the test failed. It returns
+// the session and that stderr.
+func mcpSession(t *testing.T, home string, opts *mcp.ClientOptions, flags ...string) (*mcp.ClientSession, *syncBuffer) {
+	t.Helper()
+	args, _ := json.Marshal(append([]string{"mcp", "--home", home}, flags...))
+	client := mcp.NewClient(&mcp.Implementation{Name: "test-client", Version: "1"}, opts)
+	cliErr := new(syncBuffer)
+	cmd := helperCommand("cli", mcpHelperArgs+"="+string(args))
+	cmd.Stderr = cliErr
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	s, err := client.Connect(ctx, &mcp.CommandTransport{Command: cmd}, nil)
+	cancel()
+	if err != nil {
+		t.Fatalf("connect to meshagent mcp: %v (its stderr: %s)", err, cliErr.String())
+	}
+	t.Cleanup(func() {
+		s.Close()
+		if t.Failed() {
+			t.Logf("meshagent mcp said:\n%s", cliErr.String())
+		}
+	})
+	return s, cliErr
+}
+
 // helperCommand is the test binary run as a helper of role, with env.
 func helperCommand(role string, env ...string) *exec.Cmd {
 	cmd := exec.Command(os.Args[0], "-test.run=^TestMCPHelperProcess$")
@@ -262,7 +288,10 @@ func waitChanged(t *testing.T, s *mcp.ClientSession, changed <-chan struct{}, wh
 // stdio) on bob's daemon; alice's daemon serves an SDK-built MCP server
 // behind `meshagent mcp serve`. Bob holds a token for some of its tools.
 func TestMCPEndToEnd(t *testing.T) {
-	defer func(d time.Duration) { mcpRestartMin = d }(mcpRestartMin)
+	// Restored by a cleanup registered before mcp serve starts: it runs
+	// after mcp serve has stopped reading it.
+	oldRestart := mcpRestartMin
+	t.Cleanup(func() { mcpRestartMin = oldRestart })
 	mcpRestartMin = 50 * time.Millisecond
 
 	m := newTestMesh(t)
@@ -279,24 +308,9 @@ func TestMCPEndToEnd(t *testing.T) {
 
 	// The MCP client launches `meshagent mcp` over stdio.
 	changed := make(chan struct{}, 64)
-	client := mcp.NewClient(&mcp.Implementation{Name: "test-client", Version: "1"}, &mcp.ClientOptions{
+	s, _ := mcpSession(t, b, &mcp.ClientOptions{
 		ToolListChangedHandler: func(context.Context, *mcp.ToolListChangedRequest) { changed <- struct{}{} },
-	})
-	cliErr := new(syncBuffer)
-	cmd := helperCommand("cli", mcpHelperArgs+`=["mcp","--home",`+jsonString(b)+`,"--refresh","200ms"]`)
-	cmd.Stderr = cliErr
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	s, err := client.Connect(ctx, &mcp.CommandTransport{Command: cmd}, nil)
-	cancel()
-	if err != nil {
-		t.Fatalf("connect to meshagent mcp: %v (its stderr: %s)", err, cliErr.String())
-	}
-	t.Cleanup(func() {
-		s.Close()
-		if t.Failed() {
-			t.Logf("meshagent mcp said:\n%s", cliErr.String())
-		}
-	})
+	}, "--refresh", "200ms")
 	t.Logf("protocol version %s", s.InitializeResult().ProtocolVersion)
 
 	// The tools: mesh_peers and mesh_call, which names alice.
@@ -442,7 +456,7 @@ func TestMCPEndToEnd(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	hs, err := mcp.NewClient(&mcp.Implementation{Name: "http-client", Version: "1"}, nil).Connect(ctx, &mcp.StreamableClientTransport{Endpoint: endpoint}, nil)
 	cancel()
 	if err != nil {
@@ -536,7 +550,10 @@ func TestMCPServeRefusals(t *testing.T) {
 // TestMCPServeDaemonRestart: when the daemon behind mcp serve stops and
 // starts again, mcp serve opens its streams again and serves as before.
 func TestMCPServeDaemonRestart(t *testing.T) {
-	defer func(d time.Duration) { mcpRestartMin = d }(mcpRestartMin)
+	// Restored by a cleanup registered before mcp serve starts: it runs
+	// after mcp serve has stopped reading it.
+	oldRestart := mcpRestartMin
+	t.Cleanup(func() { mcpRestartMin = oldRestart })
 	mcpRestartMin = 50 * time.Millisecond
 
 	m := newTestMesh(t)

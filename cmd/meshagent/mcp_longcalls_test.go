@@ -50,7 +50,10 @@ func addLongTools(s *mcp.Server, ran func(string)) {
 // token, across the mesh, signed; the client's cancellation reaches the
 // child as notifications/cancelled.
 func TestMCPProgressAndCancellation(t *testing.T) {
-	defer func(d time.Duration) { mcpRestartMin = d }(mcpRestartMin)
+	// Restored by a cleanup registered before mcp serve starts: it runs
+	// after mcp serve has stopped reading it.
+	oldRestart := mcpRestartMin
+	t.Cleanup(func() { mcpRestartMin = oldRestart })
 	mcpRestartMin = 50 * time.Millisecond
 	m := newTestMesh(t)
 	a, aID, fa := m.agent("alice", "")
@@ -65,23 +68,13 @@ func TestMCPProgressAndCancellation(t *testing.T) {
 
 	var mu sync.Mutex
 	var progress []*mcp.ProgressNotificationParams
-	client := mcp.NewClient(&mcp.Implementation{Name: "test-client", Version: "1"}, &mcp.ClientOptions{
+	s, cliErr := mcpSession(t, b, &mcp.ClientOptions{
 		ProgressNotificationHandler: func(_ context.Context, r *mcp.ProgressNotificationClientRequest) {
 			mu.Lock()
 			progress = append(progress, r.Params)
 			mu.Unlock()
 		},
 	})
-	cliErr := new(syncBuffer)
-	cmd := helperCommand("cli", mcpHelperArgs+`=["mcp","--home",`+jsonString(b)+`]`)
-	cmd.Stderr = cliErr
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	s, err := client.Connect(ctx, &mcp.CommandTransport{Command: cmd}, nil)
-	cancel()
-	if err != nil {
-		t.Fatalf("connect to meshagent mcp: %v (its stderr: %s)", err, cliErr.String())
-	}
-	t.Cleanup(func() { s.Close() })
 
 	call := func(ctx context.Context, action string) (*mcp.CallToolResult, error) {
 		p := &mcp.CallToolParams{Name: "mesh_call", Arguments: map[string]any{"to": aID, "action": action, "body": "{}", "timeout": "15m"}}
@@ -116,7 +109,7 @@ func TestMCPProgressAndCancellation(t *testing.T) {
 	mu.Unlock()
 
 	// The client cancels a call that hangs: the child learns it.
-	ctx, cancel = context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { _, err := call(ctx, "mcp.files:hang"); done <- err }()
 	if err := simulations.WaitFor(10*time.Second, func() error {
