@@ -94,7 +94,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	b, bID, fb := m.agent("bob", "")
 	bob := startDaemon(t, b, fb)
 	fa.Bootstrap = []string{bob.Addrs()[0].String()}
-	_, consoleURL := startConsoleDaemon(t, a, fa)
+	alice, consoleURL := startConsoleDaemon(t, a, fa)
 	admitted(t, a, bID, 10*time.Second)
 	q := url.Values{"action": {"read:logs"}, "description": {hostileDescription}, "input_schema": {logsSchemaJSON}}
 	if _, code, body := openStream(t, b, "/v1/handle?"+q.Encode()); code != 200 {
@@ -104,17 +104,31 @@ func TestConsoleInBrowser(t *testing.T) {
 
 	u, _ := url.Parse(consoleURL)
 	base := "http://" + u.Host + "/"
+	// poll waits until expr is true in the page, evaluating it every 50 ms
+	// (each evaluation bounded, so that a navigation under way is only a
+	// retry), for at most 20 s.
 	poll := func(what, expr string) {
 		t.Helper()
-		if _, err := chromedp.Run(ctx, chromedp.Poll[bool](expr, chromedp.WithPollingInterval(50*time.Millisecond),
-			chromedp.WithPollingTimeout(20*time.Second))); err != nil {
-			body, _ := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("body")))
+		err := simulations.WaitForEvery(20*time.Second, 50*time.Millisecond, func() error {
+			ectx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			ok, err := chromedp.Run(ectx, chromedp.Evaluate[bool](expr))
+			if err == nil && !ok {
+				err = fmt.Errorf("not yet")
+			}
+			return err
+		})
+		if err != nil {
+			body, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`document.body.innerText`))
 			t.Fatalf("%s: %v; the page says:\n%s", what, err, body)
 		}
 	}
+	// text is the rendered text of the first element sel matches (read by
+	// script: chromedp's DOM queries may lag a navigation just done).
 	text := func(sel string) string {
 		t.Helper()
-		s, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
+		js, _ := json.Marshal(sel)
+		s, err := chromedp.Run(ctx, chromedp.Evaluate[string](fmt.Sprintf(`document.querySelector(%s).innerText`, js)))
 		if err != nil {
 			t.Fatalf("%s: %v", sel, err)
 		}
@@ -187,15 +201,17 @@ func TestConsoleInBrowser(t *testing.T) {
 			document.getElementById("token-input").value = tok;
 			document.getElementById("holder-input").value = holder;
 			document.getElementById("action-input").value = action;
+			document.documentElement.dataset.old = "1";
 			return document.getElementById("holder-input").value === holder;
 		})()`, js)
 		if ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](set)); err != nil || !ok {
 			t.Fatalf("filling the form: %v %v", ok, err)
 		}
-		if _, err := chromedp.RunResponse(ctx, chromedp.Click(chromedp.ID("inspect-button"))); err != nil {
+		// The page answering the click is the one without the mark.
+		if err := chromedp.Do(ctx, chromedp.Click(chromedp.ID("inspect-button"))); err != nil {
 			t.Fatal(err)
 		}
-		poll("a verdict", `document.getElementById("verdict-text") !== null`)
+		poll("a verdict", `document.documentElement.dataset.old === undefined && document.getElementById("verdict-text") !== null`)
 		return text("#verdict-text")
 	}
 	if v := inspect(otherTok, "", ""); !strings.HasPrefix(v, "invalid: untrusted_root") {
@@ -252,5 +268,20 @@ func TestConsoleInBrowser(t *testing.T) {
 			t.Fatal(err)
 		}
 		fmt.Fprintf(os.Stderr, "wrote %s (%d bytes)\n", out, len(png))
+	}
+
+	// What a peer puts in an audit record (the detail of its refusal, a
+	// topic) reaches the live tail as text, never as markup.
+	c2 := testConsole(t, alice, m.anchor)
+	const hostileDetail = `<img src=x onerror="window.__pwned=3"><script>window.__pwned=4</script>`
+	c2.tail.add(node.AuditRecord{Time: time.Now(), Direction: "in", Kind: "request", Sender: bID, Action: "read:logs",
+		Decision: "reject", Reason: "bad_signature", Detail: hostileDetail})
+	if err := chromedp.Do(ctx, chromedp.Navigate(c2.url())); err != nil {
+		t.Fatal(err)
+	}
+	poll("the hostile record in the tail, as text", fmt.Sprintf(`[...document.querySelectorAll("#tail-body tr")].some(r =>
+		r.cells[8].textContent === %q) && document.querySelectorAll("#tail-body img, #tail-body script").length === 0`, hostileDetail))
+	if inert, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`window.__pwned === undefined`)); err != nil || !inert {
+		t.Fatalf("the record's markup ran (%v)", err)
 	}
 }
