@@ -95,12 +95,11 @@ func newKeyCache(size, door int) *keyCache {
 // verify checks sig over msg under k, from the expanded key when the cache
 // has it.
 func (c *keyCache) verify(k PublicKey, msg, sig []byte) bool {
-	fp := maphash.Bytes(c.seed, k[:])
-	x, seen := c.lookup(k, fp)
-	switch {
-	case x != nil:
+	if x := c.get(k); x != nil {
 		return voi.VerifyExpandedWithOptions(x, msg, sig, stdlibOptions)
-	case !seen:
+	}
+	fp := maphash.Bytes(c.seed, k[:])
+	if !c.seenOnce(fp) {
 		ok := voi.VerifyWithOptions(voi.PublicKey(k[:]), msg, sig, stdlibOptions)
 		if ok {
 			c.remember(fp)
@@ -118,27 +117,32 @@ func (c *keyCache) verify(k PublicKey, msg, sig []byte) bool {
 	return ok
 }
 
-// lookup returns k's expanded key, or whether a valid signature under k
-// was seen once before (fp is k's fingerprint).
-func (c *keyCache) lookup(k PublicKey, fp uint64) (*voi.ExpandedPublicKey, bool) {
+// get returns k's expanded key, or nil.
+func (c *keyCache) get(k PublicKey) *voi.ExpandedPublicKey {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	i, ok := c.idx[k]
 	if !ok {
 		c.stats.misses++
-		_, seen := c.door[fp]
-		return nil, seen
+		return nil
 	}
 	c.stats.hits++
 	s := &c.slots[i]
 	if s.uses < maxKeyUses {
 		s.uses++
 	}
-	return s.x, true
+	return s.x
 }
 
-// remember notes fp as seen once, forgetting the oldest fingerprint when
-// the doorkeeper is full.
+// seenOnce reports whether a valid signature under the key with
+// fingerprint fp was seen (and not yet forgotten).
+func (c *keyCache) seenOnce(fp uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.door[fp]
+	return ok
+}
+
 func (c *keyCache) remember(fp uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
