@@ -643,3 +643,34 @@ func TestKeyCacheConcurrent(t *testing.T) {
 		t.Fatalf("cache holds %d", c.len())
 	}
 }
+
+// TestKeyCacheDoorkeeperIsBounded: the doorkeeper holds at most its size
+// in fingerprints and forgets the oldest first, so a key whose first
+// signature was pushed out is not admitted on its next one.
+func TestKeyCacheDoorkeeperIsBounded(t *testing.T) {
+	t.Parallel()
+	const door = 8
+	c := newKeyCache(4, door)
+	msg := []byte("m")
+	sign := func(i int) (PublicKey, []byte) {
+		k, priv := keyOf(20000 + i)
+		return k, ed25519.Sign(priv, msg)
+	}
+	for i := range 3 * door {
+		k, sig := sign(i)
+		if !c.verify(k, msg, sig) {
+			t.Fatal("refused")
+		}
+		if len(c.door) > door || len(c.ring) != door {
+			t.Fatalf("doorkeeper holds %d, bound %d", len(c.door), door)
+		}
+	}
+	k, sig := sign(0) // forgotten: seen again, it is remembered, not admitted
+	if !c.verify(k, msg, sig) || c.len() != 0 {
+		t.Fatalf("cache holds %d after a forgotten key's second signature", c.len())
+	}
+	k, sig = sign(3*door - 1) // the newest: admitted
+	if !c.verify(k, msg, sig) || c.len() != 1 {
+		t.Fatalf("cache holds %d after a remembered key's second signature", c.len())
+	}
+}
