@@ -76,6 +76,9 @@ func TestHealthAndReadiness(t *testing.T) {
 	if !strings.HasPrefix(api, alone) || !strings.HasPrefix(tcp, alone) {
 		t.Fatalf("alice alone: /readyz api %q, metrics_listen %q", api, tcp)
 	}
+	if v := metricSum(scrape(t, a), "meshagent_ready"); v != 0 {
+		t.Fatalf("alice alone: meshagent_ready %v", v)
+	}
 	// Only GET: a probe changes nothing.
 	if resp, err := pa.api.Post("http://meshagent/readyz", "text/plain", nil); err != nil || resp.StatusCode != 405 {
 		t.Fatalf("POST /readyz: %v %v", resp, err)
@@ -92,6 +95,9 @@ func TestHealthAndReadiness(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if v := metricSum(scrape(t, a), "meshagent_ready"); v != 1 {
+		t.Fatalf("alice joined: meshagent_ready %v", v)
 	}
 
 	// bob's credential (6 s, no issuer to renew it) runs out.

@@ -78,6 +78,14 @@ func (m *daemonMetrics) watch(n *node.Node) {
 				}
 				return 0
 			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshagent_ready",
+			Help: "1 while /readyz answers ready (another agent alive in the registry, a credential valid now), else 0."},
+			func() float64 {
+				if notReady(n, time.Now()) != "" {
+					return 0
+				}
+				return 1
+			}),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshagent_throttled_requests_total",
 			Help: "Requests refused unchecked because their sender had spent its budget of rejected requests."},
 			func() float64 { return float64(n.Stats().Throttled) }),
