@@ -17,7 +17,7 @@ issuer_id=""
 for name in anchor alice bob carol; do
   id="$(m init --home "/mesh/$name" --name "$name")"
   m ca issue --dir /mesh/ca --agent "$id" --name "$name" --out "/mesh/$name/credential.pem"
-  m token issue --ca /mesh/ca --to "$id" --scopes ping:agent --ttl 720h --out "/mesh/$name/agent.token"
+  m token issue --ca /mesh/ca --to "$id" --scopes ping:agent --ttl 168h --out "/mesh/$name/agent.token"
   extra="bootstrap: [/dns4/anchor/tcp/4001/p2p/$issuer_id]"
   if [ "$name" = anchor ]; then issuer_id="$id"; extra="issuer_key: /ca/anchor.key"; fi
   # The config init wrote, replaced by the one for this network.
