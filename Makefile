@@ -15,7 +15,7 @@ SIM           := -tags meshsim
 # meshagent_build_info), and the platforms it builds.
 VERSION       ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 REVISION      ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
-RELEASE_LDFLAGS := -s -w -X main.version=$(VERSION) -X main.revision=$(REVISION)
+RELEASE_LDFLAGS  = -s -w -X main.version=$(VERSION) -X main.revision=$(REVISION)
 PLATFORMS     := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64
 # The npm packages of the MCP end-to-end test (cmd/meshagent/mcp_npm_e2e_test.go),
 # pinned in its package-lock.json.
