@@ -40,6 +40,7 @@ test: lint $(MCP_E2E)/node_modules/.package-lock.json chromium ## gofmt, vet, st
 # deploy/check is a module of its own (it needs the Prometheus server's
 # rule and PromQL parsers, which the product's go.mod should not carry).
 deploy-check: ## check deploy/: alert rules and dashboard against a running daemon, compose, k8s, Dockerfile, systemd unit
+	@test -x $(GOBIN)/staticcheck || $(GO) install $(STATICCHECK)
 	cd deploy/check && $(GO) vet ./... && $(GOBIN)/staticcheck ./... && $(GO) test -count=1 -timeout 5m ./...
 
 # npm ci installs exactly the lock file, into the test's folder; again
