@@ -313,6 +313,11 @@ func TestKubernetesSidecar(t *testing.T) {
 			pod, _ = at(d, "spec", "template", "spec").(map[string]any)
 		}
 	}
+	for _, d := range docs {
+		if d["kind"] == "Service" && at(d, "spec", "publishNotReadyAddresses") != true {
+			t.Errorf("Service %v: publishNotReadyAddresses is not true: daemons bootstrapping by DNS would not find one not ready yet", at(d, "metadata", "name"))
+		}
+	}
 	if config == nil || pod == nil {
 		t.Fatal("want a ConfigMap with meshagent.yaml and a StatefulSet")
 	}
