@@ -11,11 +11,17 @@ SOAK_DURATION ?= 10m
 # uses them (simulations, the demo, most tests) build only with this tag;
 # the meshagent binary never has it.
 SIM           := -tags meshsim
+# What `make release` stamps into the binaries (meshagent version,
+# meshagent_build_info), and the platforms it builds.
+VERSION       ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+REVISION      ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+RELEASE_LDFLAGS  = -s -w -X main.version=$(VERSION) -X main.revision=$(REVISION)
+PLATFORMS     := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64
 # The npm packages of the MCP end-to-end test (cmd/meshagent/mcp_npm_e2e_test.go),
 # pinned in its package-lock.json.
 MCP_E2E       := test/mcp-e2e
 
-.PHONY: help demo test check lint race build bench bench-dialloop bench-attacks fuzz proto tidy sim sim500 soak chromium console-screenshot
+.PHONY: help demo test check lint race build release deploy-check bench bench-dialloop bench-attacks fuzz proto tidy sim sim500 soak chromium console-screenshot
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -29,6 +35,13 @@ test: lint $(MCP_E2E)/node_modules/.package-lock.json chromium ## gofmt, vet, st
 	@# and so do the attacks that measure the target's CPU.
 	$(GO) test $(SIM) -count=1 -timeout 5m -run 'TestVirtualTimeScenario|TestPauseUnderTheTimeoutIsNoDeath|TestSeparateResourceAttacks' ./simulations
 	$(GO) test $(SIM) -count=1 -timeout 5m -run 'TestSilentConnectionsLeaveRoomForNewAgents|TestHonestLoadIsNeverLockedOut|TestOutsiderStreamsDoNotStarveCalls' ./node
+	$(MAKE) deploy-check
+
+# deploy/check is a module of its own (it needs the Prometheus server's
+# rule and PromQL parsers, which the product's go.mod should not carry).
+deploy-check: ## check deploy/: alert rules and dashboard against a running daemon, compose, k8s, Dockerfile, systemd unit
+	@test -x $(GOBIN)/staticcheck || $(GO) install $(STATICCHECK)
+	cd deploy/check && $(GO) vet ./... && $(GOBIN)/staticcheck ./... && $(GO) test -count=1 -timeout 5m ./...
 
 # npm ci installs exactly the lock file, into the test's folder; again
 # whenever package.json or the lock file is newer than what it installed.
@@ -63,6 +76,15 @@ lint: ## gofmt, go vet and staticcheck, with and without the simulation hooks
 
 build: ## build the meshagent binary into ./bin
 	$(GO) build -trimpath -o bin/meshagent ./cmd/meshagent
+
+release: ## static binaries for linux and darwin (amd64, arm64) in dist/, with SHA256SUMS and the version stamped in
+	rm -rf dist && mkdir -p dist
+	@set -e; for p in $(PLATFORMS); do \
+	  os=$${p%/*}; arch=$${p#*/}; out=dist/meshagent-$(VERSION)-$$os-$$arch; \
+	  echo "build $$out"; \
+	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags '$(RELEASE_LDFLAGS)' -o $$out ./cmd/meshagent; \
+	done
+	cd dist && sha256sum meshagent-* > SHA256SUMS && cat SHA256SUMS
 
 bench: ## run the benchmarks recorded in BENCHMARKS.md
 	$(GO) test $(SIM) -run '^$$' -bench . -benchmem ./protocol/ ./node/

@@ -136,7 +136,7 @@ func serveDaemon(ctx context.Context, home string, fc *fileConfig, ready func(*n
 	}
 	metrics.watch(n)
 	if fc.MetricsListen != "" {
-		if err := serveMetrics(ctx, fc.MetricsListen, metrics); err != nil {
+		if err := serveMetrics(ctx, fc.MetricsListen, metrics, n); err != nil {
 			return fmt.Errorf("config: metrics_listen: %v", err)
 		}
 	}
