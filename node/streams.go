@@ -209,8 +209,17 @@ func isTimeout(err error) bool {
 // idleStreams counts, per peer, the inbound streams waiting for a next
 // request (serveIdlePerPeer).
 type idleStreams struct {
-	mu sync.Mutex
-	m  map[peer.ID]int
+	mu      sync.Mutex
+	m       map[peer.ID]int
+	timeout atomic.Int64 // serveIdle when zero (tests shorten it)
+}
+
+// wait is how long a stream waits for its next request.
+func (c *idleStreams) wait() time.Duration {
+	if d := time.Duration(c.timeout.Load()); d > 0 {
+		return d
+	}
+	return serveIdle
 }
 
 func (c *idleStreams) enter(p peer.ID) bool {
@@ -266,7 +275,7 @@ func (n *Node) handleRPC2(s network.Stream) {
 				goodbye(s)
 				return
 			}
-			wait = time.Now().Add(serveIdle)
+			wait = time.Now().Add(n.rpcIdle.wait())
 		}
 		_ = s.SetReadDeadline(wait)
 		var b [1]byte
