@@ -63,22 +63,23 @@ func BenchmarkRPC(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	run := func(f func()) ([]time.Duration, time.Duration) {
-		for i := 0; i < 20; i++ { // warm up
-			f()
-		}
-		lat := make([]time.Duration, b.N)
-		start := time.Now()
-		for i := range lat {
-			t0 := time.Now()
-			f()
-			lat[i] = time.Since(t0)
-		}
-		return lat, time.Since(start)
+	for i := 0; i < 20; i++ { // warm up (the call's stream goes to the pool)
+		plain()
+		secure()
 	}
+	// Alternating call by call: both see the same load.
+	pl, sl := make([]time.Duration, b.N), make([]time.Duration, b.N)
+	var ptotal, stotal time.Duration
 	b.ResetTimer()
-	pl, ptotal := run(plain)
-	sl, stotal := run(secure)
+	for i := range b.N {
+		t0 := time.Now()
+		plain()
+		t1 := time.Now()
+		secure()
+		pl[i], sl[i] = t1.Sub(t0), time.Since(t1)
+		ptotal += pl[i]
+		stotal += sl[i]
+	}
 	b.StopTimer()
 	b.ReportMetric(percentile(pl, 0.5), "plain_p50_us")
 	b.ReportMetric(percentile(pl, 0.99), "plain_p99_us")
@@ -116,10 +117,10 @@ func BenchmarkRPCParallel(b *testing.B) {
 		return err
 	}
 	const workers = 8
-	run := func(f func() error) float64 {
+	run := func(f func() error, calls int) time.Duration {
 		var wg sync.WaitGroup
 		var failed atomic.Int32
-		per := b.N/workers + 1
+		per := calls/workers + 1
 		start := time.Now()
 		for w := 0; w < workers; w++ {
 			wg.Add(1)
@@ -136,12 +137,26 @@ func BenchmarkRPCParallel(b *testing.B) {
 		if failed.Load() > 0 {
 			b.Fatalf("%d calls failed", failed.Load())
 		}
-		return float64(per*workers) / time.Since(start).Seconds()
+		return time.Since(start) / time.Duration(per*workers)
 	}
+	run(plain, 8*workers) // warm up: 8 streams in the pool
+	run(secure, 8*workers)
+	// Eight rounds of each, alternating which goes first: both see the
+	// same load.
+	const rounds = 8
+	var ptime, stime time.Duration
 	b.ResetTimer()
-	pcps := run(plain)
-	scps := run(secure)
+	for r := range rounds {
+		if r%2 == 0 {
+			ptime += run(plain, b.N/rounds+1)
+			stime += run(secure, b.N/rounds+1)
+		} else {
+			stime += run(secure, b.N/rounds+1)
+			ptime += run(plain, b.N/rounds+1)
+		}
+	}
 	b.StopTimer()
+	pcps, scps := rounds/ptime.Seconds(), rounds/stime.Seconds()
 	b.ReportMetric(pcps, "plain_calls/s")
 	b.ReportMetric(scps, "mesh_calls/s")
 	b.ReportMetric(scps/pcps, "throughput_ratio")
