@@ -161,3 +161,28 @@ func BenchmarkRPCParallel(b *testing.B) {
 	b.ReportMetric(scps, "mesh_calls/s")
 	b.ReportMetric(scps/pcps, "throughput_ratio")
 }
+
+// BenchmarkCallCPU: b.N sequential calls alone (no baseline), for a CPU
+// profile (-cpuprofile) of the call path; cpu_us/call is the process's
+// CPU time, both ends, per call.
+func BenchmarkCallCPU(b *testing.B) {
+	m, _ := testMesh(b, "tcp")
+	ctx := context.Background()
+	orch, worker := m.Agents["orchestrator"], m.Agents["worker"]
+	body := make([]byte, 100)
+	for range 20 {
+		if _, err := orch.Node.Call(ctx, worker.ID(), "read:logs", body, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	c0 := cpuTime()
+	for range b.N {
+		if _, err := orch.Node.Call(ctx, worker.ID(), "read:logs", body, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+	cpu := cpuTime() - c0
+	b.StopTimer()
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu_us/call")
+}

@@ -73,6 +73,7 @@ type Node struct {
 	// the inbound ones waiting for a next request (streams.go).
 	pool    *streamPool
 	rpcIdle idleStreams
+	ids     idStrings // peer IDs' text, for audit records
 
 	credMu   sync.RWMutex
 	cred     *trust.Credential

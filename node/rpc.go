@@ -123,7 +123,7 @@ func (n *Node) Call(ctx context.Context, to peer.ID, action string, body []byte,
 
 func (n *Node) roundTrip(ctx context.Context, to peer.ID, toKey trust.PublicKey, env *protocol.Envelope, raw []byte, opts *CallOptions) (*Reply, error) {
 	start := time.Now()
-	rec := n.record(audit.Out, audit.Request, to.String())
+	rec := n.record(audit.Out, audit.Request, n.idString(to))
 	rec.CorrelationID, rec.Action = env.CorrelationID.String(), env.Action
 	rec.Traceparent, rec.Tracestate = env.Traceparent, env.Tracestate
 	reply, err := n.exchange(ctx, to, toKey, env, raw, opts)
@@ -242,7 +242,7 @@ func (n *Node) answer(s network.Stream, remote peer.ID, raw []byte, start time.T
 	} else {
 		env, err = n.decider.Decide(raw, protocol.Expect{Kinds: []protocol.Kind{protocol.KindRequest}, Peer: n.self, From: remoteKey}, n.now())
 	}
-	rec := n.record(audit.In, audit.Request, remote.String())
+	rec := n.record(audit.In, audit.Request, n.idString(remote))
 	if env != nil {
 		rec.CorrelationID, rec.Action = env.CorrelationID.String(), env.Action
 		rec.Traceparent, rec.Tracestate = env.Traceparent, env.Tracestate

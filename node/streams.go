@@ -12,7 +12,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -200,10 +199,49 @@ func (p *prefixed) Read(out []byte) (int, error) {
 	return 1, nil
 }
 
-// isTimeout reports whether err is a passed deadline.
+// isTimeout reports whether err is a passed deadline. (Unwrapped by
+// hand: errors.As costs microseconds, and it runs at the end of every
+// call on a reused stream.)
 func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+	for err != nil {
+		if t, ok := err.(interface{ Timeout() bool }); ok && t.Timeout() {
+			return true
+		}
+		if err == os.ErrDeadlineExceeded {
+			return true
+		}
+		err = errors.Unwrap(err)
+	}
+	return false
+}
+
+// idStrings caches the text form of the peer IDs a node audits calls
+// with: base58 costs microseconds, and every call audits one on each
+// side. Bounded: emptied when it reaches maxIDStrings.
+type idStrings struct {
+	mu sync.Mutex
+	m  map[peer.ID]string
+}
+
+const maxIDStrings = 4096
+
+// idString is p.String(), cached.
+func (n *Node) idString(p peer.ID) string {
+	c := &n.ids
+	c.mu.Lock()
+	s, ok := c.m[p]
+	c.mu.Unlock()
+	if ok {
+		return s
+	}
+	s = p.String()
+	c.mu.Lock()
+	if c.m == nil || len(c.m) >= maxIDStrings {
+		c.m = map[peer.ID]string{}
+	}
+	c.m[p] = s
+	c.mu.Unlock()
+	return s
 }
 
 // idleStreams counts, per peer, the inbound streams waiting for a next
