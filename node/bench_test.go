@@ -139,6 +139,14 @@ func BenchmarkRPCParallel(b *testing.B) {
 		}
 		return time.Since(start) / time.Duration(per*workers)
 	}
+	// CPU per call of each (both ends, getrusage): what the throughput
+	// ratio would be on a machine that runs nothing else.
+	var pcpu, scpu time.Duration
+	timed := func(f func() error, calls int, wall, cpu *time.Duration) {
+		c0 := cpuTime()
+		*wall += run(f, calls)
+		*cpu += (cpuTime() - c0) / time.Duration(calls/workers*workers+workers)
+	}
 	run(plain, 8*workers) // warm up: 8 streams in the pool
 	run(secure, 8*workers)
 	// Eight rounds of each, alternating which goes first: both see the
@@ -148,15 +156,18 @@ func BenchmarkRPCParallel(b *testing.B) {
 	b.ResetTimer()
 	for r := range rounds {
 		if r%2 == 0 {
-			ptime += run(plain, b.N/rounds+1)
-			stime += run(secure, b.N/rounds+1)
+			timed(plain, b.N/rounds+1, &ptime, &pcpu)
+			timed(secure, b.N/rounds+1, &stime, &scpu)
 		} else {
-			stime += run(secure, b.N/rounds+1)
-			ptime += run(plain, b.N/rounds+1)
+			timed(secure, b.N/rounds+1, &stime, &scpu)
+			timed(plain, b.N/rounds+1, &ptime, &pcpu)
 		}
 	}
 	b.StopTimer()
 	pcps, scps := rounds/ptime.Seconds(), rounds/stime.Seconds()
+	b.ReportMetric(float64(pcpu.Microseconds())/rounds, "plain_cpu_us/call")
+	b.ReportMetric(float64(scpu.Microseconds())/rounds, "mesh_cpu_us/call")
+	b.ReportMetric(float64(pcpu)/float64(scpu), "cpu_throughput_ratio")
 	b.ReportMetric(pcps, "plain_calls/s")
 	b.ReportMetric(scps, "mesh_calls/s")
 	b.ReportMetric(scps/pcps, "throughput_ratio")

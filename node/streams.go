@@ -372,38 +372,68 @@ func (n *Node) handleRPC2(s network.Stream) {
 
 // callWatch watches the caller of one call on a reused stream: a reset
 // (the caller gave up), its side closed, or a byte it should not have
-// sent cancels or ends the stream's use; stop ends the watch.
+// sent cancels or ends the stream's use; stop ends the watch. The watch
+// starts watchAfter into the call: a handler that answers sooner costs no
+// goroutine and no wake-up, and a caller's cancel reaches a longer one at
+// most watchAfter late.
 type callWatch struct {
-	s        network.Stream
-	stopping atomic.Bool
-	done     chan struct{}
-	clean    bool // set before done closes: stopped with nothing read
+	s      network.Stream
+	cancel context.CancelCauseFunc
+	timer  *time.Timer
+
+	mu      sync.Mutex
+	stopped bool          // stop was called
+	done    chan struct{} // the watch started; closed when it ended
+	clean   bool          // set before done closes: stopped with nothing read
 }
 
+// watchAfter is how long into a call the watch of its caller starts.
+const watchAfter = time.Millisecond
+
 func watchReused(s network.Stream, cancel context.CancelCauseFunc) *callWatch {
-	w := &callWatch{s: s, done: make(chan struct{})}
-	go func() {
-		defer close(w.done)
-		var b [1]byte
-		_, err := s.Read(b[:])
-		switch {
-		case err != nil && w.stopping.Load() && isTimeout(err):
-			w.clean = true
-		case errors.Is(err, io.EOF):
-			// The caller closed its side: this call stands, no next one.
-		default:
-			cancel(ErrCallerCancelled)
-		}
-	}()
+	w := &callWatch{s: s, cancel: cancel}
+	w.timer = time.AfterFunc(watchAfter, w.watch)
 	return w
+}
+
+func (w *callWatch) watch() {
+	w.mu.Lock()
+	if w.stopped {
+		w.mu.Unlock()
+		return
+	}
+	done := make(chan struct{})
+	w.done = done
+	w.mu.Unlock()
+	defer close(done)
+	var b [1]byte
+	_, err := w.s.Read(b[:])
+	w.mu.Lock()
+	stopping := w.stopped
+	w.mu.Unlock()
+	switch {
+	case err != nil && stopping && isTimeout(err):
+		w.clean = true
+	case errors.Is(err, io.EOF):
+		// The caller closed its side: this call stands, no next one.
+	default:
+		w.cancel(ErrCallerCancelled)
+	}
 }
 
 // stop ends the watch (a read deadline now interrupts it) and reports
 // whether the stream may carry the next call.
 func (w *callWatch) stop() bool {
-	w.stopping.Store(true)
+	w.mu.Lock()
+	w.stopped = true
+	done := w.done
+	w.mu.Unlock()
+	if done == nil { // never started, and now never will
+		w.timer.Stop()
+		return true
+	}
 	_ = w.s.SetReadDeadline(time.Now())
-	<-w.done
+	<-done
 	return w.clean
 }
 
