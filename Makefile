@@ -15,7 +15,7 @@ SIM           := -tags meshsim
 # pinned in its package-lock.json.
 MCP_E2E       := test/mcp-e2e
 
-.PHONY: help demo test check lint race build bench bench-dialloop bench-attacks fuzz proto tidy sim sim500 soak
+.PHONY: help demo test check lint race build bench bench-dialloop bench-attacks fuzz proto tidy sim sim500 soak chromium console-screenshot
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -23,7 +23,7 @@ help: ## list targets
 demo: ## run a small mesh on 127.0.0.1: calls that pass, attacks that fail
 	$(GO) run $(SIM) ./cmd/meshagent-demo
 
-test: lint $(MCP_E2E)/node_modules/.package-lock.json ## gofmt, vet, staticcheck, then every test (-race) with fuzz seeds
+test: lint $(MCP_E2E)/node_modules/.package-lock.json chromium ## gofmt, vet, staticcheck, then every test (-race) with fuzz seeds
 	$(GO) test $(SIM) -race -count=1 -timeout 8m ./...
 	@# The virtual-time tests skip themselves under -race (golang/go#78156),
 	@# and so do the attacks that measure the target's CPU.
@@ -37,6 +37,20 @@ $(MCP_E2E)/node_modules/.package-lock.json: $(MCP_E2E)/package.json $(MCP_E2E)/p
 	@if command -v npm >/dev/null; then \
 	  cd $(MCP_E2E) && npm ci --ignore-scripts --no-audit --no-fund && touch node_modules/.package-lock.json; \
 	else echo "npm not found: TestMCPNpmEndToEnd will skip"; fi
+
+# The console's browser test (cmd/meshagent/console_browser_test.go) drives
+# headless Chromium. As root (CI on a fresh Debian machine) this installs
+# Debian's chromium when no Chromium is on the PATH; otherwise the test
+# skips itself and says why.
+chromium: ## install Debian's chromium for the console's browser test, as root, when none is found
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium || \
+	  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }; \
+	else echo "chromium not found and not root: TestConsoleInBrowser will skip"; fi
+
+console-screenshot: chromium ## the console in headless Chromium, saved as docs/img/console.png
+	MESHAGENT_CONSOLE_SCREENSHOT=$(CURDIR)/docs/img/console.png $(GO) test $(SIM) -count=1 -run TestConsoleInBrowser ./cmd/meshagent
 
 lint: ## gofmt, go vet and staticcheck, with and without the simulation hooks
 	@unformatted="$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$'))"; \
@@ -63,11 +77,13 @@ fuzz: ## fuzz every decoder for 30 s each
 	$(GO) test ./trust -run '^$$' -fuzz FuzzParseToken -fuzztime 30s
 	$(GO) test ./trust -run '^$$' -fuzz FuzzParseCredential -fuzztime 30s
 	$(GO) test ./trust -run '^$$' -fuzz FuzzParseRevocation -fuzztime 30s
+	$(GO) test ./trust -run '^$$' -fuzz FuzzVerifyDifferential -fuzztime 30s
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzDecide -fuzztime 30s
 	$(GO) test ./discovery -run '^$$' -fuzz FuzzParseRecord -fuzztime 30s
 	$(GO) test ./discovery -run '^$$' -fuzz FuzzVerifyBeat -fuzztime 30s
 	$(GO) test ./discovery -run '^$$' -fuzz FuzzVerifyAdvert -fuzztime 30s
 	$(GO) test ./node/internal/frame -run '^$$' -fuzz FuzzReadGrowing -fuzztime 30s
+	$(GO) test ./cmd/meshagent -run '^$$' -fuzz FuzzConsoleInspect -fuzztime 30s
 	$(GO) test ./node/internal/frame -run '^$$' -fuzz FuzzReadExact -fuzztime 30s
 
 proto: ## regenerate the protobuf code (needs protoc: apt-get install protobuf-compiler)

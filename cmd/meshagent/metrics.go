@@ -22,6 +22,9 @@ type daemonMetrics struct {
 	// tracer, when otlp_endpoint is set, exports a span per call
 	// (tracing.go); nil otherwise.
 	tracer *callTracer
+	// console, when --console is set, shows each audit record in its
+	// live tail (console_tail.go); nil otherwise.
+	console *consoleServer
 }
 
 func newDaemonMetrics() *daemonMetrics {
@@ -73,6 +76,7 @@ func (m *daemonMetrics) watch(n *node.Node) {
 		m.decisions.WithLabelValues(label(knownDirections, string(r.Direction)), label(knownKinds, string(r.Kind)),
 			label(knownDecisions, string(r.Decision)), label(knownReasons, r.Reason)).Inc()
 		m.tracer.audited(r)
+		m.console.audited(r)
 	})
 }
 
