@@ -51,7 +51,7 @@ func (d *Decider) Decide(raw []byte, x Expect, now time.Time) (*Envelope, error)
 	if max <= 0 {
 		max = DefaultMaxEnvelopeSize
 	}
-	e, err := Open(raw, max, d.Verifier.Policy().MaxTokenSize)
+	e, err := open(raw, max, d.Verifier.DecodeToken)
 	if err != nil {
 		return nil, err
 	}

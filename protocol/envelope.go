@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"strings"
@@ -164,6 +165,12 @@ func Seal(id *trust.Identity, e *Envelope, now time.Time) ([]byte, error) {
 // the structure only: no signature, time, chain or replay check. Use
 // Decider.Decide before acting on anything.
 func Open(raw []byte, maxSize, maxTokenSize int) (*Envelope, error) {
+	return open(raw, maxSize, func(b []byte) (*trust.Token, error) { return trust.ParseToken(b, maxTokenSize) })
+}
+
+// open is Open with the token decoder given: Decide passes the verifier's,
+// which keeps the chains it authorized.
+func open(raw []byte, maxSize int, decodeToken func([]byte) (*trust.Token, error)) (*Envelope, error) {
 	if len(raw) > maxSize {
 		return nil, Reject(trust.CodeTooLarge, "envelope is %d bytes, at most %d", len(raw), maxSize)
 	}
@@ -171,7 +178,7 @@ func Open(raw []byte, maxSize, maxTokenSize int) (*Envelope, error) {
 	if err := proto.Unmarshal(raw, &w); err != nil {
 		return nil, Reject(trust.CodeMalformed, "envelope: %v", err)
 	}
-	var b protocolpb.EnvelopeBody
+	var b protocolpb.EnvelopeBodyOpen
 	if err := proto.Unmarshal(w.Body, &b); err != nil {
 		return nil, Reject(trust.CodeMalformed, "envelope body: %v", err)
 	}
@@ -213,11 +220,12 @@ func Open(raw []byte, maxSize, maxTokenSize int) (*Envelope, error) {
 		return nil, Reject(trust.CodeMalformed, "correlation ID is %d bytes, want 16", len(b.CorrelationId))
 	}
 	copy(e.CorrelationID[:], b.CorrelationId)
-	if b.Token != nil {
-		if n := proto.Size(b.Token); n > maxTokenSize {
-			return nil, Reject(trust.CodeTooLarge, "token is %d bytes, at most %d", n, maxTokenSize)
+	if len(b.Token) > 0 {
+		tok := b.Token[0]
+		if len(b.Token) > 1 { // a message field given several times is their merge
+			tok = bytes.Join(b.Token, nil)
 		}
-		if e.Token, err = trust.TokenFromProto(b.Token); err != nil {
+		if e.Token, err = decodeToken(tok); err != nil {
 			return nil, err
 		}
 	}

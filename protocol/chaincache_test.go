@@ -1,0 +1,162 @@
+package protocol
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/meshagent/meshagent/protocol/protocolpb"
+	"github.com/meshagent/meshagent/trust"
+	"github.com/meshagent/meshagent/trust/trustpb"
+	"github.com/meshagent/meshagent/wire"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+)
+
+// TestOpenViewMatchesBody: the decode-only view has EnvelopeBody's fields,
+// numbers and kinds, the token (12) as repeated bytes.
+func TestOpenViewMatchesBody(t *testing.T) {
+	t.Parallel()
+	body := (&protocolpb.EnvelopeBody{}).ProtoReflect().Descriptor().Fields()
+	view := (&protocolpb.EnvelopeBodyOpen{}).ProtoReflect().Descriptor().Fields()
+	if body.Len() != view.Len() {
+		t.Fatalf("EnvelopeBody has %d fields, the view %d", body.Len(), view.Len())
+	}
+	for i := 0; i < body.Len(); i++ {
+		b := body.Get(i)
+		v := view.ByNumber(b.Number())
+		if v == nil || v.Name() != b.Name() {
+			t.Fatalf("field %d (%s) missing from the view", b.Number(), b.Name())
+		}
+		if b.Number() == 12 {
+			if b.Kind() != protoreflect.MessageKind || v.Kind() != protoreflect.BytesKind || !v.IsList() {
+				t.Fatalf("token: %v / %v", b.Kind(), v.Kind())
+			}
+			continue
+		}
+		if v.Kind() != b.Kind() || v.Cardinality() != b.Cardinality() {
+			t.Fatalf("field %s: %v %v, view %v %v", b.Name(), b.Kind(), b.Cardinality(), v.Kind(), v.Cardinality())
+		}
+	}
+}
+
+// openReference is Open as it was before the view: the body decoded in
+// full, the token from its decoded message.
+func openReference(raw []byte) (*Envelope, error) {
+	var w protocolpb.Envelope
+	if err := proto.Unmarshal(raw, &w); err != nil {
+		return nil, err
+	}
+	var b protocolpb.EnvelopeBody
+	if err := proto.Unmarshal(w.Body, &b); err != nil {
+		return nil, err
+	}
+	e, err := Open(raw, 1<<20, 1<<20)
+	if err != nil {
+		return nil, err
+	}
+	// Open checked everything else; compare its token with the merged one.
+	e.Token = nil
+	if b.Token != nil {
+		if e.Token, err = trust.TokenFromProto(b.Token); err != nil {
+			return nil, err
+		}
+	}
+	return e, nil
+}
+
+// FuzzOpenMatchesFullDecode: whatever the bytes, the view decodes the
+// token exactly as decoding the whole body did (a token field given
+// several times included), and Decide's cached decoder as Open's.
+func FuzzOpenMatchesFullDecode(f *testing.F) {
+	w := newWorld(f)
+	valid := w.request(f, w.alice, w.aliceTok, "read:logs", t0)
+	f.Add(valid)
+	f.Add(twoTokenFields(f, valid, w.alice))
+	f.Add([]byte{})
+	d := w.bobDecider
+	f.Fuzz(func(t *testing.T, data []byte) {
+		got, gerr := Open(data, 1<<20, 1<<20)
+		cached, cerr := open(data, 1<<20, d.Verifier.DecodeToken)
+		ref, rerr := openReference(data)
+		if (gerr == nil) != (cerr == nil) {
+			t.Fatalf("Open: %v; with the verifier's decoder: %v", gerr, cerr)
+		}
+		if gerr != nil {
+			return
+		}
+		if rerr != nil {
+			t.Fatalf("the view accepted what the full decode refuses: %v", rerr)
+		}
+		for _, e := range []*Envelope{cached, ref} {
+			if (got.Token == nil) != (e.Token == nil) || got.Token != nil && !bytes.Equal(got.Token.Bytes(), e.Token.Bytes()) {
+				t.Fatal("tokens differ")
+			}
+			if got.Action != e.Action || !bytes.Equal(got.body, e.body) || !bytes.Equal(got.sig, e.sig) || got.Sender != e.Sender {
+				t.Fatal("envelopes differ")
+			}
+		}
+	})
+}
+
+// twoTokenFields re-signs raw with its token field split in two
+// occurrences (anchor in the first, links in the second): protobuf merges
+// them into the one token.
+func twoTokenFields(t testing.TB, raw []byte, signer *trust.Identity) []byte {
+	t.Helper()
+	var w protocolpb.Envelope
+	if err := proto.Unmarshal(raw, &w); err != nil {
+		t.Fatal(err)
+	}
+	var b protocolpb.EnvelopeBody
+	if err := proto.Unmarshal(w.Body, &b); err != nil {
+		t.Fatal(err)
+	}
+	tok := b.Token
+	b.Token = nil
+	body, _ := proto.MarshalOptions{Deterministic: true}.Marshal(&b)
+	part1, _ := proto.Marshal(&trustpb.Token{Version: tok.Version, Anchor: tok.Anchor})
+	part2, _ := proto.Marshal(&trustpb.Token{Links: tok.Links})
+	body = protowire.AppendTag(body, 12, protowire.BytesType)
+	body = protowire.AppendBytes(body, part1)
+	body = protowire.AppendTag(body, 12, protowire.BytesType)
+	body = protowire.AppendBytes(body, part2)
+	sig := signer.Sign(wire.DomainEnvelope, body)
+	out, _ := proto.Marshal(&protocolpb.Envelope{Body: body, Signature: sig})
+	return out
+}
+
+func TestTwoTokenFieldsAreOneToken(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	raw := twoTokenFields(t, w.request(t, w.alice, w.aliceTok, "read:logs", t0), w.alice)
+	e, err := w.bobDecider.Decide(raw, w.expect(w.alice), t0.Add(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(e.Token.Bytes(), w.aliceTok.Bytes()) {
+		t.Fatal("merged token differs")
+	}
+}
+
+func TestWriteOpenFuzzSeed(t *testing.T) {
+	t.Parallel()
+	if os.Getenv("MESHAGENT_UPDATE_CORPUS") == "" {
+		t.Skip("set MESHAGENT_UPDATE_CORPUS=1 to rewrite testdata/fuzz/FuzzOpenMatchesFullDecode")
+	}
+	w := newWorld(t)
+	dir := filepath.Join("testdata", "fuzz", "FuzzOpenMatchesFullDecode")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	valid := w.request(t, w.alice, w.aliceTok, "read:logs", t0)
+	for name, seed := range map[string][]byte{"seed-valid": valid, "seed-two-token-fields": twoTokenFields(t, valid, w.alice)} {
+		if err := os.WriteFile(filepath.Join(dir, name), fmt.Appendf(nil, "go test fuzz v1\n[]byte(%q)\n", seed), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
