@@ -68,6 +68,8 @@ type Node struct {
 
 	// calls holds one token per handler running: MaxConcurrentCalls slots.
 	calls chan struct{}
+	// choice is the token Call and Publish attach per action (tokenchoice.go).
+	choice tokenChoice
 
 	credMu   sync.RWMutex
 	cred     *trust.Credential
