@@ -10,7 +10,7 @@ import (
 )
 
 // choiceNode is a node (not started) whose clock the test moves.
-func choiceNode(t *testing.T) (*Node, *trust.AnchorKey, *atomic.Int64) {
+func choiceNode(t testing.TB) (*Node, *trust.AnchorKey, *atomic.Int64) {
 	t.Helper()
 	a, _ := trust.GenerateAnchorKey(rand.Reader)
 	id, _ := trust.GenerateIdentity(rand.Reader)
@@ -31,7 +31,7 @@ func choiceNode(t *testing.T) (*Node, *trust.AnchorKey, *atomic.Int64) {
 }
 
 // tokenAt issues a read:logs token valid from nb to exp.
-func tokenAt(t *testing.T, a *trust.AnchorKey, n *Node, nb, exp time.Time) *trust.Token {
+func tokenAt(t testing.TB, a *trust.AnchorKey, n *Node, nb, exp time.Time) *trust.Token {
 	t.Helper()
 	tok, err := trust.IssueToken(a, n.self, trust.Grant{Scopes: []string{"read:logs"}, NotBefore: nb, Expires: exp}, time.Now())
 	if err != nil {
@@ -100,5 +100,39 @@ func TestTokenChoicesAreBounded(t *testing.T) {
 		if l := len(n.choice.choices); l > maxTokenChoices {
 			t.Fatalf("%d choices held, bound %d", l, maxTokenChoices)
 		}
+	}
+}
+
+// BenchmarkTokenFor is the token choice of one call with three tokens
+// held (the one granting the action last): remembered, and made afresh
+// as before (Authorize over every held token, the link cache warm).
+//
+// go test ./node -run '^$' -bench TokenFor -benchtime 20000x
+func BenchmarkTokenFor(b *testing.B) {
+	for _, mode := range []string{"remembered", "authorize"} {
+		b.Run(mode, func(b *testing.B) {
+			n, a, _ := choiceNode(b)
+			now := time.Now()
+			for _, s := range []string{"write:reports", "read:metrics", "read:logs"} {
+				tok, err := trust.IssueToken(a, n.self, trust.Grant{Scopes: []string{s}, NotBefore: now.Add(-time.Minute), Expires: now.Add(time.Hour)}, now)
+				if err != nil {
+					b.Fatal(err)
+				}
+				n.AddToken(tok)
+			}
+			choose := n.tokenFor
+			if mode == "authorize" {
+				choose = func(action string) *trust.Token { return n.chooseToken(n.Tokens(), action, n.now()).tok }
+			}
+			if choose("read:logs") == nil {
+				b.Fatal("no token")
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if choose("read:logs") == nil {
+					b.Fatal("no token")
+				}
+			}
+		})
 	}
 }

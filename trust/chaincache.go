@@ -8,8 +8,10 @@ import (
 	"time"
 )
 
-// DefaultChainCacheSize bounds the cache of authorized chains: about
-// 3 KiB an entry at depth 5, 12 KiB at the largest token accepted.
+// DefaultChainCacheSize bounds the cache of authorized chains. An entry
+// holds about 1.2 KiB at depth 1, 5 KiB at depth 5 with four long scopes,
+// and about 14 KiB at the 4 KiB token limit (TestChainCacheEntrySize), so
+// 2.5 to 28 MiB when full.
 const DefaultChainCacheSize = 2048
 
 // chainsPerHolder bounds the entries of one leaf holder, so that an insider

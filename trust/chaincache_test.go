@@ -2,6 +2,8 @@ package trust
 
 import (
 	"errors"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 )
@@ -261,5 +263,63 @@ func TestChainCacheOff(t *testing.T) {
 	v, _ := cachedVerifier(t, f.anchor, 1)
 	if _, err := v.DecodeToken(make([]byte, v.Policy().MaxTokenSize+1)); !errors.Is(err, &Error{Code: CodeTooLarge}) {
 		t.Fatalf("oversized: %v", err)
+	}
+}
+
+// TestChainCacheEntrySize measures what one cached chain holds: the
+// figure behind Policy.ChainCacheSize's doc (go test -run EntrySize -v).
+func TestChainCacheEntrySize(t *testing.T) {
+	a := testAnchor(t, 1)
+	for _, depth := range []int{1, 5, 8} {
+		v, _ := cachedVerifier(t, a, 4096)
+		ids := make([]*Identity, depth)
+		for i := range ids {
+			ids[i] = testIdentity(t, byte(40+i))
+		}
+		// Four scopes of 31 characters: near the largest link a real grant makes.
+		scopes := []string{"read:" + strings.Repeat("a", 26), "read:" + strings.Repeat("b", 26), "read:" + strings.Repeat("c", 26), "read:" + strings.Repeat("d", 26)}
+		g := Grant{Scopes: scopes, Delegatable: scopes, Expires: t0.Add(time.Hour)}
+		const n = 256 // each to its own leaf holder: one holder keeps at most 32
+		raws, leaves := make([][]byte, n), make([]*Identity, n)
+		for j := range raws {
+			leaves[j] = testIdentity(t, byte(j))
+			holder := func(i int) PublicKey {
+				if i == depth-1 {
+					return leaves[j].Public()
+				}
+				return ids[i].Public()
+			}
+			tok, err := IssueToken(a, holder(0), g, t0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := 1; i < depth; i++ {
+				if tok, err = tok.Delegate(ids[i-1], holder(i), g, t0); err != nil {
+					t.Fatal(err)
+				}
+			}
+			raws[j] = tok.Bytes()
+		}
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		for j, raw := range raws {
+			tok, err := v.DecodeToken(raw)
+			if err == nil {
+				err = v.Authorize(tok, leaves[j].Public(), scopes[0], t0.Add(time.Minute))
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		per := int(after.HeapAlloc-before.HeapAlloc) / n
+		// The link cache holds depth entries per chain too (about 100 B each).
+		t.Logf("depth %d: token %d bytes, %d bytes of heap per cached chain (link cache included)", depth, len(raws[0]), per)
+		if v.ChainCacheLen() != n || per > 16<<10 {
+			t.Fatalf("%d chains cached, %d bytes each", v.ChainCacheLen(), per)
+		}
+		runtime.KeepAlive(v)
 	}
 }
