@@ -4,6 +4,7 @@ import (
 	"crypto/ed25519"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,7 +18,9 @@ import (
 // ratios hold where absolute times do not. Modes: warm, the chain cache
 // (a repeated chain); links, the link-signature cache only (what a warm
 // chain cost before the chain cache); cold, no cache (every link
-// signature checked).
+// signature checked); newleaf, every chain new but for its last link
+// (a delegation per task: the chain cache misses, the link cache holds
+// the prefix), and newleaf-nolinks, the same without the link cache.
 //
 // Ratios are of medians, which a preempted iteration does not move.
 // x_ed25519: a decision against one plain verify. overhead_x_ed25519: the
@@ -30,8 +33,11 @@ func BenchmarkDecideInterleaved(b *testing.B) {
 	pub, priv, _ := ed25519.GenerateKey(seed(7))
 	msg := make([]byte, 100)
 	sig := ed25519.Sign(priv, msg)
-	for _, mode := range []string{"warm", "links", "cold"} {
+	for _, mode := range []string{"warm", "links", "cold", "newleaf", "newleaf-nolinks"} {
 		for _, depth := range []int{1, 2, 3, 4, 5} {
+			if strings.HasPrefix(mode, "newleaf") && depth == 1 {
+				continue
+			}
 			b.Run(fmt.Sprintf("%s/depth=%d", mode, depth), func(b *testing.B) {
 				w := newWorld(b)
 				tok := chainOf(b, w.anchor, w.alice, depth)
@@ -41,12 +47,27 @@ func BenchmarkDecideInterleaved(b *testing.B) {
 					p.ChainCacheSize = 0
 				case "cold":
 					p.ChainCacheSize, p.CacheSize = 0, 0
+				case "newleaf-nolinks":
+					p.CacheSize = 0
 				}
 				v, _ := trust.NewVerifier(p)
 				d := &Decider{Verifier: v, Replay: NewReplayGuard(time.Hour, 1<<22, 1<<22)}
+				var prev *trust.Identity
+				var prefix *trust.Token
+				if strings.HasPrefix(mode, "newleaf") { // a new last link each time, as a delegation per task
+					prev, _ = trust.GenerateIdentity(seed(byte(50 + depth - 2)))
+					prefix = chainOf(b, w.anchor, prev, depth-1)
+				}
 				envs := make([][]byte, b.N+1)
 				for i := range envs {
-					envs[i], _ = Seal(w.alice, &Envelope{Kind: KindRequest, RecipientPeer: w.bob.Public(), Action: "read:logs", Payload: make([]byte, 100), Token: tok}, t0)
+					t := tok
+					if prefix != nil {
+						var err error
+						if t, err = prefix.Delegate(prev, w.alice.Public(), trust.Grant{Scopes: []string{"read:logs"}, Expires: t0.Add(time.Hour)}, t0); err != nil {
+							b.Fatal(err)
+						}
+					}
+					envs[i], _ = Seal(w.alice, &Envelope{Kind: KindRequest, RecipientPeer: w.bob.Public(), Action: "read:logs", Payload: make([]byte, 100), Token: t}, t0)
 				}
 				x := w.expect(w.alice)
 				if _, err := d.Decide(envs[b.N], x, t0); err != nil { // warms the caches
@@ -77,7 +98,7 @@ func BenchmarkDecideInterleaved(b *testing.B) {
 				b.ReportMetric(pm, "ed25519_p50_ns")
 				b.ReportMetric(dm/pm, "x_ed25519")
 				b.ReportMetric((dm-em)/pm, "overhead_x_ed25519")
-				if mode == "cold" {
+				if mode == "cold" || strings.HasPrefix(mode, "newleaf") {
 					b.ReportMetric(dm/pm/float64(depth+1), "x_naive")
 				}
 			})
