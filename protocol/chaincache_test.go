@@ -69,17 +69,28 @@ func openReference(raw []byte) (*Envelope, error) {
 	return e, nil
 }
 
-// FuzzOpenMatchesFullDecode: whatever the bytes, the view decodes the
-// token exactly as decoding the whole body did (a token field given
-// several times included), and Decide's cached decoder as Open's.
+// FuzzOpenMatchesFullDecode: whatever the bytes, splitEnvelope reads the
+// envelope as proto.Unmarshal does, the view decodes the token exactly as
+// decoding the whole body did (a token field given several times
+// included), and Decide's cached decoder as Open's.
 func FuzzOpenMatchesFullDecode(f *testing.F) {
 	w := newWorld(f)
 	valid := w.request(f, w.alice, w.aliceTok, "read:logs", t0)
 	f.Add(valid)
 	f.Add(twoTokenFields(f, valid, w.alice))
 	f.Add([]byte{})
+	// Unknown fields, a group, a field of another wire type, a field twice.
+	f.Add(append(append([]byte(nil), valid...), 0x18, 0x01, 0x23, 0x08, 0x01, 0x24, 0x08, 0x05, 0x12, 0x01, 0x00))
+	f.Add(append([]byte{0x0a, 0x01, 0x00}, valid...))
+	f.Add([]byte{0x0c})
 	d := w.bobDecider
 	f.Fuzz(func(t *testing.T, data []byte) {
+		var outer protocolpb.Envelope
+		perr := proto.Unmarshal(data, &outer)
+		body, sig, ok := splitEnvelope(data)
+		if ok != (perr == nil) || ok && (!bytes.Equal(body, outer.Body) || !bytes.Equal(sig, outer.Signature)) {
+			t.Fatalf("splitEnvelope: %v %x %x; proto.Unmarshal: %v %x %x", ok, body, sig, perr, outer.Body, outer.Signature)
+		}
 		got, gerr := Open(data, 1<<20, 1<<20)
 		cached, cerr := open(data, 1<<20, d.Verifier.DecodeToken)
 		ref, rerr := openReference(data)
