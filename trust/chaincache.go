@@ -21,9 +21,11 @@ const chainsPerHolder = 32
 
 // chainCache remembers tokens that Authorize accepted, by SHA-256 of their
 // encoded bytes: what was checked once for good (decoding, depth, anchor,
-// shapes, lifetimes, narrowing, signatures). Time, revocations, holder and
-// action are checked on every use (authorizeCached). Bounded LRU, with at
-// most chainsPerHolder entries per leaf holder.
+// shapes, lifetimes, narrowing, signatures), against a policy and anchors
+// that are fixed for the verifier's life (a new set of anchors is a new
+// Verifier, with an empty cache). Time, revocations, holder and action are
+// checked on every use (authorizeCached). Bounded LRU, with at most
+// chainsPerHolder entries per leaf holder.
 type chainCache struct {
 	mu        sync.Mutex
 	max       int
