@@ -91,6 +91,17 @@ func FuzzOpenMatchesFullDecode(f *testing.F) {
 		if ok != (perr == nil) || ok && (!bytes.Equal(body, outer.Body) || !bytes.Equal(sig, outer.Signature)) {
 			t.Fatalf("splitEnvelope: %v %x %x; proto.Unmarshal: %v %x %x", ok, body, sig, perr, outer.Body, outer.Signature)
 		}
+		if perr == nil {
+			var want, mine protocolpb.EnvelopeBodyOpen
+			werr := proto.Unmarshal(outer.Body, &want)
+			if ok := readBody(outer.Body, &mine); ok != (werr == nil) {
+				t.Fatalf("readBody: %v; proto.Unmarshal: %v", ok, werr)
+			}
+			want.ProtoReflect().SetUnknown(nil)
+			if werr == nil && !proto.Equal(&want, &mine) {
+				t.Fatalf("readBody: %v; proto.Unmarshal: %v", &mine, &want)
+			}
+		}
 		got, gerr := Open(data, 1<<20, 1<<20)
 		cached, cerr := open(data, 1<<20, d.Verifier.DecodeToken)
 		ref, rerr := openReference(data)
@@ -168,6 +179,56 @@ func TestWriteOpenFuzzSeed(t *testing.T) {
 	for name, seed := range map[string][]byte{"seed-valid": valid, "seed-two-token-fields": twoTokenFields(t, valid, w.alice)} {
 		if err := os.WriteFile(filepath.Join(dir, name), fmt.Appendf(nil, "go test fuzz v1\n[]byte(%q)\n", seed), 0o644); err != nil {
 			t.Fatal(err)
+		}
+	}
+}
+
+// TestReadBodyMatchesProto: bodies that the fuzzer may take long to find.
+func TestReadBodyMatchesProto(t *testing.T) {
+	t.Parallel()
+	tag := func(b []byte, num protowire.Number, typ protowire.Type) []byte {
+		return protowire.AppendTag(b, num, typ)
+	}
+	var cases [][]byte
+	add := func(f func(b []byte) []byte) { cases = append(cases, f(nil)) }
+	add(func(b []byte) []byte { // every field, twice, the second differing
+		for _, v := range []uint64{1, 2} {
+			for _, num := range []protowire.Number{1, 2, 9, 15} {
+				b = protowire.AppendVarint(tag(b, num, protowire.VarintType), v)
+			}
+			for num := protowire.Number(3); num <= 17; num++ {
+				if num != 9 && num != 15 {
+					b = protowire.AppendBytes(tag(b, num, protowire.BytesType), []byte{byte(v), 'x'})
+				}
+			}
+		}
+		return b
+	})
+	add(func(b []byte) []byte { // a negative kind, a huge version
+		b = protowire.AppendVarint(tag(b, 2, protowire.VarintType), uint64(1<<64-3))
+		return protowire.AppendVarint(tag(b, 1, protowire.VarintType), 1<<40+1)
+	})
+	add(func(b []byte) []byte { return protowire.AppendBytes(tag(b, 6, protowire.BytesType), []byte{0xff}) }) // invalid UTF-8
+	add(func(b []byte) []byte { return protowire.AppendVarint(tag(b, 6, protowire.VarintType), 7) })          // a string as a varint
+	add(func(b []byte) []byte { return protowire.AppendBytes(tag(b, 1, protowire.BytesType), []byte("v")) })  // a varint as bytes
+	add(func(b []byte) []byte { return protowire.AppendFixed64(tag(b, 12, protowire.Fixed64Type), 1) })       // the token as fixed64
+	add(func(b []byte) []byte {
+		return tag(protowire.AppendVarint(tag(b, 99, protowire.StartGroupType), 0), 99, protowire.EndGroupType)
+	})
+	add(func(b []byte) []byte { return tag(b, 99, protowire.StartGroupType) })                             // an unclosed group
+	add(func(b []byte) []byte { return tag(b, 7, protowire.EndGroupType) })                                // a stray end
+	add(func(b []byte) []byte { return append(tag(b, 7, protowire.BytesType), 5, 'a') })                   // truncated
+	add(func(b []byte) []byte { return protowire.AppendVarint(b, uint64(protowire.MaxValidNumber+1)<<3) }) // a field number too large
+	add(func(b []byte) []byte { return append(tag(b, 3, 6), 0) })                                          // wire type 6
+	for i, body := range cases {
+		var want, mine protocolpb.EnvelopeBodyOpen
+		werr := proto.Unmarshal(body, &want)
+		if ok := readBody(body, &mine); ok != (werr == nil) {
+			t.Fatalf("case %d: readBody %v; proto.Unmarshal %v", i, ok, werr)
+		}
+		want.ProtoReflect().SetUnknown(nil)
+		if werr == nil && !proto.Equal(&want, &mine) {
+			t.Fatalf("case %d: readBody %v; proto.Unmarshal %v", i, &mine, &want)
 		}
 	}
 }

@@ -180,8 +180,8 @@ func open(raw []byte, maxSize int, decodeToken func([]byte) (*trust.Token, error
 		return nil, Reject(trust.CodeMalformed, "envelope: not a protobuf Envelope")
 	}
 	var b protocolpb.EnvelopeBodyOpen
-	if err := proto.Unmarshal(body, &b); err != nil {
-		return nil, Reject(trust.CodeMalformed, "envelope body: %v", err)
+	if !readBody(body, &b) {
+		return nil, Reject(trust.CodeMalformed, "envelope body: not a protobuf EnvelopeBody")
 	}
 	if b.Version == 0 {
 		return nil, Reject(trust.CodeMalformed, "envelope has no version")
