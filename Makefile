@@ -101,6 +101,7 @@ fuzz: ## fuzz every decoder for 30 s each
 	$(GO) test ./trust -run '^$$' -fuzz FuzzParseRevocation -fuzztime 30s
 	$(GO) test ./trust -run '^$$' -fuzz FuzzVerifyDifferential -fuzztime 30s
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzDecide -fuzztime 30s
+	$(GO) test ./protocol -run '^$$' -fuzz FuzzOpenMatchesFullDecode -fuzztime 30s
 	$(GO) test ./discovery -run '^$$' -fuzz FuzzParseRecord -fuzztime 30s
 	$(GO) test ./discovery -run '^$$' -fuzz FuzzVerifyBeat -fuzztime 30s
 	$(GO) test ./discovery -run '^$$' -fuzz FuzzVerifyAdvert -fuzztime 30s

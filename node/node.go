@@ -75,6 +75,9 @@ type Node struct {
 	rpcIdle idleStreams
 	ids     idStrings // peer IDs' text, for audit records
 
+	// choice is the token Call and Publish attach per action (tokenchoice.go).
+	choice tokenChoice
+
 	credMu   sync.RWMutex
 	cred     *trust.Credential
 	pubsubIn atomic.Int64

@@ -72,20 +72,6 @@ type CallOptions struct {
 	OnProgress func(Progress)
 }
 
-// tokenFor returns the first held token whose leaf grants action to this
-// agent and is valid now.
-func (n *Node) tokenFor(action string) *trust.Token {
-	n.mu.Lock()
-	tokens := n.cfg.Tokens
-	n.mu.Unlock()
-	for _, t := range tokens {
-		if n.verifier.Authorize(t, n.self, action, n.now()) == nil {
-			return t
-		}
-	}
-	return nil
-}
-
 // Call sends a signed request for action to peer to and waits for the
 // signed reply. A rejection by the remote node (or of its reply by this
 // one) is a *trust.Error whose Code says why: errors.Is(err,
