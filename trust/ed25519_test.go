@@ -54,6 +54,9 @@ func differ(t testing.TB, c sigCase) bool {
 	if got := k.Verify("", c.msg, c.sig); got != (want && !k.Weak()) {
 		t.Errorf("%s: PublicKey.Verify %v, crypto/ed25519 %v, weak %v", c.name, got, want, k.Weak())
 	}
+	if got := k.VerifyPrefixed("", c.msg, c.sig); got != (want && !k.Weak()) {
+		t.Errorf("%s: PublicKey.VerifyPrefixed %v, crypto/ed25519 %v, weak %v", c.name, got, want, k.Weak())
+	}
 	return want
 }
 
@@ -672,5 +675,36 @@ func TestKeyCacheDoorkeeperIsBounded(t *testing.T) {
 	k, sig = sign(3*door - 1) // the newest: admitted
 	if !c.verify(k, msg, sig) || c.len() != 1 {
 		t.Fatalf("cache holds %d after a remembered key's second signature", c.len())
+	}
+}
+
+// TestVerifyPrefixedNeedsItsDomain: VerifyPrefixed accepts domain||msg
+// exactly when Verify accepts msg under domain, and nothing whose first
+// bytes are not the domain, however the signature was made.
+func TestVerifyPrefixedNeedsItsDomain(t *testing.T) {
+	k, priv := keyOf(77)
+	const domain = "meshagent/test/v1\x00"
+	msg := []byte("body")
+	signed := append([]byte(domain), msg...)
+	sig := ed25519.Sign(priv, signed)
+	if !k.Verify(domain, msg, sig) || !k.VerifyPrefixed(domain, signed, sig) {
+		t.Fatal("a good signature is refused")
+	}
+	other := "meshagent/else/v1\x00"
+	otherSigned := append([]byte(other), msg...)
+	for name, c := range map[string]struct {
+		domain string
+		signed []byte
+		sig    []byte
+	}{
+		"another domain's message":  {domain, otherSigned, ed25519.Sign(priv, otherSigned)},
+		"shorter than the domain":   {domain, []byte(domain[:5]), ed25519.Sign(priv, []byte(domain[:5]))},
+		"altered message":           {domain, append([]byte(domain), "bodz"...), sig},
+		"signature of 63 bytes":     {domain, signed, sig[:63]},
+		"the domain without itself": {other, signed, sig},
+	} {
+		if k.VerifyPrefixed(c.domain, c.signed, c.sig) {
+			t.Errorf("%s: accepted", name)
+		}
 	}
 }
