@@ -11,10 +11,10 @@ import (
 // into an EnvelopeBodyOpen, unknown fields aside (skipped, not kept): the
 // last occurrence of a field wins, a field of another wire type is
 // skipped as unknown, strings must be UTF-8, and every occurrence of the
-// token is kept, aliasing body (it is hashed, and copied when decoded).
-// Everything else is copied. It spares the generated decoder's dispatch
-// and the copy of the chain on every envelope; FuzzOpenMatchesFullDecode
-// holds it to proto.Unmarshal.
+// token is kept. Bytes fields alias body (open passes its private copy);
+// strings are copied. It spares the generated decoder's dispatch and the
+// copies of the chain and fields on every envelope;
+// FuzzOpenMatchesFullDecode holds it to proto.Unmarshal.
 func readBody(body []byte, b *protocolpb.EnvelopeBodyOpen) bool {
 	for len(body) > 0 {
 		num, typ, n := protowire.ConsumeTag(body)
@@ -45,17 +45,18 @@ func readBody(body []byte, b *protocolpb.EnvelopeBodyOpen) bool {
 				return false
 			}
 			body = body[m:]
+			v = v[:len(v):len(v)] // an append to a field never writes over the next
 			switch num {
 			case 3:
-				b.Sender = append([]byte{}, v...)
+				b.Sender = v
 			case 4:
-				b.RecipientPeer = append([]byte{}, v...)
+				b.RecipientPeer = v
 			case 7:
-				b.Payload = append([]byte{}, v...)
+				b.Payload = v
 			case 10:
-				b.Nonce = append([]byte{}, v...)
+				b.Nonce = v
 			case 11:
-				b.CorrelationId = append([]byte{}, v...)
+				b.CorrelationId = v
 			case 12:
 				b.Token = append(b.Token, v)
 			default: // strings

@@ -232,3 +232,27 @@ func TestReadBodyMatchesProto(t *testing.T) {
 		}
 	}
 }
+
+// TestDecidedEnvelopeOwnsItsBytes: the envelope Decide returns shares
+// nothing with raw (a caller may reuse its read buffer), and an append to
+// one of its fields writes over no other, nor over what it signed.
+func TestDecidedEnvelopeOwnsItsBytes(t *testing.T) {
+	w := newWorld(t)
+	raw := w.request(t, w.alice, w.aliceTok, "read:logs", t0)
+	e, err := w.bobDecider.Decide(raw, w.expect(w.alice), t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload, nonce := bytes.Clone(e.Payload), bytes.Clone(e.Nonce)
+	for i := range raw {
+		raw[i] = 0xff
+	}
+	if !bytes.Equal(e.Payload, payload) || !bytes.Equal(e.Nonce, nonce) || !e.VerifySignature() {
+		t.Fatal("the envelope changed with raw")
+	}
+	_ = append(e.Payload, bytes.Repeat([]byte{0}, 64)...)
+	_ = append(e.Nonce, bytes.Repeat([]byte{0}, 64)...)
+	if !bytes.Equal(e.Payload, payload) || !bytes.Equal(e.Nonce, nonce) || !e.VerifySignature() {
+		t.Fatal("an append to a field wrote over the envelope")
+	}
+}

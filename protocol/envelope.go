@@ -122,6 +122,9 @@ type Envelope struct {
 	Tracestate  string
 
 	body, sig []byte // exactly as signed / received
+	// signed is DomainEnvelope||body, body's backing, when the envelope
+	// was opened (nil after Seal): what VerifySignature checks.
+	signed []byte
 }
 
 // maxRetryAfterMs caps a retry-after read from the wire (an hour): more
@@ -179,6 +182,16 @@ func open(raw []byte, maxSize int, decodeToken func([]byte) (*trust.Token, error
 	if !ok {
 		return nil, Reject(trust.CodeMalformed, "envelope: not a protobuf Envelope")
 	}
+	// One private copy of the body and signature, the body behind the
+	// signing domain: the message the signature check needs, without a
+	// second copy, and the backing of the fields readBody aliases, so
+	// nothing of the envelope aliases raw.
+	buf := make([]byte, len(wire.DomainEnvelope)+len(body)+len(sig))
+	copy(buf, wire.DomainEnvelope)
+	n := len(wire.DomainEnvelope) + copy(buf[len(wire.DomainEnvelope):], body)
+	copy(buf[n:], sig)
+	signed := buf[:n:n]
+	body, sig = signed[len(wire.DomainEnvelope):], buf[n:]
 	var b protocolpb.EnvelopeBodyOpen
 	if !readBody(body, &b) {
 		return nil, Reject(trust.CodeMalformed, "envelope body: not a protobuf EnvelopeBody")
@@ -191,7 +204,7 @@ func open(raw []byte, maxSize int, decodeToken func([]byte) (*trust.Token, error
 	}
 	e := &Envelope{Kind: Kind(b.Kind), Action: b.Action, Payload: b.Payload, ContentType: b.ContentType,
 		Timestamp: time.Unix(0, b.Timestamp), Nonce: b.Nonce, RecipientTopic: b.RecipientTopic,
-		ErrorCode: trust.Code(b.ErrorCode), ErrorDetail: b.ErrorDetail, body: body, sig: sig,
+		ErrorCode: trust.Code(b.ErrorCode), ErrorDetail: b.ErrorDetail, body: body, sig: sig, signed: signed,
 		RetryAfter:  time.Duration(min(max(b.RetryAfterMs, 0), maxRetryAfterMs)) * time.Millisecond,
 		Traceparent: b.Traceparent, Tracestate: b.Tracestate}
 	if err := CheckTraceContext(e.Traceparent, e.Tracestate); err != nil {
@@ -272,6 +285,9 @@ func (e *Envelope) Size() int { return len(e.body) + len(e.sig) + 6 }
 
 // VerifySignature checks the sender's signature over the exact body bytes.
 func (e *Envelope) VerifySignature() bool {
+	if e.signed != nil {
+		return e.Sender.VerifyPrefixed(wire.DomainEnvelope, e.signed, e.sig)
+	}
 	return e.Sender.Verify(wire.DomainEnvelope, e.body, e.sig)
 }
 
