@@ -323,3 +323,34 @@ func TestChainCacheEntrySize(t *testing.T) {
 		runtime.KeepAlive(v)
 	}
 }
+
+// TestChainCacheHitNeedsTheSameBytes: an entry found by its hash is used
+// only for exactly its bytes; other bytes under the same hash (which no
+// one can aim at without the seed) are a miss.
+func TestChainCacheHitNeedsTheSameBytes(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	v, _ := cachedVerifier(t, f.anchor, 16)
+	raw, now := f.toCar.Bytes(), t0.Add(time.Minute)
+	tok, err := v.DecodeToken(raw)
+	if err == nil {
+		err = v.Authorize(tok, f.carol.Public(), "read:logs", now)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := tok.entry
+	if got := v.chains.get(e.key, raw); got != e {
+		t.Fatal("the same bytes missed")
+	}
+	other := append([]byte(nil), raw...)
+	other[len(other)-1] ^= 1
+	if got := v.chains.get(e.key, other); got != nil {
+		t.Fatal("other bytes under the same hash hit")
+	}
+	orig := append([]byte(nil), raw...)
+	raw[0] ^= 1 // the caller reuses its buffer: the cache keeps its own copy
+	if got := v.chains.get(e.key, orig); got != e {
+		t.Fatal("the cached bytes changed with the caller's")
+	}
+}

@@ -32,10 +32,10 @@ type Policy struct {
 	// CacheSize bounds the cache of verified link signatures. Default 16384
 	// entries (about 2 MiB).
 	CacheSize int
-	// ChainCacheSize bounds the cache of authorized chains, by the hash of
-	// their encoded bytes (Verifier.DecodeToken), at most 32 per leaf
-	// holder. Zero: no cache. Default DefaultChainCacheSize (2048: about
-	// 2.5 MiB of depth-1 chains, 10 MiB at depth 5, 28 MiB at most).
+	// ChainCacheSize bounds the cache of authorized chains, by their
+	// encoded bytes (Verifier.DecodeToken), at most 32 per leaf holder.
+	// Zero: no cache. Default DefaultChainCacheSize (2048: about 3 MiB of
+	// depth-1 chains, 12.5 MiB at depth 5, 36 MiB at most).
 	ChainCacheSize int
 }
 
@@ -50,7 +50,7 @@ func DefaultPolicy(anchors ...PublicKey) Policy {
 		MaxTokenLifetime:      DefaultMaxTokenLife, // 30 days
 		MaxRevocations:        65536,               // entries, about 6 MiB
 		CacheSize:             16384,               // verified links, about 2 MiB
-		// authorized chains by their bytes' hash, 2.5 to 28 MiB when full
+		// authorized chains by their bytes, 3 to 36 MiB when full
 		ChainCacheSize: DefaultChainCacheSize,
 	}
 }
