@@ -15,7 +15,7 @@ SIM           := -tags meshsim
 # pinned in its package-lock.json.
 MCP_E2E       := test/mcp-e2e
 
-.PHONY: help demo test check lint race build bench bench-dialloop bench-attacks fuzz proto tidy sim sim500 soak
+.PHONY: help demo test e2e check lint race build bench bench-dialloop bench-attacks fuzz proto tidy sim sim500 soak
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ lint: ## gofmt, go vet and staticcheck, with and without the simulation hooks
 	@test -x $(GOBIN)/staticcheck || $(GO) install $(STATICCHECK)
 	$(GOBIN)/staticcheck ./...
 	$(GOBIN)/staticcheck $(SIM) ./...
+
+e2e: build ## six daemons in network namespaces on a bridge, driven by the CLI (root; about a minute; skips without)
+	test/e2e/run.sh
 
 build: ## build the meshagent binary into ./bin
 	$(GO) build -trimpath -o bin/meshagent ./cmd/meshagent
