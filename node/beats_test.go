@@ -247,6 +247,53 @@ func TestNewcomerFindsTheRest(t *testing.T) {
 	}
 }
 
+// An agent that joined without a bootstrap peer (one found by mDNS, say)
+// and was cut off from every agent it knew comes back once the partition
+// heals, though it holds them all dead, they hold it dead, and none of
+// them keeps a connection to it up: it dials them from its registry.
+func TestIsolatedAgentRejoins(t *testing.T) {
+	const hb = 200 * time.Millisecond
+	m, err := simulations.NewMesh(context.Background(), []string{"a", "b", "c", "loner"},
+		simulations.Options{HeartbeatInterval: hb, DeadAfter: 5 * hb})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	ctx := context.Background()
+	for _, p := range [][2]string{{"a", "b"}, {"b", "c"}, {"c", "a"}} {
+		if err := m.Connect(ctx, p[0], p[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := m.Agents["a"].Node
+	// Joined once, not kept connected: no node redials the loner.
+	if err := m.Agents["loner"].Node.Join(ctx, peer.AddrInfo{ID: a.ID(), Addrs: a.Host().Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		t.Fatal(err)
+	}
+	m.Partition([]string{"a", "b", "c"}, []string{"loner"})
+	if err := simulations.WaitFor(10*time.Second, func() error {
+		for _, x := range []string{"a", "b", "c"} {
+			if st := m.StateOf(x, "loner"); st != "dead" {
+				return fmt.Errorf("%s sees the loner as %s", x, st)
+			}
+			if st := m.StateOf("loner", x); st != "dead" {
+				return fmt.Errorf("the loner sees %s as %s", x, st)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("partition not noticed: %v", err)
+	}
+	m.Heal()
+	// A heartbeat to look, and the dial past the swarm's backoff.
+	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		t.Fatalf("the loner did not rejoin: %v", err)
+	}
+}
+
 // A leave or a record relayed on the overlay is checked like one from
 // pubsub: a leave signed by another key and a record with a broken
 // signature change nothing, and are audited.

@@ -116,6 +116,7 @@ type Overlay struct {
 	dialing      map[peer.ID]bool
 	wake         chan struct{}
 	lastMaintain time.Time
+	lastRejoin   time.Time    // when an isolated node last dialed agents it holds dead
 	soon         bool         // linkSoon asked for soonLinks links before the next look
 	bytesIn      atomic.Int64 // batches received, with their framing
 }
@@ -259,11 +260,30 @@ func (b *Overlay) maintain() {
 	// (a newcomer that knows one member): dial alive agents from the
 	// registry, at the addresses in their records.
 	var far []peer.ID
+	rejoin := false
 	if short := degree - len(b.links) - len(b.dialing) - len(cands); short > 0 {
 		for _, e := range b.d.Registry.Entries() {
 			if e.State == discovery.Alive && b.links[e.PeerID] == nil && !b.dialing[e.PeerID] &&
 				!slices.Contains(cands, e.PeerID) && b.h.Network().Connectedness(e.PeerID) != network.Connected {
 				far = append(far, e.PeerID)
+			}
+		}
+		// No link, no connected agent and none alive to dial: a partition
+		// cut this node off from every agent it knew. They hold it dead
+		// too, and none dials it unless it is their bootstrap peer (not an
+		// agent found by mDNS, say), so it dials them, once a heartbeat,
+		// at the addresses of their records: the first that answers brings
+		// it back (its record is a fresh sign of life), and the others
+		// come with that neighbour's beats.
+		rejoin = len(far) == 0 && len(cands) == 0 && len(b.links) == 0 && len(b.dialing) == 0 &&
+			now.Sub(b.lastRejoin) >= b.d.HeartbeatInterval
+		if rejoin {
+			b.lastRejoin = now
+			t := b.d.Clock()
+			for _, e := range b.d.Registry.Entries() {
+				if e.State == discovery.Dead && t.Before(e.Expires) && b.h.Network().Connectedness(e.PeerID) != network.Connected {
+					far = append(far, e.PeerID)
+				}
 			}
 		}
 		rand.Shuffle(len(far), func(i, j int) { far[i], far[j] = far[j], far[i] })
@@ -274,10 +294,10 @@ func (b *Overlay) maintain() {
 	}
 	b.mu.Unlock()
 	for _, p := range cands {
-		go b.open(p, false)
+		go b.open(p, false, false)
 	}
 	for _, p := range far {
-		go b.open(p, true)
+		go b.open(p, true, rejoin)
 	}
 }
 
@@ -309,14 +329,15 @@ func (b *Overlay) LinkSoon() {
 }
 
 // open opens a beat link to p; when p is far (not a neighbour yet) it
-// first connects to it at the addresses of its record.
-func (b *Overlay) open(p peer.ID, far bool) {
+// first connects to it at the addresses of its record, past the swarm's
+// dial backoff if force (which after a partition grows to minutes).
+func (b *Overlay) open(p peer.ID, far, force bool) {
 	defer func() {
 		b.mu.Lock()
 		delete(b.dialing, p)
 		b.mu.Unlock()
 	}()
-	if far && !b.connect(p) {
+	if far && !b.connect(p, force) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(b.ctx, b.d.AdmissionTimeout)
@@ -334,7 +355,7 @@ func (b *Overlay) open(p peer.ID, far bool) {
 
 // connect connects to (and is admitted by) p at the addresses of its
 // record.
-func (b *Overlay) connect(p peer.ID) bool {
+func (b *Overlay) connect(p peer.ID, force bool) bool {
 	k, err := trust.PublicKeyFromPeerID(p)
 	if err != nil {
 		return false
@@ -345,6 +366,9 @@ func (b *Overlay) connect(p peer.ID) bool {
 	}
 	ctx, cancel := context.WithTimeout(b.ctx, b.d.AdmissionTimeout)
 	defer cancel()
+	if force {
+		ctx = network.WithForceDirectDial(ctx, "rejoin")
+	}
 	return b.d.Connect(ctx, peer.AddrInfo{ID: p, Addrs: rec.Addrs()}) == nil
 }
 
