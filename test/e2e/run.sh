@@ -237,14 +237,14 @@ for i in 1 2 3 4 5; do poll 20 "host$i's local API" api_up "$i"; done
 poll 30 "hosts 1-5 alive at each other" mesh_is alive "1 2 3 4 5" "1 2 3 4 5"
 ok "hosts 2-5 given only host1's address ($BOOT), all 5 alive at each other"
 
-step mdns $ALL
+step mdns "$ALL"
 start_host 6
 poll 20 "host6's local API" api_up 6
 poll 30 "host6 (no bootstrap address) and hosts 1-5 alive at each other" mesh_is alive "$ALL" "$ALL"
 grep -q '^bootstrap: \[\]$' "${HOMEDIR[6]}/meshagent.yaml" || fail "host6's config has a bootstrap address"
 ok "host6, with no bootstrap address, found the mesh by mDNS on the bridge; all $N alive at each other"
 
-step calls $ALL
+step calls "$ALL"
 t0=$(now_ms)
 n=0
 for i in $(seq 1 $N); do
@@ -257,19 +257,27 @@ for i in $(seq 1 $N); do
 done
 ok "$n calls, every host to every other, $(secs $((($(now_ms) - t0) / n))) each with the CLI"
 
-step partition 1 2 3 4 5 6
+step partition "$ALL"
+# host3 (bootstrap peer: host1) and host6 (found by mDNS, no bootstrap
+# address) each lose their link: each is cut off from every other host.
 ip link set "${VETH[3]}" down
+ip link set "${VETH[6]}" down
 t0=$(now_ms)
-poll $((3 * DEAD)) "hosts 1,2,4,5,6 hold host3 dead" mesh_is dead "1 2 4 5 6" "3"
+poll $((3 * DEAD)) "hosts 1,2,4,5 hold hosts 3 and 6 dead" mesh_is dead "1 2 4 5" "3 6"
 t_marked=$(($(now_ms) - t0))
-poll $((3 * DEAD)) "host3 holds no other host alive" mesh_is '!alive' 3 "$ALL"
-if out=$(call 1 3 --timeout 2s 2>&1); then fail "host1 -> host3 passed across the partition: $out"; fi
+poll $((3 * DEAD)) "hosts 3 and 6 hold no other host alive" mesh_is '!alive' "3 6" "$ALL"
+for j in 3 6; do
+	if out=$(call 1 "$j" --timeout 2s 2>&1); then fail "host1 -> host$j passed across the partition: $out"; fi
+done
 ip link set "${VETH[3]}" up
+ip link set "${VETH[6]}" up
 t1=$(now_ms)
 poll 30 "all alive at each other after the partition healed" mesh_is alive "$ALL" "$ALL"
 t_healed=$(($(now_ms) - t1))
-out=$(call 1 3 2>&1) || fail "host1 -> host3 after healing: $out"
-ok "host3's link down: dead at the others in $(secs "$t_marked"); link up: all alive again in $(secs "$t_healed")"
+for j in 3 6; do
+	out=$(call 1 "$j" 2>&1) || fail "host1 -> host$j after healing: $out"
+done
+ok "links of host3 and host6 down: dead at the others in $(secs "$t_marked"); up: all alive again in $(secs "$t_healed")"
 
 step sigkill 1 2 3 4 5 6
 kill -KILL "${PID[4]}"
@@ -367,7 +375,7 @@ else
 	say "$(printf '%-12s' "$STEP") SKIPPED: this kernel has no tbf qdisc ($(head -1 "$TMP/tc.err"))"
 fi
 
-step renewal $ALL
+step renewal "$ALL"
 # renewed I: host I's credential and every other host's view of it end
 # after the first credentials.
 renewed() {
@@ -397,5 +405,5 @@ for i in 2 3 4 5 6; do
 done
 ok "renewed by host1 (issuer) at every host and seen at every host $((t_ren - ORIG_EXPIRES + CRED_TTL))s after issue; past the first expiry all alive, calls pass"
 
-STEP=done
+STEP=finished
 say "all steps passed in $(secs $((($(date +%s%N) - STARTED) / 1000000)))"
