@@ -117,6 +117,8 @@ command -v ip >/dev/null || skip "no 'ip' command (iproute2)"
 }
 if ! ip netns add "ma$ID_-probe" 2>/dev/null; then skip "'ip netns add' fails here (no CAP_SYS_ADMIN, or no netns support)"; fi
 ip netns del "ma$ID_-probe"
+old=$(ip netns list | grep -oE '^ma[0-9]+-[0-9]+' | grep -v "^ma$ID_-" | tr '\n' ' ' || true)
+[[ -z $old ]] || say "note: namespaces of another run remain (a crashed one: 'ip netns del NAME'): $old"
 
 TMP=$(mktemp -d /tmp/meshagent-e2e.XXXXXX)
 Q=$TMP/e2eq
@@ -125,7 +127,7 @@ go build -o "$Q" ./test/e2e/e2eq
 # --- the network: a bridge, and per host a namespace with a veth into it
 step netns
 ip link add "$BR" type bridge 2>/dev/null || skip "cannot create a bridge here (no CAP_NET_ADMIN, or no bridge support)"
-ip link set "$BR" type bridge mcast_snooping 0 # flood multicast (mDNS) to every port
+ip link set "$BR" type bridge mcast_snooping 0 2>/dev/null || true # flood multicast (mDNS) to every port
 ip link set "$BR" up
 for i in $(seq 1 $N); do
 	NS[i]=ma$ID_-$i
