@@ -294,6 +294,50 @@ func TestIsolatedAgentRejoins(t *testing.T) {
 	}
 }
 
+// Two groups that no bootstrap peer joins (agents found by mDNS, which
+// does not look again) find each other once a partition between them
+// heals: each node dials an agent it holds dead now and then.
+func TestSeparatedGroupsFindEachOther(t *testing.T) {
+	const hb = 200 * time.Millisecond
+	m, err := simulations.NewMesh(context.Background(), []string{"a", "b", "c", "d"},
+		simulations.Options{HeartbeatInterval: hb, DeadAfter: 5 * hb})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	ctx := context.Background()
+	// Joined once, not kept connected.
+	for _, p := range [][2]string{{"a", "b"}, {"c", "d"}, {"b", "c"}} {
+		to := m.Agents[p[1]].Node
+		if err := m.Agents[p[0]].Node.Join(ctx, peer.AddrInfo{ID: to.ID(), Addrs: to.Host().Addrs()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		t.Fatal(err)
+	}
+	m.Partition([]string{"a", "b"}, []string{"c", "d"})
+	if err := simulations.WaitFor(10*time.Second, func() error {
+		for _, x := range []string{"a", "b"} {
+			for _, y := range []string{"c", "d"} {
+				if st := m.StateOf(x, y); st != "dead" {
+					return fmt.Errorf("%s sees %s as %s", x, y, st)
+				}
+				if st := m.StateOf(y, x); st != "dead" {
+					return fmt.Errorf("%s sees %s as %s", y, x, st)
+				}
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("partition not noticed: %v", err)
+	}
+	m.Heal()
+	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		t.Fatalf("the groups did not find each other: %v", err)
+	}
+}
+
 // A leave or a record relayed on the overlay is checked like one from
 // pubsub: a leave signed by another key and a record with a broken
 // signature change nothing, and are audited.

@@ -116,7 +116,7 @@ type Overlay struct {
 	dialing      map[peer.ID]bool
 	wake         chan struct{}
 	lastMaintain time.Time
-	lastRejoin   time.Time    // when an isolated node last dialed agents it holds dead
+	lastRejoin   time.Time    // when this node last dialed agents it holds dead
 	soon         bool         // linkSoon asked for soonLinks links before the next look
 	bytesIn      atomic.Int64 // batches received, with their framing
 }
@@ -260,7 +260,6 @@ func (b *Overlay) maintain() {
 	// (a newcomer that knows one member): dial alive agents from the
 	// registry, at the addresses in their records.
 	var far []peer.ID
-	rejoin := false
 	if short := degree - len(b.links) - len(b.dialing) - len(cands); short > 0 {
 		for _, e := range b.d.Registry.Entries() {
 			if e.State == discovery.Alive && b.links[e.PeerID] == nil && !b.dialing[e.PeerID] &&
@@ -268,28 +267,38 @@ func (b *Overlay) maintain() {
 				far = append(far, e.PeerID)
 			}
 		}
-		// No link, no connected agent and none alive to dial: a partition
-		// cut this node off from every agent it knew. They hold it dead
-		// too, and none dials it unless it is their bootstrap peer (not an
-		// agent found by mDNS, say), so it dials them, once a heartbeat,
-		// at the addresses of their records: the first that answers brings
-		// it back (its record is a fresh sign of life), and the others
-		// come with that neighbour's beats.
-		rejoin = len(far) == 0 && len(cands) == 0 && len(b.links) == 0 && len(b.dialing) == 0 &&
-			now.Sub(b.lastRejoin) >= b.d.HeartbeatInterval
-		if rejoin {
-			b.lastRejoin = now
-			t := b.d.Clock()
-			for _, e := range b.d.Registry.Entries() {
-				if e.State == discovery.Dead && t.Before(e.Expires) && b.h.Network().Connectedness(e.PeerID) != network.Connected {
-					far = append(far, e.PeerID)
-				}
-			}
-		}
 		rand.Shuffle(len(far), func(i, j int) { far[i], far[j] = far[j], far[i] })
 		far = far[:min(len(far), short)]
 	}
-	for _, p := range append(cands, far...) {
+	// Agents this node holds dead may be back: a partition between groups
+	// that no bootstrap peer joins (agents found by mDNS, which does not
+	// look again) heals, and each side holds the other dead; nothing
+	// else dials across. So it dials one of them, at random, once every
+	// DeadAfter; once a heartbeat, and up to BeatDegree, when it is cut
+	// off from every agent it knew (no link, no connected agent, none
+	// alive to dial). The first that admits it brings it back (its record
+	// is a fresh sign of life); the others come with that neighbour's
+	// beats. A crashed agent costs a failed dial now and then, until its
+	// credential expires.
+	var dead []peer.ID
+	isolated := len(far) == 0 && len(cands) == 0 && len(b.links) == 0 && len(b.dialing) == 0
+	every, most := b.d.DeadAfter, 1
+	if isolated {
+		every, most = b.d.HeartbeatInterval, degree
+	}
+	if now.Sub(b.lastRejoin) >= every {
+		b.lastRejoin = now
+		t := b.d.Clock()
+		for _, e := range b.d.Registry.Entries() {
+			if e.State == discovery.Dead && t.Before(e.Expires) && b.links[e.PeerID] == nil && !b.dialing[e.PeerID] &&
+				b.h.Network().Connectedness(e.PeerID) != network.Connected {
+				dead = append(dead, e.PeerID)
+			}
+		}
+		rand.Shuffle(len(dead), func(i, j int) { dead[i], dead[j] = dead[j], dead[i] })
+		dead = dead[:min(len(dead), most)]
+	}
+	for _, p := range slices.Concat(cands, far, dead) {
 		b.dialing[p] = true
 	}
 	b.mu.Unlock()
@@ -297,7 +306,10 @@ func (b *Overlay) maintain() {
 		go b.open(p, false, false)
 	}
 	for _, p := range far {
-		go b.open(p, true, rejoin)
+		go b.open(p, true, false)
+	}
+	for _, p := range dead {
+		go b.open(p, true, true)
 	}
 }
 
