@@ -13,6 +13,7 @@ import (
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	"github.com/libp2p/go-msgio"
@@ -335,6 +336,64 @@ func TestSeparatedGroupsFindEachOther(t *testing.T) {
 	m.Heal()
 	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
 		t.Fatalf("the groups did not find each other: %v", err)
+	}
+}
+
+// Dials that failed while an agent was away (a partition) do not hold up
+// calls to it once it is back: when this node holds it alive again, on a
+// beat relayed by a neighbour, the swarm's dial backoff for it (5 s and
+// more) is gone. make e2e found calls refused on it right after a
+// partition healed.
+func TestRevivedAgentIsNotBackedOff(t *testing.T) {
+	const hb = 200 * time.Millisecond
+	m, err := simulations.NewMesh(context.Background(), []string{"a", "b", "c"},
+		simulations.Options{HeartbeatInterval: hb, DeadAfter: 5 * hb})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	ctx := context.Background()
+	for _, p := range [][2]string{{"a", "b"}, {"c", "b"}} {
+		if err := m.Connect(ctx, p[0], p[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		t.Fatal(err)
+	}
+	a, c := m.Agents["a"].Node, m.Agents["c"]
+	// a and c never connect again (a new connection would clear the
+	// backoff itself): c's beats reach a through b only.
+	a.SetPeerFilter(func(p peer.ID) bool { return p != c.ID() })
+	_ = a.Host().Network().ClosePeer(c.ID())
+	c.Node.Freeze(8 * hb)
+	if err := simulations.WaitFor(10*time.Second, func() error {
+		if st := m.StateOf("a", "c"); st != "dead" {
+			return fmt.Errorf("a sees c as %s", st)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	sw := a.Host().Network().(*swarm.Swarm)
+	addr := c.Node.Host().Addrs()[0]
+	sw.Backoff().AddBackoff(c.ID(), addr) // as a call that failed meanwhile leaves it
+	backedOff := make(chan bool, 1)
+	a.OnEvent(func(e discovery.Event) {
+		if e.Agent.PeerID() == c.ID() && e.To == discovery.Alive {
+			select {
+			case backedOff <- sw.Backoff().Backoff(c.ID(), addr):
+			default:
+			}
+		}
+	})
+	select {
+	case still := <-backedOff:
+		if still {
+			t.Fatal("a holds c alive again but still backs off its dials to c")
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("c not alive again at a")
 	}
 }
 
