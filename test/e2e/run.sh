@@ -3,9 +3,9 @@
 # each with a veth into a bridge this script creates and an address of its
 # own), driven through the CLI only: bootstrap from one address, discovery by
 # mDNS on the bridge, calls across hosts, a partition and its healing, a
-# SIGKILL detected dead everywhere, a restart with the same identity, a
-# revocation reaching every host, loss and latency (tbf; netem is not in
-# every kernel), credential renewal across hosts.
+# SIGKILL detected dead everywhere, a revocation reaching every host (the
+# killed one as it restarts with the same identity), loss and latency (tbf;
+# netem is not in every kernel), credential renewal across hosts.
 #
 # Every wait polls with a deadline; every step prints one line with its
 # time; a failure prints the logs of the hosts involved. Namespaces, bridge,
