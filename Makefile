@@ -21,7 +21,7 @@ PLATFORMS     := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64
 # pinned in its package-lock.json.
 MCP_E2E       := test/mcp-e2e
 
-.PHONY: help demo test check lint race build release deploy-check bench bench-dialloop bench-attacks fuzz proto tidy sim sim500 soak chromium console-screenshot
+.PHONY: help demo test e2e check lint race build release deploy-check bench bench-dialloop bench-attacks fuzz proto tidy sim sim500 soak chromium console-screenshot
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -73,6 +73,9 @@ lint: ## gofmt, go vet and staticcheck, with and without the simulation hooks
 	@test -x $(GOBIN)/staticcheck || $(GO) install $(STATICCHECK)
 	$(GOBIN)/staticcheck ./...
 	$(GOBIN)/staticcheck $(SIM) ./...
+
+e2e: build ## six daemons in network namespaces on a bridge, driven by the CLI (root; about a minute; skips without)
+	test/e2e/run.sh
 
 build: ## build the meshagent binary into ./bin
 	$(GO) build -trimpath -o bin/meshagent ./cmd/meshagent
