@@ -158,9 +158,9 @@ func upLine(n *node.Node, sock string) string {
 type daemonPlan struct {
 	node     node.Config
 	sock     string
-	timeouts timeouts      // per action
+	timeouts timeouts    // per action
 	audit    *auditChain // nil without audit_log; open until close
-	otlp     *url.URL      // nil without otlp_endpoint
+	otlp     *url.URL    // nil without otlp_endpoint
 }
 
 func (p *daemonPlan) close() {
