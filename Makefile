@@ -68,6 +68,8 @@ fuzz: ## fuzz every decoder for 30 s each
 	$(GO) test ./discovery -run '^$$' -fuzz FuzzVerifyBeat -fuzztime 30s
 	$(GO) test ./discovery -run '^$$' -fuzz FuzzVerifyAdvert -fuzztime 30s
 	$(GO) test ./node/internal/frame -run '^$$' -fuzz FuzzReadGrowing -fuzztime 30s
+	$(GO) test ./cmd/meshagent -run '^$$' -fuzz FuzzParseAuditLine -fuzztime 30s
+	$(GO) test ./cmd/meshagent -run '^$$' -fuzz FuzzVerifyAuditFile -fuzztime 30s
 
 proto: ## regenerate the protobuf code (needs protoc: apt-get install protobuf-compiler)
 	$(GO) install $(PROTOC_GEN_GO)

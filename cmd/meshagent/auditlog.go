@@ -114,7 +114,7 @@ func parseChainLine(line []byte) (chainLine, error) {
 	var l chainLine
 	rest, ok := bytes.CutPrefix(line, []byte(chainLinePrefix))
 	if !ok {
-		return l, errors.New(`does not start with {"seq":`)
+		return l, errors.New(`does not start with {"seq"`)
 	}
 	i := 0
 	for i < len(rest) && i <= 20 && rest[i] >= '0' && rest[i] <= '9' {
@@ -325,7 +325,7 @@ func (c *auditChain) open() error {
 // encodes each record, to the chain. It returns once the line is written.
 func (c *auditChain) Write(p []byte) (int, error) {
 	rec, ok := bytes.CutSuffix(p, []byte("\n"))
-	if !ok || len(rec) < 2 || rec[0] != '{' || rec[len(rec)-1] != '}' || bytes.IndexByte(rec, '\n') >= 0 || len(rec) > maxChainLine-200 {
+	if !ok || len(rec) < 2 || rec[0] != '{' || (rec[1] != '"' && string(rec) != "{}") || bytes.IndexByte(rec, '\n') >= 0 || len(rec) > maxChainLine-200 || !json.Valid(rec) {
 		return 0, errors.New("audit log: a record must be one JSON object on one line")
 	}
 	c.mu.Lock()
@@ -343,7 +343,7 @@ func (c *auditChain) Write(p []byte) (int, error) {
 		}
 	}
 	b := appendChainPrefix(c.buf[:0], c.seq, c.head)
-	if rec[1] != '}' {
+	if rec[1] == '"' {
 		b = append(b, ',')
 	}
 	b = append(b, rec[1:]...)
