@@ -464,7 +464,10 @@ func (c *auditChain) Reopen() error {
 	if c.f == nil {
 		return os.ErrClosed
 	}
-	if !c.broken && c.since > 0 {
+	if c.broken {
+		return c.rotate() // never append to part of a line
+	}
+	if c.since > 0 {
 		_ = c.checkpoint(whyReopen)
 	}
 	old := c.f
