@@ -52,8 +52,7 @@ type Config struct {
 	// Default 5 minutes.
 	ReplayWindow time.Duration
 	// Audit receives one JSON line per inbound and outbound call or
-	// message, one Write each, from several goroutines at once: it must
-	// be safe for concurrent use. nil discards the audit log.
+	// message. nil discards the audit log.
 	Audit io.Writer
 	// Clock returns the current time; nil means time.Now. Tests set it to
 	// skew one node's clock.

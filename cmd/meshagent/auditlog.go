@@ -193,14 +193,11 @@ type chainOptions struct {
 }
 
 // auditChain is the daemon's audit log: an append-only hash chain in a
-// file rotated by size. Each Write is one record line; it returns once
-// the line is written with write(2), so a record is in the OS before the
-// node sends the reply it audits, and a crash of the process loses
-// nothing written. Records of concurrent Writes are written together, one
-// write(2) for all (group commit): the first to come writes what is
-// queued, the others wait for it, then one of those that queued meanwhile
-// writes theirs. A checkpoint that a record triggers goes out in the same
-// write(2). A line is never split across two files.
+// file rotated by size. Each Write is one record line, written with one
+// write(2) (with the checkpoint it triggers, if any) before Write returns,
+// so a record is in the OS before the node sends the reply it audits, and
+// a crash of the process loses nothing written. A line is never split
+// across two files.
 type auditChain struct {
 	opts chainOptions
 	path string
@@ -208,8 +205,7 @@ type auditChain struct {
 	done chan struct{} // closed when it has
 
 	mu     sync.Mutex
-	cond   sync.Cond // on mu: a batch was written
-	f      *os.File  // nil once closed
+	f      *os.File // nil once closed
 	size   int64
 	seq    uint64    // of the next line
 	head   chainHash // hash of the last line written (zero: genesis)
@@ -217,16 +213,6 @@ type auditChain struct {
 	broken bool      // a failed write left part of a line in f
 	failed bool      // the last write failed (said once on logw)
 	buf    []byte
-
-	// Group commit. While writing, a batch is being written outside mu,
-	// and the fields above are the writer's alone.
-	writing  bool
-	queue    []byte // records waiting, each ending in a newline
-	spare    []byte
-	queued   uint64 // records queued so far
-	flushed  uint64 // records written (or failed) so far
-	nRecords int    // in queue
-	batches  uint64 // write(2)s of records (tests)
 }
 
 // openAuditChain opens the audit log at path and continues its chain: from
@@ -236,7 +222,6 @@ type auditChain struct {
 // untouched. It then writes a start checkpoint.
 func openAuditChain(path string, opts chainOptions) (*auditChain, error) {
 	c := &auditChain{opts: opts, path: path, stop: make(chan struct{}), done: make(chan struct{})}
-	c.cond.L = &c.mu
 	tip, err := readTip(path)
 	if err != nil {
 		return nil, err
@@ -348,82 +333,45 @@ func (c *auditChain) Write(p []byte) (int, error) {
 	if c.f == nil {
 		return 0, os.ErrClosed
 	}
-	c.queue = append(c.queue, p...)
-	c.queued++
-	c.nRecords++
-	me := c.queued
-	for c.writing && c.flushed < me {
-		c.cond.Wait()
+	need := int64(len(rec)) + 100 + checkpointRoom
+	if c.broken || (c.size > 0 && c.size+need > c.opts.max) {
+		if err := c.rotate(); err != nil {
+			fmt.Fprintf(c.opts.logw, "meshagent: rotating the audit log: %v\n", err)
+			if c.f == nil {
+				return 0, err
+			}
+		}
 	}
-	if c.flushed >= me {
-		return len(p), nil // in another's batch: a failure is said on logw
+	b := appendChainPrefix(c.buf[:0], c.seq, c.head)
+	if rec[1] == '"' {
+		b = append(b, ',')
 	}
-	if err := c.flushQueue(); err != nil {
+	b = append(b, rec[1:]...)
+	head := hashLine(b)
+	b = append(b, '\n')
+	n, cp := 1, false
+	if c.since+1 >= c.opts.lines {
+		// The checkpoint goes out with the line, in the same write.
+		start := len(b)
+		b = appendCheckpoint(b, c.opts.id, c.seq+1, head, time.Now(), whyInterval)
+		head = hashLine(b[start:])
+		b = append(b, '\n')
+		n, cp = 2, true
+	}
+	err := c.append(b, n, head, cp)
+	c.buf = b[:0]
+	if err != nil {
 		return 0, err
 	}
 	return len(p), nil
 }
 
-// flushQueue writes the records queued, with one write(2), as lines of
-// the chain. It is called with mu held and no batch being written; it
-// releases mu during the write.
-func (c *auditChain) flushQueue() error {
-	batch, end, n := c.queue, c.queued, c.nRecords
-	c.queue, c.nRecords = c.spare[:0], 0
-	c.writing = true
-	defer func() {
-		c.spare = batch[:0]
-		c.flushed, c.writing = end, false
-		c.cond.Broadcast()
-	}()
-	if len(batch) == 0 {
-		return nil
-	}
-	need := int64(len(batch)) + int64(n)*100 + checkpointRoom
-	if c.broken || (c.size > 0 && c.size+need > c.opts.max) {
-		if err := c.rotate(); err != nil {
-			fmt.Fprintf(c.opts.logw, "meshagent: rotating the audit log: %v\n", err)
-			if c.f == nil {
-				return err
-			}
-		}
-	}
-	// The chain's state is this batch's until writing ends: the lines are
-	// made and written outside mu.
-	seq, head, since, b := c.seq, c.head, c.since, c.buf[:0]
-	c.mu.Unlock()
-	for rest := batch; len(rest) > 0; {
-		i := bytes.IndexByte(rest, '\n')
-		rec := rest[:i]
-		rest = rest[i+1:]
-		start := len(b)
-		b = appendChainPrefix(b, seq, head)
-		if rec[1] == '"' {
-			b = append(b, ',')
-		}
-		b = append(b, rec[1:]...)
-		head = hashLine(b[start:])
-		b = append(b, '\n')
-		seq, since = seq+1, since+1
-		if since >= c.opts.lines {
-			start := len(b)
-			b = appendCheckpoint(b, c.opts.id, seq, head, time.Now(), whyInterval)
-			head = hashLine(b[start:])
-			b = append(b, '\n')
-			seq, since = seq+1, 0
-		}
-	}
+// append writes b, n whole lines, with one write(2), and moves the chain
+// on past them: head is the hash of the last, cp says whether that one is
+// a checkpoint. On a failure the chain stays where it was, and so does f
+// if it can be cut back.
+func (c *auditChain) append(b []byte, n int, head chainHash, cp bool) error {
 	w, err := c.f.Write(b)
-	c.mu.Lock()
-	c.buf = b[:0]
-	c.batches++
-	return c.wrote(w, err, seq, head, since)
-}
-
-// wrote moves the chain on to seq, head and since after a write of w
-// bytes, or on err leaves it where it was, and f too if it can be cut
-// back.
-func (c *auditChain) wrote(w int, err error, seq uint64, head chainHash, since int) error {
 	if err != nil {
 		if w > 0 && c.f.Truncate(c.size) != nil {
 			c.broken = true // the next write starts a new file
@@ -436,19 +384,24 @@ func (c *auditChain) wrote(w int, err error, seq uint64, head chainHash, since i
 	}
 	c.failed = false
 	c.size += int64(w)
-	c.seq, c.head, c.since = seq, head, since
+	c.seq += uint64(n)
+	c.head = head
+	if cp {
+		c.since = 0
+	} else {
+		c.since += n
+	}
 	return nil
 }
 
 // checkpoint writes a checkpoint line, why it is written.
-// It is called with mu held and no batch being written.
 func (c *auditChain) checkpoint(why string) error {
 	b := appendCheckpoint(c.buf[:0], c.opts.id, c.seq, c.head, time.Now(), why)
 	head := hashLine(b)
 	b = append(b, '\n')
-	w, err := c.f.Write(b)
+	err := c.append(b, 1, head, true)
 	c.buf = b[:0]
-	return c.wrote(w, err, c.seq+1, head, 0)
+	return err
 }
 
 // ticker writes a checkpoint every opts.every while lines come, until
@@ -463,9 +416,6 @@ func (c *auditChain) ticker() {
 			return
 		case <-t.C:
 			c.mu.Lock()
-			for c.writing {
-				c.cond.Wait()
-			}
 			if c.f != nil && c.since > 0 {
 				_ = c.checkpoint(whyInterval) // a failure is said by append
 			}
@@ -511,9 +461,6 @@ func (c *auditChain) shift() error {
 func (c *auditChain) Reopen() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for c.writing {
-		c.cond.Wait()
-	}
 	if c.f == nil {
 		return os.ErrClosed
 	}
@@ -536,14 +483,10 @@ func (c *auditChain) Reopen() error {
 // idempotent.
 func (c *auditChain) Close() error {
 	c.mu.Lock()
-	for c.writing {
-		c.cond.Wait()
-	}
 	if c.f == nil {
 		c.mu.Unlock()
 		return nil
 	}
-	_ = c.flushQueue() // records queued behind the last batch
 	err := c.checkpoint(whyShutdown)
 	if cerr := c.f.Close(); err == nil {
 		err = cerr

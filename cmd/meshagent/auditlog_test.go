@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -233,71 +232,4 @@ func FuzzVerifyAuditFile(f *testing.F) {
 			}
 		}
 	})
-}
-
-// Records of concurrent Writes go out together: while a batch is being
-// written, the records that come queue, and the next batch writes them
-// all with one write(2); each Write returns once its record is written.
-func TestAuditChainGroupsConcurrentWrites(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "audit.log")
-	opts := testChainOptions(1<<20, io.Discard)
-	opts.lines = 4
-	c, err := openAuditChain(path, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// A batch in flight: ten writers queue behind it.
-	c.mu.Lock()
-	c.writing = true
-	c.mu.Unlock()
-	const n = 10
-	done := make(chan error, n)
-	for i := range n {
-		go func() {
-			_, err := fmt.Fprintf(c, `{"kind":"request","n":%d}`+"\n", i)
-			done <- err
-		}()
-	}
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
-		c.mu.Lock()
-		q := c.queued
-		c.mu.Unlock()
-		if q == n {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d writers queued", q, n)
-		}
-	}
-	if _, recs := whys(t, path); recs != 0 {
-		t.Fatalf("%d records written before their batch", recs)
-	}
-	c.mu.Lock()
-	c.writing = false
-	c.cond.Broadcast()
-	c.mu.Unlock()
-	for range n {
-		if err := <-done; err != nil {
-			t.Fatal(err)
-		}
-	}
-	if c.batches != 1 {
-		t.Fatalf("%d write(2)s for %d queued records", c.batches, n)
-	}
-	// And many writers at once: every record there once, the chain whole.
-	var wg sync.WaitGroup
-	for g := range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			writeRecords(t, c, 100*(g+1), 50)
-		}()
-	}
-	wg.Wait()
-	c.Close()
-	rep, err := verifyAuditFiles(opts.id.Public(), []string{path})
-	if _, recs := whys(t, path); err != nil || recs != n+400 || len(rep.warnings) != 0 {
-		t.Fatalf("verify: %v; %d records; %+v", err, recs, rep)
-	}
-	t.Logf("%d records in %d write(2)s", n+400, c.batches)
 }

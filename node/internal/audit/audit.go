@@ -5,7 +5,6 @@
 package audit
 
 import (
-	"bytes"
 	"cmp"
 	"encoding/json"
 	"fmt"
@@ -120,9 +119,7 @@ const Suppressed = "audit_suppressed"
 // Log is an audit log. Its methods are safe for concurrent use.
 type Log struct {
 	mu  sync.Mutex
-	w   io.Writer     // nil: no log, only the hook
-	enc *json.Encoder // into buf, under mu
-	buf bytes.Buffer
+	enc *json.Encoder // nil: no log, only the hook
 	// hook, when set, sees every record (tests, the demo, metrics).
 	hook func(Record)
 
@@ -147,32 +144,21 @@ func New(w io.Writer) *Log {
 	if w == nil || w == io.Discard {
 		return &Log{}
 	}
-	a := &Log{w: w, node: rate.NewLimiter(auditNodeRate, auditNodeBurst), sources: map[string]*auditSource{}}
-	a.enc = json.NewEncoder(&a.buf)
-	a.enc.SetEscapeHTML(false) // '<' in 1 byte, not 6
-	return a
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false) // '<' in 1 byte, not 6
+	return &Log{enc: enc, node: rate.NewLimiter(auditNodeRate, auditNodeBurst), sources: map[string]*auditSource{}}
 }
 
 // Write cleans r, writes it unless a bound leaves it out, and shows it to
-// the hook. The line is written with one Write of the writer, after the
-// log's lock is released: lines of concurrent calls reach the writer
-// together (the daemon's writes them with one write(2)), so the writer
-// must be safe for concurrent use. Write returns once the writer has.
+// the hook.
 func (a *Log) Write(r Record) {
 	r = cleanRecord(r)
 	a.mu.Lock()
-	var line []byte
-	if a.w != nil && a.admit(r) {
-		a.buf.Reset()
-		if a.enc.Encode(r) == nil {
-			line = bytes.Clone(a.buf.Bytes())
-		}
+	if a.enc != nil && a.admit(r) {
+		_ = a.enc.Encode(r) // an audit sink that fails is reported by its owner
 	}
 	hook := a.hook
 	a.mu.Unlock()
-	if line != nil {
-		_, _ = a.w.Write(line) // an audit sink that fails is reported by its owner
-	}
 	if hook != nil {
 		hook(r) // without the lock: a hook may write records itself
 	}
@@ -270,10 +256,7 @@ func (a *Log) summarize() {
 
 func (a *Log) summary(r Record, detail string) {
 	r.Kind, r.Decision, r.Reason, r.Detail = Summary, Reject, Suppressed, detail
-	a.buf.Reset()
-	if a.enc.Encode(r) == nil {
-		_, _ = a.w.Write(a.buf.Bytes()) // under mu: summaries are rare
-	}
+	_ = a.enc.Encode(r)
 }
 
 // cleanRecord cleans and caps every string field of r.
