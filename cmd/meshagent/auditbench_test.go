@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -98,3 +99,61 @@ func TestBenchSendAudit(t *testing.T) {
 type dropWriter struct{}
 
 func (dropWriter) Write(p []byte) (int, error) { return len(p), nil }
+
+// TestBenchSendAuditConcurrent: 8 callers at once, /v1/send of
+// ping:agent, through a pair writing each record with one plain
+// write(2) and a pair writing the chained log, in alternating phases of
+// the same run. It reports calls a second of each.
+//
+//	MESHAGENT_BENCH_CALLS=4000 go test -tags meshsim -count=1 -v -run '^TestBenchSendAuditConcurrent$' ./cmd/meshagent/
+func TestBenchSendAuditConcurrent(t *testing.T) {
+	calls := benchCalls(t)
+	testHookNodeConfig = func(cfg *node.Config) {
+		f, err := os.OpenFile(filepath.Join(t.TempDir(), "plain.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		cfg.Audit = f
+	}
+	_, a0, _, _, b0 := twoDaemons(t, "ping:agent", "", nil)
+	testHookNodeConfig = nil
+	_, a1, _, _, b1 := twoDaemons(t, "ping:agent", "", nil)
+	admitted(t, a0, b0, 15*time.Second)
+	admitted(t, a1, b1, 15*time.Second)
+	phase := func(home, to string, n int) time.Duration {
+		var wg sync.WaitGroup
+		start := time.Now()
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c, err := newLocalClient(home)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				req := map[string]any{"to": to, "action": "ping:agent"}
+				for range n / 8 {
+					if err := c.call(context.Background(), "POST", "/v1/send", req, io.Discard); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		return time.Since(start)
+	}
+	phase(a0, b0, 400)
+	phase(a1, b1, 400)
+	var plain, chained time.Duration
+	const rounds = 4
+	for range rounds {
+		plain += phase(a0, b0, calls/rounds)
+		chained += phase(a1, b1, calls/rounds)
+	}
+	n := float64(calls / rounds / 8 * 8 * rounds)
+	t.Logf("8 callers, %.0f calls each: plain line %.0f calls/s, chained line %.0f calls/s, chained/plain %.3f",
+		n, n/plain.Seconds(), n/chained.Seconds(), plain.Seconds()/chained.Seconds())
+}
