@@ -448,3 +448,32 @@ func TestAuditLogReopensOnSIGHUP(t *testing.T) {
 		t.Fatalf("%d records in the new file", len(lines))
 	}
 }
+
+// A record is in the file before the reply it audits leaves: once
+// /v1/send returns, the callee's line and the caller's are there, read
+// at once, without waiting.
+func TestAuditLineWrittenBeforeTheReply(t *testing.T) {
+	_, a, b, _, bID := twoDaemons(t, "ping:agent", "", nil) // 64 MiB files: no rotation
+	admitted(t, a, bID, 15*time.Second)
+	for range 20 {
+		var out bytes.Buffer
+		if err := apiCall(a, "POST", "/v1/send", map[string]any{"to": bID, "action": "ping:agent"}, &out); err != nil {
+			t.Fatal(err)
+		}
+		var rep struct {
+			CorrelationID string `json:"correlation_id"`
+		}
+		if err := json.Unmarshal(out.Bytes(), &rep); err != nil || rep.CorrelationID == "" {
+			t.Fatalf("reply %s: %v", out.String(), err)
+		}
+		for _, home := range []string{b, a} {
+			data, err := os.ReadFile(filepath.Join(home, "audit.log"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Contains(data, []byte(`"correlation_id":"`+rep.CorrelationID+`"`)) {
+				t.Fatalf("%s's audit log has no line of call %s when its reply arrived", filepath.Base(home), rep.CorrelationID)
+			}
+		}
+	}
+}
