@@ -11,8 +11,8 @@ import (
 	"time"
 )
 
-// cpuTime is the process's user and system CPU time so far.
-func cpuTime() time.Duration {
+// auditCPUTime is the process's user and system CPU time so far.
+func auditCPUTime() time.Duration {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
@@ -21,7 +21,7 @@ func cpuTime() time.Duration {
 // reportCPU reports the process's CPU time per op since start: on a
 // loaded machine, ns/op counts the time the benchmark waited for a core.
 func reportCPU(b *testing.B, start time.Duration) {
-	b.ReportMetric(float64(cpuTime()-start)/float64(b.N), "cpu-ns/op")
+	b.ReportMetric(float64(auditCPUTime()-start)/float64(b.N), "cpu-ns/op")
 }
 
 // benchRecord is a typical audit line of an accepted call, as the node
@@ -65,7 +65,7 @@ func BenchmarkAuditLine(b *testing.B) {
 			f := w.open(b)
 			defer f.Close()
 			b.SetBytes(int64(len(line)))
-			start := cpuTime()
+			start := auditCPUTime()
 			for b.Loop() {
 				if _, err := f.Write(line); err != nil {
 					b.Fatal(err)
@@ -77,7 +77,7 @@ func BenchmarkAuditLine(b *testing.B) {
 			f := w.open(b)
 			defer f.Close()
 			b.SetParallelism(4) // 8 goroutines on 2 cores
-			start := cpuTime()
+			start := auditCPUTime()
 			defer reportCPU(b, start)
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
