@@ -457,7 +457,8 @@ func (c *auditChain) shift() error {
 }
 
 // Reopen ends the file it writes with a checkpoint and opens PATH again:
-// after logrotate moved the file away, a new one (SIGHUP).
+// after logrotate moved the file away, a new one (SIGHUP), which it starts
+// with a checkpoint.
 func (c *auditChain) Reopen() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -476,6 +477,11 @@ func (c *auditChain) Reopen() error {
 		return err
 	}
 	old.Close()
+	if c.size == 0 {
+		// A new file starts with the chain's head, so that a restart
+		// before its first record finds where the chain is.
+		_ = c.checkpoint(whyReopen)
+	}
 	return nil
 }
 

@@ -412,7 +412,8 @@ func TestAuditChainContinuesAfterACrash(t *testing.T) {
 }
 
 // SIGHUP reopens the audit log (logrotate's create mode): the moved file
-// ends in a checkpoint and the chain goes on in the new one.
+// ends in a checkpoint and the chain goes on in the new one, which starts
+// with one.
 func TestAuditLogReopensOnSIGHUP(t *testing.T) {
 	am := newAuditedMesh(t)
 	am.stopBob()
@@ -444,8 +445,9 @@ func TestAuditLogReopensOnSIGHUP(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("exit %d:\n%s%s", r.code, r.stdout, r.stderr)
 	}
-	if lines := recordLines(fileLines(t, path)); len(lines) < 3 {
-		t.Fatalf("%d records in the new file", len(lines))
+	nl := fileLines(t, path)
+	if !bytes.Contains(nl[0], []byte(`"why":"reopen"`)) || len(recordLines(nl)) < 3 {
+		t.Fatalf("the new file: %d records, starting with %s", len(recordLines(nl)), nl[0])
 	}
 }
 
