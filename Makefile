@@ -111,6 +111,8 @@ fuzz: ## fuzz every decoder for 30 s each
 	$(GO) test ./node/internal/frame -run '^$$' -fuzz FuzzReadGrowing -fuzztime 30s
 	$(GO) test ./cmd/meshagent -run '^$$' -fuzz FuzzConsoleInspect -fuzztime 30s
 	$(GO) test ./node/internal/frame -run '^$$' -fuzz FuzzReadExact -fuzztime 30s
+	$(GO) test ./cmd/meshagent -run '^$$' -fuzz FuzzParseAuditLine -fuzztime 30s
+	$(GO) test ./cmd/meshagent -run '^$$' -fuzz FuzzVerifyAuditFile -fuzztime 30s
 
 proto: ## regenerate the protobuf code (needs protoc: apt-get install protobuf-compiler)
 	$(GO) install $(PROTOC_GEN_GO)

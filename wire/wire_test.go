@@ -38,6 +38,9 @@ var pinned = map[string]string{
 	"DomainAdvert":     "meshagent/v1/advert\x00",
 	"DomainRoot":       "meshagent/v1/root\x00",
 	"DomainLinkID":     "meshagent/v1/link-id\x00",
+
+	"DomainAuditCheckpoint": "meshagent/v1/audit-checkpoint\x00",
+	"DomainAuditLine":       "meshagent/v1/audit-line\x00",
 }
 
 // actual is every constant by name, as compiled.
@@ -65,6 +68,9 @@ var actual = map[string]string{
 	"DomainAdvert":     DomainAdvert,
 	"DomainRoot":       DomainRoot,
 	"DomainLinkID":     DomainLinkID,
+
+	"DomainAuditCheckpoint": DomainAuditCheckpoint,
+	"DomainAuditLine":       DomainAuditLine,
 }
 
 // declared returns the names of the exported constants declared in the
