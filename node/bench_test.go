@@ -63,22 +63,23 @@ func BenchmarkRPC(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	run := func(f func()) ([]time.Duration, time.Duration) {
-		for i := 0; i < 20; i++ { // warm up
-			f()
-		}
-		lat := make([]time.Duration, b.N)
-		start := time.Now()
-		for i := range lat {
-			t0 := time.Now()
-			f()
-			lat[i] = time.Since(t0)
-		}
-		return lat, time.Since(start)
+	for i := 0; i < 20; i++ { // warm up (the call's stream goes to the pool)
+		plain()
+		secure()
 	}
+	// Alternating call by call: both see the same load.
+	pl, sl := make([]time.Duration, b.N), make([]time.Duration, b.N)
+	var ptotal, stotal time.Duration
 	b.ResetTimer()
-	pl, ptotal := run(plain)
-	sl, stotal := run(secure)
+	for i := range b.N {
+		t0 := time.Now()
+		plain()
+		t1 := time.Now()
+		secure()
+		pl[i], sl[i] = t1.Sub(t0), time.Since(t1)
+		ptotal += pl[i]
+		stotal += sl[i]
+	}
 	b.StopTimer()
 	b.ReportMetric(percentile(pl, 0.5), "plain_p50_us")
 	b.ReportMetric(percentile(pl, 0.99), "plain_p99_us")
@@ -116,10 +117,10 @@ func BenchmarkRPCParallel(b *testing.B) {
 		return err
 	}
 	const workers = 8
-	run := func(f func() error) float64 {
+	run := func(f func() error, calls int) time.Duration {
 		var wg sync.WaitGroup
 		var failed atomic.Int32
-		per := b.N/workers + 1
+		per := calls/workers + 1
 		start := time.Now()
 		for w := 0; w < workers; w++ {
 			wg.Add(1)
@@ -136,13 +137,63 @@ func BenchmarkRPCParallel(b *testing.B) {
 		if failed.Load() > 0 {
 			b.Fatalf("%d calls failed", failed.Load())
 		}
-		return float64(per*workers) / time.Since(start).Seconds()
+		return time.Since(start) / time.Duration(per*workers)
 	}
+	// CPU per call of each (both ends, getrusage): what the throughput
+	// ratio would be on a machine that runs nothing else.
+	var pcpu, scpu time.Duration
+	timed := func(f func() error, calls int, wall, cpu *time.Duration) {
+		c0 := cpuTime()
+		*wall += run(f, calls)
+		*cpu += (cpuTime() - c0) / time.Duration(calls/workers*workers+workers)
+	}
+	run(plain, 8*workers) // warm up: 8 streams in the pool
+	run(secure, 8*workers)
+	// Eight rounds of each, alternating which goes first: both see the
+	// same load.
+	const rounds = 8
+	var ptime, stime time.Duration
 	b.ResetTimer()
-	pcps := run(plain)
-	scps := run(secure)
+	for r := range rounds {
+		if r%2 == 0 {
+			timed(plain, b.N/rounds+1, &ptime, &pcpu)
+			timed(secure, b.N/rounds+1, &stime, &scpu)
+		} else {
+			timed(secure, b.N/rounds+1, &stime, &scpu)
+			timed(plain, b.N/rounds+1, &ptime, &pcpu)
+		}
+	}
 	b.StopTimer()
+	pcps, scps := rounds/ptime.Seconds(), rounds/stime.Seconds()
+	b.ReportMetric(float64(pcpu.Microseconds())/rounds, "plain_cpu_us/call")
+	b.ReportMetric(float64(scpu.Microseconds())/rounds, "mesh_cpu_us/call")
+	b.ReportMetric(float64(pcpu)/float64(scpu), "cpu_throughput_ratio")
 	b.ReportMetric(pcps, "plain_calls/s")
 	b.ReportMetric(scps, "mesh_calls/s")
 	b.ReportMetric(scps/pcps, "throughput_ratio")
+}
+
+// BenchmarkCallCPU: b.N sequential calls alone (no baseline), for a CPU
+// profile (-cpuprofile) of the call path; cpu_us/call is the process's
+// CPU time, both ends, per call.
+func BenchmarkCallCPU(b *testing.B) {
+	m, _ := testMesh(b, "tcp")
+	ctx := context.Background()
+	orch, worker := m.Agents["orchestrator"], m.Agents["worker"]
+	body := make([]byte, 100)
+	for range 20 {
+		if _, err := orch.Node.Call(ctx, worker.ID(), "read:logs", body, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	c0 := cpuTime()
+	for range b.N {
+		if _, err := orch.Node.Call(ctx, worker.ID(), "read:logs", body, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+	cpu := cpuTime() - c0
+	b.StopTimer()
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu_us/call")
 }

@@ -4,7 +4,6 @@ package node
 // cancellation reaching the handler, and signed progress messages.
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -189,9 +188,13 @@ func watchCaller(s network.Stream, cancel context.CancelCauseFunc) {
 // failure the stream is reset, which tells the callee the call is over.
 func (n *Node) readReply(s network.Stream, to peer.ID, toKey trust.PublicKey, env *protocol.Envelope, opts *CallOptions, readErr func(error) error) (*protocol.Envelope, error) {
 	kinds := []protocol.Kind{protocol.KindReply, protocol.KindError, protocol.KindProgress}
-	br := bufio.NewReaderSize(s, 4096) // one for all frames: ReadGrowing keeps it
-	for seq := 0; ; {
-		resp, err := frame.ReadGrowing(br, n.cfg.MaxEnvelopeSize)
+	for seq, first := 0, true; ; first = false {
+		// One frame at a time, nothing read past it: the stream may carry
+		// the next call.
+		resp, err := frame.ReadExact(s, n.cfg.MaxEnvelopeSize)
+		if err == nil && len(resp) == 0 && first {
+			err = errGoodbye // the callee closed the idle stream unread
+		}
 		if err != nil {
 			s.Reset()
 			return nil, readErr(err)

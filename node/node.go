@@ -14,6 +14,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	p2pprotocol "github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	ma "github.com/multiformats/go-multiaddr"
@@ -68,6 +69,14 @@ type Node struct {
 
 	// calls holds one token per handler running: MaxConcurrentCalls slots.
 	calls chan struct{}
+	// pool holds this node's idle outbound call streams; rpcIdle counts
+	// the inbound ones waiting for a next request (streams.go).
+	pool    *streamPool
+	rpcIdle idleStreams
+	ids     idStrings // peer IDs' text, for audit records
+
+	// choice is the token Call and Publish attach per action (tokenchoice.go).
+	choice tokenChoice
 
 	credMu   sync.RWMutex
 	cred     *trust.Credential
@@ -111,6 +120,7 @@ func New(cfg Config) (*Node, error) {
 		topics: map[string]*pubsub.Topic{}, handlers: map[string]Handler{}}
 	n.cred = cfg.Credential
 	n.calls = make(chan struct{}, cfg.MaxConcurrentCalls)
+	n.pool = newStreamPool()
 	n.gate = gate.New(gate.Deps{
 		Listed:           n.isAdmitted,
 		AdmissionTimeout: cfg.AdmissionTimeout,
@@ -229,7 +239,9 @@ func (n *Node) Start(ctx context.Context) error {
 	}
 	limits := rcmgr.DefaultLimits
 	serviceLimits(&limits)
-	limits.AddProtocolLimit(wire.ProtocolRPC, rcmgr.BaseLimit{StreamsInbound: 1024, StreamsOutbound: 1024, Streams: 2048, Memory: 64 << 20}, rcmgr.BaseLimitIncrease{})
+	for _, p := range []p2pprotocol.ID{wire.ProtocolRPC, wire.ProtocolRPC2} {
+		limits.AddProtocolLimit(p, rcmgr.BaseLimit{StreamsInbound: 1024, StreamsOutbound: 1024, Streams: 2048, Memory: 64 << 20}, rcmgr.BaseLimitIncrease{})
+	}
 	// Room for admitted agents whatever waits for admission: at most
 	// maxPending connections (gate.go) and unadmittedStreams streams each;
 	// room for handshakes in flight (transient) beyond a few sources' worth
@@ -295,6 +307,8 @@ func (n *Node) Start(ctx context.Context) error {
 	n.hostRef.Store(&h)
 	h.SetStreamHandler(wire.ProtocolAdmission, n.admission.Handle) // the one protocol open before admission
 	h.SetStreamHandler(wire.ProtocolRPC, n.gateWrap(n.handleRPC))
+	h.SetStreamHandler(wire.ProtocolRPC2, n.gateWrap(n.handleRPC2))
+	go n.pool.run(n.ctx)
 	// Every node serves the renewal protocol (a node that is no issuer
 	// refuses), so that identify does not tell an outsider which hosts
 	// hold an anchor key.

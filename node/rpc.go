@@ -15,7 +15,6 @@ import (
 	"github.com/meshagent/meshagent/node/internal/frame"
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/trust"
-	"github.com/meshagent/meshagent/wire"
 )
 
 // Request is an accepted inbound call, handed to a Handler only after the
@@ -73,20 +72,6 @@ type CallOptions struct {
 	OnProgress func(Progress)
 }
 
-// tokenFor returns the first held token whose leaf grants action to this
-// agent and is valid now.
-func (n *Node) tokenFor(action string) *trust.Token {
-	n.mu.Lock()
-	tokens := n.cfg.Tokens
-	n.mu.Unlock()
-	for _, t := range tokens {
-		if n.verifier.Authorize(t, n.self, action, n.now()) == nil {
-			return t
-		}
-	}
-	return nil
-}
-
 // Call sends a signed request for action to peer to and waits for the
 // signed reply. A rejection by the remote node (or of its reply by this
 // one) is a *trust.Error whose Code says why: errors.Is(err,
@@ -124,7 +109,7 @@ func (n *Node) Call(ctx context.Context, to peer.ID, action string, body []byte,
 
 func (n *Node) roundTrip(ctx context.Context, to peer.ID, toKey trust.PublicKey, env *protocol.Envelope, raw []byte, opts *CallOptions) (*Reply, error) {
 	start := time.Now()
-	rec := n.record(audit.Out, audit.Request, to.String())
+	rec := n.record(audit.Out, audit.Request, n.idString(to))
 	rec.CorrelationID, rec.Action = env.CorrelationID.String(), env.Action
 	rec.Traceparent, rec.Tracestate = env.Traceparent, env.Tracestate
 	reply, err := n.exchange(ctx, to, toKey, env, raw, opts)
@@ -160,30 +145,10 @@ func (n *Node) exchange(ctx context.Context, to peer.ID, toKey trust.PublicKey, 
 			return nil, protocol.Reject(protocol.CodeUnavailable, "%v", err)
 		}
 	}
-	s, err := h.NewStream(ctx, to, wire.ProtocolRPC)
-	if err != nil {
-		return nil, protocol.Reject(protocol.CodeUnavailable, "open stream to %s: %v", to, err)
-	}
-	deadline, _ := ctx.Deadline()
-	_ = s.SetDeadline(deadline)
-	if err := msgio.NewVarintWriter(s).WriteMsg(raw); err != nil {
-		s.Reset()
-		return nil, protocol.Reject(protocol.CodeUnavailable, "send to %s: %v", to, err)
-	}
-	// The write side stays open until the reply: a reset of the stream is
-	// how the callee learns that this caller gave up (watchCaller).
-	stop := context.AfterFunc(ctx, func() { s.Reset() })
-	defer stop()
-	re, err := n.readReply(s, to, toKey, env, opts, func(err error) error {
-		if cerr := ctx.Err(); cerr != nil {
-			err = cerr
-		}
-		return protocol.Reject(protocol.CodeUnavailable, "no reply from %s: %v", to, err)
-	})
+	re, err := n.send(ctx, to, toKey, env, raw, opts)
 	if err != nil {
 		return nil, err
 	}
-	s.Close()
 	if re.Kind == protocol.KindError {
 		code, detail := re.ErrorCode, re.ErrorDetail
 		if !protocol.KnownCode(code) { // the callee's choice: not a new audit reason or metric series
@@ -212,8 +177,9 @@ func replyRefused(to peer.ID, err error) error {
 	return fmt.Errorf("node: reply from %s rejected: %w", to, err)
 }
 
-// handleRPC serves one inbound request stream: read one frame within the
-// size limit, decide, run the handler only on acceptance, reply signed.
+// handleRPC serves one inbound request stream (wire.ProtocolRPC, which
+// older callers speak): read one frame within the size limit, decide, run
+// the handler only on acceptance, reply signed.
 func (n *Node) handleRPC(s network.Stream) {
 	start := time.Now()
 	remote := s.Conn().RemotePeer()
@@ -224,63 +190,80 @@ func (n *Node) handleRPC(s network.Stream) {
 	_ = s.SetDeadline(start.Add(n.cfg.HandlerTimeout + time.Second))
 	raw, err := frame.ReadGrowing(s, n.cfg.MaxEnvelopeSize) // what arrives, not what the header claims
 	if err != nil {
-		s.Reset()
-		code := trust.CodeMalformed
-		if errors.Is(err, msgio.ErrMsgTooLarge) {
-			code = trust.CodeTooLarge
-		}
-		n.gate.Penalize(remote, code)
-		r := n.record(audit.In, audit.Request, remote.String())
-		reject(&r, code, err.Error())
-		n.audit.Write(r)
-		return
-	}
-	remoteKey, kerr := trust.PublicKeyFromPeerID(remote)
-	var env *protocol.Envelope
-	if kerr != nil {
-		err = kerr
-	} else {
-		env, err = n.decider.Decide(raw, protocol.Expect{Kinds: []protocol.Kind{protocol.KindRequest}, Peer: n.self, From: remoteKey}, n.now())
-	}
-	rec := n.record(audit.In, audit.Request, remote.String())
-	if env != nil {
-		rec.CorrelationID, rec.Action = env.CorrelationID.String(), env.Action
-		rec.Traceparent, rec.Tracestate = env.Traceparent, env.Tracestate
-	}
-	var reply *protocol.Envelope
-	if err != nil {
-		code := codeOrDefault(err, trust.CodeMalformed)
-		n.gate.Penalize(remote, code) // nothing for a refusal of this node's own (receiverSide)
-		reply = n.refusal(env, remoteKey, err)
-		reject(&rec, code, err.Error())
-	} else {
-		reply = n.serve(env, remote, remoteKey, &rec, s)
-	}
-	rec.LatencyMS = float64(time.Since(start).Microseconds()) / 1000
-	n.audit.Write(rec)
-	if reply == nil {
+		n.frameRefused(remote, err)
 		s.Reset()
 		return
 	}
-	out, err := protocol.Seal(n.cfg.Identity, reply, n.now())
-	if err != nil {
-		s.Reset()
-		return
-	}
-	if err := msgio.NewVarintWriter(s).WriteMsg(out); err != nil {
+	out, _ := n.answer(s, remote, raw, start, false)
+	if out == nil || writeFrame(s, out) != nil {
 		s.Reset()
 		return
 	}
 	s.Close()
 }
 
+// frameRefused charges and audits a request frame that could not be read
+// (too large, truncated).
+func (n *Node) frameRefused(remote peer.ID, err error) {
+	code := trust.CodeMalformed
+	if errors.Is(err, msgio.ErrMsgTooLarge) {
+		code = trust.CodeTooLarge
+	}
+	n.gate.Penalize(remote, code)
+	r := n.record(audit.In, audit.Request, remote.String())
+	reject(&r, code, err.Error())
+	n.audit.Write(r)
+}
+
+// answer decides the request raw that remote sent on s, runs its handler
+// on acceptance, audits the call, and returns the sealed reply (nil: reset
+// the stream) and whether s may carry another call (reuse: s speaks
+// wire.ProtocolRPC2).
+func (n *Node) answer(s network.Stream, remote peer.ID, raw []byte, start time.Time, reuse bool) ([]byte, bool) {
+	remoteKey, kerr := trust.PublicKeyFromPeerID(remote)
+	var env *protocol.Envelope
+	var err error
+	if kerr != nil {
+		err = kerr
+	} else {
+		env, err = n.decider.Decide(raw, protocol.Expect{Kinds: []protocol.Kind{protocol.KindRequest}, Peer: n.self, From: remoteKey}, n.now())
+	}
+	rec := n.record(audit.In, audit.Request, n.idString(remote))
+	if env != nil {
+		rec.CorrelationID, rec.Action = env.CorrelationID.String(), env.Action
+		rec.Traceparent, rec.Tracestate = env.Traceparent, env.Tracestate
+	}
+	var reply *protocol.Envelope
+	keep := reuse
+	if err != nil {
+		code := codeOrDefault(err, trust.CodeMalformed)
+		n.gate.Penalize(remote, code) // nothing for a refusal of this node's own (receiverSide)
+		reply = n.refusal(env, remoteKey, err)
+		reject(&rec, code, err.Error())
+	} else {
+		reply, keep = n.serve(env, remote, remoteKey, &rec, s, reuse)
+	}
+	rec.LatencyMS = float64(time.Since(start).Microseconds()) / 1000
+	n.audit.Write(rec)
+	if reply == nil {
+		return nil, false
+	}
+	out, err := protocol.Seal(n.cfg.Identity, reply, n.now())
+	if err != nil {
+		return nil, false
+	}
+	return out, keep
+}
+
 // serve runs the handler of an accepted request, within the node's bound
-// on handler runs, and returns the reply; it sets rec's verdict.
-func (n *Node) serve(env *protocol.Envelope, from peer.ID, fromKey trust.PublicKey, rec *AuditRecord, s network.Stream) *protocol.Envelope {
+// on handler runs, and returns the reply; it sets rec's verdict. On a
+// reused stream (reuse) it also reports whether s may carry the next call:
+// not when the caller closed its side or gave up meanwhile.
+func (n *Node) serve(env *protocol.Envelope, from peer.ID, fromKey trust.PublicKey, rec *AuditRecord, s network.Stream, reuse bool) (*protocol.Envelope, bool) {
 	h, timeout := n.handler(env.Action)
 	if h == nil {
 		reject(rec, protocol.CodeNoHandler, "")
-		return n.errorReply(env, fromKey, protocol.CodeNoHandler, "no handler for "+env.Action)
+		return n.errorReply(env, fromKey, protocol.CodeNoHandler, "no handler for "+env.Action), reuse
 	}
 	select {
 	case n.calls <- struct{}{}:
@@ -291,20 +274,26 @@ func (n *Node) serve(env *protocol.Envelope, from peer.ID, fromKey trust.PublicK
 		// lines are bounded per caller, as accepted ones are not.)
 		err := protocol.Busy(callsBusyRetry, "%d calls running at once, the most this node runs", cap(n.calls))
 		reject(rec, protocol.CodeBusy, err.Error())
-		return n.refusal(env, fromKey, err)
+		return n.refusal(env, fromKey, err), reuse
 	}
 	// The stream lives as long as the handler may run, and the reply's
 	// write a second more.
 	_ = s.SetDeadline(time.Now().Add(timeout + time.Second))
 	gone, cancelGone := context.WithCancelCause(n.ctx)
 	defer cancelGone(nil)
-	go watchCaller(s, cancelGone)
+	var watch *callWatch
+	if reuse {
+		watch = watchReused(s, cancelGone)
+	} else {
+		go watchCaller(s, cancelGone)
+	}
 	ctx, cancel := context.WithTimeout(gone, timeout)
 	sink := &progressSink{n: n, s: s, to: fromKey, action: env.Action, corr: env.CorrelationID}
 	body, herr := h(ctx, &Request{From: from, Action: env.Action, Body: env.Payload, ContentType: env.ContentType,
 		CorrelationID: env.CorrelationID, Traceparent: env.Traceparent, Tracestate: env.Tracestate, progress: sink})
 	sink.finish()
 	cancel()
+	keep := watch != nil && watch.stop()
 	if context.Cause(gone) == ErrCallerCancelled && herr == nil {
 		// Its reply would reach no one; the audit says why.
 		herr = ErrCallerCancelled
@@ -313,15 +302,15 @@ func (n *Node) serve(env *protocol.Envelope, from peer.ID, fromKey trust.PublicK
 		// The handler sheds load itself (the daemon's, when its local
 		// process is behind): busy, not handler_error.
 		reject(rec, protocol.CodeBusy, herr.Error())
-		return n.refusal(env, fromKey, herr)
+		return n.refusal(env, fromKey, herr), keep
 	}
 	if herr != nil {
 		rec.Decision, rec.Reason, rec.Detail = audit.Accept, string(protocol.CodeHandlerError), herr.Error()
-		return n.errorReply(env, fromKey, protocol.CodeHandlerError, herr.Error())
+		return n.errorReply(env, fromKey, protocol.CodeHandlerError, herr.Error()), keep
 	}
 	rec.Decision = audit.Accept
 	return &protocol.Envelope{Kind: protocol.KindReply, RecipientPeer: fromKey, Action: env.Action,
-		Payload: body, CorrelationID: env.CorrelationID}
+		Payload: body, CorrelationID: env.CorrelationID}, keep
 }
 
 // Retry-afters of busy answers.

@@ -43,7 +43,9 @@ type Decider struct {
 // version, kind, recipient, timestamp window, sender (expected peer, then
 // membership), nonce not yet seen, signature, capability chain (rooted,
 // signed, narrowing, valid now, unrevoked), holder is sender, action within
-// the leaf's scopes, no holder in the chain dead. Only when all pass is the nonce recorded, so forged
+// the leaf's scopes, no holder in the chain dead. A chain whose exact bytes
+// the verifier accepted before skips its decode, rule and signature checks
+// (trust.Verifier.DecodeToken). Only when all pass is the nonce recorded, so forged
 // envelopes cannot fill the replay cache. The envelope is returned even on
 // rejection when it decoded, so that the caller can audit what was refused.
 func (d *Decider) Decide(raw []byte, x Expect, now time.Time) (*Envelope, error) {
@@ -51,7 +53,7 @@ func (d *Decider) Decide(raw []byte, x Expect, now time.Time) (*Envelope, error)
 	if max <= 0 {
 		max = DefaultMaxEnvelopeSize
 	}
-	e, err := Open(raw, max, d.Verifier.Policy().MaxTokenSize)
+	e, err := open(raw, max, d.Verifier.DecodeToken)
 	if err != nil {
 		return nil, err
 	}

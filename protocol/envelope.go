@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"github.com/meshagent/meshagent/protocol/protocolpb"
 	"github.com/meshagent/meshagent/trust"
 	"github.com/meshagent/meshagent/wire"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -164,16 +166,22 @@ func Seal(id *trust.Identity, e *Envelope, now time.Time) ([]byte, error) {
 // the structure only: no signature, time, chain or replay check. Use
 // Decider.Decide before acting on anything.
 func Open(raw []byte, maxSize, maxTokenSize int) (*Envelope, error) {
+	return open(raw, maxSize, func(b []byte) (*trust.Token, error) { return trust.ParseToken(b, maxTokenSize) })
+}
+
+// open is Open with the token decoder given: Decide passes the verifier's,
+// which keeps the chains it authorized.
+func open(raw []byte, maxSize int, decodeToken func([]byte) (*trust.Token, error)) (*Envelope, error) {
 	if len(raw) > maxSize {
 		return nil, Reject(trust.CodeTooLarge, "envelope is %d bytes, at most %d", len(raw), maxSize)
 	}
-	var w protocolpb.Envelope
-	if err := proto.Unmarshal(raw, &w); err != nil {
-		return nil, Reject(trust.CodeMalformed, "envelope: %v", err)
+	body, sig, ok := splitEnvelope(raw)
+	if !ok {
+		return nil, Reject(trust.CodeMalformed, "envelope: not a protobuf Envelope")
 	}
-	var b protocolpb.EnvelopeBody
-	if err := proto.Unmarshal(w.Body, &b); err != nil {
-		return nil, Reject(trust.CodeMalformed, "envelope body: %v", err)
+	var b protocolpb.EnvelopeBodyOpen
+	if !readBody(body, &b) {
+		return nil, Reject(trust.CodeMalformed, "envelope body: not a protobuf EnvelopeBody")
 	}
 	if b.Version == 0 {
 		return nil, Reject(trust.CodeMalformed, "envelope has no version")
@@ -183,7 +191,7 @@ func Open(raw []byte, maxSize, maxTokenSize int) (*Envelope, error) {
 	}
 	e := &Envelope{Kind: Kind(b.Kind), Action: b.Action, Payload: b.Payload, ContentType: b.ContentType,
 		Timestamp: time.Unix(0, b.Timestamp), Nonce: b.Nonce, RecipientTopic: b.RecipientTopic,
-		ErrorCode: trust.Code(b.ErrorCode), ErrorDetail: b.ErrorDetail, body: w.Body, sig: w.Signature,
+		ErrorCode: trust.Code(b.ErrorCode), ErrorDetail: b.ErrorDetail, body: body, sig: sig,
 		RetryAfter:  time.Duration(min(max(b.RetryAfterMs, 0), maxRetryAfterMs)) * time.Millisecond,
 		Traceparent: b.Traceparent, Tracestate: b.Tracestate}
 	if err := CheckTraceContext(e.Traceparent, e.Tracestate); err != nil {
@@ -213,15 +221,50 @@ func Open(raw []byte, maxSize, maxTokenSize int) (*Envelope, error) {
 		return nil, Reject(trust.CodeMalformed, "correlation ID is %d bytes, want 16", len(b.CorrelationId))
 	}
 	copy(e.CorrelationID[:], b.CorrelationId)
-	if b.Token != nil {
-		if n := proto.Size(b.Token); n > maxTokenSize {
-			return nil, Reject(trust.CodeTooLarge, "token is %d bytes, at most %d", n, maxTokenSize)
+	if len(b.Token) > 0 {
+		tok := b.Token[0]
+		if len(b.Token) > 1 { // a message field given several times is their merge
+			tok = bytes.Join(b.Token, nil)
 		}
-		if e.Token, err = trust.TokenFromProto(b.Token); err != nil {
+		if e.Token, err = decodeToken(tok); err != nil {
 			return nil, err
 		}
 	}
 	return e, nil
+}
+
+// splitEnvelope reads the two fields of an encoded protocolpb.Envelope as
+// proto.Unmarshal does (the last occurrence of a field wins; unknown
+// fields, and these of another wire type, are skipped), without copying:
+// body and sig alias raw. It saves a third of the decode of a warm
+// envelope (FuzzOpenMatchesFullDecode holds it to proto.Unmarshal).
+func splitEnvelope(raw []byte) (body, sig []byte, ok bool) {
+	for b := raw; len(b) > 0; {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 || num > protowire.MaxValidNumber || typ == protowire.EndGroupType {
+			return nil, nil, false
+		}
+		b = b[n:]
+		if typ == protowire.BytesType && (num == 1 || num == 2) {
+			v, m := protowire.ConsumeBytes(b)
+			if m < 0 {
+				return nil, nil, false
+			}
+			if num == 1 {
+				body = v
+			} else {
+				sig = v
+			}
+			b = b[m:]
+			continue
+		}
+		m := protowire.ConsumeFieldValue(num, typ, b)
+		if m < 0 {
+			return nil, nil, false
+		}
+		b = b[m:]
+	}
+	return body, sig, true
 }
 
 // Size returns the encoded size of a sealed or opened envelope.

@@ -19,29 +19,40 @@ import (
 // longer runs) with one that reads each request and writes, unchecked,
 // the frames answer returns for it, n counting requests from 1: a callee
 // that sends what it likes, as a compromised agent would. It returns the
-// count of requests answered.
+// count of requests answered. It serves both call protocols, one call per
+// stream on wire.ProtocolRPC and call after call on wire.ProtocolRPC2.
 func AnswerRaw(h host.Host, answer func(n int64, req *protocol.Envelope) [][]byte) *atomic.Int64 {
 	var served atomic.Int64
-	h.SetStreamHandler(wire.ProtocolRPC, func(s network.Stream) {
-		defer s.Close()
-		raw, err := msgio.NewVarintReaderSize(s, 1<<20).ReadMsg()
-		if err != nil {
-			s.Reset()
-			return
-		}
-		req, err := protocol.Open(raw, 1<<20, 1<<20)
-		if err != nil {
-			s.Reset()
-			return
-		}
-		w := msgio.NewVarintWriter(s)
-		for _, f := range answer(served.Add(1), req) {
-			if w.WriteMsg(f) != nil {
-				s.Reset()
-				return
+	serve := func(once bool) network.StreamHandler {
+		return func(s network.Stream) {
+			defer s.Close()
+			r := msgio.NewVarintReaderSize(s, 1<<20) // reads nothing past a frame
+			w := msgio.NewVarintWriter(s)
+			for {
+				raw, err := r.ReadMsg()
+				if err != nil {
+					s.Reset()
+					return
+				}
+				req, err := protocol.Open(raw, 1<<20, 1<<20)
+				if err != nil {
+					s.Reset()
+					return
+				}
+				for _, f := range answer(served.Add(1), req) {
+					if w.WriteMsg(f) != nil {
+						s.Reset()
+						return
+					}
+				}
+				if once {
+					return
+				}
 			}
 		}
-	})
+	}
+	h.SetStreamHandler(wire.ProtocolRPC, serve(true))
+	h.SetStreamHandler(wire.ProtocolRPC2, serve(false)) // call after call on a stream
 	return &served
 }
 

@@ -3,6 +3,7 @@ package trust
 import (
 	"crypto/rand"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/meshagent/meshagent/trust/trustpb"
@@ -225,6 +226,9 @@ type revocationSet struct {
 	max    int
 	ids    map[revokedID]time.Time // link or credential -> keep until
 	agents map[PublicKey]agentRevocation
+	// gen counts the changes that can revoke something, under mu: cached
+	// verdicts re-check revocations when it moved (Verifier.Generation).
+	gen atomic.Uint64
 }
 
 func newRevocationSet(max int) *revocationSet {
@@ -254,6 +258,7 @@ func (s *revocationSet) add(r *Revocation, keep, now time.Time) error {
 	} else if a, ok := s.agents[r.Agent]; ok {
 		if r.Before.After(a.before) {
 			a.before = r.Before
+			s.gen.Add(1)
 		}
 		if keep.After(a.keep) {
 			a.keep = keep
@@ -272,6 +277,7 @@ func (s *revocationSet) add(r *Revocation, keep, now time.Time) error {
 	} else {
 		s.agents[r.Agent] = agentRevocation{before: r.Before, keep: keep}
 	}
+	s.gen.Add(1)
 	return nil
 }
 
@@ -301,24 +307,27 @@ func (s *revocationSet) agentRevokedLocked(agent PublicKey, notBefore time.Time)
 	return ok && notBefore.Before(r.before)
 }
 
-func (s *revocationSet) chainRevoked(t *Token, now time.Time) error {
+// chainRevoked checks t against the set and returns the generation it
+// checked against.
+func (s *revocationSet) chainRevoked(t *Token) (uint64, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
+	gen := s.gen.Load()
 	if len(s.ids) == 0 && len(s.agents) == 0 {
-		return nil
+		return gen, nil
 	}
 	for i, l := range t.Links {
 		if _, ok := s.ids[revokedID{id: l.ID}]; ok {
-			return fail(CodeRevoked, i, "link %s is revoked", l.ID)
+			return gen, fail(CodeRevoked, i, "link %s is revoked", l.ID)
 		}
 		if s.agentRevokedLocked(l.Holder, l.NotBefore) {
-			return fail(CodeRevoked, i, "holder %s is revoked", l.Holder)
+			return gen, fail(CodeRevoked, i, "holder %s is revoked", l.Holder)
 		}
 		if i > 0 && s.agentRevokedLocked(t.Links[i-1].Holder, l.NotBefore) {
-			return fail(CodeRevoked, i, "issuer %s is revoked", t.Links[i-1].Holder)
+			return gen, fail(CodeRevoked, i, "issuer %s is revoked", t.Links[i-1].Holder)
 		}
 	}
-	return nil
+	return gen, nil
 }
 
 func (s *revocationSet) credentialRevoked(c *Credential, now time.Time) error {

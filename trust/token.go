@@ -68,6 +68,8 @@ type Link struct {
 type Token struct {
 	Anchor PublicKey
 	Links  []*Link
+
+	entry *chainEntry // set by Verifier.DecodeToken: see chaincache.go
 }
 
 // Grant is what a new link grants.

@@ -28,6 +28,15 @@ const (
 	// ProtocolRPC carries request/reply calls: one signed envelope
 	// (DomainEnvelope) each way per stream.
 	ProtocolRPC = "/meshagent/rpc/1.0.0"
+	// ProtocolRPC2 carries calls one after another on a stream that
+	// callers keep and reuse: each request a signed envelope checked on
+	// its own, answered by the callee's progress envelopes and its reply,
+	// each a uvarint-length-prefixed frame as on ProtocolRPC. A caller
+	// sends the next request only after the reply; the callee may close
+	// an idle stream, writing first a frame of length zero (it then reads
+	// nothing more from it, so a request sent meanwhile was never seen).
+	// Callers offer it first and fall back to ProtocolRPC.
+	ProtocolRPC2 = "/meshagent/rpc/2.0.0"
 	// ProtocolSync is the join-time exchange of registry records and
 	// revocations.
 	ProtocolSync = "/meshagent/sync/1.0.0"

@@ -17,6 +17,7 @@ import (
 var pinned = map[string]string{
 	"ProtocolAdmission":   "/meshagent/admission/1.0.0",
 	"ProtocolRPC":         "/meshagent/rpc/1.0.0",
+	"ProtocolRPC2":        "/meshagent/rpc/2.0.0",
 	"ProtocolSync":        "/meshagent/sync/1.0.0",
 	"ProtocolRevocations": "/meshagent/revocations/1.0.0",
 	"ProtocolLeave":       "/meshagent/leave/1.0.0",
@@ -43,6 +44,7 @@ var pinned = map[string]string{
 var actual = map[string]string{
 	"ProtocolAdmission":   ProtocolAdmission,
 	"ProtocolRPC":         ProtocolRPC,
+	"ProtocolRPC2":        ProtocolRPC2,
 	"ProtocolSync":        ProtocolSync,
 	"ProtocolRevocations": ProtocolRevocations,
 	"ProtocolLeave":       ProtocolLeave,

@@ -24,7 +24,7 @@ import (
 // Attack 12: an enrolled callee answers every call with a signed error
 // reply whose code it made up, 4 KiB long and new each time. The caller's
 // /metrics gains no series per code: 300 such calls are counted under one
-// reason, and the page grows by a few bytes at most.
+// reason, and the page grows by a few bytes (a few KB if a new reason shows up).
 func TestBoundedErrorCodeLabels(t *testing.T) {
 	dir, anchor, a, _ := enrolled(t)
 	dn := startDaemon(t, a, daemonConfig("alice", anchor))
@@ -91,7 +91,10 @@ func TestBoundedErrorCodeLabels(t *testing.T) {
 	if got := rejected(after) - rejected(before); got != calls {
 		t.Fatalf("%v rejected calls counted, want %d", got, calls)
 	}
-	if grew := len(after) - len(before); series(after)-series(before) > 1 || grew > 2<<10 {
+	// At most one new reason (a call that failed otherwise, unavailable
+	// under load, say): one series of meshagent_decisions_total and one of
+	// meshagent_call_duration_seconds (its buckets: about 2.4 KB).
+	if grew := len(after) - len(before); series(after)-series(before) > 1 || grew > 4<<10 {
 		t.Fatalf("/metrics grew by %d bytes and %d series", grew, series(after)-series(before))
 	}
 }

@@ -27,18 +27,32 @@ type sendAnswer struct {
 // most timeout.
 func postSend(t *testing.T, home, to, action, timeout string) sendAnswer {
 	t.Helper()
+	a, err := trySend(t, home, to, action, timeout)
+	if err != nil {
+		t.Error(err)
+	}
+	return a
+}
+
+// holdSend is postSend for a call that the test's end cuts short: the
+// daemons stop under it.
+func holdSend(t *testing.T, home, to, action string) sendAnswer {
+	a, _ := trySend(t, home, to, action, "10s")
+	return a
+}
+
+func trySend(t *testing.T, home, to, action, timeout string) (sendAnswer, error) {
 	c := apiHTTP(t, home)
 	b, _ := json.Marshal(map[string]any{"to": to, "action": action, "body": map[string]int{"n": 1}, "timeout": timeout})
 	resp, err := c.Post("http://meshagent/v1/send", "application/json", bytes.NewReader(b))
 	if err != nil {
-		t.Error(err)
-		return sendAnswer{}
+		return sendAnswer{}, err
 	}
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(resp.Body)
 	a := sendAnswer{status: resp.StatusCode, retryAfter: resp.Header.Get("Retry-After")}
 	_ = json.Unmarshal(data, &a.err)
-	return a
+	return a, nil
 }
 
 // pendingCalls waits until home's daemon holds n calls for local handlers.
@@ -81,28 +95,32 @@ func TestBusySendIs503(t *testing.T) {
 	t.Run("the callee's node runs all the calls it may", func(t *testing.T) {
 		testHookNodeConfig = func(c *node.Config) { c.MaxConcurrentCalls = 1 }
 		t.Cleanup(func() { testHookNodeConfig = nil })
+		// Cleanups run last first: the daemons stop, ending the held call.
+		held := make(chan sendAnswer, 1)
+		t.Cleanup(func() { <-held })
 		_, a, b, _, bID := twoDaemons(t, "read:logs", "read:status", nil)
 		openRawStream(t, b, "/v1/handle?action=read:logs") // a process that never replies
-		// The callee holds the call, and its node's only slot, until its
-		// handler timeout (10 s), whenever the caller gives up.
-		held := make(chan sendAnswer, 1)
-		go func() { held <- postSend(t, a, bID, "read:logs", "3s") }()
+		// The callee holds the call, and its node's only slot, until the
+		// caller gives up (a cancel) or its handler timeout (10 s): the
+		// caller waits as long, so that a slow machine never frees the slot
+		// before the call past the bound.
+		go func() { held <- holdSend(t, a, bID, "read:logs") }()
 		pendingCalls(t, b, 1)
 		busy(t, a, bID, 250, "calls running at once")
-		<-held
 	})
 
 	t.Run("the callee's daemon holds all the calls it may for a process", func(t *testing.T) {
-		_, a, b, _, bID := twoDaemons(t, "read:logs", "read:status", nil)
-		openRawStream(t, b, "/v1/handle?action=read:logs")
+		// Cleanups run last first: the daemons stop, ending the held calls.
 		var wg sync.WaitGroup
 		t.Cleanup(wg.Wait)
+		_, a, b, _, bID := twoDaemons(t, "read:logs", "read:status", nil)
+		openRawStream(t, b, "/v1/handle?action=read:logs")
 		// In batches: a peer's streams in negotiation are bounded (32).
 		for held := 0; held < maxPendingPerAction; {
 			for range min(16, maxPendingPerAction-held) {
 				held++
 				wg.Add(1)
-				go func() { defer wg.Done(); postSend(t, a, bID, "read:logs", "3s") }()
+				go func() { defer wg.Done(); holdSend(t, a, bID, "read:logs") }()
 			}
 			pendingCalls(t, b, held)
 		}

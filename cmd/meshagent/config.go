@@ -48,6 +48,9 @@ type fileConfig struct {
 	// OTLPEndpoint, when set (http://HOST:PORT), is where the daemon
 	// exports a span per call over OTLP/HTTP (tracing.go).
 	OTLPEndpoint string `yaml:"otlp_endpoint"`
+	// Console, when set (a loopback host:port), serves the read-only web
+	// console there (console.go).
+	Console string `yaml:"console"`
 
 	// callFlags and handlerFlags are --call-timeout and --handler-timeout.
 	callFlags, handlerFlags []string
@@ -197,6 +200,12 @@ timeouts: []
 # carry the action, peer IDs, decision, reason code and correlation ID;
 # never bodies, keys or tokens. Unset: nothing is exported.
 # otlp_endpoint: http://127.0.0.1:4318
+
+# A read-only web console (agents, advertised actions, a live tail of the
+# audit log, a token inspector, revocations) on a loopback address only.
+# The daemon prints its URL, with a fresh access token, at each start.
+# Flag: --console.
+# console: 127.0.0.1:7777
 `
 
 func writeDefaultConfig(path, name string) error {

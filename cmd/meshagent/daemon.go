@@ -22,7 +22,7 @@ import (
 )
 
 func newRunCmd() *cobra.Command {
-	var home, credential, issuerKey string
+	var home, credential, issuerKey, console string
 	var listen, bootstrap, anchors, tokens []string
 	var heartbeat, deadAfter time.Duration
 	var callTimeouts, handlerTimeouts []string
@@ -60,6 +60,9 @@ func newRunCmd() *cobra.Command {
 			if f.Changed("issuer-key") {
 				fc.IssuerKey = issuerKey
 			}
+			if f.Changed("console") {
+				fc.Console = console
+			}
 			fc.callFlags, fc.handlerFlags = callTimeouts, handlerTimeouts
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -76,6 +79,7 @@ func newRunCmd() *cobra.Command {
 	f.DurationVar(&heartbeat, "heartbeat", 0, "heartbeat interval (default 30s)")
 	f.DurationVar(&deadAfter, "dead-after", 0, "silence after which an agent is dead (default 90s)")
 	f.StringVar(&issuerKey, "issuer-key", "", "anchor key file: make this daemon an issuer")
+	f.StringVar(&console, "console", "", "serve the read-only web console on this loopback HOST:PORT (docs/console.md)")
 	f.StringArrayVar(&callTimeouts, "call-timeout", nil, "ACTION=DURATION: how long calls of ACTION wait when /v1/send gives no timeout (repeatable; up to 1h)")
 	f.StringArrayVar(&handlerTimeouts, "handler-timeout", nil, "ACTION=DURATION: how long the local handler of ACTION may take (repeatable; up to 1h)")
 	required(cmd, "home")
@@ -105,6 +109,14 @@ func serveDaemon(ctx context.Context, home string, fc *fileConfig, ready func(*n
 	if testHookNodeConfig != nil {
 		testHookNodeConfig(&cfg)
 	}
+	var con *consoleServer
+	if fc.Console != "" {
+		if con, err = newConsole(fc.Console, cfg.Policy); err != nil {
+			return fmt.Errorf("config: console: %v", err)
+		}
+		defer con.close()
+		cfg.OnRevocation = con.revs.watch(cfg.OnRevocation)
+	}
 	metrics := newDaemonMetrics()
 	cfg.Prometheus = metrics.reg
 	n, err := node.New(cfg)
@@ -112,6 +124,10 @@ func serveDaemon(ctx context.Context, home string, fc *fileConfig, ready func(*n
 		return err
 	}
 	defer n.Close()
+	if con != nil {
+		con.attach(n)
+		metrics.console = con
+	}
 	if plan.otlp != nil {
 		if metrics.tracer, err = newCallTracer(plan.otlp, n.ID().String(), n.Credential().Name); err != nil {
 			return err
@@ -120,7 +136,7 @@ func serveDaemon(ctx context.Context, home string, fc *fileConfig, ready func(*n
 	}
 	metrics.watch(n)
 	if fc.MetricsListen != "" {
-		if err := serveMetrics(ctx, fc.MetricsListen, metrics); err != nil {
+		if err := serveMetrics(ctx, fc.MetricsListen, metrics, n); err != nil {
 			return fmt.Errorf("config: metrics_listen: %v", err)
 		}
 	}
@@ -135,6 +151,10 @@ func serveDaemon(ctx context.Context, home string, fc *fileConfig, ready func(*n
 		return fmt.Errorf("api socket: %v", err)
 	}
 	fmt.Fprintln(logw, upLine(n, plan.sock))
+	if con != nil {
+		con.start(ctx)
+		fmt.Fprintln(logw, con.upLine())
+	}
 	if ready != nil {
 		ready(n)
 	}

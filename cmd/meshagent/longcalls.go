@@ -125,6 +125,13 @@ type sendRequest struct {
 	Tracestate  string `json:"tracestate"`
 }
 
+// sendReply is the JSON answer of POST /v1/send to a call that passed.
+type sendReply struct {
+	Body          any    `json:"body"`
+	CorrelationID string `json:"correlation_id"`
+	From          string `json:"from"`
+}
+
 // callOptions checks req's per-call choices (token, correlation ID, trace
 // context) for a call by the agent self.
 func (req *sendRequest) callOptions(self trust.PublicKey) (*node.CallOptions, error) {
@@ -242,7 +249,9 @@ func sendHandler(n *node.Node, to timeouts, tr *callTracer) http.HandlerFunc {
 		if json.Valid(rep.Body) {
 			body = json.RawMessage(rep.Body)
 		}
-		writeJSON(w, 200, map[string]any{"from": rep.From.String(), "correlation_id": rep.CorrelationID.String(), "body": body})
+		// A struct, not a map: the same JSON (keys in this order), encoded
+		// without sorting keys or boxing values, on every call.
+		writeJSON(w, 200, sendReply{Body: body, CorrelationID: rep.CorrelationID.String(), From: rep.From.String()})
 	}
 }
 

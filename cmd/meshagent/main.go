@@ -77,7 +77,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newInitCmd(), newIDCmd(), newCACmd(), newTokenCmd(), newBenchCmd(), newMCPCmd())
+	root.AddCommand(newInitCmd(), newIDCmd(), newCACmd(), newTokenCmd(), newBenchCmd(), newMCPCmd(), newVersionCmd())
 	addDaemonCommands(root)
 	return root
 }

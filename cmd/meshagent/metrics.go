@@ -2,6 +2,8 @@ package main
 
 import (
 	"net/http"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,9 +21,19 @@ import (
 type daemonMetrics struct {
 	reg       *prometheus.Registry
 	decisions *prometheus.CounterVec
+	// calls is meshagent_call_duration_seconds{side,action,decision}; its
+	// action label is bounded by actions.
+	calls   *prometheus.HistogramVec
+	actions actionLabels
+	// hub is the local API's handlers, once watchStreams has it: the
+	// actions local processes serve.
+	hub atomic.Pointer[hub]
 	// tracer, when otlp_endpoint is set, exports a span per call
 	// (tracing.go); nil otherwise.
 	tracer *callTracer
+	// console, when --console is set, shows each audit record in its
+	// live tail (console_tail.go); nil otherwise.
+	console *consoleServer
 }
 
 func newDaemonMetrics() *daemonMetrics {
@@ -29,10 +41,27 @@ func newDaemonMetrics() *daemonMetrics {
 	m := &daemonMetrics{reg: reg, decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "meshagent_decisions_total",
 		Help: "Audited calls, messages and liveness changes, by direction, kind, decision and reason.",
-	}, []string{"direction", "kind", "decision", "reason"})}
-	reg.MustRegister(m.decisions, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}, []string{"direction", "kind", "decision", "reason"}),
+		calls: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "meshagent_call_duration_seconds",
+			Help:    "Calls from decision to reply, by side (caller: this agent's calls; handler: calls it served or refused), action (\"other\" for one this agent neither handles nor holds a token for) and decision (accept, or the reason code of the refusal).",
+			Buckets: callBuckets,
+		}, []string{"side", "action", "decision"})}
+	b := currentBuild()
+	reg.MustRegister(m.decisions, m.calls, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshagent_build_info",
+			Help:        "Always 1; the labels say which build of meshagent this is (meshagent version).",
+			ConstLabels: prometheus.Labels{"version": b.Version, "revision": b.Revision, "goversion": b.GoVersion}},
+			func() float64 { return 1 }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshagent_replay_nonces_capacity",
+			Help: "The most nonces the replay guard holds (protocol.DefaultReplayEntries, the node's): past it, new requests are answered busy."},
+			func() float64 { return protocol.DefaultReplayEntries }))
 	return m
 }
+
+// callBuckets are the bounds of meshagent_call_duration_seconds: from a
+// millisecond to the longest call timeout (1 h).
+var callBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600}
 
 // watch registers the gauges that read n's state, and counts its audit
 // records.
@@ -48,6 +77,14 @@ func (m *daemonMetrics) watch(n *node.Node) {
 					return 1
 				}
 				return 0
+			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshagent_ready",
+			Help: "1 while /readyz answers ready (another agent alive in the registry, a credential valid now), else 0."},
+			func() float64 {
+				if notReady(n, time.Now()) != "" {
+					return 0
+				}
+				return 1
 			}),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshagent_throttled_requests_total",
 			Help: "Requests refused unchecked because their sender had spent its budget of rejected requests."},
@@ -72,12 +109,102 @@ func (m *daemonMetrics) watch(n *node.Node) {
 	n.SetAuditHook(func(r node.AuditRecord) {
 		m.decisions.WithLabelValues(label(knownDirections, string(r.Direction)), label(knownKinds, string(r.Kind)),
 			label(knownDecisions, string(r.Decision)), label(knownReasons, r.Reason)).Inc()
+		m.observeCall(n, r)
 		m.tracer.audited(r)
+		m.console.audited(r)
 	})
+}
+
+// observeCall adds a call's audit record to meshagent_call_duration_seconds.
+// Request records are written with no lock of the node's or the hub's held
+// (node/rpc.go: roundTrip, handleRPC), so the action check may take them.
+func (m *daemonMetrics) observeCall(n *node.Node, r node.AuditRecord) {
+	if r.Kind != "request" {
+		return
+	}
+	side := "handler"
+	if r.Direction == "out" {
+		side = "caller"
+	}
+	decision := string(r.Decision)
+	if r.Decision != "accept" {
+		decision = label(knownReasons, r.Reason)
+		if decision == "" {
+			decision = otherLabel
+		}
+	}
+	action := m.actions.label(r.Action, func(a string) bool { return m.knownAction(n, a) })
+	m.calls.WithLabelValues(side, action, decision).Observe(r.LatencyMS / 1000)
+}
+
+// knownAction reports whether action is one this daemon serves (itself,
+// or through a local process) or holds a token for: the only actions
+// counted under their own name.
+func (m *daemonMetrics) knownAction(n *node.Node, action string) bool {
+	if action == pingAction {
+		return true
+	}
+	if h := m.hub.Load(); h != nil && h.serves(action) {
+		return true
+	}
+	for _, t := range n.Tokens() {
+		for _, s := range t.Leaf().Scopes {
+			if s == action {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// serves reports whether a local process handles action now.
+func (h *hub) serves(action string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	_, ok := h.actions[action]
+	return ok
+}
+
+// maxActionLabels bounds the action label values of
+// meshagent_call_duration_seconds: past it every new action is "other".
+// Known actions already bound them; this bounds what local processes that
+// register handler after handler could add.
+const maxActionLabels = 128
+
+// actionLabels are the action label values given so far. A value once
+// given stays (its series do too).
+type actionLabels struct {
+	mu   sync.Mutex
+	seen map[string]bool
+}
+
+// label is action's label value: itself if seen before, or if known says
+// so and the bound leaves room; else "other". known runs without the lock.
+func (a *actionLabels) label(action string, known func(string) bool) string {
+	a.mu.Lock()
+	seen, full := a.seen[action], len(a.seen) >= maxActionLabels
+	a.mu.Unlock()
+	switch {
+	case seen:
+		return action
+	case full || action == "" || action == otherLabel || !known(action):
+		return otherLabel
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.seen == nil {
+		a.seen = map[string]bool{}
+	}
+	if !a.seen[action] && len(a.seen) >= maxActionLabels {
+		return otherLabel
+	}
+	a.seen[action] = true
+	return action
 }
 
 // watchStreams registers the gauges of what the local API's streams hold.
 func (m *daemonMetrics) watchStreams(h *hub, subs *subscribers) {
+	m.hub.Store(h)
 	m.reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshagent_pending_calls",
 			Help: "Inbound calls held for local handlers: queued for their /v1/handle stream or waiting for /v1/reply."},

@@ -1,33 +1,19 @@
 package main
 
 import (
-	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 )
 
-// The meshagent binary, built as `make build` builds it (no meshsim tag),
+// The meshagent binary, built as `make release` builds it (no meshsim tag),
 // holds none of the simulation and attack hooks: no way to freeze, crash
 // or partition a node, drop its messages, send bytes that skip sealing,
 // or reach its libp2p host, and no code that forges a delegation.
 func TestProductionBinaryHasNoHooks(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the binary")
-	}
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		t.Skip("no go tool to build the binary")
-	}
-	bin := filepath.Join(t.TempDir(), "meshagent")
-	build := exec.Command(goTool, "build", "-trimpath", "-o", bin, ".")
-	build.Env = append(os.Environ(), "GOFLAGS=-mod=readonly") // not the tests' -tags meshsim
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	out, err := exec.Command(goTool, "tool", "nm", bin).Output()
+	bin := releaseBinary(t) // version_test.go
+	out, err := exec.Command("go", "tool", "nm", bin).Output()
 	if err != nil {
 		t.Fatalf("go tool nm: %v", err)
 	}

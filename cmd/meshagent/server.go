@@ -57,6 +57,7 @@ func newAPIServer(sock string, n *node.Node, met *daemonMetrics, to timeouts) (*
 	}
 	mux := apiHandler(n, met, to, pingAction)
 	mux.Handle("GET /metrics", met.handler())
+	addHealthRoutes(mux, n) // health.go
 	return &apiServer{sock: sock, ln: ln, srv: newHTTPServer(mux)}, nil
 }
 
@@ -72,14 +73,17 @@ func (s *apiServer) serve(ctx context.Context) error {
 	return nil
 }
 
-// serveMetrics serves met's /metrics over TCP on addr (host:port) until ctx
-// ends.
-func serveMetrics(ctx context.Context, addr string, met *daemonMetrics) error {
+// serveMetrics serves met's /metrics, and n's /healthz and /readyz, over
+// TCP on addr (host:port) until ctx ends.
+func serveMetrics(ctx context.Context, addr string, met *daemonMetrics, n *node.Node) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
 	}
-	srv := newHTTPServer(met.handler())
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", met.handler())
+	addHealthRoutes(mux, n)
+	srv := newHTTPServer(mux)
 	context.AfterFunc(ctx, func() { srv.Close() })
 	go func() { _ = srv.Serve(ln) }()
 	return nil

@@ -34,7 +34,7 @@ type result struct {
 }
 
 // cli runs the CLI with args, as the binary would, and returns what it did.
-func cli(t *testing.T, args ...string) result {
+func cli(t testing.TB, args ...string) result {
 	t.Helper()
 	var out, errb bytes.Buffer
 	code := run(args, &out, &errb)
@@ -43,7 +43,7 @@ func cli(t *testing.T, args ...string) result {
 
 // mustOK runs the CLI with args and returns its stdout, failing the test
 // unless it exits 0.
-func mustOK(t *testing.T, args ...string) string {
+func mustOK(t testing.TB, args ...string) string {
 	t.Helper()
 	r := cli(t, args...)
 	if r.code != 0 {
@@ -111,13 +111,13 @@ const testTokenFile = "agent.token"
 // (alice in a, bob in b), or by its name when the initial is taken: the
 // API socket's path must stay short.
 type testMesh struct {
-	t      *testing.T
+	t      testing.TB
 	dir    string
 	ca     string // the CA directory
 	anchor string // its anchor ID
 }
 
-func newTestMesh(t *testing.T) *testMesh {
+func newTestMesh(t testing.TB) *testMesh {
 	t.Helper()
 	dir := t.TempDir()
 	ca := filepath.Join(dir, "ca")
@@ -188,7 +188,7 @@ func enrolled(t *testing.T) (dir, anchor, home, id string) {
 // aScopes) and bob (bScopes; none when empty), starts bob's daemon and then
 // alice's, bootstrapping from bob. adjust, if not nil, edits each config
 // first. It returns the mesh, the homes and the IDs.
-func twoDaemons(t *testing.T, aScopes, bScopes string, adjust func(name string, fc *fileConfig)) (m *testMesh, a, b, aID, bID string) {
+func twoDaemons(t testing.TB, aScopes, bScopes string, adjust func(name string, fc *fileConfig)) (m *testMesh, a, b, aID, bID string) {
 	t.Helper()
 	m = newTestMesh(t)
 	a, aID, fa := m.agent("alice", aScopes)
@@ -211,7 +211,7 @@ func pair(t *testing.T) (a, b, aID, bID string) {
 
 // admitted waits at most d until the daemon at home lists peer among its
 // peers.
-func admitted(t *testing.T, home, peer string, d time.Duration) {
+func admitted(t testing.TB, home, peer string, d time.Duration) {
 	t.Helper()
 	if err := simulations.WaitFor(d, func() error {
 		if out := mustOK(t, "peers", "--home", home); !strings.Contains(out, peer) {
@@ -233,7 +233,7 @@ func daemonConfig(name, anchor string, tokens ...string) *fileConfig {
 
 // daemonLog is where a test daemon at home writes its lines: they go to
 // the test's log if the test fails.
-func daemonLog(t *testing.T, home string) io.Writer {
+func daemonLog(t testing.TB, home string) io.Writer {
 	log := new(syncBuffer)
 	t.Cleanup(func() {
 		if t.Failed() && log.String() != "" {
@@ -246,13 +246,13 @@ func daemonLog(t *testing.T, home string) io.Writer {
 // startDaemon starts the daemon at home with fc, stopped at the test's end
 // (an error it then returns fails the test), and returns its node once its
 // local API listens. Its lines go to the test's log if the test fails.
-func startDaemon(t *testing.T, home string, fc *fileConfig) *node.Node {
+func startDaemon(t testing.TB, home string, fc *fileConfig) *node.Node {
 	t.Helper()
 	return startDaemonLogging(t, home, fc, daemonLog(t, home))
 }
 
 // startDaemonLogging is startDaemon with the daemon's lines on logw.
-func startDaemonLogging(t *testing.T, home string, fc *fileConfig, logw io.Writer) *node.Node {
+func startDaemonLogging(t testing.TB, home string, fc *fileConfig, logw io.Writer) *node.Node {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan *node.Node, 1)

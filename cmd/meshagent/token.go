@@ -22,6 +22,40 @@ func loadToken(path string) (*trust.Token, error) {
 	return trust.ParseToken(b, trust.DefaultMaxTokenSize)
 }
 
+// tokenVerdict is what `token verify` and the console's token inspector
+// decide of t under v at now: with an action, whether holder (t's own
+// holder when nil) may use t for it; else whether t's chain is valid and,
+// when holder is not nil, held by holder. nil means valid; a *trust.Error
+// names the failing check.
+func tokenVerdict(v *trust.Verifier, t *trust.Token, holder *trust.PublicKey, action string, now time.Time) error {
+	switch {
+	case action != "":
+		h := t.Holder()
+		if holder != nil {
+			h = *holder
+		}
+		return v.Authorize(t, h, action, now)
+	case holder != nil:
+		if err := v.VerifyChain(t, now); err != nil {
+			return err
+		}
+		if !t.Holder().Equal(*holder) {
+			return &trust.Error{Code: trust.CodeNotHolder, Link: len(t.Links) - 1, Detail: fmt.Sprintf("token is held by %s", t.Holder())}
+		}
+		return nil
+	}
+	return v.VerifyChain(t, now)
+}
+
+// verdictText is a verdict of tokenVerdict as `token verify` prints it:
+// "valid", or "invalid: REASON_CODE: detail".
+func verdictText(err error) string {
+	if err == nil {
+		return "valid"
+	}
+	return "invalid: " + err.Error()
+}
+
 func newTokenCmd() *cobra.Command {
 	tc := &cobra.Command{Use: "token", Short: "Issue, delegate, inspect and verify capability tokens"}
 
@@ -135,37 +169,26 @@ func newTokenCmd() *cobra.Command {
 					return usagef("--at: not an RFC 3339 time: %q", at)
 				}
 			}
+			var h *trust.PublicKey
+			if holder != "" {
+				k, err := parseKeyFlag("holder", holder)
+				if err != nil {
+					return err
+				}
+				h = &k
+			}
 			t, err := loadToken(args[0])
 			if err == nil {
-				switch {
-				case act != "":
-					h := t.Holder()
-					if holder != "" {
-						if h, err = parseKeyFlag("holder", holder); err != nil {
-							return err
-						}
-					}
-					err = v.Authorize(t, h, act, now)
-				case holder != "":
-					var h trust.PublicKey
-					if h, err = parseKeyFlag("holder", holder); err != nil {
-						return err
-					}
-					if err = v.VerifyChain(t, now); err == nil && !t.Holder().Equal(h) {
-						err = &trust.Error{Code: trust.CodeNotHolder, Link: len(t.Links) - 1, Detail: fmt.Sprintf("token is held by %s", t.Holder())}
-					}
-				default:
-					err = v.VerifyChain(t, now)
-				}
+				err = tokenVerdict(v, t, h, act, now)
 			}
 			if err != nil {
 				if trust.CodeOf(err) == "" {
 					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "invalid: %v\n", err)
+				fmt.Fprintln(cmd.OutOrStdout(), verdictText(err))
 				return failure{fmt.Errorf("token is invalid: %s", trust.CodeOf(err))}
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), "valid")
+			fmt.Fprintln(cmd.OutOrStdout(), verdictText(nil))
 			return nil
 		}),
 	}

@@ -313,6 +313,184 @@ func (x *EnvelopeBody) GetTracestate() string {
 	return ""
 }
 
+// EnvelopeBodyOpen is how a receiver reads an EnvelopeBody: the same
+// fields, numbers and wire types, but the token kept as its encoded bytes,
+// one element per occurrence of field 12 (their concatenation is the token,
+// as protobuf merges repeated occurrences of a message field). The bytes
+// key the verifier's cache of checked chains. Never sent; keep its fields
+// in step with EnvelopeBody's (TestOpenViewMatchesBody).
+type EnvelopeBodyOpen struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Version        uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	Kind           Kind                   `protobuf:"varint,2,opt,name=kind,proto3,enum=meshagent.protocol.v1.Kind" json:"kind,omitempty"`
+	Sender         []byte                 `protobuf:"bytes,3,opt,name=sender,proto3" json:"sender,omitempty"`
+	RecipientPeer  []byte                 `protobuf:"bytes,4,opt,name=recipient_peer,json=recipientPeer,proto3" json:"recipient_peer,omitempty"`
+	RecipientTopic string                 `protobuf:"bytes,5,opt,name=recipient_topic,json=recipientTopic,proto3" json:"recipient_topic,omitempty"`
+	Action         string                 `protobuf:"bytes,6,opt,name=action,proto3" json:"action,omitempty"`
+	Payload        []byte                 `protobuf:"bytes,7,opt,name=payload,proto3" json:"payload,omitempty"`
+	ContentType    string                 `protobuf:"bytes,8,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
+	Timestamp      int64                  `protobuf:"varint,9,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
+	Nonce          []byte                 `protobuf:"bytes,10,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	CorrelationId  []byte                 `protobuf:"bytes,11,opt,name=correlation_id,json=correlationId,proto3" json:"correlation_id,omitempty"`
+	Token          [][]byte               `protobuf:"bytes,12,rep,name=token,proto3" json:"token,omitempty"` // an encoded meshagent.trust.v1.Token
+	ErrorCode      string                 `protobuf:"bytes,13,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
+	ErrorDetail    string                 `protobuf:"bytes,14,opt,name=error_detail,json=errorDetail,proto3" json:"error_detail,omitempty"`
+	RetryAfterMs   int64                  `protobuf:"varint,15,opt,name=retry_after_ms,json=retryAfterMs,proto3" json:"retry_after_ms,omitempty"`
+	Traceparent    string                 `protobuf:"bytes,16,opt,name=traceparent,proto3" json:"traceparent,omitempty"`
+	Tracestate     string                 `protobuf:"bytes,17,opt,name=tracestate,proto3" json:"tracestate,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *EnvelopeBodyOpen) Reset() {
+	*x = EnvelopeBodyOpen{}
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnvelopeBodyOpen) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnvelopeBodyOpen) ProtoMessage() {}
+
+func (x *EnvelopeBodyOpen) ProtoReflect() protoreflect.Message {
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnvelopeBodyOpen.ProtoReflect.Descriptor instead.
+func (*EnvelopeBodyOpen) Descriptor() ([]byte, []int) {
+	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *EnvelopeBodyOpen) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *EnvelopeBodyOpen) GetKind() Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return Kind_KIND_UNSPECIFIED
+}
+
+func (x *EnvelopeBodyOpen) GetSender() []byte {
+	if x != nil {
+		return x.Sender
+	}
+	return nil
+}
+
+func (x *EnvelopeBodyOpen) GetRecipientPeer() []byte {
+	if x != nil {
+		return x.RecipientPeer
+	}
+	return nil
+}
+
+func (x *EnvelopeBodyOpen) GetRecipientTopic() string {
+	if x != nil {
+		return x.RecipientTopic
+	}
+	return ""
+}
+
+func (x *EnvelopeBodyOpen) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *EnvelopeBodyOpen) GetPayload() []byte {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+func (x *EnvelopeBodyOpen) GetContentType() string {
+	if x != nil {
+		return x.ContentType
+	}
+	return ""
+}
+
+func (x *EnvelopeBodyOpen) GetTimestamp() int64 {
+	if x != nil {
+		return x.Timestamp
+	}
+	return 0
+}
+
+func (x *EnvelopeBodyOpen) GetNonce() []byte {
+	if x != nil {
+		return x.Nonce
+	}
+	return nil
+}
+
+func (x *EnvelopeBodyOpen) GetCorrelationId() []byte {
+	if x != nil {
+		return x.CorrelationId
+	}
+	return nil
+}
+
+func (x *EnvelopeBodyOpen) GetToken() [][]byte {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *EnvelopeBodyOpen) GetErrorCode() string {
+	if x != nil {
+		return x.ErrorCode
+	}
+	return ""
+}
+
+func (x *EnvelopeBodyOpen) GetErrorDetail() string {
+	if x != nil {
+		return x.ErrorDetail
+	}
+	return ""
+}
+
+func (x *EnvelopeBodyOpen) GetRetryAfterMs() int64 {
+	if x != nil {
+		return x.RetryAfterMs
+	}
+	return 0
+}
+
+func (x *EnvelopeBodyOpen) GetTraceparent() string {
+	if x != nil {
+		return x.Traceparent
+	}
+	return ""
+}
+
+func (x *EnvelopeBodyOpen) GetTracestate() string {
+	if x != nil {
+		return x.Tracestate
+	}
+	return ""
+}
+
 // Hello is the admission message: each side of a new connection sends its
 // credential, and proves possession of its key by the TLS handshake that
 // already bound the connection to its peer ID.
@@ -327,7 +505,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[2]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -339,7 +517,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[2]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -352,7 +530,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{2}
+	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Hello) GetVersion() uint32 {
@@ -397,7 +575,7 @@ type AnnouncementBody struct {
 
 func (x *AnnouncementBody) Reset() {
 	*x = AnnouncementBody{}
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[3]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -409,7 +587,7 @@ func (x *AnnouncementBody) String() string {
 func (*AnnouncementBody) ProtoMessage() {}
 
 func (x *AnnouncementBody) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[3]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -422,7 +600,7 @@ func (x *AnnouncementBody) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AnnouncementBody.ProtoReflect.Descriptor instead.
 func (*AnnouncementBody) Descriptor() ([]byte, []int) {
-	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{3}
+	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *AnnouncementBody) GetVersion() uint32 {
@@ -499,7 +677,7 @@ type Announcement struct {
 
 func (x *Announcement) Reset() {
 	*x = Announcement{}
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[4]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -511,7 +689,7 @@ func (x *Announcement) String() string {
 func (*Announcement) ProtoMessage() {}
 
 func (x *Announcement) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[4]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -524,7 +702,7 @@ func (x *Announcement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Announcement.ProtoReflect.Descriptor instead.
 func (*Announcement) Descriptor() ([]byte, []int) {
-	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{4}
+	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Announcement) GetBody() []byte {
@@ -557,7 +735,7 @@ type RegistryMessage struct {
 
 func (x *RegistryMessage) Reset() {
 	*x = RegistryMessage{}
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[5]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -569,7 +747,7 @@ func (x *RegistryMessage) String() string {
 func (*RegistryMessage) ProtoMessage() {}
 
 func (x *RegistryMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[5]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -582,7 +760,7 @@ func (x *RegistryMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegistryMessage.ProtoReflect.Descriptor instead.
 func (*RegistryMessage) Descriptor() ([]byte, []int) {
-	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{5}
+	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RegistryMessage) GetMsg() isRegistryMessage_Msg {
@@ -647,7 +825,7 @@ type Beat struct {
 
 func (x *Beat) Reset() {
 	*x = Beat{}
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[6]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -659,7 +837,7 @@ func (x *Beat) String() string {
 func (*Beat) ProtoMessage() {}
 
 func (x *Beat) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[6]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -672,7 +850,7 @@ func (x *Beat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Beat.ProtoReflect.Descriptor instead.
 func (*Beat) Descriptor() ([]byte, []int) {
-	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{6}
+	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Beat) GetAgent() []byte {
@@ -730,7 +908,7 @@ type BeatBatch struct {
 
 func (x *BeatBatch) Reset() {
 	*x = BeatBatch{}
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[7]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -742,7 +920,7 @@ func (x *BeatBatch) String() string {
 func (*BeatBatch) ProtoMessage() {}
 
 func (x *BeatBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[7]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -755,7 +933,7 @@ func (x *BeatBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BeatBatch.ProtoReflect.Descriptor instead.
 func (*BeatBatch) Descriptor() ([]byte, []int) {
-	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{7}
+	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *BeatBatch) GetBeats() []*Beat {
@@ -801,7 +979,7 @@ type Leave struct {
 
 func (x *Leave) Reset() {
 	*x = Leave{}
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[8]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -813,7 +991,7 @@ func (x *Leave) String() string {
 func (*Leave) ProtoMessage() {}
 
 func (x *Leave) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[8]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -826,7 +1004,7 @@ func (x *Leave) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Leave.ProtoReflect.Descriptor instead.
 func (*Leave) Descriptor() ([]byte, []int) {
-	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{8}
+	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Leave) GetSeq() uint64 {
@@ -869,7 +1047,7 @@ type SyncResponse struct {
 
 func (x *SyncResponse) Reset() {
 	*x = SyncResponse{}
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[9]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -881,7 +1059,7 @@ func (x *SyncResponse) String() string {
 func (*SyncResponse) ProtoMessage() {}
 
 func (x *SyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[9]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -894,7 +1072,7 @@ func (x *SyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncResponse.ProtoReflect.Descriptor instead.
 func (*SyncResponse) Descriptor() ([]byte, []int) {
-	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{9}
+	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SyncResponse) GetAnnouncements() []*Announcement {
@@ -922,7 +1100,7 @@ type RenewRequest struct {
 
 func (x *RenewRequest) Reset() {
 	*x = RenewRequest{}
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[10]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -934,7 +1112,7 @@ func (x *RenewRequest) String() string {
 func (*RenewRequest) ProtoMessage() {}
 
 func (x *RenewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[10]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -947,7 +1125,7 @@ func (x *RenewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
 func (*RenewRequest) Descriptor() ([]byte, []int) {
-	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{10}
+	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RenewRequest) GetCredential() *trustpb.Signed {
@@ -969,7 +1147,7 @@ type RenewResponse struct {
 
 func (x *RenewResponse) Reset() {
 	*x = RenewResponse{}
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[11]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -981,7 +1159,7 @@ func (x *RenewResponse) String() string {
 func (*RenewResponse) ProtoMessage() {}
 
 func (x *RenewResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[11]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -994,7 +1172,7 @@ func (x *RenewResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
 func (*RenewResponse) Descriptor() ([]byte, []int) {
-	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{11}
+	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RenewResponse) GetCredential() *trustpb.Signed {
@@ -1032,7 +1210,7 @@ type ActionAd struct {
 
 func (x *ActionAd) Reset() {
 	*x = ActionAd{}
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[12]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1044,7 +1222,7 @@ func (x *ActionAd) String() string {
 func (*ActionAd) ProtoMessage() {}
 
 func (x *ActionAd) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[12]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1057,7 +1235,7 @@ func (x *ActionAd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActionAd.ProtoReflect.Descriptor instead.
 func (*ActionAd) Descriptor() ([]byte, []int) {
-	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{12}
+	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ActionAd) GetScope() string {
@@ -1109,7 +1287,7 @@ type AdvertBody struct {
 
 func (x *AdvertBody) Reset() {
 	*x = AdvertBody{}
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[13]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1121,7 +1299,7 @@ func (x *AdvertBody) String() string {
 func (*AdvertBody) ProtoMessage() {}
 
 func (x *AdvertBody) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[13]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1134,7 +1312,7 @@ func (x *AdvertBody) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdvertBody.ProtoReflect.Descriptor instead.
 func (*AdvertBody) Descriptor() ([]byte, []int) {
-	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{13}
+	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *AdvertBody) GetVersion() uint32 {
@@ -1170,7 +1348,7 @@ type Advert struct {
 
 func (x *Advert) Reset() {
 	*x = Advert{}
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[14]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1182,7 +1360,7 @@ func (x *Advert) String() string {
 func (*Advert) ProtoMessage() {}
 
 func (x *Advert) ProtoReflect() protoreflect.Message {
-	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[14]
+	mi := &file_protocol_protocolpb_protocol_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1195,7 +1373,7 @@ func (x *Advert) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Advert.ProtoReflect.Descriptor instead.
 func (*Advert) Descriptor() ([]byte, []int) {
-	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{14}
+	return file_protocol_protocolpb_protocol_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Advert) GetBody() []byte {
@@ -1234,6 +1412,28 @@ const file_protocol_protocolpb_protocol_proto_rawDesc = "" +
 	" \x01(\fR\x05nonce\x12%\n" +
 	"\x0ecorrelation_id\x18\v \x01(\fR\rcorrelationId\x12/\n" +
 	"\x05token\x18\f \x01(\v2\x19.meshagent.trust.v1.TokenR\x05token\x12\x1d\n" +
+	"\n" +
+	"error_code\x18\r \x01(\tR\terrorCode\x12!\n" +
+	"\ferror_detail\x18\x0e \x01(\tR\verrorDetail\x12$\n" +
+	"\x0eretry_after_ms\x18\x0f \x01(\x03R\fretryAfterMs\x12 \n" +
+	"\vtraceparent\x18\x10 \x01(\tR\vtraceparent\x12\x1e\n" +
+	"\n" +
+	"tracestate\x18\x11 \x01(\tR\n" +
+	"tracestate\"\xb5\x04\n" +
+	"\x10EnvelopeBodyOpen\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\rR\aversion\x12/\n" +
+	"\x04kind\x18\x02 \x01(\x0e2\x1b.meshagent.protocol.v1.KindR\x04kind\x12\x16\n" +
+	"\x06sender\x18\x03 \x01(\fR\x06sender\x12%\n" +
+	"\x0erecipient_peer\x18\x04 \x01(\fR\rrecipientPeer\x12'\n" +
+	"\x0frecipient_topic\x18\x05 \x01(\tR\x0erecipientTopic\x12\x16\n" +
+	"\x06action\x18\x06 \x01(\tR\x06action\x12\x18\n" +
+	"\apayload\x18\a \x01(\fR\apayload\x12!\n" +
+	"\fcontent_type\x18\b \x01(\tR\vcontentType\x12\x1c\n" +
+	"\ttimestamp\x18\t \x01(\x03R\ttimestamp\x12\x14\n" +
+	"\x05nonce\x18\n" +
+	" \x01(\fR\x05nonce\x12%\n" +
+	"\x0ecorrelation_id\x18\v \x01(\fR\rcorrelationId\x12\x14\n" +
+	"\x05token\x18\f \x03(\fR\x05token\x12\x1d\n" +
 	"\n" +
 	"error_code\x18\r \x01(\tR\terrorCode\x12!\n" +
 	"\ferror_detail\x18\x0e \x01(\tR\verrorDetail\x12$\n" +
@@ -1334,47 +1534,49 @@ func file_protocol_protocolpb_protocol_proto_rawDescGZIP() []byte {
 }
 
 var file_protocol_protocolpb_protocol_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_protocol_protocolpb_protocol_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_protocol_protocolpb_protocol_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_protocol_protocolpb_protocol_proto_goTypes = []any{
 	(Kind)(0),                // 0: meshagent.protocol.v1.Kind
 	(*Envelope)(nil),         // 1: meshagent.protocol.v1.Envelope
 	(*EnvelopeBody)(nil),     // 2: meshagent.protocol.v1.EnvelopeBody
-	(*Hello)(nil),            // 3: meshagent.protocol.v1.Hello
-	(*AnnouncementBody)(nil), // 4: meshagent.protocol.v1.AnnouncementBody
-	(*Announcement)(nil),     // 5: meshagent.protocol.v1.Announcement
-	(*RegistryMessage)(nil),  // 6: meshagent.protocol.v1.RegistryMessage
-	(*Beat)(nil),             // 7: meshagent.protocol.v1.Beat
-	(*BeatBatch)(nil),        // 8: meshagent.protocol.v1.BeatBatch
-	(*Leave)(nil),            // 9: meshagent.protocol.v1.Leave
-	(*SyncResponse)(nil),     // 10: meshagent.protocol.v1.SyncResponse
-	(*RenewRequest)(nil),     // 11: meshagent.protocol.v1.RenewRequest
-	(*RenewResponse)(nil),    // 12: meshagent.protocol.v1.RenewResponse
-	(*ActionAd)(nil),         // 13: meshagent.protocol.v1.ActionAd
-	(*AdvertBody)(nil),       // 14: meshagent.protocol.v1.AdvertBody
-	(*Advert)(nil),           // 15: meshagent.protocol.v1.Advert
-	(*trustpb.Token)(nil),    // 16: meshagent.trust.v1.Token
-	(*trustpb.Signed)(nil),   // 17: meshagent.trust.v1.Signed
+	(*EnvelopeBodyOpen)(nil), // 3: meshagent.protocol.v1.EnvelopeBodyOpen
+	(*Hello)(nil),            // 4: meshagent.protocol.v1.Hello
+	(*AnnouncementBody)(nil), // 5: meshagent.protocol.v1.AnnouncementBody
+	(*Announcement)(nil),     // 6: meshagent.protocol.v1.Announcement
+	(*RegistryMessage)(nil),  // 7: meshagent.protocol.v1.RegistryMessage
+	(*Beat)(nil),             // 8: meshagent.protocol.v1.Beat
+	(*BeatBatch)(nil),        // 9: meshagent.protocol.v1.BeatBatch
+	(*Leave)(nil),            // 10: meshagent.protocol.v1.Leave
+	(*SyncResponse)(nil),     // 11: meshagent.protocol.v1.SyncResponse
+	(*RenewRequest)(nil),     // 12: meshagent.protocol.v1.RenewRequest
+	(*RenewResponse)(nil),    // 13: meshagent.protocol.v1.RenewResponse
+	(*ActionAd)(nil),         // 14: meshagent.protocol.v1.ActionAd
+	(*AdvertBody)(nil),       // 15: meshagent.protocol.v1.AdvertBody
+	(*Advert)(nil),           // 16: meshagent.protocol.v1.Advert
+	(*trustpb.Token)(nil),    // 17: meshagent.trust.v1.Token
+	(*trustpb.Signed)(nil),   // 18: meshagent.trust.v1.Signed
 }
 var file_protocol_protocolpb_protocol_proto_depIdxs = []int32{
 	0,  // 0: meshagent.protocol.v1.EnvelopeBody.kind:type_name -> meshagent.protocol.v1.Kind
-	16, // 1: meshagent.protocol.v1.EnvelopeBody.token:type_name -> meshagent.trust.v1.Token
-	17, // 2: meshagent.protocol.v1.Hello.credential:type_name -> meshagent.trust.v1.Signed
-	5,  // 3: meshagent.protocol.v1.Hello.announcement:type_name -> meshagent.protocol.v1.Announcement
-	17, // 4: meshagent.protocol.v1.AnnouncementBody.credential:type_name -> meshagent.trust.v1.Signed
-	5,  // 5: meshagent.protocol.v1.RegistryMessage.announce:type_name -> meshagent.protocol.v1.Announcement
-	9,  // 6: meshagent.protocol.v1.RegistryMessage.leave:type_name -> meshagent.protocol.v1.Leave
-	7,  // 7: meshagent.protocol.v1.BeatBatch.beats:type_name -> meshagent.protocol.v1.Beat
-	5,  // 8: meshagent.protocol.v1.BeatBatch.records:type_name -> meshagent.protocol.v1.Announcement
-	9,  // 9: meshagent.protocol.v1.BeatBatch.leaves:type_name -> meshagent.protocol.v1.Leave
-	5,  // 10: meshagent.protocol.v1.SyncResponse.announcements:type_name -> meshagent.protocol.v1.Announcement
-	17, // 11: meshagent.protocol.v1.RenewRequest.credential:type_name -> meshagent.trust.v1.Signed
-	17, // 12: meshagent.protocol.v1.RenewResponse.credential:type_name -> meshagent.trust.v1.Signed
-	13, // 13: meshagent.protocol.v1.AdvertBody.actions:type_name -> meshagent.protocol.v1.ActionAd
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	17, // 1: meshagent.protocol.v1.EnvelopeBody.token:type_name -> meshagent.trust.v1.Token
+	0,  // 2: meshagent.protocol.v1.EnvelopeBodyOpen.kind:type_name -> meshagent.protocol.v1.Kind
+	18, // 3: meshagent.protocol.v1.Hello.credential:type_name -> meshagent.trust.v1.Signed
+	6,  // 4: meshagent.protocol.v1.Hello.announcement:type_name -> meshagent.protocol.v1.Announcement
+	18, // 5: meshagent.protocol.v1.AnnouncementBody.credential:type_name -> meshagent.trust.v1.Signed
+	6,  // 6: meshagent.protocol.v1.RegistryMessage.announce:type_name -> meshagent.protocol.v1.Announcement
+	10, // 7: meshagent.protocol.v1.RegistryMessage.leave:type_name -> meshagent.protocol.v1.Leave
+	8,  // 8: meshagent.protocol.v1.BeatBatch.beats:type_name -> meshagent.protocol.v1.Beat
+	6,  // 9: meshagent.protocol.v1.BeatBatch.records:type_name -> meshagent.protocol.v1.Announcement
+	10, // 10: meshagent.protocol.v1.BeatBatch.leaves:type_name -> meshagent.protocol.v1.Leave
+	6,  // 11: meshagent.protocol.v1.SyncResponse.announcements:type_name -> meshagent.protocol.v1.Announcement
+	18, // 12: meshagent.protocol.v1.RenewRequest.credential:type_name -> meshagent.trust.v1.Signed
+	18, // 13: meshagent.protocol.v1.RenewResponse.credential:type_name -> meshagent.trust.v1.Signed
+	14, // 14: meshagent.protocol.v1.AdvertBody.actions:type_name -> meshagent.protocol.v1.ActionAd
+	15, // [15:15] is the sub-list for method output_type
+	15, // [15:15] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_protocol_protocolpb_protocol_proto_init() }
@@ -1382,7 +1584,7 @@ func file_protocol_protocolpb_protocol_proto_init() {
 	if File_protocol_protocolpb_protocol_proto != nil {
 		return
 	}
-	file_protocol_protocolpb_protocol_proto_msgTypes[5].OneofWrappers = []any{
+	file_protocol_protocolpb_protocol_proto_msgTypes[6].OneofWrappers = []any{
 		(*RegistryMessage_Announce)(nil),
 		(*RegistryMessage_Leave)(nil),
 	}
@@ -1392,7 +1594,7 @@ func file_protocol_protocolpb_protocol_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_protocol_protocolpb_protocol_proto_rawDesc), len(file_protocol_protocolpb_protocol_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

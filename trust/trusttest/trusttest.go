@@ -8,10 +8,12 @@ package trusttest
 import (
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/sha512"
 	"encoding/binary"
 	"fmt"
 	"time"
 
+	"filippo.io/edwards25519"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/meshagent/meshagent/trust"
@@ -103,4 +105,44 @@ func chainHash(p *trustpb.Token) [32]byte {
 		h.Sum(out[:0])
 	}
 	return out
+}
+
+// TorsionSignature signs domain||msg as id, with a point of order 8 added
+// to R: S = r + H(R' || A || M)·a for R' = rB + T. The cofactored equation
+// (RFC 8032's, and every batch verifier's) accepts it; crypto/ed25519's
+// cofactorless one, which trust keeps, refuses it. Only the holder of a
+// key can build one: it is what a malicious insider would send to split
+// nodes that verify differently.
+func TorsionSignature(id *trust.Identity, domain string, msg []byte) []byte {
+	raw, err := id.Libp2pKey().Raw()
+	if err != nil {
+		panic(err)
+	}
+	h := sha512.Sum512(raw[:32])
+	a, err := edwards25519.NewScalar().SetBytesWithClamping(h[:32])
+	if err != nil {
+		panic(err)
+	}
+	var nonce [64]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		panic(err)
+	}
+	r, _ := edwards25519.NewScalar().SetUniformBytes(nonce[:])
+	// The y of a point of order 8 (libsodium's blocklist).
+	t8, err := new(edwards25519.Point).SetBytes([]byte{0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98, 0xf0,
+		0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53, 0xfc, 0x05})
+	if err != nil {
+		panic(err)
+	}
+	R := new(edwards25519.Point).ScalarBaseMult(r)
+	R.Add(R, t8)
+	pub := id.Public()
+	kh := sha512.New()
+	kh.Write(R.Bytes())
+	kh.Write(pub[:])
+	kh.Write([]byte(domain))
+	kh.Write(msg)
+	k, _ := edwards25519.NewScalar().SetUniformBytes(kh.Sum(nil))
+	S := edwards25519.NewScalar().MultiplyAdd(k, a, r)
+	return append(R.Bytes(), S.Bytes()...)
 }

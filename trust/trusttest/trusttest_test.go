@@ -2,8 +2,11 @@ package trusttest_test
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"testing"
 	"time"
+
+	voi "github.com/oasisprotocol/curve25519-voi/primitives/ed25519"
 
 	"github.com/meshagent/meshagent/trust"
 	"github.com/meshagent/meshagent/trust/trusttest"
@@ -91,5 +94,29 @@ func TestForgedTokensAreJudgedByTheRules(t *testing.T) {
 				t.Fatalf("decoded link ID %s, made %s", p.Leaf().ID, forged.Leaf().ID)
 			}
 		})
+	}
+}
+
+// TestTorsionSignature: the cofactored equation accepts it, crypto/ed25519
+// and trust refuse it, and an honest signature of the same message passes
+// all three.
+func TestTorsionSignature(t *testing.T) {
+	id, _ := trust.GenerateIdentity(seed(9))
+	pub := id.Public()
+	msg := []byte("envelope body")
+	cofactored := &voi.Options{Verify: voi.VerifyOptionsFIPS_186_5}
+	for range 4 {
+		sig := trusttest.TorsionSignature(id, "domain:", msg)
+		signed := append([]byte("domain:"), msg...)
+		if !voi.VerifyWithOptions(pub[:], signed, sig, cofactored) {
+			t.Fatal("the cofactored equation refuses it")
+		}
+		if ed25519.Verify(pub[:], signed, sig) || pub.Verify("domain:", msg, sig) {
+			t.Fatal("crypto/ed25519 or trust accepts it")
+		}
+	}
+	honest := id.Sign("domain:", msg)
+	if !pub.Verify("domain:", msg, honest) || !voi.VerifyWithOptions(pub[:], append([]byte("domain:"), msg...), honest, cofactored) {
+		t.Fatal("honest signature refused")
 	}
 }
