@@ -288,7 +288,7 @@ ok "links of host3 and host6 down: dead at the others in $(secs "$t_marked"); up
 step sigkill 1 2 3 4 5 6
 kill -KILL "${PID[4]}"
 t0=$(now_ms)
-wait "${PID[4]}" 2>/dev/null || true
+{ wait "${PID[4]}"; } 2>/dev/null || true # the shell reports the kill on its own stderr
 unset 'PID[4]'
 limit=$(((DEAD + HB) * 1000))
 declare -A seen=()
