@@ -18,8 +18,8 @@ import (
 // wireRecordsAdvertising returns k records as they arrive on the wire: agents named
 // like the simulations' ("agent-0042"), each with a TCP and a QUIC address.
 // Each advertises actions scopes ("call:tool-number-000"...) and a
-// digest.
-func wireRecordsAdvertising(tb testing.TB, f *fx, k, actions int) [][]byte {
+// digest; with distinct, every agent names its own ("call:t0042-number-000"...).
+func wireRecordsAdvertising(tb testing.TB, f *fx, k, actions int, distinct bool) [][]byte {
 	tb.Helper()
 	out := make([][]byte, k)
 	for i := range out {
@@ -37,7 +37,11 @@ func wireRecordsAdvertising(tb testing.TB, f *fx, k, actions int) [][]byte {
 			ma.StringCast(fmt.Sprintf("/ip4/10.0.%d.%d/udp/4001/quic-v1", i/250, i%250))}
 		var names []string
 		for j := range actions {
-			names = append(names, fmt.Sprintf("call:tool-number-%03d", j))
+			if distinct {
+				names = append(names, fmt.Sprintf("call:t%04d-number-%03d", i, j))
+			} else {
+				names = append(names, fmt.Sprintf("call:tool-number-%03d", j))
+			}
 		}
 		r, err := NewRecordAdvertising(id, c, addrs, 1, 30*time.Second, t0, names, [32]byte{byte(i)})
 		if err != nil {
@@ -52,17 +56,20 @@ func wireRecordsAdvertising(tb testing.TB, f *fx, k, actions int) [][]byte {
 // heap after a GC, less the heap before, once k records arrived from the
 // wire and were applied. Every node of a mesh of N keeps N of these, so at
 // N = 500 this figure times 500 is a node's registry.
-// Sub-benchmarks: records advertising 0, 8 and 32 actions.
+// Sub-benchmarks: records advertising 0, 8 and 32 actions, the same
+// ones for every agent (replicas of one service, and the simulations),
+// and 32 of its own for every agent (nothing to share).
 func BenchmarkRegistryMemory(b *testing.B) {
 	for _, actions := range []int{0, 8, MaxActions} {
-		b.Run(fmt.Sprintf("actions=%d", actions), func(b *testing.B) { benchRegistryMemory(b, actions) })
+		b.Run(fmt.Sprintf("actions=%d", actions), func(b *testing.B) { benchRegistryMemory(b, actions, false) })
 	}
+	b.Run(fmt.Sprintf("actions=%d/distinct", MaxActions), func(b *testing.B) { benchRegistryMemory(b, MaxActions, true) })
 }
 
-func benchRegistryMemory(b *testing.B, actions int) {
+func benchRegistryMemory(b *testing.B, actions int, distinct bool) {
 	const k = 2000
 	f := newFx(b, 0)
-	wire := wireRecordsAdvertising(b, f, k, actions)
+	wire := wireRecordsAdvertising(b, f, k, actions, distinct)
 	var perAgent float64
 	for i := 0; i < b.N; i++ {
 		var before, after runtime.MemStats

@@ -12,6 +12,7 @@ import (
 	"github.com/meshagent/meshagent/protocol"
 	"github.com/meshagent/meshagent/protocol/protocolpb"
 	"github.com/meshagent/meshagent/trust"
+	"github.com/meshagent/meshagent/trust/trustpb"
 	"github.com/meshagent/meshagent/wire"
 )
 
@@ -36,13 +37,19 @@ type Record struct {
 	Interval   time.Duration
 	Timestamp  time.Time
 
-	buf   []byte   // body then signature, exactly as signed
-	n     int      // length of the body
+	buf   []byte   // body then signature, exactly as signed (less names, when set)
 	addrs [][]byte // each a slice of buf
+	n     uint32   // length of the body in buf
 	// digestAt is one more than where the advertisement digest starts
-	// in buf (0: no actions). The names are not kept apart: Actions reads them from the
-	// body, so they cost a record nothing but their wire bytes.
+	// in buf (0: no actions). Actions reads the names from the body, so
+	// they cost a record nothing but their wire bytes.
 	digestAt uint32
+	// names, when not empty, is the body's run of action names (its
+	// field 8 entries, canonically encoded), kept apart from buf at
+	// namesAt of the body: a registry shares one copy among the records
+	// of the agents that advertise the same actions (shareNames).
+	names   string
+	namesAt uint32
 }
 
 // NewRecord signs a record for id.
@@ -127,7 +134,7 @@ func ParseRecord(a *protocolpb.Announcement) (*Record, error) {
 		return nil, protocol.Reject(protocol.CodeImpersonation, "record of %s carries a credential for %s", agent, cred.Subject)
 	}
 	r := &Record{Agent: agent, Credential: cred, Seq: b.Seq, Interval: time.Duration(b.HeartbeatIntervalMs) * time.Millisecond,
-		Timestamp: time.Unix(0, b.Timestamp), buf: buf, n: len(a.Body)}
+		Timestamp: time.Unix(0, b.Timestamp), buf: buf, n: uint32(len(a.Body))}
 	if len(b.Addrs) > 0 {
 		r.addrs = make([][]byte, len(b.Addrs))
 	}
@@ -178,6 +185,16 @@ func (r *Record) Actions() []string {
 	if r.digestAt == 0 {
 		return out
 	}
+	if r.names != "" {
+		// A run of canonical entries (shareNames checked it): the tag,
+		// a one-byte length, the name.
+		for s := r.names; len(s) >= 2; {
+			l := 2 + int(s[1])
+			out = append(out, s[2:l])
+			s = s[l:]
+		}
+		return out
+	}
 	b := r.body()
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
@@ -199,6 +216,91 @@ func (r *Record) Actions() []string {
 			break
 		}
 		b = b[m:]
+	}
+	return out
+}
+
+// namesRun returns where the body's action names are, [start, end), when
+// they are one run of canonical entries (a one-byte tag, a one-byte
+// length): what deterministic encoding writes. ok is false otherwise.
+func namesRun(body []byte) (start, end int, ok bool) {
+	start = -1
+	for i := 0; i < len(body); {
+		num, typ, n := protowire.ConsumeTag(body[i:])
+		if n < 0 {
+			return 0, 0, false
+		}
+		m := protowire.ConsumeFieldValue(num, typ, body[i+n:])
+		if m < 0 {
+			return 0, 0, false
+		}
+		if num == 8 {
+			switch {
+			case start >= 0 && end != i: // a second run
+				return 0, 0, false
+			case n != 1 || typ != protowire.BytesType || body[i+1] >= 0x80 || m != 1+int(body[i+1]): // not canonical
+				return 0, 0, false
+			case start < 0:
+				start = i
+			}
+			end = i + n + m
+		}
+		i += n + m
+	}
+	return start, end, start >= 0
+}
+
+// shareNames returns a copy of r whose action names are kept apart as the
+// string intern returns for them, so that records naming the same actions
+// share one copy; r itself when it names none, or when its names are not
+// one canonical run or something of it aliases them. The copy's wire form
+// (Proto) is r's, byte for byte.
+func (r *Record) shareNames(intern func(run []byte) string) *Record {
+	if r.digestAt == 0 || r.names != "" {
+		return r
+	}
+	body := r.body()
+	start, end, ok := namesRun(body)
+	if !ok {
+		return r
+	}
+	// Everything else the record aliases must lie outside the run.
+	outside := func(at, n int) bool { return at >= 0 && (at+n <= start || at >= end) }
+	cp := r.Credential.Proto()
+	credAt, sigAt := bytes.Index(body, cp.Body), bytes.Index(body, cp.Signature)
+	digestAt := int(r.digestAt) - 1
+	if len(cp.Body) == 0 || !outside(credAt, len(cp.Body)) || !outside(sigAt, len(cp.Signature)) || !outside(digestAt, 32) {
+		return r
+	}
+	addrAt := make([]int, len(r.addrs))
+	for i, a := range r.addrs {
+		if addrAt[i] = bytes.Index(body, a); !outside(addrAt[i], len(a)) {
+			return r
+		}
+	}
+	cut := end - start
+	moved := func(at int) int {
+		if at >= end {
+			return at - cut
+		}
+		return at
+	}
+	buf := make([]byte, 0, len(r.buf)-cut)
+	buf = append(append(append(buf, body[:start]...), body[end:]...), r.sig()...)
+	n := len(body) - cut
+	nb := buf[:n:n]
+	at := func(at, l int) []byte { at = moved(at); return nb[at : at+l : at+l] }
+	cred, err := trust.CredentialFromProto(&trustpb.Signed{Body: at(credAt, len(cp.Body)), Signature: at(sigAt, len(cp.Signature))})
+	if err != nil {
+		return r
+	}
+	out := &Record{Agent: r.Agent, Credential: cred, Seq: r.Seq, Interval: r.Interval, Timestamp: r.Timestamp,
+		buf: buf, n: uint32(n), digestAt: uint32(moved(digestAt)) + 1, names: intern(body[start:end]), namesAt: uint32(start)}
+	if len(r.addrs) > 0 {
+		out.addrs = make([][]byte, len(r.addrs))
+		for i, a := range r.addrs {
+			out.addrs[i] = at(addrAt[i], len(a))
+		}
 	}
 	return out
 }
@@ -239,15 +341,36 @@ func (r *Record) Addrs() []ma.Multiaddr {
 // NumAddrs returns how many addresses the record carries.
 func (r *Record) NumAddrs() int { return len(r.addrs) }
 
-// Proto returns the wire form. Its byte slices are the record's own: do not
-// modify them.
+// Proto returns the wire form. Its byte slices may be the record's own: do
+// not modify them.
 func (r *Record) Proto() *protocolpb.Announcement {
-	return &protocolpb.Announcement{Body: r.buf[:r.n:r.n], Signature: r.buf[r.n:]}
+	return &protocolpb.Announcement{Body: r.body(), Signature: r.sig()}
 }
 
-// body and sig return the signed bytes.
-func (r *Record) body() []byte { return r.buf[:r.n] }
-func (r *Record) sig() []byte  { return r.buf[r.n:] }
+// body returns the signed body: a new slice when the names are kept
+// apart, else the record's own.
+func (r *Record) body() []byte {
+	if r.names == "" {
+		return r.buf[:r.n:r.n]
+	}
+	at := r.namesAt
+	b := make([]byte, 0, int(r.n)+len(r.names))
+	return append(append(append(b, r.buf[:at]...), r.names...), r.buf[at:r.n]...)
+}
+
+// sig returns the signature.
+func (r *Record) sig() []byte { return r.buf[r.n:] }
+
+// bodyEqual reports whether b is the record's signed body, without
+// building it.
+func (r *Record) bodyEqual(b []byte) bool {
+	if r.names == "" {
+		return string(r.buf[:r.n]) == string(b)
+	}
+	at, l := int(r.namesAt), len(r.names)
+	return len(b) == int(r.n)+l && string(b[:at]) == string(r.buf[:at]) &&
+		string(b[at:at+l]) == r.names && string(b[at+l:]) == string(r.buf[at:r.n])
+}
 
 // DomainLeave prefixes the signature of a leave: the same constant as
 // wire.DomainLeave, kept here for its callers.

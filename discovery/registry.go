@@ -123,6 +123,16 @@ type Registry struct {
 
 	mu      sync.RWMutex
 	entries map[trust.PublicKey]*entry
+	// names holds one copy of each run of action names that records
+	// held carry, shared by those records, with how many hold it. Agents
+	// that serve the same actions (replicas of one service) then cost
+	// the registry their names once. Never shared with another registry.
+	names map[string]*sharedNames
+}
+
+type sharedNames struct {
+	s    string
+	refs int
 }
 
 // NewRegistry returns an empty registry.
@@ -136,7 +146,7 @@ func NewRegistry(cfg Config) *Registry {
 	if cfg.MaxEntries <= 0 {
 		cfg.MaxEntries = 100000
 	}
-	r := &Registry{cfg: cfg, entries: map[trust.PublicKey]*entry{}}
+	r := &Registry{cfg: cfg, entries: map[trust.PublicKey]*entry{}, names: map[string]*sharedNames{}}
 	if len(cfg.Allowlist) > 0 {
 		r.allow = map[trust.PublicKey]bool{}
 		for _, k := range cfg.Allowlist {
@@ -187,7 +197,7 @@ func (r *Registry) Announce(rec *Record, src Source, now time.Time) ([]Event, er
 		if !fresh && src == Direct {
 			return nil, protocol.Reject(protocol.CodeStale, "record of %s is from %s", rec.Agent, rec.Timestamp.UTC().Format(time.RFC3339))
 		}
-		e = &entry{rec: rec, state: Alive, lastHeard: now}
+		e = &entry{rec: r.keepLocked(rec), state: Alive, lastHeard: now}
 		r.entries[rec.Agent] = e
 		return []Event{{Agent: rec.Agent, Name: rec.Credential.Name, To: Alive, Reason: "joined", At: now}}, nil
 	}
@@ -197,7 +207,8 @@ func (r *Registry) Announce(rec *Record, src Source, now time.Time) ([]Event, er
 	if rec.Seq == e.rec.Seq {
 		return nil, nil // the same record again: no news, and no sign of life
 	}
-	e.rec = rec
+	r.releaseLocked(e.rec)
+	e.rec = r.keepLocked(rec)
 	// A record is a sign of life only when it is newer than the last
 	// heartbeat: an older one, resent, proves nothing about now.
 	if src == Direct && fresh && rec.Seq > e.seq {
@@ -223,8 +234,41 @@ func (r *Registry) checkCredential(rec *Record, now time.Time) error {
 	return r.cfg.Verifier.VerifyCredential(rec.Credential, now)
 }
 
-func sameRecord(a, b *Record) bool {
-	return string(a.body()) == string(b.body())
+// sameRecord reports whether rec is the record held, held.
+func sameRecord(rec, held *Record) bool { return held.bodyEqual(rec.body()) }
+
+// keepLocked returns what the registry keeps of rec: a copy whose action
+// names share the registry's copy of the same names, if any.
+func (r *Registry) keepLocked(rec *Record) *Record {
+	return rec.shareNames(func(run []byte) string {
+		if sn, ok := r.names[string(run)]; ok {
+			sn.refs++
+			return sn.s
+		}
+		sn := &sharedNames{s: string(run), refs: 1}
+		r.names[sn.s] = sn
+		return sn.s
+	})
+}
+
+// releaseLocked forgets a record the registry no longer keeps.
+func (r *Registry) releaseLocked(rec *Record) {
+	if rec.names == "" {
+		return
+	}
+	if sn := r.names[rec.names]; sn != nil {
+		if sn.refs--; sn.refs <= 0 {
+			delete(r.names, rec.names)
+		}
+	}
+}
+
+// SharedNames returns how many distinct runs of action names the registry
+// holds, one copy each.
+func (r *Registry) SharedNames() int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.names)
 }
 
 // heardLocked records a direct sign of life.
@@ -287,7 +331,7 @@ func (r *Registry) Holds(a *protocolpb.Announcement) bool {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	e, ok := r.entries[trust.PublicKey(b.Agent)]
-	return ok && string(e.rec.body()) == string(a.Body) && string(e.rec.sig()) == string(a.Signature)
+	return ok && e.rec.bodyEqual(a.Body) && string(e.rec.sig()) == string(a.Signature)
 }
 
 // Leave marks agent dead at once: it said it is stopping.
@@ -320,6 +364,7 @@ func (r *Registry) Tick(now time.Time) []Event {
 	for k, e := range r.entries {
 		name := e.rec.Credential.Name
 		if err := r.cfg.Verifier.RecheckCredential(e.rec.Credential, now); err != nil {
+			r.releaseLocked(e.rec)
 			delete(r.entries, k)
 			evs = append(evs, Event{Agent: k, Name: name, From: e.state, Reason: string(trust.CodeOf(err)), At: now})
 			continue

@@ -13,6 +13,7 @@ import (
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	"github.com/libp2p/go-msgio"
@@ -244,6 +245,155 @@ func TestNewcomerFindsTheRest(t *testing.T) {
 		return m.Converged("alive")
 	}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// An agent that joined without a bootstrap peer (one found by mDNS, say)
+// and was cut off from every agent it knew comes back once the partition
+// heals, though it holds them all dead, they hold it dead, and none of
+// them keeps a connection to it up: it dials them from its registry.
+func TestIsolatedAgentRejoins(t *testing.T) {
+	const hb = 200 * time.Millisecond
+	m, err := simulations.NewMesh(context.Background(), []string{"a", "b", "c", "loner"},
+		simulations.Options{HeartbeatInterval: hb, DeadAfter: 5 * hb})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	ctx := context.Background()
+	for _, p := range [][2]string{{"a", "b"}, {"b", "c"}, {"c", "a"}} {
+		if err := m.Connect(ctx, p[0], p[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := m.Agents["a"].Node
+	// Joined once, not kept connected: no node redials the loner.
+	if err := m.Agents["loner"].Node.Join(ctx, peer.AddrInfo{ID: a.ID(), Addrs: a.Host().Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		t.Fatal(err)
+	}
+	m.Partition([]string{"a", "b", "c"}, []string{"loner"})
+	if err := simulations.WaitFor(10*time.Second, func() error {
+		for _, x := range []string{"a", "b", "c"} {
+			if st := m.StateOf(x, "loner"); st != "dead" {
+				return fmt.Errorf("%s sees the loner as %s", x, st)
+			}
+			if st := m.StateOf("loner", x); st != "dead" {
+				return fmt.Errorf("the loner sees %s as %s", x, st)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("partition not noticed: %v", err)
+	}
+	m.Heal()
+	// A heartbeat to look, and the dial past the swarm's backoff.
+	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		t.Fatalf("the loner did not rejoin: %v", err)
+	}
+}
+
+// Two groups that no bootstrap peer joins (agents found by mDNS, which
+// does not look again) find each other once a partition between them
+// heals: each node dials an agent it holds dead now and then.
+func TestSeparatedGroupsFindEachOther(t *testing.T) {
+	const hb = 200 * time.Millisecond
+	m, err := simulations.NewMesh(context.Background(), []string{"a", "b", "c", "d"},
+		simulations.Options{HeartbeatInterval: hb, DeadAfter: 5 * hb})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	ctx := context.Background()
+	// Joined once, not kept connected.
+	for _, p := range [][2]string{{"a", "b"}, {"c", "d"}, {"b", "c"}} {
+		to := m.Agents[p[1]].Node
+		if err := m.Agents[p[0]].Node.Join(ctx, peer.AddrInfo{ID: to.ID(), Addrs: to.Host().Addrs()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		t.Fatal(err)
+	}
+	m.Partition([]string{"a", "b"}, []string{"c", "d"})
+	if err := simulations.WaitFor(10*time.Second, func() error {
+		for _, x := range []string{"a", "b"} {
+			for _, y := range []string{"c", "d"} {
+				if st := m.StateOf(x, y); st != "dead" {
+					return fmt.Errorf("%s sees %s as %s", x, y, st)
+				}
+				if st := m.StateOf(y, x); st != "dead" {
+					return fmt.Errorf("%s sees %s as %s", y, x, st)
+				}
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("partition not noticed: %v", err)
+	}
+	m.Heal()
+	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		t.Fatalf("the groups did not find each other: %v", err)
+	}
+}
+
+// Dials that failed while an agent was away (a partition) do not hold up
+// calls to it once it is back: when this node holds it alive again, on a
+// beat relayed by a neighbour, the swarm's dial backoff for it (5 s and
+// more) is gone. make e2e found calls refused on it right after a
+// partition healed.
+func TestRevivedAgentIsNotBackedOff(t *testing.T) {
+	const hb = 200 * time.Millisecond
+	m, err := simulations.NewMesh(context.Background(), []string{"a", "b", "c"},
+		simulations.Options{HeartbeatInterval: hb, DeadAfter: 5 * hb})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	ctx := context.Background()
+	for _, p := range [][2]string{{"a", "b"}, {"c", "b"}} {
+		if err := m.Connect(ctx, p[0], p[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		t.Fatal(err)
+	}
+	a, c := m.Agents["a"].Node, m.Agents["c"]
+	// a and c never connect again (a new connection would clear the
+	// backoff itself): c's beats reach a through b only.
+	a.SetPeerFilter(func(p peer.ID) bool { return p != c.ID() })
+	_ = a.Host().Network().ClosePeer(c.ID())
+	c.Node.Freeze(8 * hb)
+	if err := simulations.WaitFor(10*time.Second, func() error {
+		if st := m.StateOf("a", "c"); st != "dead" {
+			return fmt.Errorf("a sees c as %s", st)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	sw := a.Host().Network().(*swarm.Swarm)
+	addr := c.Node.Host().Addrs()[0]
+	sw.Backoff().AddBackoff(c.ID(), addr) // as a call that failed meanwhile leaves it
+	backedOff := make(chan bool, 1)
+	a.OnEvent(func(e discovery.Event) {
+		if e.Agent.PeerID() == c.ID() && e.To == discovery.Alive {
+			select {
+			case backedOff <- sw.Backoff().Backoff(c.ID(), addr):
+			default:
+			}
+		}
+	})
+	select {
+	case still := <-backedOff:
+		if still {
+			t.Fatal("a holds c alive again but still backs off its dials to c")
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("c not alive again at a")
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/meshagent/meshagent/discovery"
@@ -58,6 +59,16 @@ func (n *Node) emit(evs []discovery.Event) {
 		if e.To == discovery.Dead || e.To == 0 {
 			if h := n.host(); h != nil {
 				_ = h.Network().ClosePeer(e.Agent.PeerID())
+			}
+		}
+		if e.From == discovery.Dead && e.To == discovery.Alive {
+			// It signed something since: forget the dials that failed
+			// while it was away (a partition), or calls to it would
+			// fail on the swarm's backoff for up to minutes.
+			if h := n.host(); h != nil {
+				if b, ok := h.Network().(interface{ Backoff() *swarm.DialBackoff }); ok {
+					b.Backoff().Clear(e.Agent.PeerID())
+				}
 			}
 		}
 		for _, f := range ls {

@@ -536,6 +536,12 @@ func TestVirtualTimeScenario(t *testing.T) {
 		}, "cold-start")
 
 		st := m.Stats()
+		if path := os.Getenv("MESHAGENT_HEAP_PROFILE"); path != "" { // and at the end
+			if f, err := os.Create(path + ".end"); err == nil {
+				_ = pprof.WriteHeapProfile(f)
+				_ = f.Close()
+			}
+		}
 		t.Logf("N=%d: at the end %.2f MiB heap per node (%.2f after a second GC), %.2f MiB of stacks; peak RSS %.0f MiB", n, st.HeapInUseMiB/float64(st.Nodes), st.LiveHeapMiB/float64(st.Nodes), st.StackMiB/float64(st.Nodes), peakRSSMiB())
 	})
 	t.Logf("N=%d: wall time %s on %d CPUs", n, time.Since(wall).Round(100*time.Millisecond), runtime.NumCPU())

@@ -92,6 +92,9 @@ const (
 	// DomainAdvert: an agent signs its advertisement, the description
 	// and schemas of the actions it serves.
 	DomainAdvert = "meshagent/v1/advert\x00"
+	// DomainAuditCheckpoint: a daemon signs each checkpoint of its audit
+	// log: the hash of the line before it, its line number and its time.
+	DomainAuditCheckpoint = "meshagent/v1/audit-checkpoint\x00"
 )
 
 // Hash domains: each prefixes a SHA-256 input, so that these hashes can
@@ -103,4 +106,7 @@ const (
 	// DomainLinkID starts the hash a link ID is cut from, followed by the
 	// signer's key, the chain hash before the link and the link's body.
 	DomainLinkID = "meshagent/v1/link-id\x00"
+	// DomainAuditLine starts the hash of one audit log line (its bytes as
+	// written, without the newline), which the next line carries.
+	DomainAuditLine = "meshagent/v1/audit-line\x00"
 )

@@ -17,6 +17,7 @@ import (
 var pinned = map[string]string{
 	"ProtocolAdmission":   "/meshagent/admission/1.0.0",
 	"ProtocolRPC":         "/meshagent/rpc/1.0.0",
+	"ProtocolRPC2":        "/meshagent/rpc/2.0.0",
 	"ProtocolSync":        "/meshagent/sync/1.0.0",
 	"ProtocolRevocations": "/meshagent/revocations/1.0.0",
 	"ProtocolLeave":       "/meshagent/leave/1.0.0",
@@ -37,12 +38,16 @@ var pinned = map[string]string{
 	"DomainAdvert":     "meshagent/v1/advert\x00",
 	"DomainRoot":       "meshagent/v1/root\x00",
 	"DomainLinkID":     "meshagent/v1/link-id\x00",
+
+	"DomainAuditCheckpoint": "meshagent/v1/audit-checkpoint\x00",
+	"DomainAuditLine":       "meshagent/v1/audit-line\x00",
 }
 
 // actual is every constant by name, as compiled.
 var actual = map[string]string{
 	"ProtocolAdmission":   ProtocolAdmission,
 	"ProtocolRPC":         ProtocolRPC,
+	"ProtocolRPC2":        ProtocolRPC2,
 	"ProtocolSync":        ProtocolSync,
 	"ProtocolRevocations": ProtocolRevocations,
 	"ProtocolLeave":       ProtocolLeave,
@@ -63,6 +68,9 @@ var actual = map[string]string{
 	"DomainAdvert":     DomainAdvert,
 	"DomainRoot":       DomainRoot,
 	"DomainLinkID":     DomainLinkID,
+
+	"DomainAuditCheckpoint": DomainAuditCheckpoint,
+	"DomainAuditLine":       DomainAuditLine,
 }
 
 // declared returns the names of the exported constants declared in the

@@ -29,6 +29,11 @@ type fileConfig struct {
 	// AuditLogMaxBytes is the size past which the audit log is rotated
 	// (to audit_log.1, keeping auditLogKeep old files). Default 64 MiB.
 	AuditLogMaxBytes int64 `yaml:"audit_log_max_bytes"`
+	// AuditCheckpointEvery and AuditCheckpointLines: the daemon signs a
+	// checkpoint of its audit log's hash chain at least this often while
+	// lines come, and every this many lines (defaults 1m and 1000).
+	AuditCheckpointEvery time.Duration `yaml:"audit_checkpoint_every"`
+	AuditCheckpointLines int           `yaml:"audit_checkpoint_lines"`
 	// Liveness: heartbeat interval and the silence after which an agent is
 	// dead (defaults 30s and 90s).
 	Heartbeat time.Duration `yaml:"heartbeat"`
@@ -158,8 +163,14 @@ tokens: []
 # Audit log: one JSON line per call or message, accepted or rejected.
 # Past audit_log_max_bytes it is renamed audit.log.1 (the older ones shift to
 # .2 and .3; the oldest beyond is deleted) and a new one is started.
+# Each line carries the hash of the one before; the daemon signs the chain
+# head (a checkpoint) at least every audit_checkpoint_every while lines come,
+# every audit_checkpoint_lines lines, and at shutdown. SIGHUP reopens the
+# file (logrotate). Check it with 'meshagent audit verify'.
 audit_log: audit.log
 audit_log_max_bytes: 67108864 # 64 MiB
+audit_checkpoint_every: 1m
+audit_checkpoint_lines: 1000
 
 # Local API: HTTP + JSON on this Unix socket (mode 0600), relative to this
 # directory or absolute. Its directory must be owned by this user and

@@ -146,6 +146,7 @@ func serveDaemon(ctx context.Context, home string, fc *fileConfig, ready func(*n
 	if err := n.Start(ctx); err != nil {
 		return err
 	}
+	reopenOnHangup(ctx, plan.audit, logw)
 	api, err := newAPIServer(plan.sock, n, metrics, plan.timeouts)
 	if err != nil {
 		return fmt.Errorf("api socket: %v", err)
@@ -177,9 +178,9 @@ func upLine(n *node.Node, sock string) string {
 type daemonPlan struct {
 	node     node.Config
 	sock     string
-	timeouts timeouts      // per action
-	audit    *rotatingFile // nil without audit_log; open until close
-	otlp     *url.URL      // nil without otlp_endpoint
+	timeouts timeouts    // per action
+	audit    *auditChain // nil without audit_log; open until close
+	otlp     *url.URL    // nil without otlp_endpoint
 }
 
 func (p *daemonPlan) close() {
@@ -299,7 +300,18 @@ func planDaemon(home string, fc *fileConfig, logw io.Writer) (*daemonPlan, error
 		if max == 0 {
 			max = defaultAuditLogMaxBytes
 		}
-		if plan.audit, err = openRotating(inHome(home, fc.AuditLog), max, auditLogKeep, logw); err != nil {
+		every, lines := fc.AuditCheckpointEvery, fc.AuditCheckpointLines
+		if every < 0 || lines < 0 {
+			return nil, fmt.Errorf("config: audit_checkpoint_every (%s) and audit_checkpoint_lines (%d) must not be negative", every, lines)
+		}
+		if every == 0 {
+			every = defaultCheckpointEvery
+		}
+		if lines == 0 {
+			lines = defaultCheckpointLines
+		}
+		opts := chainOptions{max: max, keep: auditLogKeep, id: id, every: every, lines: lines, logw: logw}
+		if plan.audit, err = openAuditChain(inHome(home, fc.AuditLog), opts); err != nil {
 			return nil, fmt.Errorf("config: audit_log: %v", err)
 		}
 		cfg.Audit = plan.audit

@@ -77,7 +77,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newInitCmd(), newIDCmd(), newCACmd(), newTokenCmd(), newBenchCmd(), newMCPCmd(), newVersionCmd())
+	root.AddCommand(newInitCmd(), newIDCmd(), newCACmd(), newTokenCmd(), newBenchCmd(), newMCPCmd(), newVersionCmd(), newAuditCmd())
 	addDaemonCommands(root)
 	return root
 }

@@ -70,6 +70,8 @@ type Self struct {
 	seq    atomic.Uint64
 	mu     sync.Mutex
 	record *discovery.Record
+	// sent is the advertisement digest of the last record published.
+	sent [32]byte
 	// announceSoon asks the heartbeat loop for a full record at the next
 	// beat (after an admission: peers that joined meanwhile may not know
 	// this node), at most every announceMinGap beats.
@@ -177,10 +179,21 @@ func (s *Self) announceChange() bool {
 	if !s.changed.Load() || s.leaving.Load() || s.d.Frozen() || s.d.TopicPeers() == 0 && s.d.Registry.Len() == 0 {
 		return false
 	}
-	if !s.changes.Allow("") {
+	// A record published since the change (the first one, after the
+	// actions were set before start) may carry it already. Cleared
+	// before the digest is read: a change after this is announced later.
+	s.changed.Store(false)
+	_, digest := s.d.Advertised()
+	s.mu.Lock()
+	sent := s.sent == digest
+	s.mu.Unlock()
+	if sent {
 		return false
 	}
-	s.changed.Store(false)
+	if !s.changes.Allow("") {
+		s.changed.Store(true)
+		return false
+	}
 	s.mu.Lock()
 	s.record = nil // sign a fresh record: new seq, the new digest
 	s.mu.Unlock()
@@ -194,7 +207,14 @@ func (s *Self) Announce() error {
 	if err != nil {
 		return err
 	}
-	return s.d.Publish(&protocolpb.RegistryMessage{Msg: &protocolpb.RegistryMessage_Announce{Announce: rec.Proto()}})
+	if err := s.d.Publish(&protocolpb.RegistryMessage{Msg: &protocolpb.RegistryMessage_Announce{Announce: rec.Proto()}}); err != nil {
+		return err
+	}
+	digest, _ := rec.AdvertDigest()
+	s.mu.Lock()
+	s.sent = digest
+	s.mu.Unlock()
+	return nil
 }
 
 // announceEvery is how many heartbeats pass between full records: the

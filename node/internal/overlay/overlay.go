@@ -116,6 +116,7 @@ type Overlay struct {
 	dialing      map[peer.ID]bool
 	wake         chan struct{}
 	lastMaintain time.Time
+	lastRejoin   time.Time    // when this node last dialed agents it holds dead
 	soon         bool         // linkSoon asked for soonLinks links before the next look
 	bytesIn      atomic.Int64 // batches received, with their framing
 }
@@ -269,15 +270,46 @@ func (b *Overlay) maintain() {
 		rand.Shuffle(len(far), func(i, j int) { far[i], far[j] = far[j], far[i] })
 		far = far[:min(len(far), short)]
 	}
-	for _, p := range append(cands, far...) {
+	// Agents this node holds dead may be back: a partition between groups
+	// that no bootstrap peer joins (agents found by mDNS, which does not
+	// look again) heals, and each side holds the other dead; nothing
+	// else dials across. So it dials one of them, at random, once every
+	// DeadAfter; once a heartbeat, and up to BeatDegree, when it is cut
+	// off from every agent it knew (no link, no connected agent, none
+	// alive to dial). The first that admits it brings it back (its record
+	// is a fresh sign of life); the others come with that neighbour's
+	// beats. A crashed agent costs a failed dial now and then, until its
+	// credential expires.
+	var dead []peer.ID
+	isolated := len(far) == 0 && len(cands) == 0 && len(b.links) == 0 && len(b.dialing) == 0
+	every, most := b.d.DeadAfter, 1
+	if isolated {
+		every, most = b.d.HeartbeatInterval, degree
+	}
+	if now.Sub(b.lastRejoin) >= every {
+		b.lastRejoin = now
+		t := b.d.Clock()
+		for _, e := range b.d.Registry.Entries() {
+			if e.State == discovery.Dead && t.Before(e.Expires) && b.links[e.PeerID] == nil && !b.dialing[e.PeerID] &&
+				b.h.Network().Connectedness(e.PeerID) != network.Connected {
+				dead = append(dead, e.PeerID)
+			}
+		}
+		rand.Shuffle(len(dead), func(i, j int) { dead[i], dead[j] = dead[j], dead[i] })
+		dead = dead[:min(len(dead), most)]
+	}
+	for _, p := range slices.Concat(cands, far, dead) {
 		b.dialing[p] = true
 	}
 	b.mu.Unlock()
 	for _, p := range cands {
-		go b.open(p, false)
+		go b.open(p, false, false)
 	}
 	for _, p := range far {
-		go b.open(p, true)
+		go b.open(p, true, false)
+	}
+	for _, p := range dead {
+		go b.open(p, true, true)
 	}
 }
 
@@ -309,14 +341,15 @@ func (b *Overlay) LinkSoon() {
 }
 
 // open opens a beat link to p; when p is far (not a neighbour yet) it
-// first connects to it at the addresses of its record.
-func (b *Overlay) open(p peer.ID, far bool) {
+// first connects to it at the addresses of its record, past the swarm's
+// dial backoff if force (which after a partition grows to minutes).
+func (b *Overlay) open(p peer.ID, far, force bool) {
 	defer func() {
 		b.mu.Lock()
 		delete(b.dialing, p)
 		b.mu.Unlock()
 	}()
-	if far && !b.connect(p) {
+	if far && !b.connect(p, force) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(b.ctx, b.d.AdmissionTimeout)
@@ -334,7 +367,7 @@ func (b *Overlay) open(p peer.ID, far bool) {
 
 // connect connects to (and is admitted by) p at the addresses of its
 // record.
-func (b *Overlay) connect(p peer.ID) bool {
+func (b *Overlay) connect(p peer.ID, force bool) bool {
 	k, err := trust.PublicKeyFromPeerID(p)
 	if err != nil {
 		return false
@@ -345,6 +378,9 @@ func (b *Overlay) connect(p peer.ID) bool {
 	}
 	ctx, cancel := context.WithTimeout(b.ctx, b.d.AdmissionTimeout)
 	defer cancel()
+	if force {
+		ctx = network.WithForceDirectDial(ctx, "rejoin")
+	}
 	return b.d.Connect(ctx, peer.AddrInfo{ID: p, Addrs: rec.Addrs()}) == nil
 }
 
