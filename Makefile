@@ -106,6 +106,7 @@ fuzz: ## fuzz every decoder for 30 s each
 	$(GO) test ./trust -run '^$$' -fuzz FuzzParseCredential -fuzztime 30s
 	$(GO) test ./trust -run '^$$' -fuzz FuzzParseRevocation -fuzztime 30s
 	$(GO) test ./trust -run '^$$' -fuzz FuzzVerifyDifferential -fuzztime 30s
+	$(GO) test ./trust -run '^$$' -fuzz FuzzSignDifferential -fuzztime 30s
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzDecide -fuzztime 30s
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzOpenMatchesFullDecode -fuzztime 30s
 	$(GO) test ./discovery -run '^$$' -fuzz FuzzParseRecord -fuzztime 30s
