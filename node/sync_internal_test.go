@@ -9,6 +9,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/meshagent/meshagent/discovery"
+	"github.com/meshagent/meshagent/internal/cputime"
 	"github.com/meshagent/meshagent/protocol/protocolpb"
 	"github.com/meshagent/meshagent/trust"
 )
@@ -42,18 +43,18 @@ func TestSyncAnswerOfRefusedRecordsIsCheap(t *testing.T) {
 	// answer, so that the verifier's key cache does not serve them. Both
 	// in this thread's CPU time: what ran, not the wait for a CPU while
 	// other packages' tests run.
-	defer lockThread()()
-	start := threadCPU()
+	defer cputime.LockThread()()
+	start := cputime.Thread()
 	for _, a := range resp.Announcements[:200] {
 		if _, err := discovery.ParseRecord(a); err != nil {
 			t.Fatal(err)
 		}
 	}
-	perCheck := (threadCPU() - start) / 200
+	perCheck := (cputime.Thread() - start) / 200
 	responder := peer.ID("responder")
-	start = threadCPU()
+	start = cputime.Thread()
 	n.syncer.Apply(responder, resp)
-	took := threadCPU() - start
+	took := cputime.Thread() - start
 	t.Logf("%d refused records applied in %s; one signature check costs %s here", records, took, perCheck)
 	// Before: at least records × perCheck. The bound: a tenth of that.
 	if took > records/10*perCheck {

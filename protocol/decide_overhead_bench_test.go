@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshagent/meshagent/internal/cputime"
 	"github.com/meshagent/meshagent/trust"
 	"github.com/meshagent/meshagent/wire"
 )
@@ -43,28 +44,28 @@ func BenchmarkDecideOverhead(b *testing.B) {
 			}
 			x := w.expect(w.alice)
 			var tDecide, tSig, tBase time.Duration
-			defer lockThread()()
+			defer cputime.LockThread()()
 			b.ResetTimer()
 			for i := 0; i < n; i += block {
-				t1 := threadCPU()
+				t1 := cputime.Thread()
 				for range block {
 					if !ed25519.Verify(pub, msg, sig) {
 						b.Fatal("verify")
 					}
 				}
-				t2 := threadCPU()
+				t2 := cputime.Thread()
 				for j := i; j < i+block; j++ {
 					if _, err := d.Decide(envs[j], x, t0); err != nil {
 						b.Fatal(err)
 					}
 				}
-				t3 := threadCPU()
+				t3 := cputime.Thread()
 				for j := i; j < i+block; j++ {
 					if e := sigs[j]; !e.Sender.Verify(wire.DomainEnvelope, e.body, e.sig) {
 						b.Fatal("envelope signature")
 					}
 				}
-				t4 := threadCPU()
+				t4 := cputime.Thread()
 				tBase, tDecide, tSig = tBase+t2-t1, tDecide+t3-t2, tSig+t4-t3
 			}
 			b.StopTimer()

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshagent/meshagent/internal/cputime"
 	"github.com/meshagent/meshagent/trust"
 )
 
@@ -61,23 +62,23 @@ func BenchmarkDecideRatio(b *testing.B) {
 				}
 				const block = 4
 				var tDecide, tBase time.Duration
-				defer lockThread()()
+				defer cputime.LockThread()()
 				b.ResetTimer()
 				for i := 0; i < b.N; i += block {
-					start := threadCPU()
+					start := cputime.Thread()
 					for range block {
 						if !ed25519.Verify(pub, msg, sig) {
 							b.Fatal("verify")
 						}
 					}
-					mid := threadCPU()
+					mid := cputime.Thread()
 					for j := i; j < i+block && j < b.N; j++ {
 						if _, err := d.Decide(envs[j], xs[j], t0); err != nil {
 							b.Fatal(err)
 						}
 					}
 					tBase += mid - start
-					tDecide += threadCPU() - mid
+					tDecide += cputime.Thread() - mid
 				}
 				b.StopTimer()
 				blocks := (b.N + block - 1) / block

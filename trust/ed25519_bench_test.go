@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshagent/meshagent/internal/cputime"
 	"github.com/oasisprotocol/curve25519-voi/curve"
 	voi "github.com/oasisprotocol/curve25519-voi/primitives/ed25519"
 )
@@ -28,23 +29,23 @@ func ratioBench(b *testing.B, perOp int, op func() bool) {
 	sig := ed25519.Sign(priv, msg)
 	const block = 4
 	var tOp, tBase time.Duration
-	defer lockThread()()
+	defer cputime.LockThread()()
 	b.ResetTimer()
 	for i := 0; i < b.N; i += block {
-		start := threadCPU()
+		start := cputime.Thread()
 		for range block {
 			if !ed25519.Verify(k[:], msg, sig) {
 				b.Fatal("verify")
 			}
 		}
-		mid := threadCPU()
+		mid := cputime.Thread()
 		for j := i; j < i+block && j < b.N; j++ {
 			if !op() {
 				b.Fatal("op")
 			}
 		}
 		tBase += mid - start
-		tOp += threadCPU() - mid
+		tOp += cputime.Thread() - mid
 	}
 	b.StopTimer()
 	blocks := (b.N + block - 1) / block

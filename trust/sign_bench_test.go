@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"filippo.io/edwards25519"
+	"github.com/meshagent/meshagent/internal/cputime"
 	voi "github.com/oasisprotocol/curve25519-voi/primitives/ed25519"
 )
 
@@ -52,22 +53,22 @@ func BenchmarkSign(b *testing.B) {
 		b.Run(c.name, func(b *testing.B) {
 			const block = 4
 			var tOp, tBase time.Duration
-			defer lockThread()()
+			defer cputime.LockThread()()
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i += block {
-				start := threadCPU()
+				start := cputime.Thread()
 				for range block {
 					stdlib()
 				}
-				mid := threadCPU()
+				mid := cputime.Thread()
 				for j := i; j < i+block && j < b.N; j++ {
 					if string(c.f()) != want {
 						b.Fatal("signature differs")
 					}
 				}
 				tBase += mid - start
-				tOp += threadCPU() - mid
+				tOp += cputime.Thread() - mid
 			}
 			b.StopTimer()
 			blocks := (b.N + block - 1) / block
