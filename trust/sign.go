@@ -13,7 +13,7 @@ import (
 // SHA-512(seed), computed once instead of every signature, and the public
 // key A as it stands in the private key (bytes 32–63, which
 // crypto/ed25519 hashes as they are). Its signatures are crypto/ed25519's
-// byte for byte (RFC 8032 is deterministic): TestSignMatchesStdlib and
+// byte for byte (RFC 8032 is deterministic): TestSignRFC8032 and
 // FuzzSignDifferential hold it to that. R = r·B runs on curve25519-voi's
 // basepoint table, which is cheaper than the standard library's
 // (BENCHMARKS.md, issue 15, the signer). It holds secrets: it is never
