@@ -307,11 +307,18 @@ func TestVirtualTimeScenario(t *testing.T) {
 		names := m.Names()
 		// MESHAGENT_VIRTUAL_ACTIONS=K: every agent advertises K actions
 		// (scopes of 20 characters, a one-line description, a small
-		// input schema), so that the memory figures include them.
+		// input schema), so that the memory figures include them; with
+		// MESHAGENT_VIRTUAL_DISTINCT=1 each agent names its own (the
+		// registry then has no names to share).
+		distinct := os.Getenv("MESHAGENT_VIRTUAL_DISTINCT") == "1"
 		if k, err := strconv.Atoi(os.Getenv("MESHAGENT_VIRTUAL_ACTIONS")); err == nil && k > 0 {
-			for _, name := range names {
+			for ai, name := range names {
 				for i := range k {
-					if err := m.Agents[name].Node.Advertise(node.Action{Scope: fmt.Sprintf("call:tool-number-%03d", i),
+					scope := fmt.Sprintf("call:tool-number-%03d", i)
+					if distinct {
+						scope = fmt.Sprintf("call:t%04d-number-%03d", ai, i) // as long as the shared ones
+					}
+					if err := m.Agents[name].Node.Advertise(node.Action{Scope: scope,
 						Description: "A tool that does one thing with its input and says what it did.",
 						InputSchema: []byte(`{"type":"object","properties":{"text":{"type":"string"}}}`)}); err != nil {
 						t.Fatal(err)
