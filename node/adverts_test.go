@@ -360,3 +360,31 @@ func TestAdvertChangesStayWithinTheRecordRate(t *testing.T) {
 		}
 	}
 }
+
+// An agent advertising as many actions as a record carries, with the
+// longest scopes, still passes admission: its hello carries that record
+// (until the hello's bound counted the credential only, so such an agent
+// could join no one).
+func TestFullRecordPassesAdmission(t *testing.T) {
+	m, _ := convergedMesh(t)
+	w := m.Agents["worker"].Node
+	var want []string
+	for i := range discovery.MaxActions {
+		verb := fmt.Sprintf("v%02d", i) + strings.Repeat("v", 28)
+		scope := verb + ":" + strings.Repeat("r", 31)
+		if err := w.Advertise(node.Action{Scope: scope}); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, scope)
+	}
+	slices.Sort(want)
+	waitActions(t, m, "orchestrator", "worker", want...)
+	ctx := context.Background()
+	if _, err := m.Add(ctx, "newcomer", true, simulations.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Connect(ctx, "newcomer", "worker"); err != nil {
+		t.Fatalf("admission between a newcomer and an agent with a full record: %v", err)
+	}
+	waitActions(t, m, "newcomer", "worker", want...)
+}

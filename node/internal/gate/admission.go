@@ -24,7 +24,10 @@ import (
 	"github.com/meshagent/meshagent/wire"
 )
 
-const maxHelloSize = trust.MaxCredentialSize + 64
+// maxHelloSize bounds a hello: the credential, the sender's record (which
+// carries the credential again and up to discovery.MaxActions advertised
+// names) and framing. Read before admission, one hello at a time per peer.
+const maxHelloSize = trust.MaxCredentialSize + discovery.MaxRecordSize + 64
 
 // AdmissionDeps is what the exchange needs of the node.
 type AdmissionDeps struct {
