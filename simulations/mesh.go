@@ -218,8 +218,11 @@ func (m *Mesh) Connect(ctx context.Context, a, b string) error {
 	// a TCP simultaneous open, where both ends start the TLS handshake as
 	// clients and it fails (go-libp2p#2925). The nodes' own dials (beat
 	// links, reconnection) make that likely while a mesh is wired: dial
-	// again, past the swarm's backoff. Refusals are not retried.
-	for try := 0; try < 3 && isDialError(err); try++ {
+	// again, past the swarm's backoff. An admission stream reset by the
+	// other side (its hello meeting ours on a second connection, on a
+	// loaded machine) is tried again too: a refusal refuses the peer ID
+	// for a minute, so a real one fails again.
+	for try := 0; try < 3 && (isDialError(err) || errors.Is(err, network.ErrReset)); try++ {
 		err = from.Node.Join(network.WithForceDirectDial(ctx, "simultaneous open"), ai)
 	}
 	if err != nil {
