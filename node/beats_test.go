@@ -512,3 +512,55 @@ func TestNoRecordAfterTheLeave(t *testing.T) {
 		t.Fatalf("a record signed after the leave: seq %d, was %d", after.Seq, before.Seq)
 	}
 }
+
+// A cold start floods each agent's record once. Admissions used to ask for
+// another at the next beat: with every node admitted at a cold start, that
+// was a second flood of N records, each held in every node's gossip cache;
+// beats of agents a node does not know make it sync with their relay.
+func TestColdStartFloodsOneRecordEach(t *testing.T) {
+	const hb = 200 * time.Millisecond
+	names := []string{"a", "b", "c", "d", "e", "f"}
+	m, err := simulations.NewMesh(context.Background(), names, simulations.Options{HeartbeatInterval: hb, DeadAfter: 5 * hb})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	ctx := context.Background()
+	for i, x := range names { // a ring: most agents learn most others from beats and syncs
+		if err := m.Connect(ctx, x, names[(i+1)%len(names)]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := simulations.WaitFor(10*time.Second, func() error { return m.Converged("alive") }); err != nil {
+		t.Fatal(err)
+	}
+	// Three more of b's beats at a: the beats after the admissions.
+	heard := func() (ts []time.Time) {
+		for _, e := range m.Agents["a"].Node.Peers() {
+			if e.Name == "b" {
+				ts = append(ts, e.LastHeartbeat)
+			}
+		}
+		return ts
+	}
+	seen := map[time.Time]bool{}
+	if err := simulations.WaitFor(10*time.Second, func() error {
+		for _, ts := range heard() {
+			seen[ts] = true
+		}
+		if len(seen) < 4 {
+			return fmt.Errorf("%d of b's beats heard at a", len(seen))
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range names {
+		if got := m.Agents[x].Node.Stats().RecordsSent; got != 1 {
+			t.Errorf("%s published %d records, want 1", x, got)
+		}
+	}
+	if err := m.Converged("alive"); err != nil {
+		t.Fatal(err)
+	}
+}

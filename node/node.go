@@ -78,9 +78,10 @@ type Node struct {
 	// choice is the token Call and Publish attach per action (tokenchoice.go).
 	choice tokenChoice
 
-	credMu   sync.RWMutex
-	cred     *trust.Credential
-	pubsubIn atomic.Int64
+	credMu      sync.RWMutex
+	cred        *trust.Credential
+	pubsubIn    atomic.Int64
+	recordsSent atomic.Int64 // own records published (Stats)
 
 	mu       sync.Mutex
 	started  bool
@@ -273,7 +274,6 @@ func (n *Node) Start(ctx context.Context) error {
 		Learn:        func(rec *discovery.Record) error { return n.learn(rec, discovery.Direct) },
 		HelloAllowed: func(p peer.ID) bool { return n.serveAllowed(p, wire.ProtocolAdmission) },
 		Admitted: func(p peer.ID) {
-			n.own.AnnounceSoon() // peers that joined meanwhile may not know this node
 			r := n.record(audit.In, audit.Admission, p.String())
 			r.Decision = audit.Accept
 			n.audit.Write(r)

@@ -131,7 +131,13 @@ func (n *Node) publishRegistry(m *protocolpb.RegistryMessage) error {
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.HeartbeatInterval)
 	defer cancel()
-	return t.Publish(ctx, b)
+	if err := t.Publish(ctx, b); err != nil {
+		return err
+	}
+	if m.GetAnnounce() != nil {
+		n.recordsSent.Add(1)
+	}
+	return nil
 }
 
 // learn enters a verified record from src in the registry, tells the

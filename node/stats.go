@@ -12,6 +12,9 @@ type Stats struct {
 	// BeatBytesIn is the bytes of heartbeat batches (with the records,
 	// leaves and revocations they carry) received.
 	BeatBytesIn int64
+	// RecordsSent is how many of its own records this agent published on
+	// the registry topic (each goes to every node).
+	RecordsSent int64
 	// PubsubBytesIn is the bytes of pubsub RPCs (messages, gossip and
 	// control, before framing) received.
 	PubsubBytesIn int64
@@ -41,6 +44,7 @@ func (n *Node) Stats() Stats {
 		Credential:    n.renewer.Status(),
 		BeatLinks:     n.beats.Links(),
 		BeatBytesIn:   n.beats.BytesIn(),
+		RecordsSent:   n.recordsSent.Load(),
 		PubsubBytesIn: n.pubsubIn.Load(),
 		Throttled:     n.gate.Throttles(),
 		Gated:         n.gate.Gated(),

@@ -333,11 +333,27 @@ func TestVirtualTimeScenario(t *testing.T) {
 				t.Fatal(err)
 			}
 			wired := time.Since(start)
-			if err := simulations.WaitForEvery(10*time.Minute, time.Second, func() error { return m.Converged("alive") }); err != nil {
+			// The live heap while the first records are in flight (each
+			// in every node's gossip cache for five gossip heartbeats),
+			// sampled every 2 s until convergence: the cold start's peak.
+			var peak simulations.Stats
+			var peakAt time.Duration
+			sampled := time.Time{}
+			if err := simulations.WaitForEvery(10*time.Minute, time.Second, func() error {
+				if time.Since(sampled) >= 2*time.Second {
+					sampled = time.Now()
+					if st := m.Stats(); st.LiveHeapMiB > peak.LiveHeapMiB {
+						peak, peakAt = st, time.Since(start)
+					}
+				}
+				return m.Converged("alive")
+			}); err != nil {
 				t.Fatal(err)
 			}
 			t.Logf("N=%d: wiring (32 dials at a time) took %s, convergence %s more (virtual)", n,
 				wired.Round(time.Millisecond), (time.Since(start) - wired).Round(time.Second))
+			t.Logf("N=%d: peak during the cold start %.2f MiB heap per node after a GC, %s after the first dial (sampled every 2 s)",
+				n, peak.LiveHeapMiB/float64(n), peakAt.Round(time.Second))
 			st := m.Stats()
 			t.Logf("N=%d: %.2f MiB heap (%.2f after a second GC), %d goroutines and %.2f MiB of their stacks per node", n, st.HeapInUseMiB/float64(n), st.LiveHeapMiB/float64(n), st.Goroutines/n, st.StackMiB/float64(n))
 			links, conns := 0, 0

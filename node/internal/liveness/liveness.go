@@ -71,13 +71,9 @@ type Self struct {
 	mu     sync.Mutex
 	record *discovery.Record
 	// sent is the advertisement digest of the last record published.
-	sent [32]byte
-	// announceSoon asks the heartbeat loop for a full record at the next
-	// beat (after an admission: peers that joined meanwhile may not know
-	// this node), at most every announceMinGap beats.
-	announceSoon atomic.Bool
-	leaving      atomic.Bool // a leave was signed: no record or beat after it
-	settling     atomic.Bool // an advertisement change waits for changeSettle
+	sent     [32]byte
+	leaving  atomic.Bool // a leave was signed: no record or beat after it
+	settling atomic.Bool // an advertisement change waits for changeSettle
 	// changed says the advertisement changed since the last record sent;
 	// changes bounds the records sent for that.
 	changed atomic.Bool
@@ -102,9 +98,6 @@ func (s *Self) Run(ctx context.Context) {
 	go s.heartbeatLoop(ctx)
 	go s.tickLoop(ctx)
 }
-
-// AnnounceSoon asks for a full record at the next beat.
-func (s *Self) AnnounceSoon() { s.announceSoon.Store(true) }
 
 // Leave signs this agent's leave; no record or beat follows it.
 func (s *Self) Leave() *protocolpb.Leave {
@@ -220,16 +213,14 @@ func (s *Self) Announce() error {
 // announceEvery is how many heartbeats pass between full records: the
 // record (with its credential) is re-signed and re-announced every
 // sixtieth beat (30 minutes at the default heartbeat) as anti-entropy, when
-// the credential was renewed, as soon as a new node has a neighbour on the
-// registry topic after its first admission, and at the beat after an
-// admission (at most every tenth beat). The beats in between
-// travel on the beat overlay. An agent that missed a record learns it from
-// the join-time exchange, or when a beat of an unknown agent arrives.
+// the credential was renewed or the advertisement changed, and as soon as
+// a new node has a neighbour on the registry topic after its first
+// admission. The beats in between travel on the beat overlay. An agent
+// that missed a record learns it from the join-time exchange, or when a
+// beat of an unknown agent arrives: its relay then answers a sync. An
+// admission no longer re-announces: at a cold start of N agents that was a
+// second flood of N records, each kept in every node's gossip cache.
 const announceEvery = 60
-
-// announceMinGap is the fewest beats between two records sent because of
-// admissions.
-const announceMinGap = 10
 
 func (s *Self) heartbeatLoop(ctx context.Context) {
 	t := time.NewTicker(s.d.HeartbeatInterval)
@@ -237,8 +228,7 @@ func (s *Self) heartbeatLoop(ctx context.Context) {
 	poll := time.NewTicker(min(overlay.FlushEvery(s.d.HeartbeatInterval), 100*time.Millisecond))
 	defer poll.Stop()
 	announced := false // a record went out to at least one neighbour
-	lastAnnounce := -announceMinGap
-	missed := false // a beat fell due while frozen
+	missed := false    // a beat fell due while frozen
 	for beat := 0; ; {
 		select {
 		case <-ctx.Done():
@@ -269,15 +259,14 @@ func (s *Self) heartbeatLoop(ctx context.Context) {
 			missed = true
 			continue
 		}
-		if s.announceChange() {
-			lastAnnounce = beat
-		} else if beat%announceEvery == 0 || (beat-lastAnnounce >= announceMinGap && s.announceSoon.CompareAndSwap(true, false)) {
-			lastAnnounce = beat
+		switch {
+		case s.announceChange(): // the changed record went out instead of a beat
+		case beat%announceEvery == 0:
 			s.mu.Lock()
 			s.record = nil // sign a fresh record: new seq and timestamp
 			s.mu.Unlock()
 			_ = s.Announce()
-		} else {
+		default:
 			beat := discovery.SignBeat(s.d.Identity, s.NextSeq(), s.d.Clock())
 			beat.Revocations = s.d.RevDigest()
 			s.d.Originate(beat)
