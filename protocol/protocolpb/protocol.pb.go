@@ -901,7 +901,12 @@ type BeatBatch struct {
 	// the same reason.
 	Records []*Announcement `protobuf:"bytes,3,rep,name=records,proto3" json:"records,omitempty"`
 	// Leaves the sender has just applied.
-	Leaves        []*Leave `protobuf:"bytes,4,rep,name=leaves,proto3" json:"leaves,omitempty"`
+	Leaves []*Leave `protobuf:"bytes,4,rep,name=leaves,proto3" json:"leaves,omitempty"`
+	// Agents (32-byte keys) whose beats the receiver relayed and the sender
+	// does not list: the receiver answers with their records, in a later
+	// batch. At most 256; a node that ignores this field answers nothing,
+	// and the asker still learns them from a sync.
+	Want          [][]byte `protobuf:"bytes,5,rep,name=want,proto3" json:"want,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -960,6 +965,13 @@ func (x *BeatBatch) GetRecords() []*Announcement {
 func (x *BeatBatch) GetLeaves() []*Leave {
 	if x != nil {
 		return x.Leaves
+	}
+	return nil
+}
+
+func (x *BeatBatch) GetWant() [][]byte {
+	if x != nil {
+		return x.Want
 	}
 	return nil
 }
@@ -1472,12 +1484,13 @@ const file_protocol_protocolpb_protocol_proto_rawDesc = "" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1c\n" +
 	"\ttimestamp\x18\x03 \x01(\x03R\ttimestamp\x12\x1c\n" +
 	"\tsignature\x18\x04 \x01(\fR\tsignature\x12 \n" +
-	"\vrevocations\x18\x05 \x01(\x06R\vrevocations\"\xd5\x01\n" +
+	"\vrevocations\x18\x05 \x01(\x06R\vrevocations\"\xe9\x01\n" +
 	"\tBeatBatch\x121\n" +
 	"\x05beats\x18\x01 \x03(\v2\x1b.meshagent.protocol.v1.BeatR\x05beats\x12 \n" +
 	"\vrevocations\x18\x02 \x03(\fR\vrevocations\x12=\n" +
 	"\arecords\x18\x03 \x03(\v2#.meshagent.protocol.v1.AnnouncementR\arecords\x124\n" +
-	"\x06leaves\x18\x04 \x03(\v2\x1c.meshagent.protocol.v1.LeaveR\x06leaves\"k\n" +
+	"\x06leaves\x18\x04 \x03(\v2\x1c.meshagent.protocol.v1.LeaveR\x06leaves\x12\x12\n" +
+	"\x04want\x18\x05 \x03(\fR\x04want\"k\n" +
 	"\x05Leave\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1c\n" +
 	"\ttimestamp\x18\x02 \x01(\x03R\ttimestamp\x12\x14\n" +

@@ -46,9 +46,32 @@ const (
 	revsPerBatch   = 32        // 32 × trust.MaxRevocationSize, plus
 	recsPerBatch   = 16        // 16 × discovery.MaxRecordSize, plus
 	leavesPerBatch = 32        // 32 × 150 B: under maxBeatBatch
-	// More revocations or records than fit are left out: the revocation
-	// digest and the join-time exchange repair what the overlay drops.
+	// More revocations than fit are left out: the revocation digest and
+	// the join-time exchange repair what the overlay drops. Records go in
+	// as many batches as they need, up to maxQueuedRecs a link between
+	// two flushes (those of every agent a sync just taught, at a cold
+	// start or a heal): each crosses each link about once, so that every
+	// node learns a new agent within the overlay's diameter of flushes.
+	maxQueuedRecs = 1024
+	// A batch asks for at most maxWant records (want); a node answers at
+	// most maxWantAnswers of a link's asks a heartbeat: a 32-byte ask
+	// costs it a record of up to 4 KiB, 2 MiB a heartbeat at most.
+	maxWant        = 256
+	maxWantAnswers = 512
+
+	// maxHeld bounds the beats of unlisted agents kept, unchecked, until
+	// the sync they set off brings the agent's record (then checked,
+	// applied and relayed) or a heartbeat passes.
+	maxHeld = 512
 )
+
+// heldBeat is a beat of an agent this node did not list when it arrived,
+// and the neighbour that relayed it (charged if it does not verify).
+type heldBeat struct {
+	from peer.ID
+	beat *protocolpb.Beat
+	at   time.Time
+}
 
 // beatLink is one neighbour on the beat overlay.
 type beatLink struct {
@@ -60,6 +83,11 @@ type beatLink struct {
 	revs     [][]byte                             // revocations not yet sent
 	recs     []*protocolpb.Announcement           // new agents' records not yet sent
 	leaves   []*protocolpb.Leave                  // leaves not yet sent
+	want     [][]byte                             // agents to ask this neighbour's records for
+	// answered counts the asks of this neighbour answered since answeredAt
+	// (at most maxWantAnswers a heartbeat).
+	answered   int
+	answeredAt time.Time
 }
 
 // Deps is what the overlay needs of the node. Every function must be safe
@@ -116,9 +144,10 @@ type Overlay struct {
 	dialing      map[peer.ID]bool
 	wake         chan struct{}
 	lastMaintain time.Time
-	lastRejoin   time.Time    // when this node last dialed agents it holds dead
-	soon         bool         // linkSoon asked for soonLinks links before the next look
-	bytesIn      atomic.Int64 // batches received, with their framing
+	lastRejoin   time.Time                    // when this node last dialed agents it holds dead
+	soon         bool                         // linkSoon asked for soonLinks links before the next look
+	held         map[trust.PublicKey]heldBeat // beats of unlisted agents (at most maxHeld)
+	bytesIn      atomic.Int64                 // batches received, with their framing
 }
 
 // New returns an overlay; nothing runs until Start.
@@ -174,19 +203,125 @@ func (b *Overlay) PushRevocation(raw []byte) {
 }
 
 // PushRecords sends the records of agents that just joined to every
-// neighbour.
+// neighbour, then applies the beats of theirs that arrived before them.
 func (b *Overlay) PushRecords(evs []discovery.Event) {
 	var recs []*protocolpb.Announcement
+	var beats []heldBeat
 	for _, e := range evs {
-		if e.Reason == "joined" {
-			if r := b.d.Registry.Record(e.Agent); r != nil {
-				recs = append(recs, r.Proto())
-			}
+		if e.Reason != "joined" {
+			continue
+		}
+		if r := b.d.Registry.Record(e.Agent); r != nil {
+			recs = append(recs, r.Proto())
+		}
+		if h, ok := b.unhold(e.Agent); ok {
+			beats = append(beats, h)
 		}
 	}
 	if len(recs) > 0 {
-		b.queue(func(l *beatLink) { l.recs = append(l.recs, recs[:min(len(recs), recsPerBatch-len(l.recs))]...) })
+		b.queue(func(l *beatLink) { l.recs = append(l.recs, recs[:min(len(recs), maxQueuedRecs-len(l.recs))]...) })
 	}
+	for _, h := range beats {
+		b.d.Blame(h.from, audit.Beat, b.receive(h.from, h.beat))
+	}
+}
+
+// hold keeps the beat of an agent this node does not list, until the
+// agent's record arrives: without it, a node that learns an agent from a
+// sync would hear of it alive only at its next beat, and would not relay
+// this one, so that at a cold start each heartbeat taught the agent one
+// overlay hop further. Its signature is not checked here: it is when the
+// record arrives (receive). One beat per agent, the newest; at most
+// maxHeld, those older than a heartbeat dropped first.
+func (b *Overlay) hold(from peer.ID, agent trust.PublicKey, beat *protocolpb.Beat) {
+	now := time.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if h, ok := b.held[agent]; ok {
+		if h.beat.Seq < beat.Seq {
+			b.held[agent] = heldBeat{from, beat, now}
+		}
+		return
+	}
+	if len(b.held) >= maxHeld {
+		for k, h := range b.held {
+			if now.Sub(h.at) >= b.d.HeartbeatInterval {
+				delete(b.held, k)
+			}
+		}
+		if len(b.held) >= maxHeld {
+			return
+		}
+	}
+	if b.held == nil {
+		b.held = map[trust.PublicKey]heldBeat{}
+	}
+	b.held[agent] = heldBeat{from, beat, now}
+}
+
+// ask queues a request for agent's record to the neighbour p, which
+// relayed one of its beats (so lists it), for the next flush.
+func (b *Overlay) ask(p peer.ID, agent trust.PublicKey) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	l := b.links[p]
+	if l == nil || len(l.want) >= maxWant {
+		return
+	}
+	for _, k := range l.want {
+		if agent.Equal(trust.PublicKey(k)) {
+			return
+		}
+	}
+	l.want = append(l.want, agent[:])
+}
+
+// answer queues the records p asked for that this node holds, within
+// p's budget of maxWantAnswers a heartbeat; asks for agents it does not
+// list are ignored (p may have heard of an agent this node forgot).
+func (b *Overlay) answer(p peer.ID, want [][]byte) {
+	var recs []*protocolpb.Announcement
+	for _, k := range want {
+		if r := b.d.Registry.Record(trust.PublicKey(k)); r != nil {
+			recs = append(recs, r.Proto())
+		}
+	}
+	if len(recs) == 0 {
+		return
+	}
+	now := time.Now()
+	b.mu.Lock()
+	if l := b.links[p]; l != nil {
+		if now.Sub(l.answeredAt) >= b.d.HeartbeatInterval {
+			l.answered, l.answeredAt = 0, now
+		}
+		n := min(len(recs), maxWantAnswers-l.answered, maxQueuedRecs-len(l.recs))
+		if n > 0 {
+			l.recs = append(l.recs, recs[:n]...)
+			l.answered += n
+		}
+	}
+	b.mu.Unlock()
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+}
+
+// unhold takes the beat held for agent, if any and not older than a
+// heartbeat.
+func (b *Overlay) unhold(agent trust.PublicKey) (heldBeat, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	h, ok := b.held[agent]
+	if !ok {
+		return h, false
+	}
+	delete(b.held, agent)
+	if len(b.held) == 0 {
+		b.held = nil // a map that once held hundreds keeps its size
+	}
+	return h, time.Since(h.at) < b.d.HeartbeatInterval
 }
 
 // PushLeave sends a newly applied leave to every neighbour.
@@ -232,6 +367,11 @@ func (b *Overlay) maintain() {
 		return
 	default:
 		b.lastMaintain = now
+		for k, h := range b.held { // beats whose record never came
+			if now.Sub(h.at) >= b.d.HeartbeatInterval {
+				delete(b.held, k)
+			}
+		}
 	}
 	out := len(b.dialing)
 	for _, l := range b.links {
@@ -455,6 +595,15 @@ func (b *Overlay) read(p peer.ID, s network.Stream) {
 // loss drops it. It reports whether p was cut off for hostile items.
 func (b *Overlay) apply(p peer.ID, batch *protocolpb.BeatBatch) (cut bool) {
 	lost := func() bool { return b.d.Lost(p) }
+	for i, k := range batch.Want { // a malformed ask ends the link, as a malformed batch does
+		if i == maxWant || len(k) != trust.PublicKeySize {
+			b.d.Blame(p, audit.Beat, trust.CodeMalformed)
+			return true
+		}
+	}
+	if len(batch.Want) > 0 && !lost() {
+		b.answer(p, batch.Want)
+	}
 	for _, raw := range batch.Revocations {
 		if !lost() && b.d.Blame(p, audit.Revocation, trust.CodeOf(b.d.ApplyRevocation(raw))) {
 			return true
@@ -502,9 +651,11 @@ func (b *Overlay) receive(from peer.ID, beat *protocolpb.Beat) trust.Code {
 		return ""
 	}
 	if b.d.Registry.State(agent) == 0 {
-		// Not listed here: the beat would be dropped, so its signature is
-		// not checked; learn the agent from whoever relayed it.
-		b.d.SyncSoon(from)
+		// Not listed here: learn the agent from whoever relayed it; the
+		// beat waits for the record, unchecked (hold).
+		b.hold(from, agent, beat)
+		b.ask(from, agent)
+		b.d.SyncSoon(from) // a relay that does not answer asks (an older node)
 		return ""
 	}
 	if d := b.d.Clock().Sub(time.UnixMilli(beat.Timestamp)); d > b.d.DeadAfter || -d > b.d.DeadAfter {
@@ -579,19 +730,27 @@ func (b *Overlay) flush() {
 	var writes []write
 	b.mu.Lock()
 	for p, l := range b.links {
-		if len(l.pending) == 0 && len(l.revs) == 0 && len(l.recs) == 0 && len(l.leaves) == 0 {
+		if len(l.pending) == 0 && len(l.revs) == 0 && len(l.recs) == 0 && len(l.leaves) == 0 && len(l.want) == 0 {
 			continue
 		}
+		recs := l.recs
 		batch := &protocolpb.BeatBatch{Beats: make([]*protocolpb.Beat, 0, min(len(l.pending), beatsPerBatch)),
-			Revocations: l.revs, Records: l.recs, Leaves: l.leaves}
-		l.revs, l.recs, l.leaves = nil, nil, nil
+			Revocations: l.revs, Leaves: l.leaves, Want: l.want}
+		l.revs, l.recs, l.leaves, l.want = nil, nil, nil, nil
 		for _, beat := range l.pending {
 			if len(batch.Beats) == beatsPerBatch {
+				batch.Records, recs = recs[:min(len(recs), recsPerBatch)], recs[min(len(recs), recsPerBatch):]
 				writes = append(writes, write{p, l, batch})
 				batch = &protocolpb.BeatBatch{}
 			}
 			batch.Beats = append(batch.Beats, beat)
 		}
+		for len(recs) > recsPerBatch {
+			batch.Records, recs = recs[:recsPerBatch], recs[recsPerBatch:]
+			writes = append(writes, write{p, l, batch})
+			batch = &protocolpb.BeatBatch{}
+		}
+		batch.Records = recs
 		// A fresh map: one that once held every agent (after a
 		// partition, or at start) would keep its size for good.
 		l.pending = map[trust.PublicKey]*protocolpb.Beat{}
