@@ -222,7 +222,7 @@ func TestApplyBatch(t *testing.T) {
 	}
 }
 
-// Push* queue for every link, within each kind's per-batch bound, and
+// Push* queue for every link, within each kind's bound, and
 // Originate replaces this node's pending beat.
 func TestQueueBounds(t *testing.T) {
 	f := newFx(t)
@@ -233,7 +233,7 @@ func TestQueueBounds(t *testing.T) {
 		f.b.PushLeave(&protocolpb.Leave{})
 	}
 	agent := f.agents[0].Public()
-	joined := make([]discovery.Event, recsPerBatch+5)
+	joined := make([]discovery.Event, maxQueuedRecs+5)
 	for i := range joined {
 		joined[i] = discovery.Event{Agent: agent, Reason: "joined"}
 	}
@@ -243,7 +243,7 @@ func TestQueueBounds(t *testing.T) {
 	own := discovery.SignBeat(f.self, 2, t0)
 	f.b.Originate(own)
 	for p, l := range f.b.links {
-		if len(l.revs) != revsPerBatch || len(l.leaves) != leavesPerBatch || len(l.recs) != recsPerBatch {
+		if len(l.revs) != revsPerBatch || len(l.leaves) != leavesPerBatch || len(l.recs) != maxQueuedRecs {
 			t.Errorf("%s: %d revocations, %d leaves, %d records queued", p, len(l.revs), len(l.leaves), len(l.recs))
 		}
 		if l.pending[f.self.Public()] != own {
@@ -254,5 +254,139 @@ func TestQueueBounds(t *testing.T) {
 	case <-f.b.wake:
 	default:
 		t.Fatal("queueing did not wake the flush loop")
+	}
+}
+
+// listAgent1 enters the record of agent 1 (not listed until then) in the
+// registry, as a sync or a relayed record would, and hands the events to
+// PushRecords, as the node's learn does.
+func (f *fx) listAgent1(t *testing.T) {
+	t.Helper()
+	anchor, _ := trust.GenerateAnchorKey(key(1))
+	c, _ := trust.IssueCredential(anchor, f.agents[1].Public(), "late", t0.Add(-time.Hour), 24*time.Hour)
+	rec, err := discovery.NewRecord(f.agents[1], c, nil, 1, hb, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs, err := f.reg.Announce(rec, discovery.Relayed, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.b.PushRecords(evs)
+}
+
+// The beat of an agent this node does not list is held unchecked, and its
+// relay asked for the agent's record; when the record arrives the beat is
+// checked, applied and relayed (not back to the relay). A forged one is
+// then refused and blamed; one held longer than a heartbeat is dropped.
+func TestUnlistedBeatWaitsForItsRecord(t *testing.T) {
+	late := func(f *fx) trust.PublicKey { return f.agents[1].Public() }
+	t.Run("genuine", func(t *testing.T) {
+		f := newFx(t)
+		beat := f.beat(1, 5, t0, true)
+		if got := f.b.receive(f.second, beat); got != "" {
+			t.Fatalf("code %q", got)
+		}
+		if w := f.b.links[f.second].want; len(w) != 1 || !late(f).Equal(trust.PublicKey(w[0])) {
+			t.Fatalf("asked the relay for %x", w)
+		}
+		if len(f.b.links[f.neighbour].want) != 0 {
+			t.Fatal("asked a neighbour that did not relay the beat")
+		}
+		f.b.receive(f.second, beat) // again: one ask
+		if len(f.b.links[f.second].want) != 1 || len(f.b.held) != 1 {
+			t.Fatalf("%d asks, %d held", len(f.b.links[f.second].want), len(f.b.held))
+		}
+		f.listAgent1(t)
+		if got := f.reg.Seq(late(f)); got != 5 {
+			t.Fatalf("registry seq %d after the record, want the held beat's 5", got)
+		}
+		if f.b.links[f.neighbour].pending[late(f)] != beat || f.b.links[f.second].pending[late(f)] != nil {
+			t.Fatal("the held beat was not relayed to the other neighbour only")
+		}
+		if len(f.b.held) != 0 || f.blamed != nil {
+			t.Fatalf("%d held, blamed %v", len(f.b.held), f.blamed)
+		}
+	})
+	t.Run("forged", func(t *testing.T) {
+		f := newFx(t)
+		f.b.receive(f.second, f.beat(1, 5, t0, false))
+		if f.blamed != nil {
+			t.Fatal("a held beat was checked before its record came")
+		}
+		f.listAgent1(t)
+		if fmt.Sprint(f.blamed) != "[bad_signature]" || f.reg.Seq(late(f)) != 1 {
+			t.Fatalf("blamed %v, seq %d", f.blamed, f.reg.Seq(late(f)))
+		}
+	})
+	t.Run("held too long", func(t *testing.T) {
+		f := newFx(t)
+		f.b.receive(f.second, f.beat(1, 5, t0, true))
+		h := f.b.held[late(f)]
+		h.at = h.at.Add(-hb)
+		f.b.held[late(f)] = h
+		f.listAgent1(t)
+		if f.reg.Seq(late(f)) != 1 || len(f.b.held) != 0 {
+			t.Fatalf("seq %d, %d held", f.reg.Seq(late(f)), len(f.b.held))
+		}
+	})
+}
+
+// However many beats of unlisted agents a neighbour relays (an insider
+// with fresh keys, forged signatures), this node holds at most maxHeld,
+// asks at most maxWant a batch, and checks none of their signatures.
+func TestHeldBeatsAreBounded(t *testing.T) {
+	f := newFx(t)
+	for i := range maxHeld + 100 {
+		id, _ := trust.GenerateIdentity(bytes.NewReader(bytes.Repeat([]byte{byte(i), byte(i >> 8), 7}, 11)))
+		beat := discovery.SignBeat(id, 5, t0)
+		beat.Signature[0] ^= 1
+		if got := f.b.receive(f.second, beat); got != "" {
+			t.Fatalf("code %q", got)
+		}
+	}
+	if len(f.b.held) != maxHeld || len(f.b.links[f.second].want) != maxWant || f.blamed != nil {
+		t.Fatalf("%d held, %d asks, blamed %v", len(f.b.held), len(f.b.links[f.second].want), f.blamed)
+	}
+}
+
+// A neighbour's asks are answered with the records this node lists (none
+// for agents it does not), at most maxWantAnswers a heartbeat; an ask that
+// is not a key, or too many in one batch, ends the link before anything
+// else in the batch is applied.
+func TestWantIsAnsweredWithinBounds(t *testing.T) {
+	f := newFx(t)
+	listed, unlisted := f.agents[0].Public(), f.agents[1].Public()
+	if cut := f.b.apply(f.second, &protocolpb.BeatBatch{Want: [][]byte{listed[:], unlisted[:]}}); cut {
+		t.Fatal("cut on an honest ask")
+	}
+	recs := f.b.links[f.second].recs
+	if len(recs) != 1 || !bytes.Equal(recs[0].Body, f.reg.Record(listed).Proto().Body) || f.blamed != nil {
+		t.Fatalf("answered %d records, blamed %v", len(recs), f.blamed)
+	}
+	many := make([][]byte, maxWant)
+	for i := range many {
+		many[i] = listed[:]
+	}
+	for range 3 {
+		f.b.apply(f.second, &protocolpb.BeatBatch{Want: many})
+	}
+	if got := len(f.b.links[f.second].recs); got != maxWantAnswers {
+		t.Fatalf("%d records answered within a heartbeat, want %d", got, maxWantAnswers)
+	}
+	for name, want := range map[string][][]byte{
+		"not a key": {{1, 2, 3}},
+		"too many":  append(many, listed[:]),
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := newFx(t)
+			batch := &protocolpb.BeatBatch{Want: want, Revocations: [][]byte{{1}}}
+			if cut := f.b.apply(f.second, batch); !cut {
+				t.Fatal("not cut")
+			}
+			if fmt.Sprint(f.blamed) != "[malformed]" || f.applied != nil || len(f.b.links[f.second].recs) != 0 {
+				t.Fatalf("blamed %v, applied %v, %d answered", f.blamed, f.applied, len(f.b.links[f.second].recs))
+			}
+		})
 	}
 }
