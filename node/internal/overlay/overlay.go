@@ -83,7 +83,12 @@ type beatLink struct {
 	revs     [][]byte                             // revocations not yet sent
 	recs     []*protocolpb.Announcement           // new agents' records not yet sent
 	leaves   []*protocolpb.Leave                  // leaves not yet sent
-	want     [][]byte                             // agents to ask this neighbour's records for
+	// leavesAgain go in the batch after the one that carries them first:
+	// a leave is sent once, by its agent, and a node that misses every
+	// copy waits for the timeout. A second copy costs the receiver a
+	// lookup (the seq), not a signature check.
+	leavesAgain []*protocolpb.Leave
+	want        [][]byte // agents to ask this neighbour's records for
 	// answered counts the asks of this neighbour answered since answeredAt
 	// (at most maxWantAnswers a heartbeat).
 	answered   int
@@ -324,11 +329,15 @@ func (b *Overlay) unhold(agent trust.PublicKey) (heldBeat, bool) {
 	return h, time.Since(h.at) < b.d.HeartbeatInterval
 }
 
-// PushLeave sends a newly applied leave to every neighbour.
+// PushLeave sends a newly applied leave to every neighbour, in two
+// consecutive batches.
 func (b *Overlay) PushLeave(leave *protocolpb.Leave) {
 	b.queue(func(l *beatLink) {
 		if len(l.leaves) < leavesPerBatch {
 			l.leaves = append(l.leaves, leave)
+		}
+		if len(l.leavesAgain) < leavesPerBatch {
+			l.leavesAgain = append(l.leavesAgain, leave)
 		}
 	})
 }
@@ -730,31 +739,9 @@ func (b *Overlay) flush() {
 	var writes []write
 	b.mu.Lock()
 	for p, l := range b.links {
-		if len(l.pending) == 0 && len(l.revs) == 0 && len(l.recs) == 0 && len(l.leaves) == 0 && len(l.want) == 0 {
-			continue
-		}
-		recs := l.recs
-		batch := &protocolpb.BeatBatch{Beats: make([]*protocolpb.Beat, 0, min(len(l.pending), beatsPerBatch)),
-			Revocations: l.revs, Leaves: l.leaves, Want: l.want}
-		l.revs, l.recs, l.leaves, l.want = nil, nil, nil, nil
-		for _, beat := range l.pending {
-			if len(batch.Beats) == beatsPerBatch {
-				batch.Records, recs = recs[:min(len(recs), recsPerBatch)], recs[min(len(recs), recsPerBatch):]
-				writes = append(writes, write{p, l, batch})
-				batch = &protocolpb.BeatBatch{}
-			}
-			batch.Beats = append(batch.Beats, beat)
-		}
-		for len(recs) > recsPerBatch {
-			batch.Records, recs = recs[:recsPerBatch], recs[recsPerBatch:]
+		for _, batch := range l.take() {
 			writes = append(writes, write{p, l, batch})
-			batch = &protocolpb.BeatBatch{}
 		}
-		batch.Records = recs
-		// A fresh map: one that once held every agent (after a
-		// partition, or at start) would keep its size for good.
-		l.pending = map[trust.PublicKey]*protocolpb.Beat{}
-		writes = append(writes, write{p, l, batch})
 	}
 	b.mu.Unlock()
 	deadline := time.Now().Add(b.d.AdmissionTimeout)
@@ -768,6 +755,38 @@ func (b *Overlay) flush() {
 			b.drop(w.p, w.l.s)
 		}
 	}
+}
+
+// take returns what is queued for the link as batches, and empties the
+// queues; leaves sent now are queued to go once more. Under Overlay.mu.
+func (l *beatLink) take() []*protocolpb.BeatBatch {
+	if len(l.pending) == 0 && len(l.revs) == 0 && len(l.recs) == 0 && len(l.leaves) == 0 && len(l.want) == 0 {
+		return nil
+	}
+	var out []*protocolpb.BeatBatch
+	recs := l.recs
+	batch := &protocolpb.BeatBatch{Beats: make([]*protocolpb.Beat, 0, min(len(l.pending), beatsPerBatch)),
+		Revocations: l.revs, Leaves: l.leaves, Want: l.want}
+	l.revs, l.recs, l.leaves, l.want = nil, nil, l.leavesAgain, nil
+	l.leavesAgain = nil
+	for _, beat := range l.pending {
+		if len(batch.Beats) == beatsPerBatch {
+			batch.Records, recs = recs[:min(len(recs), recsPerBatch)], recs[min(len(recs), recsPerBatch):]
+			out = append(out, batch)
+			batch = &protocolpb.BeatBatch{}
+		}
+		batch.Beats = append(batch.Beats, beat)
+	}
+	for len(recs) > recsPerBatch {
+		batch.Records, recs = recs[:recsPerBatch], recs[recsPerBatch:]
+		out = append(out, batch)
+		batch = &protocolpb.BeatBatch{}
+	}
+	batch.Records = recs
+	// A fresh map: one that once held every agent (after a partition, or
+	// at start) would keep its size for good.
+	l.pending = map[trust.PublicKey]*protocolpb.Beat{}
+	return append(out, batch)
 }
 
 // Links returns how many beat neighbours this node has.

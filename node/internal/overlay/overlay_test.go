@@ -390,3 +390,29 @@ func TestWantIsAnsweredWithinBounds(t *testing.T) {
 		})
 	}
 }
+
+// A leave goes in two consecutive batches of each link, then no more;
+// records beyond a batch's share go in batches of their own.
+func TestTakeSendsLeavesTwice(t *testing.T) {
+	f := newFx(t)
+	leave := &protocolpb.Leave{Seq: 7}
+	f.b.PushLeave(leave)
+	agent := f.agents[0].Public()
+	joined := make([]discovery.Event, 2*recsPerBatch+1)
+	for i := range joined {
+		joined[i] = discovery.Event{Agent: agent, Reason: "joined"}
+	}
+	f.b.PushRecords(joined)
+	l := f.b.links[f.second]
+	first := l.take()
+	if len(first) != 3 || len(first[0].Leaves) != 1 || len(first[0].Records)+len(first[1].Records)+len(first[2].Records) != len(joined) {
+		t.Fatalf("first flush: %d batches", len(first))
+	}
+	second := l.take()
+	if len(second) != 1 || len(second[0].Leaves) != 1 || second[0].Leaves[0] != leave || len(second[0].Records) != 0 {
+		t.Fatalf("second flush: %v", second)
+	}
+	if third := l.take(); third != nil {
+		t.Fatalf("third flush: %v", third)
+	}
+}
