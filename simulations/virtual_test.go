@@ -270,7 +270,7 @@ func (p *phase) fail(msg string) {
 // on one mesh, one after the other, and a failed one does not stop those
 // after it, except that nothing runs when the cold start fails. N is 30
 // in make test; MESHAGENT_VIRTUAL_N sets it (make sim runs 100, make
-// sim500 runs 500 under a soft memory limit of 1850 MiB).
+// sim500 runs 500 under a soft memory limit of 1400 MiB).
 func TestVirtualTimeScenario(t *testing.T) {
 	n := 30
 	if v, err := strconv.Atoi(os.Getenv("MESHAGENT_VIRTUAL_N")); err == nil {
@@ -287,6 +287,7 @@ func TestVirtualTimeScenario(t *testing.T) {
 	}
 	phases := &scenarioPhases{t: t}
 	virtualMesh(t, n, hook, func(m *simulations.Mesh, opts simulations.Options) {
+		virtualStart := time.Now() // the bubble's clock
 		ctx := context.Background()
 		watch := func(name string) {
 			m.Agents[name].Node.OnEvent(func(e discovery.Event) {
@@ -566,6 +567,7 @@ func TestVirtualTimeScenario(t *testing.T) {
 			}
 		}
 		t.Logf("N=%d: at the end %.2f MiB heap per node (%.2f after a second GC), %.2f MiB of stacks; peak RSS %.0f MiB", n, st.HeapInUseMiB/float64(st.Nodes), st.LiveHeapMiB/float64(st.Nodes), st.StackMiB/float64(st.Nodes), peakRSSMiB())
+		t.Logf("N=%d: %s of virtual time, %.0f heartbeats", n, time.Since(virtualStart).Round(time.Second), time.Since(virtualStart).Seconds()/opts.HeartbeatInterval.Seconds())
 	})
 	t.Logf("N=%d: wall time %s on %d CPUs", n, time.Since(wall).Round(100*time.Millisecond), runtime.NumCPU())
 	phases.report()
