@@ -217,7 +217,7 @@ func (s *Self) Announce() error {
 // a new node has a neighbour on the registry topic after its first
 // admission. The beats in between travel on the beat overlay. An agent
 // that missed a record learns it from the join-time exchange, or when a
-// beat of an unknown agent arrives: its relay then answers a sync. An
+// beat of an unknown agent arrives: it asks the relay for the record. An
 // admission no longer re-announces: at a cold start of N agents that was a
 // second flood of N records, each kept in every node's gossip cache.
 const announceEvery = 60

@@ -60,8 +60,8 @@ const (
 	maxWantAnswers = 512
 
 	// maxHeld bounds the beats of unlisted agents kept, unchecked, until
-	// the sync they set off brings the agent's record (then checked,
-	// applied and relayed) or a heartbeat passes.
+	// the ask (or sync) they set off brings the agent's record (then
+	// checked, applied and relayed) or a heartbeat passes.
 	maxHeld = 512
 )
 
@@ -187,6 +187,11 @@ func (b *Overlay) queue(add func(l *beatLink)) {
 		add(l)
 	}
 	b.mu.Unlock()
+	b.wakeUp()
+}
+
+// wakeUp wakes the flush loop.
+func (b *Overlay) wakeUp() {
 	select {
 	case b.wake <- struct{}{}:
 	default:
@@ -249,12 +254,7 @@ func (b *Overlay) hold(from peer.ID, agent trust.PublicKey, beat *protocolpb.Bea
 		return
 	}
 	if len(b.held) >= maxHeld {
-		for k, h := range b.held {
-			if now.Sub(h.at) >= b.d.HeartbeatInterval {
-				delete(b.held, k)
-			}
-		}
-		if len(b.held) >= maxHeld {
+		if b.pruneHeldLocked(now); len(b.held) >= maxHeld {
 			return
 		}
 	}
@@ -262,6 +262,15 @@ func (b *Overlay) hold(from peer.ID, agent trust.PublicKey, beat *protocolpb.Bea
 		b.held = map[trust.PublicKey]heldBeat{}
 	}
 	b.held[agent] = heldBeat{from, beat, now}
+}
+
+// pruneHeldLocked drops the held beats older than a heartbeat. Under mu.
+func (b *Overlay) pruneHeldLocked(now time.Time) {
+	for k, h := range b.held {
+		if now.Sub(h.at) >= b.d.HeartbeatInterval {
+			delete(b.held, k)
+		}
+	}
 }
 
 // ask queues a request for agent's record to the neighbour p, which
@@ -307,10 +316,7 @@ func (b *Overlay) answer(p peer.ID, want [][]byte) {
 		}
 	}
 	b.mu.Unlock()
-	select {
-	case b.wake <- struct{}{}:
-	default:
-	}
+	b.wakeUp()
 }
 
 // unhold takes the beat held for agent, if any and not older than a
@@ -376,11 +382,7 @@ func (b *Overlay) maintain() {
 		return
 	default:
 		b.lastMaintain = now
-		for k, h := range b.held { // beats whose record never came
-			if now.Sub(h.at) >= b.d.HeartbeatInterval {
-				delete(b.held, k)
-			}
-		}
+		b.pruneHeldLocked(now) // beats whose record never came
 	}
 	out := len(b.dialing)
 	for _, l := range b.links {
